@@ -1,0 +1,202 @@
+//! Connectors: where rows come from and where results go. One module per connector; `open_source` and
+//! `open_sink` below are the single registry that lists them all (no magic registration).
+
+pub mod file;
+pub mod generator;
+pub mod memory;
+pub mod parquet;
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::{Error, Result};
+use crate::format::BadRecord;
+use crate::sql::parser::{Options, SourceDef};
+
+/// What a source has for the engine right now.
+pub enum Poll {
+    /// Decoded rows (if any) and records that failed to decode.
+    Ready(Option<RecordBatch>, Vec<BadRecord>),
+    /// Nothing yet (a paced or unbounded source).
+    Pending,
+    /// A bounded source has been read to its end.
+    Exhausted,
+}
+
+pub trait Source: Send {
+    /// Up to `max` rows. Never blocks for long.
+    fn poll(&mut self, max: usize) -> Result<Poll>;
+    /// Whether this source ends by itself.
+    fn bounded(&self) -> bool;
+}
+
+/// Upsert sinks get the changed window rows after every micro-batch; append sinks get each window row
+/// once, when the watermark passes its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    Append,
+    Upsert,
+}
+
+/// Rows for a sink; `ids` (upsert identities, one per row) are set when rows update earlier ones.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub batch: RecordBatch,
+    pub ids: Option<Vec<String>>,
+}
+
+pub trait Sink: Send {
+    fn mode(&self) -> SinkMode;
+    fn write(&mut self, out: &Output) -> Result<()>;
+    /// Make everything written so far durable and visible (e.g. rename Parquet temp files).
+    fn commit(&mut self) -> Result<()>;
+}
+
+pub const SOURCE_CONNECTORS: &[&str] = &["generator", "file"];
+pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "blackhole"];
+
+/// Check a source definition's options without opening it.
+pub fn validate_source(def: &SourceDef) -> Result<()> {
+    match def.options.get("connector").unwrap_or_default() {
+        "generator" => generator_options(def).map(|_| ()),
+        "file" => file::FileOptions::parse(&def.options).and_then(|o| o.check_exists()),
+        other => Err(Error::option(
+            "connector",
+            format!("unknown source connector '{other}'; valid: {}", SOURCE_CONNECTORS.join(", ")),
+        )),
+    }
+}
+
+fn generator_options(def: &SourceDef) -> Result<generator::GenOptions> {
+    let o = &def.options;
+    o.check_keys("connector 'generator'", &["connector", "kind", "seed", "rate", "events", "out_of_order_ms", "late_ratio"])?;
+    match o.get("kind").unwrap_or("courses") {
+        "courses" => {}
+        other => return Err(Error::option("kind", format!("unknown generator kind '{other}'; valid: courses"))),
+    }
+    let schema = generator::course_schema();
+    for f in def.schema.fields() {
+        if schema.field_with_name(f.name()).is_err() {
+            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(Error::plan(format!(
+                "column '{}' is not produced by generator kind 'courses'; it produces: {}",
+                f.name(),
+                have.join(", ")
+            )));
+        }
+    }
+    let d = generator::GenOptions::default();
+    let rate: Option<f64> = o.parse_opt("rate")?;
+    if rate.is_some_and(|r| !(r > 0.0)) {
+        return Err(Error::option("rate", "must be > 0"));
+    }
+    let late_ratio = o.parse_or("late_ratio", d.late_ratio)?;
+    if !(0.0..=1.0).contains(&late_ratio) {
+        return Err(Error::option("late_ratio", "must be between 0 and 1"));
+    }
+    Ok(generator::GenOptions {
+        seed: o.parse_or("seed", d.seed)?,
+        events: o.parse_opt("events")?,
+        rate,
+        out_of_order_ms: o.parse_or("out_of_order_ms", d.out_of_order_ms)?,
+        late_ratio,
+    })
+}
+
+pub fn open_source(def: &SourceDef) -> Result<Box<dyn Source>> {
+    validate_source(def)?;
+    match def.options.get("connector").unwrap_or_default() {
+        "generator" => Ok(Box::new(generator::GeneratorSource::new(generator_options(def)?, def.schema.clone()))),
+        _ => Ok(Box::new(file::FileSource::open(file::FileOptions::parse(&def.options)?, def.schema.clone())?)),
+    }
+}
+
+/// All rows of a bounded table (for lookup joins).
+pub fn load_table(def: &SourceDef) -> Result<Vec<RecordBatch>> {
+    let mut src = open_source(def)?;
+    if !src.bounded() {
+        return Err(Error::plan(format!("table '{}' must be bounded (a file, or a generator with events)", def.name)));
+    }
+    let mut out = Vec::new();
+    loop {
+        match src.poll(65_536)? {
+            Poll::Ready(b, bad) => {
+                if let Some(first) = bad.first() {
+                    return Err(Error::plan(format!(
+                        "table '{}': {} bad record(s); first at {}: {}",
+                        def.name,
+                        bad.len(),
+                        first.position,
+                        first.reason
+                    )));
+                }
+                out.extend(b);
+            }
+            Poll::Pending => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Poll::Exhausted => return Ok(out),
+        }
+    }
+}
+
+pub fn validate_sink(options: &Options) -> Result<()> {
+    match options.get("connector").unwrap_or_default() {
+        "parquet" => parquet::ParquetOptions::parse(options).map(|_| ()),
+        "file" => options.check_keys("connector 'file' (sink)", &["connector", "path", "format"]).and_then(|_| {
+            options.required("path", "connector 'file'")?;
+            match options.get("format").unwrap_or("json") {
+                "json" => Ok(()),
+                other => Err(Error::option("format", format!("unknown sink format '{other}'; valid: json"))),
+            }
+        }),
+        "console" => options.check_keys("connector 'console'", &["connector"]),
+        "blackhole" => options.check_keys("connector 'blackhole'", &["connector"]),
+        other => Err(Error::option(
+            "connector",
+            format!("unknown sink connector '{other}'; valid: {}", SINK_CONNECTORS.join(", ")),
+        )),
+    }
+}
+
+pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> {
+    validate_sink(options)?;
+    match options.get("connector").unwrap_or_default() {
+        "parquet" => Ok(Box::new(parquet::ParquetSink::new(parquet::ParquetOptions::parse(options)?, schema))),
+        "file" => Ok(Box::new(file::JsonLinesSink::file(options.required("path", "connector 'file'")?)?)),
+        "console" => Ok(Box::new(file::JsonLinesSink::stdout())),
+        _ => Ok(Box::new(Blackhole)),
+    }
+}
+
+/// Discards rows: for benchmarks and dry runs.
+pub struct Blackhole;
+
+impl Sink for Blackhole {
+    fn mode(&self) -> SinkMode {
+        SinkMode::Append
+    }
+    fn write(&mut self, _out: &Output) -> Result<()> {
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Reorder/cast `batch` to the declared `schema` by column name.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let (i, _) = batch
+            .schema()
+            .column_with_name(f.name())
+            .ok_or_else(|| Error::plan(format!("column '{}' missing from source data", f.name())))?;
+        let c = batch.column(i);
+        cols.push(if c.data_type() == f.data_type() { c.clone() } else { cast(c, f.data_type())? });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}

@@ -1,0 +1,268 @@
+//! The `freshet` command line: maps subcommands onto library calls.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use freshet::connector::generator::{CSV_HEADER, CourseGenerator, EPOCH_2026_MS, GenOptions};
+use freshet::engine::query::EngineConfig;
+use freshet::print::{PrintFormat, format_batches};
+use freshet::session::{Outcome, Session};
+
+#[derive(Parser)]
+#[command(name = "freshet", version, about = "Continuous windowed SQL over event streams")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct EngineArgs {
+    /// Most rows read from a source per micro-batch.
+    #[arg(long, default_value_t = 65_536)]
+    batch_size: usize,
+    /// Milliseconds to wait for data when a source has none.
+    #[arg(long, default_value_t = 200)]
+    batch_interval_ms: u64,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        EngineConfig { batch_size: self.batch_size.max(1), batch_interval: Duration::from_millis(self.batch_interval_ms) }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate fake events.
+    Generate {
+        #[command(subcommand)]
+        kind: GenerateKind,
+    },
+    /// Run the statements of a SQL file; keep running while an unbounded source feeds a sink.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// How to print the results of SELECT statements.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Interactive SQL.
+    Repl {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// History file (default: ~/.freshet_history).
+        #[arg(long)]
+        history: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenFormat {
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum GenerateKind {
+    /// Course-page views on an online-education site.
+    Courses {
+        /// Number of events (default: unbounded).
+        #[arg(long)]
+        events: Option<u64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output file, or - for stdout.
+        #[arg(long, default_value = "-")]
+        out: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: GenFormat,
+        /// Events per second on the wall clock (event time is then the wall clock).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Largest disorder of event times.
+        #[arg(long, default_value_t = 2000)]
+        out_of_order_ms: u64,
+        /// Share of events made late (30–60 s behind).
+        #[arg(long, default_value_t = 0.0)]
+        late_ratio: f64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate { kind } => generate(kind),
+        Command::Run { file, engine, format } => runtime().and_then(|rt| rt.block_on(run(file, engine.config(), &format))),
+        Command::Repl { engine, history } => runtime().and_then(|rt| rt.block_on(freshet::repl::run(engine.config(), history)).map_err(Into::into)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn generate(kind: GenerateKind) -> Result<()> {
+    let GenerateKind::Courses { events, seed, out, format, rate, out_of_order_ms, late_ratio } = kind;
+    anyhow::ensure!((0.0..=1.0).contains(&late_ratio), "--late-ratio must be between 0 and 1");
+    anyhow::ensure!(rate.is_none_or(|r| r > 0.0), "--rate must be > 0");
+    let opts = GenOptions { seed, events, rate, out_of_order_ms, late_ratio };
+    let start = if rate.is_some() {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(EPOCH_2026_MS)
+    } else {
+        EPOCH_2026_MS
+    };
+    let mut g = CourseGenerator::new(opts, start);
+    let mut w: Box<dyn Write> = if out == "-" {
+        Box::new(std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock()))
+    } else {
+        let f = std::fs::File::create(&out).with_context(|| format!("creating {out}"))?;
+        Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
+    };
+    let progress = out != "-" && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if matches!(format, GenFormat::Csv) {
+        w.write_all(CSV_HEADER.as_bytes())?;
+    }
+    let t0 = std::time::Instant::now();
+    let mut buf = String::with_capacity(1 << 16);
+    let mut last_report = std::time::Instant::now();
+    loop {
+        if let Some(r) = rate {
+            let due = (t0.elapsed().as_secs_f64() * r) as u64;
+            if g.produced() >= due {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        }
+        let Some(e) = g.next_event() else { break };
+        match format {
+            GenFormat::Json => e.write_json(&mut buf),
+            GenFormat::Csv => e.write_csv(&mut buf),
+        }
+        if buf.len() > 60_000 || rate.is_some() {
+            if let Err(err) = w.write_all(buf.as_bytes()) {
+                if err.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(err.into());
+            }
+            buf.clear();
+            if rate.is_some() {
+                w.flush()?;
+            }
+        }
+        if progress && last_report.elapsed() > Duration::from_millis(250) {
+            last_report = std::time::Instant::now();
+            let n = g.produced();
+            let bar = match events {
+                Some(total) if total > 0 => {
+                    let filled = (n * 30 / total) as usize;
+                    format!("[{}{}] {:>3}%", "#".repeat(filled), "-".repeat(30 - filled), n * 100 / total)
+                }
+                _ => String::new(),
+            };
+            eprint!("\r{bar} {n} events, {:.0} events/s   ", n as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    w.write_all(buf.as_bytes())?;
+    w.flush()?;
+    if progress {
+        eprintln!("\r{} events in {:.1} s{}", g.produced(), t0.elapsed().as_secs_f64(), " ".repeat(40));
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(file: PathBuf, config: EngineConfig, format: &str) -> Result<()> {
+    let format: PrintFormat = format.parse()?;
+    let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let statements = freshet::sql::parser::parse_script(&sql).map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
+    let mut session = Session::new(config);
+    session.wait_for_bounded = true;
+    for st in &statements {
+        let outcome = session.execute(&st.statement).await;
+        match outcome {
+            Err(e) => {
+                session.stop_all().await;
+                let loc = match &e {
+                    freshet::Error::Sql { .. } => String::new(),
+                    _ => format!("{}: ", st.line),
+                };
+                anyhow::bail!("{}:{loc}{e}", file.display());
+            }
+            Ok(Outcome::Done(msg)) => eprintln!("{msg}"),
+            Ok(Outcome::Text(t)) => println!("{t}"),
+            Ok(Outcome::Rows(b, _)) => print!("{}", format_batches(&b, format)?),
+            Ok(Outcome::Live(live)) => {
+                // A continuous SELECT in a script prints its rows once the query ends (or is stopped).
+                let stop = live.stop.clone();
+                tokio::select! {
+                    _ = shutdown_signal() => { let _ = stop.send(true); }
+                    _ = async { while !live.handle.is_finished() { tokio::time::sleep(Duration::from_millis(50)).await; } } => {}
+                }
+                let report = live.handle.await.context("live query task")?;
+                report?;
+                let rows = freshet::session::present(&live.table, &live.presentation).await?;
+                print!("{}", format_batches(&rows, format)?);
+            }
+        }
+    }
+    let unbounded = session.queries.iter().any(|q| !q.bounded);
+    if unbounded {
+        eprintln!("running; Ctrl-C stops and flushes the sinks");
+    }
+    session.wait_all(Box::pin(shutdown_signal())).await;
+    let mut failed = false;
+    for q in &session.queries {
+        match &q.outcome {
+            Some(Ok(r)) => eprintln!(
+                "{}: {} rows in, {} rows out, {} errors, {} late, {} batches, {:.2} s ({:.0} rows/s)",
+                q.name,
+                r.rows_in,
+                r.rows_out,
+                r.errors,
+                r.late,
+                r.batches,
+                r.elapsed.as_secs_f64(),
+                r.rows_in as f64 / r.elapsed.as_secs_f64().max(1e-9)
+            ),
+            Some(Err(e)) => {
+                failed = true;
+                eprintln!("{}: failed: {e}", q.name);
+            }
+            None => {}
+        }
+    }
+    anyhow::ensure!(!failed, "a query failed");
+    Ok(())
+}

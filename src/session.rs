@@ -1,0 +1,416 @@
+//! A session: one catalog, the continuous queries it started, and statement execution. `freshet run`
+//! and the REPL both go through [`Session::execute`], so they share one set of semantics.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::sql::sqlparser::ast::Query;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::connector::memory::{MemorySink, MemoryTable};
+use crate::connector::{self, Sink};
+use crate::engine::plan::{self, Compiled, Kind};
+use crate::engine::query::{self, EngineConfig, Metrics, QueryRuntime, Report, SystemTables, context_for};
+use crate::error::{Error, Result};
+use crate::sql::catalog::{Catalog, MaterializedViewDef, Object, SinkDef, ViewDef};
+use crate::sql::parser::{ObjectKind, ShowKind, SourceKind, Statement};
+
+/// A continuous query started by `CREATE SINK` or `CREATE MATERIALIZED VIEW`.
+pub struct RunningQuery {
+    pub name: String,
+    pub kind: ObjectKind,
+    pub metrics: Arc<Metrics>,
+    pub bounded: bool,
+    stop: watch::Sender<bool>,
+    handle: Option<JoinHandle<Result<Report>>>,
+    pub outcome: Option<std::result::Result<Report, String>>,
+}
+
+impl RunningQuery {
+    pub fn status(&self) -> &'static str {
+        match (&self.outcome, &self.handle) {
+            (Some(Ok(_)), _) => "finished",
+            (Some(Err(_)), _) => "failed",
+            (None, Some(h)) if h.is_finished() => "finishing",
+            _ => "running",
+        }
+    }
+
+    async fn join(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.outcome = Some(match h.await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("query task failed: {e}")),
+            });
+        }
+    }
+}
+
+/// A continuous SELECT: its rows are kept in `table`, which updates until `stop`.
+pub struct LiveQuery {
+    pub table: MemoryTable,
+    pub presentation: String,
+    pub metrics: Arc<Metrics>,
+    pub stop: watch::Sender<bool>,
+    pub handle: JoinHandle<Result<Report>>,
+}
+
+pub enum Outcome {
+    /// A statement that changed the catalog or started a query.
+    Done(String),
+    Rows(Vec<RecordBatch>, SchemaRef),
+    Text(String),
+    Live(LiveQuery),
+}
+
+pub struct Session {
+    pub catalog: Catalog,
+    pub system: Arc<SystemTables>,
+    pub config: EngineConfig,
+    pub queries: Vec<RunningQuery>,
+    /// In `freshet run`, a bounded SELECT first waits for the bounded queries started before it.
+    pub wait_for_bounded: bool,
+    live_seq: u64,
+}
+
+fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+    let schema = Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, false)).collect::<Vec<_>>()));
+    let cols: Vec<ArrayRef> = (0..columns.len())
+        .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].as_str()))) as ArrayRef)
+        .collect();
+    Ok((vec![RecordBatch::try_new(schema.clone(), cols)?], schema))
+}
+
+fn schema_rows(schema: &Schema) -> Vec<Vec<String>> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| vec![f.name().clone(), f.data_type().to_string(), if f.is_nullable() { "YES".into() } else { "NO".into() }])
+        .collect()
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new(EngineConfig::default())
+    }
+}
+
+impl Session {
+    pub fn new(config: EngineConfig) -> Self {
+        Session {
+            catalog: Catalog::default(),
+            system: Arc::new(SystemTables::default()),
+            config,
+            queries: Vec::new(),
+            wait_for_bounded: false,
+            live_seq: 0,
+        }
+    }
+
+    fn compile(&self, q: &Query) -> Result<Compiled> {
+        use datafusion::execution::FunctionRegistry;
+        let probe = datafusion::prelude::SessionContext::new();
+        plan::compile(q, &self.catalog, &|name| probe.udaf(name).is_ok())
+    }
+
+    async fn start(
+        &mut self,
+        name: &str,
+        compiled: &Compiled,
+        make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
+    ) -> Result<(Arc<Metrics>, bool, watch::Sender<bool>, JoinHandle<Result<Report>>)> {
+        if compiled.inputs.streams.is_empty() {
+            return Err(Error::plan(format!("'{name}' reads no source: a continuous query needs a CREATE SOURCE input")));
+        }
+        let rt = QueryRuntime::new(name, compiled, &self.catalog, self.system.clone(), self.config.clone(), make_sink).await?;
+        let metrics = rt.metrics();
+        let bounded = rt.bounded();
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(rt.run(rx));
+        Ok((metrics, bounded, tx, handle))
+    }
+
+    /// Wait for the bounded continuous queries to finish (their sources end by themselves).
+    pub async fn wait_bounded(&mut self) {
+        for q in self.queries.iter_mut().filter(|q| q.bounded) {
+            q.join().await;
+        }
+    }
+
+    /// Wait for every query: bounded ones finish, unbounded ones run until `stop` fires.
+    pub async fn wait_all(&mut self, mut stop: impl std::future::Future<Output = ()> + Unpin) {
+        for q in self.queries.iter_mut() {
+            if let Some(h) = &mut q.handle {
+                tokio::select! {
+                    r = h => {
+                        q.handle = None;
+                        q.outcome = Some(match r { Ok(Ok(r)) => Ok(r), Ok(Err(e)) => Err(e.to_string()), Err(e) => Err(e.to_string()) });
+                    }
+                    _ = &mut stop => { break; }
+                }
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// Stop every query, letting each commit its sink.
+    pub async fn stop_all(&mut self) {
+        for q in &self.queries {
+            let _ = q.stop.send(true);
+        }
+        for q in self.queries.iter_mut() {
+            q.join().await;
+        }
+    }
+
+    pub async fn execute(&mut self, stmt: &Statement) -> Result<Outcome> {
+        match stmt {
+            Statement::CreateSource(def) => {
+                connector::validate_source(def)?;
+                let what = if def.kind == SourceKind::Table { "table" } else { "source" };
+                self.catalog.add(&def.name, Object::Source(def.clone()))?;
+                Ok(Outcome::Done(format!("created {what} {}", def.name)))
+            }
+            Statement::CreateView { name, materialized: false, query, sql } => {
+                plan::inputs_of(query, &self.catalog)?;
+                self.catalog.add(name, Object::View(ViewDef { name: name.clone(), query: query.clone(), sql: sql.clone() }))?;
+                Ok(Outcome::Done(format!("created view {name}")))
+            }
+            Statement::CreateView { name, materialized: true, query, sql } => {
+                if self.catalog.get(name).is_some() {
+                    return Err(Error::plan(format!("'{name}' already exists")));
+                }
+                let compiled = self.compile(query)?;
+                let mut table = None;
+                let (metrics, bounded, stop, handle) = self
+                    .start(name, &compiled, |schema| {
+                        let t = MemoryTable::new(schema);
+                        table = Some(t.clone());
+                        Ok(Box::new(MemorySink(t)))
+                    })
+                    .await?;
+                let table = table.ok_or_else(|| Error::Internal("no table".into()))?;
+                self.catalog.add(
+                    name,
+                    Object::MaterializedView(MaterializedViewDef { name: name.clone(), query: query.clone(), sql: sql.clone(), table }),
+                )?;
+                self.queries.push(RunningQuery { name: name.clone(), kind: ObjectKind::MaterializedView, metrics, bounded, stop, handle: Some(handle), outcome: None });
+                Ok(Outcome::Done(format!("created materialized view {name}")))
+            }
+            Statement::CreateSink { name, options, query, sql } => {
+                if self.catalog.get(name).is_some() {
+                    return Err(Error::plan(format!("'{name}' already exists")));
+                }
+                connector::validate_sink(options)?;
+                let compiled = self.compile(query)?;
+                if !compiled.presentation.is_empty() {
+                    return Err(Error::plan("ORDER BY and LIMIT have no meaning for a sink; drop them"));
+                }
+                let opts = options.clone();
+                let (metrics, bounded, stop, handle) = self.start(name, &compiled, |schema| connector::open_sink(&opts, schema)).await?;
+                self.catalog.add(name, Object::Sink(SinkDef { name: name.clone(), options: options.clone(), query: query.clone(), sql: sql.clone() }))?;
+                self.queries.push(RunningQuery { name: name.clone(), kind: ObjectKind::Sink, metrics, bounded, stop, handle: Some(handle), outcome: None });
+                Ok(Outcome::Done(format!("created sink {name}")))
+            }
+            Statement::Show(kind) => self.show(*kind),
+            Statement::Describe(name) => self.describe(name).await,
+            Statement::Drop { kind, name, if_exists } => {
+                let kind = if *kind == ObjectKind::Table && self.catalog.get(name).is_some_and(|o| o.kind() == ObjectKind::Source) {
+                    ObjectKind::Source
+                } else {
+                    *kind
+                };
+                for (n, o) in self.catalog.ordered() {
+                    let uses = match o {
+                        Object::View(v) => plan::inputs_of(&v.query, &self.catalog).ok(),
+                        Object::Sink(s) => plan::inputs_of(&s.query, &self.catalog).ok(),
+                        Object::MaterializedView(m) => plan::inputs_of(&m.query, &self.catalog).ok(),
+                        Object::Source(_) => None,
+                    };
+                    if let Some(i) = uses
+                        && n != name
+                        && (i.streams.contains(name) || i.tables.contains(name) || i.views.contains(name) || i.mviews.contains(name))
+                        && self.queries.iter().any(|q| q.name == n && q.status() == "running") | matches!(o, Object::View(_))
+                    {
+                        return Err(Error::plan(format!("cannot drop '{name}': '{n}' uses it; drop '{n}' first")));
+                    }
+                }
+                match self.catalog.remove(kind, name, *if_exists)? {
+                    None => Ok(Outcome::Done(format!("{kind} {name} does not exist, skipped"))),
+                    Some(_) => {
+                        if let Some(i) = self.queries.iter().position(|q| &q.name == name) {
+                            let mut q = self.queries.remove(i);
+                            let _ = q.stop.send(true);
+                            q.join().await;
+                        }
+                        Ok(Outcome::Done(format!("dropped {kind} {name}")))
+                    }
+                }
+            }
+            Statement::Explain(query) => Ok(Outcome::Text(self.explain(query).await?)),
+            Statement::Query(query) => self.select(query).await,
+        }
+    }
+
+    fn show(&self, kind: ShowKind) -> Result<Outcome> {
+        let (b, s) = match kind {
+            ShowKind::Queries => text_batch(
+                &["name", "kind", "status", "rows_in", "rows_out", "errors", "late", "watermark"],
+                self.queries
+                    .iter()
+                    .map(|q| {
+                        let m = &q.metrics;
+                        let wm = m.watermark.load(std::sync::atomic::Ordering::Relaxed);
+                        let wm = match wm {
+                            i64::MIN => "-".to_string(),
+                            i64::MAX => "end".to_string(),
+                            w => crate::time::format_ms(w),
+                        };
+                        vec![
+                            q.name.clone(),
+                            q.kind.to_string(),
+                            match &q.outcome {
+                                Some(Err(e)) => format!("failed: {e}"),
+                                _ => q.status().to_string(),
+                            },
+                            Metrics::get(&m.rows_in).to_string(),
+                            Metrics::get(&m.rows_out).to_string(),
+                            Metrics::get(&m.errors).to_string(),
+                            Metrics::get(&m.late).to_string(),
+                            wm,
+                        ]
+                    })
+                    .collect(),
+            )?,
+            other => {
+                let kinds: &[ObjectKind] = match other {
+                    ShowKind::Sources => &[ObjectKind::Source],
+                    ShowKind::Tables => &[ObjectKind::Table],
+                    ShowKind::Sinks => &[ObjectKind::Sink],
+                    _ => &[ObjectKind::View, ObjectKind::MaterializedView],
+                };
+                let rows = self
+                    .catalog
+                    .ordered()
+                    .filter(|(_, o)| kinds.contains(&o.kind()))
+                    .map(|(n, o)| {
+                        let detail = match o {
+                            Object::Source(s) => s.options.get("connector").unwrap_or_default().to_string(),
+                            Object::Sink(s) => s.options.get("connector").unwrap_or_default().to_string(),
+                            Object::MaterializedView(m) => format!("{} rows", m.table.len()),
+                            Object::View(_) => String::new(),
+                        };
+                        vec![n.to_string(), o.kind().to_string(), detail]
+                    })
+                    .collect();
+                text_batch(&["name", "kind", "detail"], rows)?
+            }
+        };
+        Ok(Outcome::Rows(b, s))
+    }
+
+    async fn describe(&self, name: &str) -> Result<Outcome> {
+        let schema: SchemaRef = match self.catalog.get(name) {
+            Some(Object::Source(s)) => s.schema.clone(),
+            Some(Object::MaterializedView(m)) => m.table.schema(),
+            Some(Object::View(v)) => self.output_schema(&v.query).await?,
+            Some(Object::Sink(s)) => self.output_schema(&s.query).await?,
+            None if crate::sql::catalog::SYSTEM_TABLES.contains(&name) => SystemTables::schema(),
+            None => return Err(Error::plan(format!("'{name}' not found"))),
+        };
+        let (mut b, s) = text_batch(&["column", "type", "nullable"], schema_rows(&schema))?;
+        if let Some(Object::Source(src)) = self.catalog.get(name)
+            && let Some(w) = &src.watermark
+        {
+            let (extra, _) = text_batch(
+                &["column", "type", "nullable"],
+                vec![vec![format!("WATERMARK FOR {}", w.column), format!("{} - {} ms", w.column, w.delay_ms), String::new()]],
+            )?;
+            b.extend(extra);
+        }
+        Ok(Outcome::Rows(b, s))
+    }
+
+    async fn output_schema(&self, q: &Query) -> Result<SchemaRef> {
+        let compiled = self.compile(q)?;
+        query::output_schema(&compiled, &self.catalog, &self.system).await
+    }
+
+    async fn explain(&self, q: &Query) -> Result<String> {
+        let compiled = self.compile(q)?;
+        let mut out = String::new();
+        let i = &compiled.inputs;
+        let list = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
+        out.push_str(&format!("streams: {}\n", list(&i.streams)));
+        if !i.tables.is_empty() {
+            out.push_str(&format!("lookup tables: {}\n", list(&i.tables)));
+        }
+        let (ctx, _) = context_for(&self.catalog, &compiled.inputs, &self.system).await?;
+        let main_sql = match &compiled.kind {
+            Kind::Stateless { sql } => {
+                out.push_str("plan: stateless, per micro-batch (append)\n");
+                sql.clone()
+            }
+            Kind::WindowAgg { spec, pre_sql, post_sql, kinds, .. } => {
+                out.push_str(&format!("plan: incremental window aggregate, {}\n", spec.describe()));
+                out.push_str(&format!("state: partial aggregates {kinds:?} per (group key, pane)\n"));
+                out.push_str(&format!("per micro-batch (DataFusion): {pre_sql}\n"));
+                out.push_str(&format!("per emitted window: {post_sql}\n"));
+                pre_sql.clone()
+            }
+            Kind::Buffered { size, feeds, sql } => {
+                out.push_str(&format!("plan: buffered TUMBLE({size} ms): rows kept per window, query runs when it closes\n"));
+                for (slot, feed) in feeds {
+                    out.push_str(&format!("feed {slot}: {feed}\n"));
+                }
+                out.push_str(&format!("per closed window: {sql}\n"));
+                feeds.first().map(|f| f.1.clone()).unwrap_or_default()
+            }
+        };
+        let df = ctx.sql(&main_sql).await?;
+        out.push_str("\nDataFusion plan (per micro-batch):\n");
+        out.push_str(&df.into_optimized_plan()?.display_indent().to_string());
+        out.push_str(&format!("\noutput: {}\n", query::output_schema(&compiled, &self.catalog, &self.system).await?));
+        Ok(out)
+    }
+
+    async fn select(&mut self, q: &Query) -> Result<Outcome> {
+        let compiled = self.compile(q)?;
+        if compiled.inputs.streams.is_empty() {
+            if self.wait_for_bounded {
+                self.wait_bounded().await;
+            }
+            let (ctx, _) = context_for(&self.catalog, &compiled.inputs, &self.system).await?;
+            let df = ctx.sql(&q.to_string()).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            return Ok(Outcome::Rows(df.collect().await?, schema));
+        }
+        self.live_seq += 1;
+        let name = format!("live-{}", self.live_seq);
+        let mut table = None;
+        let (metrics, _bounded, stop, handle) = self
+            .start(&name, &compiled, |schema| {
+                let t = MemoryTable::new(schema);
+                table = Some(t.clone());
+                Ok(Box::new(MemorySink(t)))
+            })
+            .await?;
+        let table = table.ok_or_else(|| Error::Internal("no table".into()))?;
+        Ok(Outcome::Live(LiveQuery { table, presentation: compiled.presentation, metrics, stop, handle }))
+    }
+}
+
+/// Apply a live query's `ORDER BY … LIMIT …` to a snapshot of its table.
+pub async fn present(table: &MemoryTable, presentation: &str) -> Result<Vec<RecordBatch>> {
+    let snap = table.snapshot()?;
+    if presentation.is_empty() {
+        return Ok(vec![snap]);
+    }
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_batch("__live", snap)?;
+    Ok(ctx.sql(&format!("SELECT * FROM __live{presentation}")).await?.collect().await?)
+}
