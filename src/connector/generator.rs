@@ -267,14 +267,14 @@ mod tests {
         let ev = events(GenOptions { events: Some(20_000), out_of_order_ms: 2000, ..Default::default() });
         let mut max = i64::MIN;
         for e in &ev {
-            assert!(e.event_time_ms >= max - 2000, "disorder beyond bound");
+            assert!(e.event_time_ms >= max.saturating_sub(2000), "disorder beyond bound");
             max = max.max(e.event_time_ms);
         }
         let ev = events(GenOptions { events: Some(20_000), late_ratio: 0.01, ..Default::default() });
         let mut max = i64::MIN;
         let mut late = 0;
         for e in &ev {
-            if e.event_time_ms < max - 30_000 {
+            if e.event_time_ms < max.saturating_sub(30_000) {
                 late += 1;
             }
             max = max.max(e.event_time_ms);

@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     self, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, Query,
-    Select, SetExpr, TableFactor, VisitMut, VisitorMut,
+    Select, SelectItem, SetExpr, TableFactor, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -341,7 +341,7 @@ fn presentation(q: &Query) -> String {
         s.push_str(&format!(" {o}"));
     }
     if let Some(l) = &q.limit_clause {
-        s.push_str(&format!(" {l}"));
+        s.push_str(&format!(" {}", l.to_string().trim()));
     }
     s
 }
@@ -434,7 +434,18 @@ fn window_agg(
         }
     }
     let mut rw = AggRewriter { keys: &keys, aggs: Vec::new(), is_aggregate, unsupported: None };
-    let mut projection = select.projection.clone();
+    // Keep the user's column names: an unaliased item is named after its original expression.
+    let mut projection: Vec<SelectItem> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(e) => {
+                let name = ident_of(e).unwrap_or_else(|| e.to_string());
+                SelectItem::ExprWithAlias { expr: e.clone(), alias: Ident::with_quote('"', name) }
+            }
+            other => other.clone(),
+        })
+        .collect();
     let _ = projection.visit(&mut rw);
     let mut having = select.having.clone();
     let _ = having.visit(&mut rw);
@@ -550,7 +561,7 @@ mod tests {
         assert!(pre_sql.ends_with("GROUP BY course_id, \"__pane\""), "{pre_sql}");
         assert_eq!(
             post_sql,
-            "SELECT \"__k0\", \"window_start\", \"__a0\" AS views, \"__a1\" AS viewers, \"__a0\" + 1 AS v1, \"__id\" FROM \"__agg\" WHERE \"__a0\" > 2"
+            "SELECT \"__k0\" AS \"course_id\", \"window_start\" AS \"window_start\", \"__a0\" AS views, \"__a1\" AS viewers, \"__a0\" + 1 AS v1, \"__id\" FROM \"__agg\" WHERE \"__a0\" > 2"
         );
         assert_eq!(c.presentation, " ORDER BY views DESC LIMIT 3");
         assert!(c.inputs.streams.contains("ev"));

@@ -1,1 +1,6 @@
+//! Freshet's integration tests: one binary (see Cargo.toml `autotests = false`).
 
+mod bad_input;
+mod cli;
+mod oracle;
+mod support;

@@ -1,0 +1,109 @@
+//! Bad input gets a clear error and loses nothing: malformed records go to `_errors`, late ones to
+//! `_late`, bad SQL and options are reported precisely, and nothing panics.
+
+use freshet::session::Outcome;
+use freshet::sql::parser::parse_script;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn malformed_records_go_to_errors_and_the_query_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("mixed.jsonl");
+    let good = |u: i64, t: &str| format!(r#"{{"user_id":{u},"course_id":1,"region":"eu-west","purchased":false,"event_time":"{t}"}}"#);
+    let lines = [
+        good(1, "2026-01-01T00:00:01Z"),
+        "{not json".to_string(),
+        good(2, "2026-01-01T00:00:02Z"),
+        r#"{"user_id":"three","course_id":1,"event_time":"2026-01-01T00:00:03Z"}"#.to_string(),
+        good(4, "2026-01-01T00:01:04Z"),
+        r#"{"user_id":5,"course_id":1,"event_time":"not a time"}"#.to_string(),
+    ];
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+    let mut s = session(2);
+    exec(&mut s, &format!("CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}');", path.display())).await;
+    let rows = streamed(
+        &mut s,
+        "SELECT window_start, COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '1' MINUTE) GROUP BY window_start, window_end",
+    )
+    .await;
+    assert_eq!(rows, vec!["2026-01-01T00:00:00|2", "2026-01-01T00:01:00|1"]);
+    let errors = sorted_rows(&exec(&mut s, "SELECT position, raw, reason FROM _errors ORDER BY position;").await);
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    let p = path.display().to_string();
+    assert!(errors[0].starts_with(&format!("{p}:2|{{not json|")), "{errors:?}");
+    assert!(errors[1].starts_with(&format!("{p}:4|")), "{errors:?}");
+    assert!(errors[2].starts_with(&format!("{p}:6|")), "{errors:?}");
+    assert!(errors.iter().all(|e| e.split('|').nth(2).is_some_and(|r| !r.is_empty())), "each error has a reason");
+}
+
+#[tokio::test]
+async fn late_records_go_to_late_and_are_counted() {
+    let mut s = session(500);
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'generator', seed = '5', events = '30000', late_ratio = '0.02');"
+        ),
+    )
+    .await;
+    let rows = streamed(&mut s, "SELECT COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND) GROUP BY window_start").await;
+    let counted: i64 = rows.iter().map(|r| r.parse::<i64>().expect("count")).sum();
+    let late = sorted_rows(&exec(&mut s, "SELECT COUNT(*) FROM _late;").await);
+    let late: i64 = late[0].parse().expect("n");
+    assert!(late > 300, "about 2% of 30000 are late, got {late}");
+    assert_eq!(counted + late, 30_000, "every event is either counted or in _late");
+    let reasons = sorted_rows(&exec(&mut s, "SELECT DISTINCT substr(reason, 1, 31) FROM _late;").await);
+    assert_eq!(reasons, vec!["event time before the watermark"]);
+}
+
+async fn error_of(sql: &str) -> String {
+    let mut s = session(1000);
+    let mut last = None;
+    match parse_script(sql) {
+        Err(e) => return e.to_string(),
+        Ok(stmts) => {
+            for st in stmts {
+                match s.execute(&st.statement).await {
+                    Err(e) => return e.to_string(),
+                    Ok(Outcome::Live(l)) => last = Some(l.handle.await.expect("join").map(|_| ())),
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    match last {
+        Some(Err(e)) => e.to_string(),
+        _ => panic!("no error for {sql}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_sql_and_options_are_reported_precisely() {
+    let e = error_of("SHOW SOURCES;\nSELECT (a FROM s;").await;
+    assert!(e.starts_with("2:11:"), "{e}");
+    let e = error_of("CREATE SOURCE s (a BIGINT) WITH (connector = 'generator', kind = 'courses', speed = '1');").await;
+    assert!(e.contains("'speed'") && e.contains("valid options: connector, kind, seed"), "{e}");
+    let e = error_of("CREATE SOURCE s (a BIGINT) WITH (connector = 'file', path = '/no/such/file.jsonl');").await;
+    assert!(e.contains("/no/such/file.jsonl"), "{e}");
+    let e = error_of("CREATE SOURCE s (a BIGINT) WITH (connector = 'kafkaa');").await;
+    assert!(e.contains("unknown source connector 'kafkaa'"), "{e}");
+    let e = error_of(&format!(
+        "CREATE SOURCE s ({COURSE_COLUMNS}) WITH (connector = 'generator', events = '10');
+         CREATE SINK k WITH (connector = 'parquet', path = '/tmp/x', rollover_rowz = '3') AS SELECT * FROM s;"
+    ))
+    .await;
+    assert!(e.contains("'rollover_rowz'") && e.contains("rollover_rows"), "{e}");
+    let e = error_of(
+        "CREATE SOURCE s (user_id BIGINT, event_time TIMESTAMP) WITH (connector = 'generator', events = '10');
+         SELECT COUNT(*) FROM TUMBLE(s, event_time, INTERVAL '1' MINUTE) GROUP BY window_start;",
+    )
+    .await;
+    assert!(e.contains("has no WATERMARK"), "{e}");
+    let e = error_of(&format!(
+        "CREATE SOURCE s ({COURSE_COLUMNS}) WITH (connector = 'generator', events = '10');
+         SELECT nope FROM s;"
+    ))
+    .await;
+    assert!(e.contains("nope"), "{e}");
+}

@@ -1,0 +1,203 @@
+//! Streaming results against a batch oracle: for bounded input whose disorder is within the watermark
+//! delay, the final result of every window query must equal DataFusion's batch result over the same rows.
+
+use crate::support::*;
+
+/// 60 s of event time (the generator advances 1 ms per event), so 10 s windows give several windows.
+const EVENTS: u64 = 60_000;
+
+async fn setup(seed: u64, batch_size: usize) -> (tempfile::TempDir, freshet::session::Session, datafusion::prelude::SessionContext) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let opts = gen_opts(EVENTS, seed);
+    let path = dir.path().join("events.jsonl");
+    write_events(&path, &opts);
+    let mut s = session(batch_size);
+    exec(
+        &mut s,
+        &format!("CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}', format = 'json');", path.display()),
+    )
+    .await;
+    (dir, s, oracle_ctx(&opts, "ev"))
+}
+
+fn assert_same(streamed: &[String], batch: &[String]) {
+    assert!(!batch.is_empty(), "the oracle returned no rows");
+    assert_eq!(streamed.len(), batch.len(), "row counts differ");
+    for (a, b) in streamed.iter().zip(batch) {
+        assert_eq!(a, b);
+    }
+}
+
+#[tokio::test]
+async fn tumble_matches_batch() {
+    let (_d, mut s, ctx) = setup(11, 997).await;
+    let got = streamed(
+        &mut s,
+        "SELECT course_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT user_id) AS viewers,
+                SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases, MIN(user_id) AS lo, MAX(user_id) AS hi,
+                ROUND(AVG(user_id), 6) AS mean_user
+         FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND)
+         GROUP BY course_id, window_start, window_end",
+    )
+    .await;
+    let want = batch_rows(
+        &ctx,
+        "SELECT course_id, date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01') AS ws,
+                date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01') + INTERVAL '10 seconds' AS we,
+                COUNT(*), COUNT(DISTINCT user_id), SUM(CASE WHEN purchased THEN 1 ELSE 0 END), MIN(user_id), MAX(user_id),
+                ROUND(AVG(user_id), 6)
+         FROM ev GROUP BY 1, 2, 3",
+    )
+    .await;
+    assert_same(&got, &want);
+}
+
+#[tokio::test]
+async fn tumble_with_filter_expression_keys_and_having() {
+    let (_d, mut s, ctx) = setup(12, 4096).await;
+    let got = streamed(
+        &mut s,
+        "SELECT upper(region) AS r, window_start, COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '30' SECOND)
+         WHERE course_id < 20 GROUP BY upper(region), window_start, window_end HAVING COUNT(*) > 3",
+    )
+    .await;
+    let want = batch_rows(
+        &ctx,
+        "SELECT upper(region), date_bin(INTERVAL '30 seconds', event_time, TIMESTAMP '1970-01-01') AS ws, COUNT(*)
+         FROM ev WHERE course_id < 20 GROUP BY 1, 2 HAVING COUNT(*) > 3",
+    )
+    .await;
+    assert_same(&got, &want);
+}
+
+#[tokio::test]
+async fn hop_by_panes_matches_batch() {
+    let (_d, mut s, ctx) = setup(13, 1500).await;
+    let got = streamed(
+        &mut s,
+        "SELECT region, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT course_id) AS courses
+         FROM HOP(ev, event_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+         GROUP BY region, window_start, window_end",
+    )
+    .await;
+    // Each event belongs to the 5 windows starting at its 2 s bin and the 4 bins before it.
+    let want = batch_rows(
+        &ctx,
+        "SELECT region, ws, ws + INTERVAL '10 seconds', COUNT(*), COUNT(DISTINCT course_id) FROM (
+            SELECT region, course_id,
+                   to_timestamp_millis((CAST(arrow_cast(event_time, 'Timestamp(Millisecond, None)') AS BIGINT) / 2000) * 2000 - k.i * 2000) AS ws
+            FROM ev CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS k(i)) w
+         GROUP BY region, ws",
+    )
+    .await;
+    assert_same(&got, &want);
+}
+
+#[tokio::test]
+async fn session_windows_match_batch_gaps_and_islands() {
+    let (_d, mut s, ctx) = setup(14, 2000).await;
+    let got = streamed(
+        &mut s,
+        "SELECT user_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT course_id) AS courses
+         FROM SESSION(ev, event_time, INTERVAL '20' SECOND) WHERE user_id % 7 = 0
+         GROUP BY user_id, window_start, window_end",
+    )
+    .await;
+    let want = batch_rows(
+        &ctx,
+        "WITH marked AS (
+            SELECT user_id, course_id, event_time,
+                   CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY user_id ORDER BY event_time) < INTERVAL '20 seconds'
+                        THEN 0 ELSE 1 END AS new_session
+            FROM ev WHERE user_id % 7 = 0),
+         numbered AS (
+            SELECT *, SUM(new_session) OVER (PARTITION BY user_id ORDER BY event_time ROWS UNBOUNDED PRECEDING) AS sid FROM marked)
+         SELECT user_id, MIN(event_time), MAX(event_time) + INTERVAL '20 seconds', COUNT(*), COUNT(DISTINCT course_id)
+         FROM numbered GROUP BY user_id, sid",
+    )
+    .await;
+    assert_same(&got, &want);
+}
+
+#[tokio::test]
+async fn windowed_stream_join_matches_batch() {
+    let (d, mut s, ctx) = setup(15, 3000).await;
+    let path = d.path().join("events.jsonl");
+    exec(
+        &mut s,
+        &format!("CREATE SOURCE buys ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}', format = 'json');", path.display()),
+    )
+    .await;
+    let got = streamed(
+        &mut s,
+        "SELECT v.region, v.window_start, COUNT(*) AS pairs, COUNT(DISTINCT v.user_id) AS buyers
+         FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND) AS v
+         JOIN TUMBLE(buys, event_time, INTERVAL '10' SECOND) AS b
+           ON v.user_id = b.user_id AND v.window_start = b.window_start
+         WHERE b.purchased AND v.course_id <> b.course_id
+         GROUP BY v.region, v.window_start",
+    )
+    .await;
+    let want = batch_rows(
+        &ctx,
+        "WITH w AS (SELECT *, date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01') AS ws FROM ev)
+         SELECT v.region, v.ws, COUNT(*), COUNT(DISTINCT v.user_id)
+         FROM w v JOIN w b ON v.user_id = b.user_id AND v.ws = b.ws
+         WHERE b.purchased AND v.course_id <> b.course_id GROUP BY v.region, v.ws",
+    )
+    .await;
+    assert_same(&got, &want);
+}
+
+#[tokio::test]
+async fn lookup_join_with_a_course_catalog_matches_batch() {
+    let (d, mut s, ctx) = setup(16, 2500).await;
+    let catalog = d.path().join("courses.csv");
+    let mut csv = String::from("course_id,title,category\n");
+    for c in 1..=500 {
+        csv.push_str(&format!("{c},Course {c},{}\n", ["data", "web", "ml", "design"][c % 4]));
+    }
+    std::fs::write(&catalog, csv).expect("csv");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE TABLE courses (course_id BIGINT, title VARCHAR, category VARCHAR)
+             WITH (connector = 'file', path = '{}', format = 'csv');",
+            catalog.display()
+        ),
+    )
+    .await;
+    let got = streamed(
+        &mut s,
+        "SELECT c.category, window_start, COUNT(*) AS views, SUM(CASE WHEN e.purchased THEN 1 ELSE 0 END) AS buys
+         FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND) AS e JOIN courses c ON e.course_id = c.course_id
+         GROUP BY c.category, window_start, window_end",
+    )
+    .await;
+    ctx.register_csv("courses", catalog.to_str().expect("utf8"), Default::default()).await.expect("csv");
+    let want = batch_rows(
+        &ctx,
+        "SELECT c.category, date_bin(INTERVAL '10 seconds', e.event_time, TIMESTAMP '1970-01-01'), COUNT(*),
+                SUM(CASE WHEN e.purchased THEN 1 ELSE 0 END)
+         FROM ev e JOIN courses c ON e.course_id = c.course_id GROUP BY 1, 2",
+    )
+    .await;
+    assert_same(&got, &want);
+}
+
+#[tokio::test]
+async fn append_sink_gets_each_window_once_and_matches_upsert_view() {
+    let (d, mut s, _ctx) = setup(17, 800).await;
+    let out = d.path().join("archive");
+    let q = "SELECT course_id, window_start, COUNT(*) AS views FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND)
+             GROUP BY course_id, window_start, window_end";
+    exec(&mut s, &format!("CREATE SINK arch WITH (connector = 'parquet', path = '{}', rollover_rows = '500') AS {q};", out.display())).await;
+    let upserted = streamed(&mut s, q).await;
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_parquet("arch", out.to_str().expect("utf8"), Default::default()).await.expect("parquet");
+    let archived = batch_rows(&ctx, "SELECT * FROM arch").await;
+    assert_same(&archived, &upserted);
+    let files = std::fs::read_dir(&out).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>();
+    assert!(files.len() > 1, "rolled into several files: {files:?}");
+    assert!(files.iter().all(|f| f.starts_with("part-") && f.ends_with(".parquet")), "no temp files left: {files:?}");
+}

@@ -1,0 +1,97 @@
+//! Helpers shared by the integration tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use freshet::connector::generator::{CourseGenerator, EPOCH_2026_MS, GenOptions, course_schema};
+use freshet::engine::query::EngineConfig;
+use freshet::session::{Outcome, Session};
+use freshet::sql::parser::parse_script;
+
+pub fn gen_opts(events: u64, seed: u64) -> GenOptions {
+    GenOptions { seed, events: Some(events), ..GenOptions::default() }
+}
+
+/// Write the generator's events as JSON lines to `path`.
+pub fn write_events(path: &Path, opts: &GenOptions) {
+    let mut g = CourseGenerator::new(opts.clone(), EPOCH_2026_MS);
+    let mut s = String::new();
+    while let Some(e) = g.next_event() {
+        e.write_json(&mut s);
+    }
+    std::fs::write(path, s).expect("write events");
+}
+
+/// The same events as an in-memory table for batch (oracle) queries.
+pub fn oracle_ctx(opts: &GenOptions, name: &str) -> SessionContext {
+    let mut g = CourseGenerator::new(opts.clone(), EPOCH_2026_MS);
+    let mut batches = Vec::new();
+    while let Some(b) = g.next_batch(10_000) {
+        batches.push(b);
+    }
+    let ctx = SessionContext::new();
+    ctx.register_table(name, Arc::new(MemTable::try_new(course_schema(), vec![batches]).expect("memtable")))
+        .expect("register");
+    ctx
+}
+
+pub async fn batch_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx.sql(sql).await.expect("oracle sql").collect().await.expect("oracle run");
+    sorted_rows(&batches)
+}
+
+/// Rows as `a|b|c` text, sorted, so results compare regardless of order.
+pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in batches {
+        let fmts: Vec<ArrayFormatter> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("fmt")).collect();
+        for r in 0..b.num_rows() {
+            rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+pub const COURSE_COLUMNS: &str = "user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR, purchased BOOLEAN,
+    event_time TIMESTAMP NOT NULL, WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND";
+
+pub fn session(batch_size: usize) -> Session {
+    Session::new(EngineConfig { batch_size, ..EngineConfig::default() })
+}
+
+/// Execute a script, expecting every statement to succeed; returns the last outcome's rows, if any.
+pub async fn exec(session: &mut Session, sql: &str) -> Vec<RecordBatch> {
+    let mut last = Vec::new();
+    for st in parse_script(sql).expect("script parses") {
+        match session.execute(&st.statement).await.unwrap_or_else(|e| panic!("statement at line {}: {e}", st.line)) {
+            Outcome::Rows(b, _) => last = b,
+            Outcome::Live(live) => {
+                live.handle.await.expect("join").expect("live query");
+                last = freshet::session::present(&live.table, &live.presentation).await.expect("present");
+            }
+            _ => {}
+        }
+    }
+    last
+}
+
+/// Run a streaming query into a materialized view over the source(s) already declared, wait for the
+/// bounded input to end, and return the view's rows.
+pub async fn streamed(session: &mut Session, query: &str) -> Vec<String> {
+    exec(session, &format!("CREATE MATERIALIZED VIEW mv AS {query};")).await;
+    session.wait_bounded().await;
+    for q in &session.queries {
+        if let Some(Err(e)) = &q.outcome {
+            panic!("query {} failed: {e}", q.name);
+        }
+    }
+    let rows = exec(session, "SELECT * FROM mv;").await;
+    exec(session, "DROP MATERIALIZED VIEW mv;").await;
+    sorted_rows(&rows)
+}
