@@ -263,6 +263,16 @@ async fn run(file: PathBuf, config: EngineConfig, format: &str) -> Result<()> {
             None => {}
         }
     }
+    if let Some(kb) = peak_rss_kb() {
+        eprintln!("peak memory: {:.1} MiB", kb as f64 / 1024.0);
+    }
     anyhow::ensure!(!failed, "a query failed");
     Ok(())
+}
+
+/// Peak resident memory of this process (Linux), for run summaries and benchmarks.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -200,3 +200,88 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
+
+/// Runs a source on its own thread, ahead of the engine, so that decoding (JSON, CSV, generation)
+/// overlaps with query execution on the other core. Rows are gathered into micro-batches of up to
+/// `max` rows, or whatever arrived within `interval` (paced and unbounded sources).
+pub struct Prefetch {
+    rx: std::sync::mpsc::Receiver<Result<Poll>>,
+    bounded: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Prefetch {
+    pub fn spawn(mut inner: Box<dyn Source>, max: usize, interval: std::time::Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let bounded = inner.bounded();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Poll>>(2);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut rows: Vec<RecordBatch> = Vec::new();
+            let mut bad: Vec<BadRecord> = Vec::new();
+            let mut n = 0;
+            let mut since: Option<std::time::Instant> = None;
+            let flush = |rows: &mut Vec<RecordBatch>, bad: &mut Vec<BadRecord>| -> Result<Poll> {
+                let batch = match rows.len() {
+                    0 => None,
+                    1 => rows.pop(),
+                    _ => Some(datafusion::arrow::compute::concat_batches(&rows[0].schema(), rows.iter())?),
+                };
+                rows.clear();
+                Ok(Poll::Ready(batch, std::mem::take(bad)))
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                let end = match inner.poll(max.saturating_sub(n).max(1)) {
+                    Ok(Poll::Ready(b, e)) => {
+                        n += b.as_ref().map_or(0, |b| b.num_rows());
+                        rows.extend(b);
+                        bad.extend(e);
+                        since.get_or_insert_with(std::time::Instant::now);
+                        None
+                    }
+                    Ok(Poll::Pending) => {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        None
+                    }
+                    other => Some(other),
+                };
+                let due = end.is_some() || n >= max || since.is_some_and(|t| t.elapsed() >= interval);
+                if due && (!rows.is_empty() || !bad.is_empty()) {
+                    let out = flush(&mut rows, &mut bad);
+                    n = 0;
+                    since = None;
+                    if tx.send(out).is_err() {
+                        break;
+                    }
+                }
+                if let Some(last) = end {
+                    let _ = tx.send(last);
+                    break;
+                }
+            }
+        });
+        Prefetch { rx, bounded, stop }
+    }
+}
+
+impl Source for Prefetch {
+    fn poll(&mut self, _max: usize) -> Result<Poll> {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.rx.recv_timeout(std::time::Duration::from_millis(20)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Ok(Poll::Pending),
+            Err(RecvTimeoutError::Disconnected) => Ok(Poll::Exhausted),
+        }
+    }
+
+    fn bounded(&self) -> bool {
+        self.bounded
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

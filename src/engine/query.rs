@@ -281,7 +281,8 @@ impl QueryRuntime {
                 }
                 None => (None, 0),
             };
-            sources.push(SourceRt { name: sname, source: connector::open_source(def)?, slot, time_idx, delay, max_ts: i64::MIN, exhausted: false });
+            let source = Box::new(connector::Prefetch::spawn(connector::open_source(def)?, config.batch_size, config.batch_interval));
+            sources.push(SourceRt { name: sname, source, slot, time_idx, delay, max_ts: i64::MIN, exhausted: false });
         }
         let sink = make_sink(output_schema.clone())?;
         let metrics = Arc::new(Metrics::default());
@@ -515,8 +516,9 @@ impl QueryRuntime {
                 break;
             }
             if !got {
+                // Sources wait for data themselves (see `Prefetch`); just let `stop` in.
                 tokio::select! {
-                    _ = tokio::time::sleep(self.config.batch_interval.min(Duration::from_millis(50))) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                     _ = stop.changed() => {}
                 }
             }
