@@ -182,23 +182,30 @@ fn generate(kind: GenerateKind) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called (not when first polled), so a
+/// signal that arrives while statements are still starting is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut t), Some(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -207,8 +214,10 @@ async fn run(file: PathBuf, config: EngineConfig, format: &str) -> Result<()> {
     let format: PrintFormat = format.parse()?;
     let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let statements = freshet::sql::parser::parse_script(&sql).map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
+    let mut stop = Box::pin(shutdown_signal());
     let mut session = Session::new(config);
     session.wait_for_bounded = true;
+    let mut interrupted = false;
     for st in &statements {
         let outcome = session.execute(&st.statement).await;
         match outcome {
@@ -225,15 +234,18 @@ async fn run(file: PathBuf, config: EngineConfig, format: &str) -> Result<()> {
             Ok(Outcome::Rows(b, _)) => print!("{}", format_batches(&b, format)?),
             Ok(Outcome::Live(live)) => {
                 // A continuous SELECT in a script prints its rows once the query ends (or is stopped).
-                let stop = live.stop.clone();
+                let stop_query = live.stop.clone();
                 tokio::select! {
-                    _ = shutdown_signal() => { let _ = stop.send(true); }
+                    _ = &mut stop => { let _ = stop_query.send(true); interrupted = true; }
                     _ = async { while !live.handle.is_finished() { tokio::time::sleep(Duration::from_millis(50)).await; } } => {}
                 }
                 let report = live.handle.await.context("live query task")?;
                 report?;
                 let rows = freshet::session::present(&live.table, &live.presentation).await?;
                 print!("{}", format_batches(&rows, format)?);
+                if interrupted {
+                    break;
+                }
             }
         }
     }
@@ -241,7 +253,11 @@ async fn run(file: PathBuf, config: EngineConfig, format: &str) -> Result<()> {
     if unbounded {
         eprintln!("running; Ctrl-C stops and flushes the sinks");
     }
-    session.wait_all(Box::pin(shutdown_signal())).await;
+    if interrupted {
+        session.stop_all().await;
+    } else {
+        session.wait_all(stop).await;
+    }
     let mut failed = false;
     for q in &session.queries {
         match &q.outcome {

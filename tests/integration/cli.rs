@@ -73,3 +73,54 @@ fn bad_script_fails_with_file_line_and_column() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.sql"));
 }
+
+#[test]
+fn sigterm_stops_an_unbounded_run_cleanly_with_sinks_committed() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("live.sql"),
+        "CREATE SOURCE ev (user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR, purchased BOOLEAN,
+            event_time TIMESTAMP NOT NULL, WATERMARK FOR event_time AS event_time - INTERVAL '200' MILLISECOND)
+         WITH (connector = 'generator', rate = '5000', out_of_order_ms = '100');
+         CREATE SINK per_second WITH (connector = 'parquet', path = 'out/live') AS
+         SELECT region, window_start, COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '1' SECOND)
+         GROUP BY region, window_start, window_end;",
+    )
+    .expect("write");
+    let mut child = freshet()
+        .current_dir(dir.path())
+        .args(["run", "live.sql", "--batch-interval-ms", "100"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.starts_with("running")) {
+        let l = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("freshet announces it is running");
+        lines.push(l);
+    }
+    // Let a few one-second windows close before stopping.
+    std::thread::sleep(Duration::from_millis(3500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = child.wait().expect("wait");
+    lines.extend(rx.try_iter());
+    assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.starts_with("per_second:") && l.contains("rows in")), "{}", lines.join("\n"));
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("out/live"))
+        .expect("archive dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!files.is_empty(), "windows closed before the stop were committed");
+    assert!(files.iter().all(|f| f.ends_with(".parquet") && !f.starts_with('.')), "no temp files left: {files:?}");
+}
