@@ -2,14 +2,14 @@
 //! (`connector = 'file'` / `'console'`) for debugging.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
-use crate::format::{BadRecord, Format, LineDecoder, to_json_lines};
+use crate::format::{Format, LineDecoder, to_json_lines};
 use crate::sql::parser::Options;
 
 #[derive(Debug, Clone)]
@@ -40,12 +40,15 @@ impl FileOptions {
 }
 
 pub struct FileSource {
-    reader: BufReader<File>,
+    file: File,
     decoder: LineDecoder,
     path: String,
+    /// Bytes read but not yet decoded (an incomplete last line).
+    pending: Vec<u8>,
+    /// Line number of the first line in `pending`.
     line_no: u64,
     skip_header: bool,
-    done: bool,
+    eof: bool,
 }
 
 impl FileSource {
@@ -53,55 +56,68 @@ impl FileSource {
         let file = File::open(&opts.path).map_err(|e| Error::io(&opts.path, e))?;
         let skip_header = matches!(opts.format, Format::Csv { header: true, .. });
         Ok(FileSource {
-            reader: BufReader::with_capacity(1 << 20, file),
+            file,
             decoder: LineDecoder::new(schema, opts.format),
             path: opts.path.display().to_string(),
-            line_no: 0,
+            pending: Vec::new(),
+            line_no: 1,
             skip_header,
-            done: false,
+            eof: false,
         })
+    }
+
+    /// Byte offset just past the `max`-th newline in `pending`, if there are that many.
+    fn cut(&self, max: usize) -> Option<usize> {
+        let mut seen = 0;
+        for (i, b) in self.pending.iter().enumerate() {
+            if *b == b'\n' {
+                seen += 1;
+                if seen == max {
+                    return Some(i + 1);
+                }
+            }
+        }
+        None
     }
 }
 
 impl Source for FileSource {
     fn poll(&mut self, max: usize) -> Result<Poll> {
-        if self.done {
-            return Ok(Poll::Exhausted);
-        }
-        let mut lines: Vec<(u64, String)> = Vec::with_capacity(max.min(1 << 16));
-        let mut bad = Vec::new();
-        let mut buf = Vec::new();
-        while lines.len() < max {
-            buf.clear();
-            let n = self.reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(&self.path, e))?;
+        let mut scanned_lines = self.pending.iter().filter(|b| **b == b'\n').count();
+        while !self.eof && scanned_lines < max + usize::from(self.skip_header) {
+            let old = self.pending.len();
+            self.pending.resize(old + (1 << 20), 0);
+            let n = self.file.read(&mut self.pending[old..]).map_err(|e| Error::io(&self.path, e))?;
+            self.pending.truncate(old + n);
             if n == 0 {
-                self.done = true;
-                break;
+                self.eof = true;
             }
-            self.line_no += 1;
-            if self.skip_header {
-                self.skip_header = false;
-                continue;
-            }
-            while buf.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-                buf.pop();
-            }
-            match String::from_utf8(std::mem::take(&mut buf)) {
-                Ok(s) => lines.push((self.line_no, s)),
-                Err(e) => bad.push(BadRecord {
-                    position: format!("{}:{}", self.path, self.line_no),
-                    raw: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                    reason: "invalid UTF-8".into(),
-                }),
+            scanned_lines += self.pending[old..].iter().filter(|b| **b == b'\n').count();
+        }
+        if self.skip_header {
+            match self.pending.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    self.pending.drain(..=i);
+                    self.line_no += 1;
+                    self.skip_header = false;
+                }
+                None if self.eof => self.pending.clear(),
+                None => return Ok(Poll::Pending),
             }
         }
-        let path = &self.path;
-        let decoded = self.decoder.decode(lines.iter().map(|(n, l)| (format!("{path}:{n}"), l.as_str())))?;
-        bad.extend(decoded.errors);
-        if decoded.batch.is_none() && bad.is_empty() && self.done {
+        let end = match self.cut(max) {
+            Some(end) => end,
+            None if self.eof => self.pending.len(),
+            None => return Ok(Poll::Pending),
+        };
+        if end == 0 {
             return Ok(Poll::Exhausted);
         }
-        Ok(Poll::Ready(decoded.batch, bad))
+        let chunk: Vec<u8> = self.pending.drain(..end).collect();
+        let first = self.line_no;
+        self.line_no += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        let decoded = self.decoder.decode_chunk(&chunk, first, &self.path)?;
+        Ok(Poll::Ready(decoded.batch, decoded.errors))
     }
 
     fn bounded(&self) -> bool {

@@ -267,7 +267,7 @@ impl QueryRuntime {
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
         let (ctx, slots) = context_for(catalog, &compiled.inputs, &system).await?;
-        let (exec, output_schema) = build_exec(&ctx, compiled).await?;
+        let (mut exec, output_schema) = build_exec(&ctx, compiled).await?;
         let needs_watermark = !matches!(exec, Exec::Stateless { .. });
         let mut sources = Vec::new();
         for (sname, slot) in slots {
@@ -285,6 +285,9 @@ impl QueryRuntime {
             sources.push(SourceRt { name: sname, source, slot, time_idx, delay, max_ts: i64::MIN, exhausted: false });
         }
         let sink = make_sink(output_schema.clone())?;
+        if let Exec::WindowAgg { state, session, .. } = &mut exec {
+            state.track_changes(sink.mode() == SinkMode::Upsert && !*session);
+        }
         let metrics = Arc::new(Metrics::default());
         metrics.watermark.store(i64::MIN, Ordering::Relaxed);
         Ok(QueryRuntime { name: name.to_string(), ctx, sources, exec, sink, metrics, system, config, watermark: i64::MIN, output_schema })
@@ -445,7 +448,6 @@ impl QueryRuntime {
                     rows = state.take_changed()?;
                     state.close(wm)?;
                 } else {
-                    let _ = state.take_changed()?;
                     rows = state.close(wm)?;
                 }
                 self.metrics.groups.store(state.groups() as u64, Ordering::Relaxed);

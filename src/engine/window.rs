@@ -265,6 +265,8 @@ pub struct WindowAggState {
     touched: BTreeSet<(i64, usize)>,
     touched_keys: Vec<Key>,
     touched_index: HashMap<Key, usize>,
+    /// Whether to remember touched windows (only upsert sinks need them).
+    track: bool,
     closed_through: i64,
 }
 
@@ -293,6 +295,7 @@ impl WindowAggState {
             touched: BTreeSet::new(),
             touched_keys: Vec::new(),
             touched_index: HashMap::new(),
+            track: true,
             closed_through: i64::MIN,
         })
     }
@@ -313,7 +316,15 @@ impl WindowAggState {
         self.panes.values().map(HashMap::len).sum::<usize>() + self.sessions.values().map(Vec::len).sum::<usize>()
     }
 
+    /// Remember touched windows for [`Self::take_changed`] (on by default; append sinks turn it off).
+    pub fn track_changes(&mut self, on: bool) {
+        self.track = on;
+    }
+
     fn touch(&mut self, start: i64, key: &Key) {
+        if !self.track {
+            return;
+        }
         let idx = match self.touched_index.get(key) {
             Some(i) => *i,
             None => {
@@ -361,9 +372,11 @@ impl WindowAggState {
                             group.insert(key.clone(), accs);
                         }
                     }
-                    let starts: Vec<i64> = self.spec.windows_of(pane).collect();
-                    for s in starts {
-                        self.touch(s, &key);
+                    if self.track {
+                        let starts: Vec<i64> = self.spec.windows_of(pane).collect();
+                        for s in starts {
+                            self.touch(s, &key);
+                        }
                     }
                 }
             }

@@ -83,26 +83,50 @@ impl LineDecoder {
         }
     }
 
-    /// Decode `lines` (each with its position for error reports); blank lines are skipped.
-    pub fn decode<'a>(&self, lines: impl IntoIterator<Item = (String, &'a str)>) -> Result<Decoded> {
-        let lines: Vec<(String, &str)> = lines.into_iter().filter(|(_, l)| !l.trim().is_empty()).collect();
-        if lines.is_empty() {
+    /// Decode a chunk of whole lines (`\n`-separated) whose first line is line `first_line` of
+    /// `origin`. Positions of bad records are `origin:line`.
+    pub fn decode_chunk(&self, chunk: &[u8], first_line: u64, origin: &str) -> Result<Decoded> {
+        let newlines = chunk.iter().filter(|b| **b == b'\n').count();
+        let lines = newlines + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
+        if lines == 0 {
             return Ok(Decoded { batch: None, errors: vec![] });
         }
-        let mut buf = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
-        for (_, l) in &lines {
-            buf.extend_from_slice(l.as_bytes());
-            buf.push(b'\n');
-        }
-        if let Ok(Some(b)) = self.decode_bytes(&buf, lines.len())
-            && b.num_rows() == lines.len()
+        // Fast path: the whole chunk in one vectorised decode.
+        if std::str::from_utf8(chunk).is_ok()
+            && let Ok(Some(b)) = self.decode_bytes(chunk, lines)
+            && b.num_rows() == lines
         {
             return Ok(Decoded { batch: Some(b), errors: vec![] });
         }
-        // Slow path: isolate the bad records.
+        // Slow path: line by line, so that each bad record is isolated with its reason.
+        let mut text_lines = Vec::with_capacity(lines);
+        let mut errors = Vec::new();
+        for (i, raw) in chunk.split(|b| *b == b'\n').enumerate().take(lines) {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let pos = first_line + i as u64;
+            match std::str::from_utf8(raw) {
+                Ok(l) => text_lines.push((pos, l)),
+                Err(_) => errors.push(BadRecord {
+                    position: format!("{origin}:{pos}"),
+                    raw: String::from_utf8_lossy(raw).into_owned(),
+                    reason: "invalid UTF-8".into(),
+                }),
+            }
+        }
+        let mut out = self.decode(text_lines.into_iter().map(|(n, l)| (format!("{origin}:{n}"), l)))?;
+        errors.append(&mut out.errors);
+        errors.sort_by_key(|e| e.position.rsplit(':').next().and_then(|n| n.parse::<u64>().ok()));
+        Ok(Decoded { batch: out.batch, errors })
+    }
+
+    /// Decode `lines` one by one (each with its position for error reports); blank lines are skipped.
+    pub fn decode<'a>(&self, lines: impl IntoIterator<Item = (String, &'a str)>) -> Result<Decoded> {
         let mut good = Vec::new();
         let mut errors = Vec::new();
         for (pos, line) in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
             let mut one = Vec::with_capacity(line.len() + 1);
             one.extend_from_slice(line.as_bytes());
             one.push(b'\n');
@@ -147,7 +171,7 @@ not json at all
 
 {"user_id":3,"course_id":4,"region":null,"purchased":true,"event_time":"2026-01-01T00:01:00Z"}
 {"course_id":4,"region":"x","purchased":true,"event_time":"2026-01-01T00:01:00Z"}"#;
-        let out = d.decode(lines(text)).expect("decode");
+        let out = d.decode_chunk(text.as_bytes(), 1, "f").expect("decode");
         let b = out.batch.expect("good rows");
         assert_eq!(b.num_rows(), 2);
         let users = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
@@ -156,7 +180,12 @@ not json at all
         assert_eq!(ts.value(0), 1_767_225_600_123);
         assert!(b.column(2).is_null(1));
         let positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
-        assert_eq!(positions, ["line 2", "line 3", "line 6"]);
+        assert_eq!(positions, ["f:2", "f:3", "f:6"]);
+        let fast = d.decode_chunk(format!("{}\n", text.lines().next().expect("line")).as_bytes(), 1, "f").expect("ok");
+        assert_eq!(fast.batch.expect("row").num_rows(), 1);
+        let bad_utf8 = d.decode_chunk(b"\xff\xfe\n", 7, "f").expect("ok");
+        assert_eq!(bad_utf8.errors[0].position, "f:7");
+        assert_eq!(bad_utf8.errors[0].reason, "invalid UTF-8");
         assert!(out.errors[0].reason.to_lowercase().contains("user_id") || !out.errors[0].reason.is_empty());
         assert_eq!(out.errors[1].raw, "not json at all");
     }
