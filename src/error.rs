@@ -38,11 +38,17 @@ impl Error {
     }
 
     pub fn option(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Option { key: key.into(), message: message.into() }
+        Error::Option {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// Shift a SQL position by the line/column where the statement started in its file.
@@ -50,7 +56,11 @@ impl Error {
         match self {
             Error::Sql { line, col, message } => {
                 let col = if line == 1 { col + col0.saturating_sub(1) } else { col };
-                Error::Sql { line: line + line0.saturating_sub(1), col, message }
+                Error::Sql {
+                    line: line + line0.saturating_sub(1),
+                    col,
+                    message,
+                }
             }
             other => other,
         }
@@ -78,10 +88,18 @@ pub fn parser_error(msg: &str) -> Error {
         let line = parts.next().and_then(|l| l.trim().parse().ok());
         let col = parts.next().and_then(|c| c.trim().parse().ok());
         if let (Some(line), Some(col)) = (line, col) {
-            return Error::Sql { line, col, message: msg[..i].to_string() };
+            return Error::Sql {
+                line,
+                col,
+                message: msg[..i].to_string(),
+            };
         }
     }
-    Error::Sql { line: 1, col: 1, message: msg.to_string() }
+    Error::Sql {
+        line: 1,
+        col: 1,
+        message: msg.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,10 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn config(&self) -> EngineConfig {
-        EngineConfig { batch_size: self.batch_size.max(1), batch_interval: Duration::from_millis(self.batch_interval_ms) }
+        EngineConfig {
+            batch_size: self.batch_size.max(1),
+            batch_interval: Duration::from_millis(self.batch_interval_ms),
+        }
     }
 }
 
@@ -96,8 +99,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate { kind } => generate(kind),
-        Command::Run { file, engine, format } => runtime().and_then(|rt| rt.block_on(run(file, engine.config(), &format))),
-        Command::Repl { engine, history } => runtime().and_then(|rt| rt.block_on(freshet::repl::run(engine.config(), history)).map_err(Into::into)),
+        Command::Run { file, engine, format } => {
+            runtime().and_then(|rt| rt.block_on(run(file, engine.config(), &format)))
+        }
+        Command::Repl { engine, history } => runtime().and_then(|rt| {
+            rt.block_on(freshet::repl::run(engine.config(), history))
+                .map_err(Into::into)
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -109,16 +117,39 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn generate(kind: GenerateKind) -> Result<()> {
-    let GenerateKind::Courses { events, seed, out, format, rate, out_of_order_ms, late_ratio } = kind;
-    anyhow::ensure!((0.0..=1.0).contains(&late_ratio), "--late-ratio must be between 0 and 1");
+    let GenerateKind::Courses {
+        events,
+        seed,
+        out,
+        format,
+        rate,
+        out_of_order_ms,
+        late_ratio,
+    } = kind;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&late_ratio),
+        "--late-ratio must be between 0 and 1"
+    );
     anyhow::ensure!(rate.is_none_or(|r| r > 0.0), "--rate must be > 0");
-    let opts = GenOptions { seed, events, rate, out_of_order_ms, late_ratio };
+    let opts = GenOptions {
+        seed,
+        events,
+        rate,
+        out_of_order_ms,
+        late_ratio,
+    };
     let start = if rate.is_some() {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(EPOCH_2026_MS)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(EPOCH_2026_MS)
     } else {
         EPOCH_2026_MS
     };
@@ -167,17 +198,30 @@ fn generate(kind: GenerateKind) -> Result<()> {
             let bar = match events {
                 Some(total) if total > 0 => {
                     let filled = (n * 30 / total) as usize;
-                    format!("[{}{}] {:>3}%", "#".repeat(filled), "-".repeat(30 - filled), n * 100 / total)
+                    format!(
+                        "[{}{}] {:>3}%",
+                        "#".repeat(filled),
+                        "-".repeat(30 - filled),
+                        n * 100 / total
+                    )
                 }
                 _ => String::new(),
             };
-            eprint!("\r{bar} {n} events, {:.0} events/s   ", n as f64 / t0.elapsed().as_secs_f64());
+            eprint!(
+                "\r{bar} {n} events, {:.0} events/s   ",
+                n as f64 / t0.elapsed().as_secs_f64()
+            );
         }
     }
     w.write_all(buf.as_bytes())?;
     w.flush()?;
     if progress {
-        eprintln!("\r{} events in {:.1} s{}", g.produced(), t0.elapsed().as_secs_f64(), " ".repeat(40));
+        eprintln!(
+            "\r{} events in {:.1} s{}",
+            g.produced(),
+            t0.elapsed().as_secs_f64(),
+            " ".repeat(40)
+        );
     }
     Ok(())
 }

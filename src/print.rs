@@ -19,7 +19,10 @@ impl std::str::FromStr for PrintFormat {
             "table" => Ok(PrintFormat::Table),
             "csv" => Ok(PrintFormat::Csv),
             "json" => Ok(PrintFormat::Json),
-            other => Err(Error::option("format", format!("unknown format '{other}'; valid: table, csv, json"))),
+            other => Err(Error::option(
+                "format",
+                format!("unknown format '{other}'; valid: table, csv, json"),
+            )),
         }
     }
 }
@@ -37,7 +40,9 @@ pub fn format_batches(batches: &[RecordBatch], format: PrintFormat) -> Result<St
         PrintFormat::Csv => {
             let mut out = Vec::new();
             {
-                let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
                 for b in &batches {
                     w.write(b)?;
                 }

@@ -78,7 +78,12 @@ pub struct Session {
 }
 
 fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<(Vec<RecordBatch>, SchemaRef)> {
-    let schema = Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, false)).collect::<Vec<_>>()));
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(*c, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
     let cols: Vec<ArrayRef> = (0..columns.len())
         .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].as_str()))) as ArrayRef)
         .collect();
@@ -89,7 +94,13 @@ fn schema_rows(schema: &Schema) -> Vec<Vec<String>> {
     schema
         .fields()
         .iter()
-        .map(|f| vec![f.name().clone(), f.data_type().to_string(), if f.is_nullable() { "YES".into() } else { "NO".into() }])
+        .map(|f| {
+            vec![
+                f.name().clone(),
+                f.data_type().to_string(),
+                if f.is_nullable() { "YES".into() } else { "NO".into() },
+            ]
+        })
         .collect()
 }
 
@@ -124,9 +135,19 @@ impl Session {
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<(Arc<Metrics>, bool, watch::Sender<bool>, JoinHandle<Result<Report>>)> {
         if compiled.inputs.streams.is_empty() {
-            return Err(Error::plan(format!("'{name}' reads no source: a continuous query needs a CREATE SOURCE input")));
+            return Err(Error::plan(format!(
+                "'{name}' reads no source: a continuous query needs a CREATE SOURCE input"
+            )));
         }
-        let rt = QueryRuntime::new(name, compiled, &self.catalog, self.system.clone(), self.config.clone(), make_sink).await?;
+        let rt = QueryRuntime::new(
+            name,
+            compiled,
+            &self.catalog,
+            self.system.clone(),
+            self.config.clone(),
+            make_sink,
+        )
+        .await?;
         let metrics = rt.metrics();
         let bounded = rt.bounded();
         let (tx, rx) = watch::channel(false);
@@ -171,16 +192,37 @@ impl Session {
         match stmt {
             Statement::CreateSource(def) => {
                 connector::validate_source(def)?;
-                let what = if def.kind == SourceKind::Table { "table" } else { "source" };
+                let what = if def.kind == SourceKind::Table {
+                    "table"
+                } else {
+                    "source"
+                };
                 self.catalog.add(&def.name, Object::Source(def.clone()))?;
                 Ok(Outcome::Done(format!("created {what} {}", def.name)))
             }
-            Statement::CreateView { name, materialized: false, query, sql } => {
+            Statement::CreateView {
+                name,
+                materialized: false,
+                query,
+                sql,
+            } => {
                 plan::inputs_of(query, &self.catalog)?;
-                self.catalog.add(name, Object::View(ViewDef { name: name.clone(), query: query.clone(), sql: sql.clone() }))?;
+                self.catalog.add(
+                    name,
+                    Object::View(ViewDef {
+                        name: name.clone(),
+                        query: query.clone(),
+                        sql: sql.clone(),
+                    }),
+                )?;
                 Ok(Outcome::Done(format!("created view {name}")))
             }
-            Statement::CreateView { name, materialized: true, query, sql } => {
+            Statement::CreateView {
+                name,
+                materialized: true,
+                query,
+                sql,
+            } => {
                 if self.catalog.get(name).is_some() {
                     return Err(Error::plan(format!("'{name}' already exists")));
                 }
@@ -196,12 +238,30 @@ impl Session {
                 let table = table.ok_or_else(|| Error::Internal("no table".into()))?;
                 self.catalog.add(
                     name,
-                    Object::MaterializedView(MaterializedViewDef { name: name.clone(), query: query.clone(), sql: sql.clone(), table }),
+                    Object::MaterializedView(MaterializedViewDef {
+                        name: name.clone(),
+                        query: query.clone(),
+                        sql: sql.clone(),
+                        table,
+                    }),
                 )?;
-                self.queries.push(RunningQuery { name: name.clone(), kind: ObjectKind::MaterializedView, metrics, bounded, stop, handle: Some(handle), outcome: None });
+                self.queries.push(RunningQuery {
+                    name: name.clone(),
+                    kind: ObjectKind::MaterializedView,
+                    metrics,
+                    bounded,
+                    stop,
+                    handle: Some(handle),
+                    outcome: None,
+                });
                 Ok(Outcome::Done(format!("created materialized view {name}")))
             }
-            Statement::CreateSink { name, options, query, sql } => {
+            Statement::CreateSink {
+                name,
+                options,
+                query,
+                sql,
+            } => {
                 if self.catalog.get(name).is_some() {
                     return Err(Error::plan(format!("'{name}' already exists")));
                 }
@@ -211,15 +271,35 @@ impl Session {
                     return Err(Error::plan("ORDER BY and LIMIT have no meaning for a sink; drop them"));
                 }
                 let opts = options.clone();
-                let (metrics, bounded, stop, handle) = self.start(name, &compiled, |schema| connector::open_sink(&opts, schema)).await?;
-                self.catalog.add(name, Object::Sink(SinkDef { name: name.clone(), options: options.clone(), query: query.clone(), sql: sql.clone() }))?;
-                self.queries.push(RunningQuery { name: name.clone(), kind: ObjectKind::Sink, metrics, bounded, stop, handle: Some(handle), outcome: None });
+                let (metrics, bounded, stop, handle) = self
+                    .start(name, &compiled, |schema| connector::open_sink(&opts, schema))
+                    .await?;
+                self.catalog.add(
+                    name,
+                    Object::Sink(SinkDef {
+                        name: name.clone(),
+                        options: options.clone(),
+                        query: query.clone(),
+                        sql: sql.clone(),
+                    }),
+                )?;
+                self.queries.push(RunningQuery {
+                    name: name.clone(),
+                    kind: ObjectKind::Sink,
+                    metrics,
+                    bounded,
+                    stop,
+                    handle: Some(handle),
+                    outcome: None,
+                });
                 Ok(Outcome::Done(format!("created sink {name}")))
             }
             Statement::Show(kind) => self.show(*kind),
             Statement::Describe(name) => self.describe(name).await,
             Statement::Drop { kind, name, if_exists } => {
-                let kind = if *kind == ObjectKind::Table && self.catalog.get(name).is_some_and(|o| o.kind() == ObjectKind::Source) {
+                let kind = if *kind == ObjectKind::Table
+                    && self.catalog.get(name).is_some_and(|o| o.kind() == ObjectKind::Source)
+                {
                     ObjectKind::Source
                 } else {
                     *kind
@@ -233,10 +313,16 @@ impl Session {
                     };
                     if let Some(i) = uses
                         && n != name
-                        && (i.streams.contains(name) || i.tables.contains(name) || i.views.contains(name) || i.mviews.contains(name))
-                        && self.queries.iter().any(|q| q.name == n && q.status() == "running") | matches!(o, Object::View(_))
+                        && (i.streams.contains(name)
+                            || i.tables.contains(name)
+                            || i.views.contains(name)
+                            || i.mviews.contains(name))
+                        && self.queries.iter().any(|q| q.name == n && q.status() == "running")
+                            | matches!(o, Object::View(_))
                     {
-                        return Err(Error::plan(format!("cannot drop '{name}': '{n}' uses it; drop '{n}' first")));
+                        return Err(Error::plan(format!(
+                            "cannot drop '{name}': '{n}' uses it; drop '{n}' first"
+                        )));
                     }
                 }
                 match self.catalog.remove(kind, name, *if_exists)? {
@@ -259,7 +345,16 @@ impl Session {
     fn show(&self, kind: ShowKind) -> Result<Outcome> {
         let (b, s) = match kind {
             ShowKind::Queries => text_batch(
-                &["name", "kind", "status", "rows_in", "rows_out", "errors", "late", "watermark"],
+                &[
+                    "name",
+                    "kind",
+                    "status",
+                    "rows_in",
+                    "rows_out",
+                    "errors",
+                    "late",
+                    "watermark",
+                ],
                 self.queries
                     .iter()
                     .map(|q| {
@@ -328,7 +423,11 @@ impl Session {
         {
             let (extra, _) = text_batch(
                 &["column", "type", "nullable"],
-                vec![vec![format!("WATERMARK FOR {}", w.column), format!("{} - {} ms", w.column, w.delay_ms), String::new()]],
+                vec![vec![
+                    format!("WATERMARK FOR {}", w.column),
+                    format!("{} - {} ms", w.column, w.delay_ms),
+                    String::new(),
+                ]],
             )?;
             b.extend(extra);
         }
@@ -355,7 +454,13 @@ impl Session {
                 out.push_str("plan: stateless, per micro-batch (append)\n");
                 sql.clone()
             }
-            Kind::WindowAgg { spec, pre_sql, post_sql, kinds, .. } => {
+            Kind::WindowAgg {
+                spec,
+                pre_sql,
+                post_sql,
+                kinds,
+                ..
+            } => {
                 out.push_str(&format!("plan: incremental window aggregate, {}\n", spec.describe()));
                 out.push_str(&format!("state: partial aggregates {kinds:?} per (group key, pane)\n"));
                 out.push_str(&format!("per micro-batch (DataFusion): {pre_sql}\n"));
@@ -363,7 +468,9 @@ impl Session {
                 pre_sql.clone()
             }
             Kind::Buffered { size, feeds, sql } => {
-                out.push_str(&format!("plan: buffered TUMBLE({size} ms): rows kept per window, query runs when it closes\n"));
+                out.push_str(&format!(
+                    "plan: buffered TUMBLE({size} ms): rows kept per window, query runs when it closes\n"
+                ));
                 for (slot, feed) in feeds {
                     out.push_str(&format!("feed {slot}: {feed}\n"));
                 }
@@ -374,7 +481,10 @@ impl Session {
         let df = ctx.sql(&main_sql).await?;
         out.push_str("\nDataFusion plan (per micro-batch):\n");
         out.push_str(&df.into_optimized_plan()?.display_indent().to_string());
-        out.push_str(&format!("\noutput: {}\n", query::output_schema(&compiled, &self.catalog, &self.system).await?));
+        out.push_str(&format!(
+            "\noutput: {}\n",
+            query::output_schema(&compiled, &self.catalog, &self.system).await?
+        ));
         Ok(out)
     }
 
@@ -400,7 +510,13 @@ impl Session {
             })
             .await?;
         let table = table.ok_or_else(|| Error::Internal("no table".into()))?;
-        Ok(Outcome::Live(LiveQuery { table, presentation: compiled.presentation, metrics, stop, handle }))
+        Ok(Outcome::Live(LiveQuery {
+            table,
+            presentation: compiled.presentation,
+            metrics,
+            stop,
+            handle,
+        }))
     }
 }
 
@@ -412,5 +528,9 @@ pub async fn present(table: &MemoryTable, presentation: &str) -> Result<Vec<Reco
     }
     let ctx = datafusion::prelude::SessionContext::new();
     ctx.register_batch("__live", snap)?;
-    Ok(ctx.sql(&format!("SELECT * FROM __live{presentation}")).await?.collect().await?)
+    Ok(ctx
+        .sql(&format!("SELECT * FROM __live{presentation}"))
+        .await?
+        .collect()
+        .await?)
 }

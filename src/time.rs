@@ -74,7 +74,10 @@ mod tests {
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         let jan1 = days_from_civil(2026, 1, 1) * 86_400_000;
         assert_eq!(format_ms(jan1 + 123), "2026-01-01T00:00:00.123Z");
-        assert_eq!(format_ms(days_from_civil(2024, 2, 29) * 86_400_000 + 3_723_004), "2024-02-29T01:02:03.004Z");
+        assert_eq!(
+            format_ms(days_from_civil(2024, 2, 29) * 86_400_000 + 3_723_004),
+            "2024-02-29T01:02:03.004Z"
+        );
         assert_eq!(format_ms(-1), "1969-12-31T23:59:59.999Z");
         for d in [-800_000, -1, 0, 59, 60, 365, 10_000, 20_454, 2_000_000] {
             let (y, m, dd) = civil_from_days(d);

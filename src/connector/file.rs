@@ -20,13 +20,21 @@ pub struct FileOptions {
 
 impl FileOptions {
     pub fn parse(o: &Options) -> Result<Self> {
-        o.check_keys("connector 'file'", &["connector", "path", "format", "header", "delimiter"])?;
+        o.check_keys(
+            "connector 'file'",
+            &["connector", "path", "format", "header", "delimiter"],
+        )?;
         let path = PathBuf::from(o.required("path", "connector 'file'")?);
         let header = o.parse_or("header", true)?;
         let delimiter = match o.get("delimiter") {
             None => b',',
             Some(d) if d.len() == 1 => d.as_bytes()[0],
-            Some(d) => return Err(Error::option("delimiter", format!("must be one character, found '{d}'"))),
+            Some(d) => {
+                return Err(Error::option(
+                    "delimiter",
+                    format!("must be one character, found '{d}'"),
+                ));
+            }
         };
         let format = Format::parse(o.get("format").unwrap_or("json"), header, delimiter)?;
         Ok(FileOptions { path, format })
@@ -87,7 +95,10 @@ impl Source for FileSource {
         while !self.eof && scanned_lines < max + usize::from(self.skip_header) {
             let old = self.pending.len();
             self.pending.resize(old + (1 << 20), 0);
-            let n = self.file.read(&mut self.pending[old..]).map_err(|e| Error::io(&self.path, e))?;
+            let n = self
+                .file
+                .read(&mut self.pending[old..])
+                .map_err(|e| Error::io(&self.path, e))?;
             self.pending.truncate(old + n);
             if n == 0 {
                 self.eof = true;
@@ -137,12 +148,22 @@ impl JsonLinesSink {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| Error::io(&p, e))?;
-        Ok(JsonLinesSink { out: Box::new(BufWriter::new(f)), path: path.to_string() })
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))?;
+        Ok(JsonLinesSink {
+            out: Box::new(BufWriter::new(f)),
+            path: path.to_string(),
+        })
     }
 
     pub fn stdout() -> Self {
-        JsonLinesSink { out: Box::new(std::io::stdout()), path: "<stdout>".into() }
+        JsonLinesSink {
+            out: Box::new(std::io::stdout()),
+            path: "<stdout>".into(),
+        }
     }
 }
 

@@ -15,7 +15,15 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::time;
 
-pub const REGIONS: [&str; 7] = ["us-east", "us-west", "eu-west", "eu-central", "ap-south", "ap-northeast", "sa-east"];
+pub const REGIONS: [&str; 7] = [
+    "us-east",
+    "us-west",
+    "eu-west",
+    "eu-central",
+    "ap-south",
+    "ap-northeast",
+    "sa-east",
+];
 const REGION_WEIGHTS: [u32; 7] = [26, 18, 17, 12, 13, 9, 5];
 pub const COURSES: usize = 500;
 pub const USERS: u64 = 50_000;
@@ -36,7 +44,13 @@ pub struct GenOptions {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { seed: 42, events: None, rate: None, out_of_order_ms: 2000, late_ratio: 0.0 }
+        GenOptions {
+            seed: 42,
+            events: None,
+            rate: None,
+            out_of_order_ms: 2000,
+            late_ratio: 0.0,
+        }
     }
 }
 
@@ -63,7 +77,11 @@ impl CourseEvent {
 
     pub fn write_csv(&self, out: &mut String) {
         use std::fmt::Write;
-        let _ = write!(out, "{},{},{},{},", self.user_id, self.course_id, self.region, self.purchased);
+        let _ = write!(
+            out,
+            "{},{},{},{},",
+            self.user_id, self.course_id, self.region, self.purchased
+        );
         time::write_ms(out, self.event_time_ms);
         out.push('\n');
     }
@@ -133,7 +151,15 @@ impl CourseGenerator {
             Some(r) if r > 0.0 => 1000.0 / r,
             _ => 1.0,
         };
-        CourseGenerator { rng: Rng::new(opts.seed), opts, produced: 0, start_ms, step_ms, course_cdf: cdf, recent: Vec::new() }
+        CourseGenerator {
+            rng: Rng::new(opts.seed),
+            opts,
+            produced: 0,
+            start_ms,
+            step_ms,
+            course_cdf: cdf,
+            recent: Vec::new(),
+        }
     }
 
     pub fn produced(&self) -> u64 {
@@ -177,7 +203,11 @@ impl CourseGenerator {
         let (user_id, course_id, repeat) = if returning {
             let i = self.rng.below(self.recent.len() as u64) as usize;
             let (user, last_course) = self.recent[i];
-            if self.rng.next_f64() < 0.5 { (user, last_course, true) } else { (user, self.zipf_course(), false) }
+            if self.rng.next_f64() < 0.5 {
+                (user, last_course, true)
+            } else {
+                (user, self.zipf_course(), false)
+            }
         } else {
             (self.rng.below(USERS) as i64 + 1, self.zipf_course(), false)
         };
@@ -196,7 +226,13 @@ impl CourseGenerator {
             let i = self.rng.below(512) as usize;
             self.recent[i] = (user_id, course_id);
         }
-        Some(CourseEvent { user_id, course_id, region: Self::region_of(user_id), purchased, event_time_ms })
+        Some(CourseEvent {
+            user_id,
+            course_id,
+            region: Self::region_of(user_id),
+            purchased,
+            event_time_ms,
+        })
     }
 
     /// Up to `max` events as one Arrow batch (`None` once exhausted).
@@ -230,72 +266,6 @@ impl CourseGenerator {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn events(opts: GenOptions) -> Vec<CourseEvent> {
-        let mut g = CourseGenerator::new(opts, EPOCH_2026_MS);
-        std::iter::from_fn(|| g.next_event()).collect()
-    }
-
-    #[test]
-    fn same_seed_same_events_other_seed_other_events() {
-        let o = GenOptions { events: Some(2000), ..Default::default() };
-        assert_eq!(events(o.clone()), events(o.clone()));
-        assert_ne!(events(o.clone()), events(GenOptions { seed: 7, ..o }));
-    }
-
-    #[test]
-    fn shape_is_realistic() {
-        let ev = events(GenOptions { events: Some(50_000), ..Default::default() });
-        assert_eq!(ev.len(), 50_000);
-        let buys = ev.iter().filter(|e| e.purchased).count() as f64 / ev.len() as f64;
-        assert!((0.01..0.08).contains(&buys), "purchase share {buys}");
-        let top = ev.iter().filter(|e| e.course_id == 1).count();
-        let mid = ev.iter().filter(|e| e.course_id == 250).count();
-        assert!(top > 20 * mid.max(1), "course 1: {top}, course 250: {mid}");
-        let distinct_users: std::collections::HashSet<_> = ev.iter().map(|e| e.user_id).collect();
-        assert!(distinct_users.len() < ev.len() / 2, "users return: {} distinct", distinct_users.len());
-        for e in &ev {
-            assert_eq!(e.region, CourseGenerator::region_of(e.user_id));
-        }
-    }
-
-    #[test]
-    fn disorder_is_bounded_and_late_events_are_late() {
-        let ev = events(GenOptions { events: Some(20_000), out_of_order_ms: 2000, ..Default::default() });
-        let mut max = i64::MIN;
-        for e in &ev {
-            assert!(e.event_time_ms >= max.saturating_sub(2000), "disorder beyond bound");
-            max = max.max(e.event_time_ms);
-        }
-        let ev = events(GenOptions { events: Some(20_000), late_ratio: 0.01, ..Default::default() });
-        let mut max = i64::MIN;
-        let mut late = 0;
-        for e in &ev {
-            if e.event_time_ms < max.saturating_sub(30_000) {
-                late += 1;
-            }
-            max = max.max(e.event_time_ms);
-        }
-        assert!((100..400).contains(&late), "late events: {late}");
-    }
-
-    #[test]
-    fn json_line_shape() {
-        let e = CourseEvent { user_id: 123, course_id: 45, region: "us-west", purchased: false, event_time_ms: EPOCH_2026_MS + 123 };
-        let mut s = String::new();
-        e.write_json(&mut s);
-        assert_eq!(
-            s,
-            "{\"user_id\":123,\"course_id\":45,\"region\":\"us-west\",\"purchased\":false,\"event_time\":\"2026-01-01T00:00:00.123Z\"}\n"
-        );
-        let v: serde_json::Value = serde_json::from_str(&s).expect("valid json");
-        assert_eq!(v["course_id"], 45);
-    }
-}
-
 /// `connector = 'generator'`: the generator as a source, paced on the wall clock when `rate` is set.
 pub struct GeneratorSource {
     generator: CourseGenerator,
@@ -314,7 +284,11 @@ impl GeneratorSource {
         } else {
             (EPOCH_2026_MS, None)
         };
-        GeneratorSource { generator: CourseGenerator::new(opts, start), schema, paced }
+        GeneratorSource {
+            generator: CourseGenerator::new(opts, start),
+            schema,
+            paced,
+        }
     }
 }
 
@@ -342,5 +316,95 @@ impl crate::connector::Source for GeneratorSource {
 
     fn bounded(&self) -> bool {
         self.generator.opts.events.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(opts: GenOptions) -> Vec<CourseEvent> {
+        let mut g = CourseGenerator::new(opts, EPOCH_2026_MS);
+        std::iter::from_fn(|| g.next_event()).collect()
+    }
+
+    #[test]
+    fn same_seed_same_events_other_seed_other_events() {
+        let o = GenOptions {
+            events: Some(2000),
+            ..Default::default()
+        };
+        assert_eq!(events(o.clone()), events(o.clone()));
+        assert_ne!(events(o.clone()), events(GenOptions { seed: 7, ..o }));
+    }
+
+    #[test]
+    fn shape_is_realistic() {
+        let ev = events(GenOptions {
+            events: Some(50_000),
+            ..Default::default()
+        });
+        assert_eq!(ev.len(), 50_000);
+        let buys = ev.iter().filter(|e| e.purchased).count() as f64 / ev.len() as f64;
+        assert!((0.01..0.08).contains(&buys), "purchase share {buys}");
+        let top = ev.iter().filter(|e| e.course_id == 1).count();
+        let mid = ev.iter().filter(|e| e.course_id == 250).count();
+        assert!(top > 20 * mid.max(1), "course 1: {top}, course 250: {mid}");
+        let distinct_users: std::collections::HashSet<_> = ev.iter().map(|e| e.user_id).collect();
+        assert!(
+            distinct_users.len() < ev.len() / 2,
+            "users return: {} distinct",
+            distinct_users.len()
+        );
+        for e in &ev {
+            assert_eq!(e.region, CourseGenerator::region_of(e.user_id));
+        }
+    }
+
+    #[test]
+    fn disorder_is_bounded_and_late_events_are_late() {
+        let ev = events(GenOptions {
+            events: Some(20_000),
+            out_of_order_ms: 2000,
+            ..Default::default()
+        });
+        let mut max = i64::MIN;
+        for e in &ev {
+            assert!(e.event_time_ms >= max.saturating_sub(2000), "disorder beyond bound");
+            max = max.max(e.event_time_ms);
+        }
+        let ev = events(GenOptions {
+            events: Some(20_000),
+            late_ratio: 0.01,
+            ..Default::default()
+        });
+        let mut max = i64::MIN;
+        let mut late = 0;
+        for e in &ev {
+            if e.event_time_ms < max.saturating_sub(30_000) {
+                late += 1;
+            }
+            max = max.max(e.event_time_ms);
+        }
+        assert!((100..400).contains(&late), "late events: {late}");
+    }
+
+    #[test]
+    fn json_line_shape() {
+        let e = CourseEvent {
+            user_id: 123,
+            course_id: 45,
+            region: "us-west",
+            purchased: false,
+            event_time_ms: EPOCH_2026_MS + 123,
+        };
+        let mut s = String::new();
+        e.write_json(&mut s);
+        assert_eq!(
+            s,
+            "{\"user_id\":123,\"course_id\":45,\"region\":\"us-west\",\"purchased\":false,\"event_time\":\"2026-01-01T00:00:00.123Z\"}\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&s).expect("valid json");
+        assert_eq!(v["course_id"], 45);
     }
 }

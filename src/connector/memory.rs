@@ -26,7 +26,10 @@ pub struct MemoryTable {
 
 impl MemoryTable {
     pub fn new(schema: SchemaRef) -> Self {
-        MemoryTable { schema, rows: Arc::new(Mutex::new(Rows::default())) }
+        MemoryTable {
+            schema,
+            rows: Arc::new(Mutex::new(Rows::default())),
+        }
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -49,7 +52,11 @@ impl MemoryTable {
         let b = &out.batch;
         let mut rows = self.lock();
         for r in 0..b.num_rows() {
-            let row: Vec<ScalarValue> = b.columns().iter().map(|c| ScalarValue::try_from_array(c, r)).collect::<Result<_, _>>()?;
+            let row: Vec<ScalarValue> = b
+                .columns()
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, r))
+                .collect::<Result<_, _>>()?;
             match out.ids.as_ref().and_then(|ids| ids.get(r)) {
                 Some(id) => match rows.index.get(id) {
                     Some(&i) => rows.rows[i] = row,

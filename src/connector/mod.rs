@@ -64,17 +64,36 @@ pub fn validate_source(def: &SourceDef) -> Result<()> {
         "file" => file::FileOptions::parse(&def.options).and_then(|o| o.check_exists()),
         other => Err(Error::option(
             "connector",
-            format!("unknown source connector '{other}'; valid: {}", SOURCE_CONNECTORS.join(", ")),
+            format!(
+                "unknown source connector '{other}'; valid: {}",
+                SOURCE_CONNECTORS.join(", ")
+            ),
         )),
     }
 }
 
 fn generator_options(def: &SourceDef) -> Result<generator::GenOptions> {
     let o = &def.options;
-    o.check_keys("connector 'generator'", &["connector", "kind", "seed", "rate", "events", "out_of_order_ms", "late_ratio"])?;
+    o.check_keys(
+        "connector 'generator'",
+        &[
+            "connector",
+            "kind",
+            "seed",
+            "rate",
+            "events",
+            "out_of_order_ms",
+            "late_ratio",
+        ],
+    )?;
     match o.get("kind").unwrap_or("courses") {
         "courses" => {}
-        other => return Err(Error::option("kind", format!("unknown generator kind '{other}'; valid: courses"))),
+        other => {
+            return Err(Error::option(
+                "kind",
+                format!("unknown generator kind '{other}'; valid: courses"),
+            ));
+        }
     }
     let schema = generator::course_schema();
     for f in def.schema.fields() {
@@ -89,7 +108,7 @@ fn generator_options(def: &SourceDef) -> Result<generator::GenOptions> {
     }
     let d = generator::GenOptions::default();
     let rate: Option<f64> = o.parse_opt("rate")?;
-    if rate.is_some_and(|r| !(r > 0.0)) {
+    if rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         return Err(Error::option("rate", "must be > 0"));
     }
     let late_ratio = o.parse_or("late_ratio", d.late_ratio)?;
@@ -108,8 +127,14 @@ fn generator_options(def: &SourceDef) -> Result<generator::GenOptions> {
 pub fn open_source(def: &SourceDef) -> Result<Box<dyn Source>> {
     validate_source(def)?;
     match def.options.get("connector").unwrap_or_default() {
-        "generator" => Ok(Box::new(generator::GeneratorSource::new(generator_options(def)?, def.schema.clone()))),
-        _ => Ok(Box::new(file::FileSource::open(file::FileOptions::parse(&def.options)?, def.schema.clone())?)),
+        "generator" => Ok(Box::new(generator::GeneratorSource::new(
+            generator_options(def)?,
+            def.schema.clone(),
+        ))),
+        _ => Ok(Box::new(file::FileSource::open(
+            file::FileOptions::parse(&def.options)?,
+            def.schema.clone(),
+        )?)),
     }
 }
 
@@ -117,7 +142,10 @@ pub fn open_source(def: &SourceDef) -> Result<Box<dyn Source>> {
 pub fn load_table(def: &SourceDef) -> Result<Vec<RecordBatch>> {
     let mut src = open_source(def)?;
     if !src.bounded() {
-        return Err(Error::plan(format!("table '{}' must be bounded (a file, or a generator with events)", def.name)));
+        return Err(Error::plan(format!(
+            "table '{}' must be bounded (a file, or a generator with events)",
+            def.name
+        )));
     }
     let mut out = Vec::new();
     loop {
@@ -143,18 +171,26 @@ pub fn load_table(def: &SourceDef) -> Result<Vec<RecordBatch>> {
 pub fn validate_sink(options: &Options) -> Result<()> {
     match options.get("connector").unwrap_or_default() {
         "parquet" => parquet::ParquetOptions::parse(options).map(|_| ()),
-        "file" => options.check_keys("connector 'file' (sink)", &["connector", "path", "format"]).and_then(|_| {
-            options.required("path", "connector 'file'")?;
-            match options.get("format").unwrap_or("json") {
-                "json" => Ok(()),
-                other => Err(Error::option("format", format!("unknown sink format '{other}'; valid: json"))),
-            }
-        }),
+        "file" => options
+            .check_keys("connector 'file' (sink)", &["connector", "path", "format"])
+            .and_then(|_| {
+                options.required("path", "connector 'file'")?;
+                match options.get("format").unwrap_or("json") {
+                    "json" => Ok(()),
+                    other => Err(Error::option(
+                        "format",
+                        format!("unknown sink format '{other}'; valid: json"),
+                    )),
+                }
+            }),
         "console" => options.check_keys("connector 'console'", &["connector"]),
         "blackhole" => options.check_keys("connector 'blackhole'", &["connector"]),
         other => Err(Error::option(
             "connector",
-            format!("unknown sink connector '{other}'; valid: {}", SINK_CONNECTORS.join(", ")),
+            format!(
+                "unknown sink connector '{other}'; valid: {}",
+                SINK_CONNECTORS.join(", ")
+            ),
         )),
     }
 }
@@ -162,8 +198,13 @@ pub fn validate_sink(options: &Options) -> Result<()> {
 pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> {
     validate_sink(options)?;
     match options.get("connector").unwrap_or_default() {
-        "parquet" => Ok(Box::new(parquet::ParquetSink::new(parquet::ParquetOptions::parse(options)?, schema))),
-        "file" => Ok(Box::new(file::JsonLinesSink::file(options.required("path", "connector 'file'")?)?)),
+        "parquet" => Ok(Box::new(parquet::ParquetSink::new(
+            parquet::ParquetOptions::parse(options)?,
+            schema,
+        ))),
+        "file" => Ok(Box::new(file::JsonLinesSink::file(
+            options.required("path", "connector 'file'")?,
+        )?)),
         "console" => Ok(Box::new(file::JsonLinesSink::stdout())),
         _ => Ok(Box::new(Blackhole)),
     }
@@ -196,7 +237,11 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
             .column_with_name(f.name())
             .ok_or_else(|| Error::plan(format!("column '{}' missing from source data", f.name())))?;
         let c = batch.column(i);
-        cols.push(if c.data_type() == f.data_type() { c.clone() } else { cast(c, f.data_type())? });
+        cols.push(if c.data_type() == f.data_type() {
+            c.clone()
+        } else {
+            cast(c, f.data_type())?
+        });
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
@@ -226,7 +271,10 @@ impl Prefetch {
                 let batch = match rows.len() {
                     0 => None,
                     1 => rows.pop(),
-                    _ => Some(datafusion::arrow::compute::concat_batches(&rows[0].schema(), rows.iter())?),
+                    _ => Some(datafusion::arrow::compute::concat_batches(
+                        &rows[0].schema(),
+                        rows.iter(),
+                    )?),
                 };
                 rows.clear();
                 Ok(Poll::Ready(batch, std::mem::take(bad)))

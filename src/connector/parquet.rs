@@ -25,7 +25,10 @@ pub struct ParquetOptions {
 
 impl ParquetOptions {
     pub fn parse(o: &Options) -> Result<Self> {
-        o.check_keys("connector 'parquet'", &["connector", "path", "rollover_rows", "rollover_seconds"])?;
+        o.check_keys(
+            "connector 'parquet'",
+            &["connector", "path", "rollover_rows", "rollover_seconds"],
+        )?;
         let rollover_rows = o.parse_or("rollover_rows", 1_000_000usize)?;
         if rollover_rows == 0 {
             return Err(Error::option("rollover_rows", "must be > 0"));
@@ -60,29 +63,50 @@ impl ParquetSink {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        ParquetSink { opts, schema, current: None, run_id: format!("{run_id}-{}", std::process::id()), seq: 0, files: vec![] }
+        ParquetSink {
+            opts,
+            schema,
+            current: None,
+            run_id: format!("{run_id}-{}", std::process::id()),
+            seq: 0,
+            files: vec![],
+        }
     }
 
     fn final_name(&self) -> PathBuf {
-        self.opts.path.join(format!("part-{}-{:05}.parquet", self.run_id, self.seq))
+        self.opts
+            .path
+            .join(format!("part-{}-{:05}.parquet", self.run_id, self.seq))
     }
 
     fn open(&mut self) -> Result<&mut OpenFile> {
         if self.current.is_none() {
             std::fs::create_dir_all(&self.opts.path).map_err(|e| Error::io(&self.opts.path, e))?;
-            let temp = self.opts.path.join(format!(".part-{}-{:05}.parquet.inprogress", self.run_id, self.seq));
+            let temp = self
+                .opts
+                .path
+                .join(format!(".part-{}-{:05}.parquet.inprogress", self.run_id, self.seq));
             let file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
             let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))
                 .map_err(|e| Error::External(format!("parquet writer for {}: {e}", temp.display())))?;
-            self.current = Some(OpenFile { writer, temp, rows: 0, opened: Instant::now() });
+            self.current = Some(OpenFile {
+                writer,
+                temp,
+                rows: 0,
+                opened: Instant::now(),
+            });
         }
-        self.current.as_mut().ok_or_else(|| Error::Internal("parquet file not open".into()))
+        self.current
+            .as_mut()
+            .ok_or_else(|| Error::Internal("parquet file not open".into()))
     }
 
     fn roll(&mut self) -> Result<()> {
         if let Some(f) = self.current.take() {
-            f.writer.close().map_err(|e| Error::External(format!("closing {}: {e}", f.temp.display())))?;
+            f.writer
+                .close()
+                .map_err(|e| Error::External(format!("closing {}: {e}", f.temp.display())))?;
             let dest = self.final_name();
             std::fs::rename(&f.temp, &dest).map_err(|e| Error::io(&dest, e))?;
             self.files.push(dest);
@@ -101,10 +125,16 @@ impl Sink for ParquetSink {
         if out.batch.num_rows() == 0 {
             return Ok(());
         }
-        let batch = out.batch.clone().with_schema(self.schema.clone()).unwrap_or_else(|_| out.batch.clone());
+        let batch = out
+            .batch
+            .clone()
+            .with_schema(self.schema.clone())
+            .unwrap_or_else(|_| out.batch.clone());
         let max_rows = self.opts.rollover_rows;
         let f = self.open()?;
-        f.writer.write(&batch).map_err(|e| Error::External(format!("writing {}: {e}", f.temp.display())))?;
+        f.writer
+            .write(&batch)
+            .map_err(|e| Error::External(format!("writing {}: {e}", f.temp.display())))?;
         f.rows += batch.num_rows();
         let full = f.rows >= max_rows || f.opened.elapsed().as_secs() >= self.opts.rollover_seconds.max(1);
         if full {
@@ -130,11 +160,24 @@ mod tests {
     fn rolls_and_renames_on_commit() {
         let dir = tempfile::tempdir().expect("tmp");
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let opts = ParquetOptions { path: dir.path().join("out"), rollover_rows: 3, rollover_seconds: 3600 };
+        let opts = ParquetOptions {
+            path: dir.path().join("out"),
+            rollover_rows: 3,
+            rollover_seconds: 3600,
+        };
         let mut sink = ParquetSink::new(opts, schema.clone());
-        let batch = |v: Vec<i64>| Output { batch: RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("b"), ids: None };
+        let batch = |v: Vec<i64>| Output {
+            batch: RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("b"),
+            ids: None,
+        };
         sink.write(&batch(vec![1, 2])).expect("w");
-        let visible = |d: &std::path::Path| std::fs::read_dir(d).expect("dir").filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".parquet")).count();
+        let visible = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .expect("dir")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                .count()
+        };
         assert_eq!(visible(&dir.path().join("out")), 0, "nothing visible before commit");
         sink.write(&batch(vec![3])).expect("w");
         assert_eq!(visible(&dir.path().join("out")), 1, "rolled at 3 rows");
@@ -143,7 +186,10 @@ mod tests {
         assert_eq!(visible(&dir.path().join("out")), 2);
         assert_eq!(sink.files.len(), 2);
         let f = File::open(&sink.files[0]).expect("open");
-        let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).expect("r").build().expect("b");
+        let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .expect("r")
+            .build()
+            .expect("b");
         let rows: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
         assert_eq!(rows, 3);
     }

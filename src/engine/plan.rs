@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    self, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, Query,
-    Select, SelectItem, SetExpr, TableFactor, VisitMut, VisitorMut,
+    self, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, Query, Select,
+    SelectItem, SetExpr, TableFactor, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -36,9 +36,21 @@ pub struct Tvf {
 
 #[derive(Debug, Clone)]
 pub enum Kind {
-    Stateless { sql: String },
-    WindowAgg { spec: WindowSpec, pre_sql: String, post_sql: String, nkeys: usize, kinds: Vec<AggKind> },
-    Buffered { size: i64, feeds: Vec<(String, String)>, sql: String },
+    Stateless {
+        sql: String,
+    },
+    WindowAgg {
+        spec: WindowSpec,
+        pre_sql: String,
+        post_sql: String,
+        nkeys: usize,
+        kinds: Vec<AggKind>,
+    },
+    Buffered {
+        size: i64,
+        feeds: Vec<(String, String)>,
+        sql: String,
+    },
 }
 
 /// Where a query's rows come from.
@@ -101,8 +113,11 @@ fn collect_inputs(query: &Query, catalog: &Catalog, inputs: &mut Inputs, depth: 
         }
     }
     let _ = ast::Visit::visit(query, &mut TvfInputs(&mut tvf_inputs));
-    let ctes: BTreeSet<String> =
-        query.with.iter().flat_map(|w| w.cte_tables.iter().map(|c| normalize(&c.alias.name))).collect();
+    let ctes: BTreeSet<String> = query
+        .with
+        .iter()
+        .flat_map(|w| w.cte_tables.iter().map(|c| normalize(&c.alias.name)))
+        .collect();
     for name in names.into_iter().chain(tvf_inputs) {
         if ["tumble", "hop", "session"].contains(&name.as_str()) || ctes.contains(&name) {
             continue;
@@ -136,7 +151,10 @@ fn collect_inputs(query: &Query, catalog: &Catalog, inputs: &mut Inputs, depth: 
 fn arg_expr(a: &FunctionArg) -> Option<&Expr> {
     match a {
         FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-        FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. } => Some(e),
+        FunctionArg::Named {
+            arg: FunctionArgExpr::Expr(e),
+            ..
+        } => Some(e),
         _ => None,
     }
 }
@@ -151,7 +169,15 @@ fn ident_of(e: &Expr) -> Option<String> {
 
 /// Recognise `TUMBLE(src, ts, size)`, `HOP(src, ts, slide, size)`, `SESSION(src, ts, gap)`.
 pub fn tvf_of(tf: &TableFactor) -> Result<Option<Tvf>> {
-    let TableFactor::Table { name, alias, args: Some(args), .. } = tf else { return Ok(None) };
+    let TableFactor::Table {
+        name,
+        alias,
+        args: Some(args),
+        ..
+    } = tf
+    else {
+        return Ok(None);
+    };
     let fname = name.to_string().to_ascii_lowercase();
     let usage = match fname.as_str() {
         "tumble" => "TUMBLE(source, time_column, INTERVAL 'n' unit)",
@@ -164,8 +190,10 @@ pub fn tvf_of(tf: &TableFactor) -> Result<Option<Tvf>> {
     if exprs.len() != want || exprs.len() != args.args.len() {
         return Err(Error::plan(format!("{} expects {usage}", fname.to_uppercase())));
     }
-    let input = ident_of(exprs[0]).ok_or_else(|| Error::plan(format!("{usage}: the first argument must be a source or view name")))?;
-    let time_col = ident_of(exprs[1]).ok_or_else(|| Error::plan(format!("{usage}: the second argument must be a column")))?;
+    let input = ident_of(exprs[0])
+        .ok_or_else(|| Error::plan(format!("{usage}: the first argument must be a source or view name")))?;
+    let time_col =
+        ident_of(exprs[1]).ok_or_else(|| Error::plan(format!("{usage}: the second argument must be a column")))?;
     let iv = |e: &Expr| -> Result<i64> {
         match interval_ms(e) {
             Some(ms) if ms > 0 => Ok(ms),
@@ -183,12 +211,23 @@ pub fn tvf_of(tf: &TableFactor) -> Result<Option<Tvf>> {
         }
         _ => WindowSpec::Session { gap: iv(exprs[2])? },
     };
-    let alias = alias.as_ref().map(|a| normalize(&a.name)).unwrap_or_else(|| input.clone());
-    Ok(Some(Tvf { spec, input, time_col, alias }))
+    let alias = alias
+        .as_ref()
+        .map(|a| normalize(&a.name))
+        .unwrap_or_else(|| input.clone());
+    Ok(Some(Tvf {
+        spec,
+        input,
+        time_col,
+        alias,
+    }))
 }
 
 /// `FROM` items holding window functions, by (from index, join index).
-fn find_tvfs(select: &Select) -> Result<Vec<((usize, Option<usize>), Tvf)>> {
+/// Where a table factor sits in `FROM`: (item index, join index within the item).
+type FromPos = (usize, Option<usize>);
+
+fn find_tvfs(select: &Select) -> Result<Vec<(FromPos, Tvf)>> {
     let mut out = Vec::new();
     for (i, twj) in select.from.iter().enumerate() {
         if let Some(t) = tvf_of(&twj.relation)? {
@@ -203,7 +242,7 @@ fn find_tvfs(select: &Select) -> Result<Vec<((usize, Option<usize>), Tvf)>> {
     Ok(out)
 }
 
-fn factor_mut(select: &mut Select, at: (usize, Option<usize>)) -> Option<&mut TableFactor> {
+fn factor_mut(select: &mut Select, at: FromPos) -> Option<&mut TableFactor> {
     let twj = select.from.get_mut(at.0)?;
     match at.1 {
         None => Some(&mut twj.relation),
@@ -215,13 +254,21 @@ fn factor_mut(select: &mut Select, at: (usize, Option<usize>)) -> Option<&mut Ta
 fn derived(inner: &str, alias: &str) -> Result<TableFactor> {
     let q = parse_query(&format!("SELECT * FROM ({inner}) AS {}", quote(alias)))?;
     match *q.body {
-        SetExpr::Select(s) => s.from.into_iter().next().map(|t| t.relation).ok_or_else(|| Error::Internal("derived table".into())),
+        SetExpr::Select(s) => s
+            .from
+            .into_iter()
+            .next()
+            .map(|t| t.relation)
+            .ok_or_else(|| Error::Internal("derived table".into())),
         _ => Err(Error::Internal("derived table".into())),
     }
 }
 
 fn millis(col: &str) -> String {
-    format!("CAST(arrow_cast({}, 'Timestamp(Millisecond, None)') AS BIGINT)", quote(col))
+    format!(
+        "CAST(arrow_cast({}, 'Timestamp(Millisecond, None)') AS BIGINT)",
+        quote(col)
+    )
 }
 
 /// Floor of the event time to a multiple of `step` ms (correct for negative times too).
@@ -248,7 +295,8 @@ fn is_window_col(e: &Expr) -> Option<&'static str> {
 }
 
 fn same_expr(a: &Expr, b: &Expr) -> bool {
-    a == b || matches!((ident_of(a), ident_of(b)), (Some(x), Some(y)) if x == y && !matches!((a, b), (Expr::CompoundIdentifier(_), Expr::CompoundIdentifier(_))))
+    a == b
+        || matches!((ident_of(a), ident_of(b)), (Some(x), Some(y)) if x == y && !matches!((a, b), (Expr::CompoundIdentifier(_), Expr::CompoundIdentifier(_))))
 }
 
 #[derive(Debug, Clone)]
@@ -287,7 +335,11 @@ impl VisitorMut for AggRewriter<'_> {
                         let j = match self.aggs.iter().position(|a| a.original == *e) {
                             Some(j) => j,
                             None => {
-                                self.aggs.push(AggCall { kind, arg, original: e.clone() });
+                                self.aggs.push(AggCall {
+                                    kind,
+                                    arg,
+                                    original: e.clone(),
+                                });
                                 self.aggs.len() - 1
                             }
                         };
@@ -305,7 +357,9 @@ fn classify(f: &ast::Function) -> Option<(AggKind, Option<Expr>)> {
     if f.filter.is_some() || !f.within_group.is_empty() {
         return None;
     }
-    let FunctionArguments::List(list) = &f.args else { return None };
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
     if list.args.len() != 1 || !list.clauses.is_empty() {
         return None;
     }
@@ -358,15 +412,24 @@ pub fn compile(query: &Query, catalog: &Catalog, is_aggregate: &dyn Fn(&str) -> 
         _ => None,
     };
     let Some(mut select) = select else {
-        return Ok(Compiled { kind: Kind::Stateless { sql: q.to_string() }, inputs, presentation });
+        return Ok(Compiled {
+            kind: Kind::Stateless { sql: q.to_string() },
+            inputs,
+            presentation,
+        });
     };
     let tvfs = find_tvfs(&select)?;
     for (_, t) in &tvfs {
-        if !inputs.streams.contains(&t.input) && catalog.source(&t.input).is_none() && !inputs.views.contains(&t.input) {
-            return Err(Error::plan(format!("window input '{}' must be a source or a view over one", t.input)));
+        if !inputs.streams.contains(&t.input) && catalog.source(&t.input).is_none() && !inputs.views.contains(&t.input)
+        {
+            return Err(Error::plan(format!(
+                "window input '{}' must be a source or a view over one",
+                t.input
+            )));
         }
     }
-    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty()) || has_aggregates(&select, is_aggregate);
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+        || has_aggregates(&select, is_aggregate);
     let with_prefix = q.with.as_ref().map(|w| format!("{w} ")).unwrap_or_default();
 
     match tvfs.len() {
@@ -376,26 +439,40 @@ pub fn compile(query: &Query, catalog: &Catalog, is_aggregate: &dyn Fn(&str) -> 
                     "an aggregate over a stream needs a window: FROM TUMBLE(src, time_col, INTERVAL …), HOP(…) or SESSION(…)",
                 ));
             }
-            Ok(Compiled { kind: Kind::Stateless { sql: q.to_string() }, inputs, presentation })
+            Ok(Compiled {
+                kind: Kind::Stateless { sql: q.to_string() },
+                inputs,
+                presentation,
+            })
         }
         1 => {
             let (at, tvf) = tvfs.into_iter().next().ok_or_else(|| Error::Internal("tvf".into()))?;
             if !grouped {
                 let WindowSpec::Tumble { size } = tvf.spec else {
-                    return Err(Error::plan("HOP and SESSION need GROUP BY with aggregates; TUMBLE may be used without"));
+                    return Err(Error::plan(
+                        "HOP and SESSION need GROUP BY with aggregates; TUMBLE may be used without",
+                    ));
                 };
                 if let Some(f) = factor_mut(&mut select, at) {
                     *f = derived(&tumble_rows(&tvf, size), &tvf.alias)?;
                 }
                 *q.body = SetExpr::Select(Box::new(select));
-                return Ok(Compiled { kind: Kind::Stateless { sql: q.to_string() }, inputs, presentation });
+                return Ok(Compiled {
+                    kind: Kind::Stateless { sql: q.to_string() },
+                    inputs,
+                    presentation,
+                });
             }
             window_agg(q, select, at, tvf, inputs, presentation, is_aggregate, &with_prefix)
         }
         2 => {
             let size = match (tvfs[0].1.spec, tvfs[1].1.spec) {
                 (WindowSpec::Tumble { size: a }, WindowSpec::Tumble { size: b }) if a == b => a,
-                _ => return Err(Error::plan("a windowed join needs the same TUMBLE window on both sides")),
+                _ => {
+                    return Err(Error::plan(
+                        "a windowed join needs the same TUMBLE window on both sides",
+                    ));
+                }
             };
             let mut feeds = Vec::new();
             for (i, (at, t)) in tvfs.iter().enumerate() {
@@ -406,7 +483,15 @@ pub fn compile(query: &Query, catalog: &Catalog, is_aggregate: &dyn Fn(&str) -> 
                 }
             }
             *q.body = SetExpr::Select(Box::new(select));
-            Ok(Compiled { kind: Kind::Buffered { size, feeds, sql: q.to_string() }, inputs, presentation })
+            Ok(Compiled {
+                kind: Kind::Buffered {
+                    size,
+                    feeds,
+                    sql: q.to_string(),
+                },
+                inputs,
+                presentation,
+            })
         }
         _ => Err(Error::plan("at most two window functions (a windowed join) per query")),
     }
@@ -416,7 +501,7 @@ pub fn compile(query: &Query, catalog: &Catalog, is_aggregate: &dyn Fn(&str) -> 
 fn window_agg(
     mut q: Query,
     mut select: Select,
-    at: (usize, Option<usize>),
+    at: FromPos,
     tvf: Tvf,
     inputs: Inputs,
     presentation: String,
@@ -425,15 +510,26 @@ fn window_agg(
 ) -> Result<Compiled> {
     let group_exprs: Vec<Expr> = match &select.group_by {
         GroupByExpr::Expressions(e, mods) if mods.is_empty() => e.clone(),
-        _ => return Err(Error::plan("GROUP BY ALL and grouping sets are not supported in continuous queries")),
+        _ => {
+            return Err(Error::plan(
+                "GROUP BY ALL and grouping sets are not supported in continuous queries",
+            ));
+        }
     };
     let keys: Vec<Expr> = group_exprs.into_iter().filter(|e| is_window_col(e).is_none()).collect();
     for k in &keys {
         if let Expr::Value(_) = k {
-            return Err(Error::plan(format!("GROUP BY {k}: positions are not supported; name the expression")));
+            return Err(Error::plan(format!(
+                "GROUP BY {k}: positions are not supported; name the expression"
+            )));
         }
     }
-    let mut rw = AggRewriter { keys: &keys, aggs: Vec::new(), is_aggregate, unsupported: None };
+    let mut rw = AggRewriter {
+        keys: &keys,
+        aggs: Vec::new(),
+        is_aggregate,
+        unsupported: None,
+    };
     // Keep the user's column names: an unaliased item is named after its original expression.
     let mut projection: Vec<SelectItem> = select
         .projection
@@ -441,7 +537,10 @@ fn window_agg(
         .map(|item| match item {
             SelectItem::UnnamedExpr(e) => {
                 let name = ident_of(e).unwrap_or_else(|| e.to_string());
-                SelectItem::ExprWithAlias { expr: e.clone(), alias: Ident::with_quote('"', name) }
+                SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::with_quote('"', name),
+                }
             }
             other => other.clone(),
         })
@@ -462,7 +561,15 @@ fn window_agg(
         }
         *q.body = SetExpr::Select(Box::new(select));
         let feeds = vec![(slot, format!("{with_prefix}{}", tumble_rows(&tvf, size)))];
-        return Ok(Compiled { kind: Kind::Buffered { size, feeds, sql: q.to_string() }, inputs, presentation });
+        return Ok(Compiled {
+            kind: Kind::Buffered {
+                size,
+                feeds,
+                sql: q.to_string(),
+            },
+            inputs,
+            presentation,
+        });
     }
     let mut sel_where = select.selection.clone();
     if let Some(w) = &mut sel_where {
@@ -472,7 +579,9 @@ fn window_agg(
             ControlFlow::<()>::Continue(())
         });
         if uses_window {
-            return Err(Error::plan("WHERE cannot use window_start/window_end; filter them in HAVING"));
+            return Err(Error::plan(
+                "WHERE cannot use window_start/window_end; filter them in HAVING",
+            ));
         }
     }
     // The pre-query: one row per (key, pane) of each micro-batch, with partial aggregates.
@@ -481,9 +590,16 @@ fn window_agg(
         spec => floor_ms(&tvf.time_col, spec.pane()),
     };
     if let Some(f) = factor_mut(&mut select, at) {
-        *f = derived(&format!("SELECT *, {pane_expr} AS \"__pane\" FROM {}", quote(&tvf.input)), &tvf.alias)?;
+        *f = derived(
+            &format!("SELECT *, {pane_expr} AS \"__pane\" FROM {}", quote(&tvf.input)),
+            &tvf.alias,
+        )?;
     }
-    let mut items: Vec<String> = keys.iter().enumerate().map(|(i, k)| format!("{k} AS \"__k{i}\"")).collect();
+    let mut items: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{k} AS \"__k{i}\""))
+        .collect();
     items.push("\"__pane\"".into());
     let mut n = 0;
     for a in &rw.aggs {
@@ -511,7 +627,13 @@ fn window_agg(
     );
     let _ = &mut q;
     Ok(Compiled {
-        kind: Kind::WindowAgg { spec: tvf.spec, pre_sql, post_sql, nkeys: keys.len(), kinds: rw.aggs.iter().map(|a| a.kind).collect() },
+        kind: Kind::WindowAgg {
+            spec: tvf.spec,
+            pre_sql,
+            post_sql,
+            nkeys: keys.len(),
+            kinds: rw.aggs.iter().map(|a| a.kind).collect(),
+        },
         inputs,
         presentation,
     })
@@ -540,7 +662,9 @@ mod tests {
     }
 
     fn compile_sql(sql: &str) -> Result<Compiled> {
-        let Statement::Query(q) = parse_one(sql)? else { panic!("not a query") };
+        let Statement::Query(q) = parse_one(sql)? else {
+            panic!("not a query")
+        };
         compile(&q, &catalog(), &agg)
     }
 
@@ -552,7 +676,16 @@ mod tests {
              GROUP BY course_id, window_start, window_end HAVING COUNT(*) > 2 ORDER BY views DESC LIMIT 3",
         )
         .expect("compiles");
-        let Kind::WindowAgg { spec, pre_sql, post_sql, nkeys, kinds } = c.kind else { panic!("{:?}", c.kind) };
+        let Kind::WindowAgg {
+            spec,
+            pre_sql,
+            post_sql,
+            nkeys,
+            kinds,
+        } = c.kind
+        else {
+            panic!("{:?}", c.kind)
+        };
         assert_eq!(spec, WindowSpec::Tumble { size: 60_000 });
         assert_eq!(nkeys, 1);
         assert_eq!(kinds, vec![AggKind::CountStar, AggKind::CountDistinct]);
@@ -569,7 +702,10 @@ mod tests {
 
     #[test]
     fn shapes_and_errors() {
-        assert!(matches!(compile_sql("SELECT * FROM ev WHERE purchased").expect("ok").kind, Kind::Stateless { .. }));
+        assert!(matches!(
+            compile_sql("SELECT * FROM ev WHERE purchased").expect("ok").kind,
+            Kind::Stateless { .. }
+        ));
         assert!(matches!(
             compile_sql("SELECT region, median(course_id) FROM TUMBLE(ev, event_time, INTERVAL '1' MINUTE) GROUP BY region, window_start").expect("ok").kind,
             Kind::Buffered { .. }
@@ -578,7 +714,10 @@ mod tests {
         assert!(e.to_string().contains("needs a window"), "{e}");
         let e = compile_sql("SELECT * FROM nope").expect_err("missing");
         assert!(e.to_string().contains("'nope' not found"), "{e}");
-        let e = compile_sql("SELECT count(*) FROM HOP(ev, event_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND) GROUP BY window_start").expect_err("slide > size");
+        let e = compile_sql(
+            "SELECT count(*) FROM HOP(ev, event_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND) GROUP BY window_start",
+        )
+        .expect_err("slide > size");
         assert!(e.to_string().contains("slide"), "{e}");
         let e = compile_sql("SELECT count(*) FROM TUMBLE(ev, event_time) GROUP BY window_start").expect_err("args");
         assert!(e.to_string().contains("TUMBLE expects"), "{e}");

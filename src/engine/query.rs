@@ -15,10 +15,10 @@ use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, StringArray};
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::common::TableReference;
 use tokio::sync::watch;
 
 use super::plan::{Compiled, Inputs, Kind, quote};
@@ -39,7 +39,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { batch_size: 65_536, batch_interval: Duration::from_millis(200) }
+        EngineConfig {
+            batch_size: 65_536,
+            batch_interval: Duration::from_millis(200),
+        }
     }
 }
 
@@ -94,7 +97,10 @@ impl SystemTables {
 
     pub fn schema() -> SchemaRef {
         Arc::new(Schema::new(
-            ["query", "source", "position", "raw", "reason"].iter().map(|n| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>(),
+            ["query", "source", "position", "raw", "reason"]
+                .iter()
+                .map(|n| Field::new(*n, DataType::Utf8, false))
+                .collect::<Vec<_>>(),
         ))
     }
 
@@ -108,7 +114,13 @@ impl SystemTables {
         let col = |f: fn(&SysRow) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.iter().map(f))) };
         Ok(RecordBatch::try_new(
             Self::schema(),
-            vec![col(|r| &r.query), col(|r| &r.source), col(|r| &r.position), col(|r| &r.raw), col(|r| &r.reason)],
+            vec![
+                col(|r| &r.query),
+                col(|r| &r.source),
+                col(|r| &r.position),
+                col(|r| &r.raw),
+                col(|r| &r.reason),
+            ],
         )?)
     }
 }
@@ -120,29 +132,44 @@ pub async fn context_for(
     inputs: &Inputs,
     system: &SystemTables,
 ) -> Result<(SessionContext, BTreeMap<String, SlotTable>)> {
-    let config = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
     let ctx = SessionContext::new_with_config(config);
     let mut slots = BTreeMap::new();
     for name in &inputs.streams {
-        let def = catalog.source(name).ok_or_else(|| Error::plan(format!("source '{name}' not found")))?;
+        let def = catalog
+            .source(name)
+            .ok_or_else(|| Error::plan(format!("source '{name}' not found")))?;
         let slot = SlotTable::new(def.schema.clone());
         ctx.register_table(TableReference::bare(name.as_str()), Arc::new(slot.clone()))?;
         slots.insert(name.clone(), slot);
     }
     for name in &inputs.tables {
-        let def = catalog.source(name).ok_or_else(|| Error::plan(format!("table '{name}' not found")))?;
+        let def = catalog
+            .source(name)
+            .ok_or_else(|| Error::plan(format!("table '{name}' not found")))?;
         let rows = connector::load_table(def)?;
-        ctx.register_table(TableReference::bare(name.as_str()), Arc::new(MemTable::try_new(def.schema.clone(), vec![rows])?))?;
+        ctx.register_table(
+            TableReference::bare(name.as_str()),
+            Arc::new(MemTable::try_new(def.schema.clone(), vec![rows])?),
+        )?;
     }
     for name in &inputs.mviews {
         if let Some(Object::MaterializedView(mv)) = catalog.get(name) {
             let snap = mv.table.snapshot()?;
-            ctx.register_table(TableReference::bare(name.as_str()), Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?))?;
+            ctx.register_table(
+                TableReference::bare(name.as_str()),
+                Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?),
+            )?;
         }
     }
     for name in &inputs.system {
         let snap = system.snapshot(name)?;
-        ctx.register_table(TableReference::bare(name.as_str()), Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?))?;
+        ctx.register_table(
+            TableReference::bare(name.as_str()),
+            Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?),
+        )?;
     }
     for (name, obj) in catalog.ordered() {
         if let Object::View(v) = obj
@@ -165,13 +192,34 @@ async fn run_plan(ctx: &SessionContext, plan: &LogicalPlan) -> Result<Vec<Record
 fn nullable_schema(plan: &LogicalPlan, drop_last: bool) -> SchemaRef {
     let arrow = plan.schema().as_arrow();
     let n = arrow.fields().len() - usize::from(drop_last);
-    Arc::new(Schema::new(arrow.fields().iter().take(n).map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()))
+    Arc::new(Schema::new(
+        arrow
+            .fields()
+            .iter()
+            .take(n)
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 enum Exec {
-    Stateless { plan: LogicalPlan },
-    WindowAgg { pre: LogicalPlan, post: LogicalPlan, agg: SlotTable, agg_schema: SchemaRef, state: WindowAggState, session: bool },
-    Buffered { size: i64, feeds: Vec<(SlotTable, LogicalPlan)>, plan: LogicalPlan, buffers: BTreeMap<i64, Vec<Vec<RecordBatch>>> },
+    Stateless {
+        plan: LogicalPlan,
+    },
+    WindowAgg {
+        pre: LogicalPlan,
+        post: LogicalPlan,
+        agg: SlotTable,
+        agg_schema: SchemaRef,
+        state: Box<WindowAggState>,
+        session: bool,
+    },
+    Buffered {
+        size: i64,
+        feeds: Vec<(SlotTable, LogicalPlan)>,
+        plan: LogicalPlan,
+        buffers: BTreeMap<i64, Vec<Vec<RecordBatch>>>,
+    },
 }
 
 struct SourceRt {
@@ -222,7 +270,13 @@ async fn build_exec(ctx: &SessionContext, compiled: &Compiled) -> Result<(Exec, 
             let schema = nullable_schema(&p, false);
             (Exec::Stateless { plan: p }, schema)
         }
-        Kind::WindowAgg { spec, pre_sql, post_sql, nkeys, kinds } => {
+        Kind::WindowAgg {
+            spec,
+            pre_sql,
+            post_sql,
+            nkeys,
+            kinds,
+        } => {
             let pre = plan(ctx, pre_sql).await?;
             let pre_schema = pre.schema().as_arrow().clone();
             if pre_schema.field(*nkeys).data_type() != &DataType::Int64 {
@@ -239,7 +293,17 @@ async fn build_exec(ctx: &SessionContext, compiled: &Compiled) -> Result<(Exec, 
             let post = plan(ctx, post_sql).await?;
             let schema = nullable_schema(&post, true);
             let session = matches!(spec, super::window::WindowSpec::Session { .. });
-            (Exec::WindowAgg { pre, post, agg, agg_schema, state, session }, schema)
+            (
+                Exec::WindowAgg {
+                    pre,
+                    post,
+                    agg,
+                    agg_schema,
+                    state: Box::new(state),
+                    session,
+                },
+                schema,
+            )
         }
         Kind::Buffered { size, feeds, sql } => {
             let mut fs = Vec::new();
@@ -251,7 +315,15 @@ async fn build_exec(ctx: &SessionContext, compiled: &Compiled) -> Result<(Exec, 
             }
             let p = plan(ctx, sql).await?;
             let schema = nullable_schema(&p, false);
-            (Exec::Buffered { size: *size, feeds: fs, plan: p, buffers: BTreeMap::new() }, schema)
+            (
+                Exec::Buffered {
+                    size: *size,
+                    feeds: fs,
+                    plan: p,
+                    buffers: BTreeMap::new(),
+                },
+                schema,
+            )
         }
     })
 }
@@ -271,7 +343,9 @@ impl QueryRuntime {
         let needs_watermark = !matches!(exec, Exec::Stateless { .. });
         let mut sources = Vec::new();
         for (sname, slot) in slots {
-            let def = catalog.source(&sname).ok_or_else(|| Error::plan(format!("source '{sname}' not found")))?;
+            let def = catalog
+                .source(&sname)
+                .ok_or_else(|| Error::plan(format!("source '{sname}' not found")))?;
             let (time_idx, delay) = match &def.watermark {
                 Some(w) => (def.schema.index_of(&w.column).ok(), w.delay_ms),
                 None if needs_watermark => {
@@ -281,8 +355,20 @@ impl QueryRuntime {
                 }
                 None => (None, 0),
             };
-            let source = Box::new(connector::Prefetch::spawn(connector::open_source(def)?, config.batch_size, config.batch_interval));
-            sources.push(SourceRt { name: sname, source, slot, time_idx, delay, max_ts: i64::MIN, exhausted: false });
+            let source = Box::new(connector::Prefetch::spawn(
+                connector::open_source(def)?,
+                config.batch_size,
+                config.batch_interval,
+            ));
+            sources.push(SourceRt {
+                name: sname,
+                source,
+                slot,
+                time_idx,
+                delay,
+                max_ts: i64::MIN,
+                exhausted: false,
+            });
         }
         let sink = make_sink(output_schema.clone())?;
         if let Exec::WindowAgg { state, session, .. } = &mut exec {
@@ -290,7 +376,18 @@ impl QueryRuntime {
         }
         let metrics = Arc::new(Metrics::default());
         metrics.watermark.store(i64::MIN, Ordering::Relaxed);
-        Ok(QueryRuntime { name: name.to_string(), ctx, sources, exec, sink, metrics, system, config, watermark: i64::MIN, output_schema })
+        Ok(QueryRuntime {
+            name: name.to_string(),
+            ctx,
+            sources,
+            exec,
+            sink,
+            metrics,
+            system,
+            config,
+            watermark: i64::MIN,
+            output_schema,
+        })
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -312,15 +409,26 @@ impl QueryRuntime {
         self.metrics.errors.fetch_add(bad.len() as u64, Ordering::Relaxed);
         SystemTables::push(
             &self.system.errors,
-            bad.into_iter().map(|b| SysRow { query: self.name.clone(), source: source.to_string(), position: b.position, raw: b.raw, reason: b.reason }),
+            bad.into_iter().map(|b| SysRow {
+                query: self.name.clone(),
+                source: source.to_string(),
+                position: b.position,
+                raw: b.raw,
+                reason: b.reason,
+            }),
         );
     }
 
     /// Split off rows below the watermark; returns the on-time rows.
     fn split_late(&mut self, i: usize, batch: RecordBatch) -> Result<RecordBatch> {
-        let Some(ti) = self.sources[i].time_idx else { return Ok(batch) };
+        let Some(ti) = self.sources[i].time_idx else {
+            return Ok(batch);
+        };
         let wm = self.watermark;
-        let ts = batch.column(ti).as_primitive_opt::<TimestampMillisecondType>().ok_or_else(|| Error::Internal("event time is not TIMESTAMP(ms)".into()))?;
+        let ts = batch
+            .column(ti)
+            .as_primitive_opt::<TimestampMillisecondType>()
+            .ok_or_else(|| Error::Internal("event time is not TIMESTAMP(ms)".into()))?;
         let mut max = self.sources[i].max_ts;
         let mut any_late = false;
         let mask: BooleanArray = ts
@@ -348,7 +456,13 @@ impl QueryRuntime {
         let reason = format!("event time before the watermark {}", crate::time::format_ms(wm));
         SystemTables::push(
             &self.system.late,
-            text.lines().map(|l| SysRow { query: self.name.clone(), source: src.clone(), position: String::new(), raw: l.to_string(), reason: reason.clone() }),
+            text.lines().map(|l| SysRow {
+                query: self.name.clone(),
+                source: src.clone(),
+                position: String::new(),
+                raw: l.to_string(),
+                reason: reason.clone(),
+            }),
         );
         Ok(on_time)
     }
@@ -356,17 +470,32 @@ impl QueryRuntime {
     fn current_watermark(&self) -> i64 {
         self.sources
             .iter()
-            .map(|s| if s.exhausted { i64::MAX } else if s.max_ts == i64::MIN { i64::MIN } else { s.max_ts - s.delay })
+            .map(|s| {
+                if s.exhausted {
+                    i64::MAX
+                } else if s.max_ts == i64::MIN {
+                    i64::MIN
+                } else {
+                    s.max_ts - s.delay
+                }
+            })
             .min()
             .unwrap_or(i64::MAX)
     }
 
     async fn write_rows(&mut self, rows: Vec<WindowRow>) -> Result<()> {
-        let Exec::WindowAgg { post, agg, agg_schema, .. } = &self.exec else { return Ok(()) };
+        let Exec::WindowAgg {
+            post, agg, agg_schema, ..
+        } = &self.exec
+        else {
+            return Ok(());
+        };
         if rows.is_empty() {
             return Ok(());
         }
-        let base = Arc::new(Schema::new(agg_schema.fields()[..agg_schema.fields().len() - 1].to_vec()));
+        let base = Arc::new(Schema::new(
+            agg_schema.fields()[..agg_schema.fields().len() - 1].to_vec(),
+        ));
         let b = rows_to_batch(&base, &rows)?;
         let ids: ArrayRef = Arc::new(StringArray::from_iter_values(rows.iter().map(row_identity)));
         let mut cols = b.columns().to_vec();
@@ -376,7 +505,12 @@ impl QueryRuntime {
         agg.set(vec![]);
         for b in out {
             let n = b.num_columns() - 1;
-            let ids = b.column(n).as_string::<i32>().iter().map(|s| s.unwrap_or_default().to_string()).collect();
+            let ids = b
+                .column(n)
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string())
+                .collect();
             let batch = RecordBatch::try_new(self.output_schema.clone(), b.columns()[..n].to_vec())?;
             self.emit(Output { batch, ids: Some(ids) })?;
         }
@@ -387,7 +521,9 @@ impl QueryRuntime {
         if out.batch.num_rows() == 0 {
             return Ok(());
         }
-        self.metrics.rows_out.fetch_add(out.batch.num_rows() as u64, Ordering::Relaxed);
+        self.metrics
+            .rows_out
+            .fetch_add(out.batch.num_rows() as u64, Ordering::Relaxed);
         self.sink.write(&out)
     }
 
@@ -452,9 +588,18 @@ impl QueryRuntime {
                 }
                 self.metrics.groups.store(state.groups() as u64, Ordering::Relaxed);
             }
-            Exec::Buffered { size, feeds, plan, buffers } => {
+            Exec::Buffered {
+                size,
+                feeds,
+                plan,
+                buffers,
+            } => {
                 let size = *size;
-                let closing: Vec<i64> = buffers.keys().copied().take_while(|s| s.saturating_add(size) <= wm).collect();
+                let closing: Vec<i64> = buffers
+                    .keys()
+                    .copied()
+                    .take_while(|s| s.saturating_add(size) <= wm)
+                    .collect();
                 let plan = plan.clone();
                 let mut outs = Vec::new();
                 for s in closing {
@@ -512,7 +657,9 @@ impl QueryRuntime {
             if got {
                 self.step().await?;
                 self.metrics.batches.fetch_add(1, Ordering::Relaxed);
-                self.metrics.last_batch_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.metrics
+                    .last_batch_us
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
             if self.sources.iter().all(|s| s.exhausted) {
                 break;

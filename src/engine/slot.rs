@@ -21,7 +21,10 @@ pub struct SlotTable {
 
 impl SlotTable {
     pub fn new(schema: SchemaRef) -> Self {
-        SlotTable { schema, batches: Arc::new(Mutex::new(Vec::new())) }
+        SlotTable {
+            schema,
+            batches: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     pub fn set(&self, batches: Vec<RecordBatch>) {
@@ -51,6 +54,10 @@ impl TableProvider for SlotTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batches = self.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
     }
 }

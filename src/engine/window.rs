@@ -50,9 +50,7 @@ impl WindowSpec {
     pub fn windows_of(&self, p: i64) -> impl Iterator<Item = i64> {
         let (slide, size) = self.slide_size();
         let last = p.div_euclid(slide) * slide;
-        (0..)
-            .map(move |i| last - i * slide)
-            .take_while(move |s| s + size > p)
+        (0..).map(move |i| last - i * slide).take_while(move |s| s + size > p)
     }
 
     /// The end of the last window that contains the pane starting at `p`.
@@ -64,7 +62,9 @@ impl WindowSpec {
     pub fn describe(&self) -> String {
         match self {
             WindowSpec::Tumble { size } => format!("TUMBLE(size {size} ms)"),
-            WindowSpec::Hop { slide, size } => format!("HOP(slide {slide} ms, size {size} ms, panes of {} ms)", self.pane()),
+            WindowSpec::Hop { slide, size } => {
+                format!("HOP(slide {slide} ms, size {size} ms, panes of {} ms)", self.pane())
+            }
             WindowSpec::Session { gap } => format!("SESSION(gap {gap} ms, per key)"),
         }
     }
@@ -125,7 +125,9 @@ impl Acc {
     /// An empty accumulator; `partial_types` are the types of this aggregate's partial columns.
     pub fn empty(kind: AggKind, partial_types: &[DataType]) -> Result<Acc> {
         let null_of = |i: usize| -> Result<ScalarValue> {
-            let t = partial_types.get(i).ok_or_else(|| Error::Internal("missing partial type".into()))?;
+            let t = partial_types
+                .get(i)
+                .ok_or_else(|| Error::Internal("missing partial type".into()))?;
             Ok(ScalarValue::try_from(t)?)
         };
         Ok(match kind {
@@ -149,7 +151,10 @@ impl Acc {
 
     /// Merge row `row` of this aggregate's partial columns.
     pub fn merge_row(&mut self, cols: &[ArrayRef], row: usize) -> Result<()> {
-        let col = |i: usize| cols.get(i).ok_or_else(|| Error::Internal("missing partial column".into()));
+        let col = |i: usize| {
+            cols.get(i)
+                .ok_or_else(|| Error::Internal("missing partial column".into()))
+        };
         match self {
             Acc::Count(n) => *n += int_at(col(0)?, row),
             Acc::Avg { sum, count } => {
@@ -231,7 +236,11 @@ impl Acc {
 }
 
 fn int_at(a: &ArrayRef, row: usize) -> i64 {
-    a.as_any().downcast_ref::<Int64Array>().filter(|a| !a.is_null(row)).map(|a| a.value(row)).unwrap_or(0)
+    a.as_any()
+        .downcast_ref::<Int64Array>()
+        .filter(|a| !a.is_null(row))
+        .map(|a| a.value(row))
+        .unwrap_or(0)
 }
 
 pub type Key = Vec<ScalarValue>;
@@ -278,8 +287,15 @@ impl WindowAggState {
         let mut at = nkeys + 1;
         for k in &kinds {
             let n = k.partial_sql("x").len();
-            let types: Vec<DataType> =
-                (at..at + n).map(|i| pre_schema.fields().get(i).map(|f| f.data_type().clone()).unwrap_or(DataType::Null)).collect();
+            let types: Vec<DataType> = (at..at + n)
+                .map(|i| {
+                    pre_schema
+                        .fields()
+                        .get(i)
+                        .map(|f| f.data_type().clone())
+                        .unwrap_or(DataType::Null)
+                })
+                .collect();
             partial_at.push(at);
             template.push(Acc::empty(*k, &types)?);
             at += n;
@@ -306,7 +322,11 @@ impl WindowAggState {
             .iter()
             .zip(&self.partial_at)
             .map(|(k, at)| {
-                let t: Vec<DataType> = pre_schema.fields().get(*at).map(|f| vec![f.data_type().clone()]).unwrap_or_default();
+                let t: Vec<DataType> = pre_schema
+                    .fields()
+                    .get(*at)
+                    .map(|f| vec![f.data_type().clone()])
+                    .unwrap_or_default();
                 Acc::final_type(*k, &t)
             })
             .collect()
@@ -351,7 +371,10 @@ impl WindowAggState {
                 continue;
             }
             let pane = panes.value(row);
-            let key: Key = keys.iter().map(|a| ScalarValue::try_from_array(a, row)).collect::<Result<_, _>>()?;
+            let key: Key = keys
+                .iter()
+                .map(|a| ScalarValue::try_from_array(a, row))
+                .collect::<Result<_, _>>()?;
             let mut accs = self.template.clone();
             for (j, acc) in accs.iter_mut().enumerate() {
                 let at = self.partial_at[j];
@@ -451,7 +474,12 @@ impl WindowAggState {
             for (key, list) in self.sessions.iter_mut() {
                 list.retain(|s| {
                     if s.end <= watermark {
-                        out.push(WindowRow { key: key.clone(), start: s.start, end: s.end, values: s.accs.iter().map(Acc::finish).collect() });
+                        out.push(WindowRow {
+                            key: key.clone(),
+                            start: s.start,
+                            end: s.end,
+                            values: s.accs.iter().map(Acc::finish).collect(),
+                        });
                         false
                     } else {
                         true
@@ -459,7 +487,7 @@ impl WindowAggState {
                 });
             }
             self.sessions.retain(|_, l| !l.is_empty());
-            out.sort_by(|a, b| (a.start, a.end).cmp(&(b.start, b.end)));
+            out.sort_by_key(|r| (r.start, r.end));
             return Ok(out);
         }
         let (_, size) = self.spec.slide_size();
@@ -504,8 +532,16 @@ pub fn agg_schema(key_types: &[DataType], final_types: &[DataType]) -> SchemaRef
     for (i, t) in key_types.iter().enumerate() {
         fields.push(Field::new(format!("__k{i}"), t.clone(), true));
     }
-    fields.push(Field::new("window_start", DataType::Timestamp(TimeUnit::Millisecond, None), false));
-    fields.push(Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, None), false));
+    fields.push(Field::new(
+        "window_start",
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    ));
+    fields.push(Field::new(
+        "window_end",
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    ));
     for (i, t) in final_types.iter().enumerate() {
         fields.push(Field::new(format!("__a{i}"), t.clone(), true));
     }
@@ -520,9 +556,13 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[WindowRow]) -> Result<RecordBat
         let scalars: Vec<ScalarValue> = if i < nkeys {
             rows.iter().map(|r| r.key[i].clone()).collect()
         } else if i == nkeys {
-            rows.iter().map(|r| ScalarValue::TimestampMillisecond(Some(r.start), None)).collect()
+            rows.iter()
+                .map(|r| ScalarValue::TimestampMillisecond(Some(r.start), None))
+                .collect()
         } else if i == nkeys + 1 {
-            rows.iter().map(|r| ScalarValue::TimestampMillisecond(Some(r.end), None)).collect()
+            rows.iter()
+                .map(|r| ScalarValue::TimestampMillisecond(Some(r.end), None))
+                .collect()
         } else {
             rows.iter().map(|r| r.values[i - nkeys - 2].clone()).collect()
         };
@@ -530,7 +570,11 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[WindowRow]) -> Result<RecordBat
             new_empty_array(f.data_type())
         } else {
             let a = ScalarValue::iter_to_array(scalars)?;
-            if a.data_type() != f.data_type() { datafusion::arrow::compute::cast(&a, f.data_type())? } else { a }
+            if a.data_type() != f.data_type() {
+                datafusion::arrow::compute::cast(&a, f.data_type())?
+            } else {
+                a
+            }
         };
         cols.push(arr);
     }
@@ -553,19 +597,30 @@ pub fn row_identity(r: &WindowRow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{StringArray};
+    use datafusion::arrow::array::StringArray;
 
     #[test]
     fn hop_windows_of_a_pane() {
-        let hop = WindowSpec::Hop { slide: 2_000, size: 10_000 };
+        let hop = WindowSpec::Hop {
+            slide: 2_000,
+            size: 10_000,
+        };
         assert_eq!(hop.pane(), 2_000);
         let w: Vec<i64> = hop.windows_of(10_000).collect();
         assert_eq!(w, vec![10_000, 8_000, 6_000, 4_000, 2_000]);
-        let odd = WindowSpec::Hop { slide: 4_000, size: 6_000 };
+        let odd = WindowSpec::Hop {
+            slide: 4_000,
+            size: 6_000,
+        };
         assert_eq!(odd.pane(), 2_000);
         assert_eq!(odd.windows_of(2_000).collect::<Vec<_>>(), vec![0]);
         assert_eq!(odd.windows_of(4_000).collect::<Vec<_>>(), vec![4_000, 0]);
-        assert_eq!(WindowSpec::Tumble { size: 60_000 }.windows_of(120_000).collect::<Vec<_>>(), vec![120_000]);
+        assert_eq!(
+            WindowSpec::Tumble { size: 60_000 }
+                .windows_of(120_000)
+                .collect::<Vec<_>>(),
+            vec![120_000]
+        );
     }
 
     fn pre_batch(keys: &[&str], panes: &[i64], counts: &[i64]) -> RecordBatch {
@@ -588,13 +643,25 @@ mod tests {
     #[test]
     fn hop_merges_panes_and_evicts() {
         let b = pre_batch(&["a", "a", "b"], &[0, 2_000, 2_000], &[1, 2, 5]);
-        let mut st = WindowAggState::new(WindowSpec::Hop { slide: 2_000, size: 4_000 }, 1, vec![AggKind::CountStar], &b.schema()).expect("state");
+        let mut st = WindowAggState::new(
+            WindowSpec::Hop {
+                slide: 2_000,
+                size: 4_000,
+            },
+            1,
+            vec![AggKind::CountStar],
+            &b.schema(),
+        )
+        .expect("state");
         st.merge_batch(&b).expect("merge");
         let changed = st.take_changed().expect("changed");
         // a: windows -2000 (pane 0), 0 (panes 0,2000), 2000 (pane 2000); b: windows 0, 2000
         assert_eq!(changed.len(), 5);
         let closed = st.close(4_000).expect("close");
-        let got: Vec<(i64, String, ScalarValue)> = closed.iter().map(|r| (r.start, r.key[0].to_string(), r.values[0].clone())).collect();
+        let got: Vec<(i64, String, ScalarValue)> = closed
+            .iter()
+            .map(|r| (r.start, r.key[0].to_string(), r.values[0].clone()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -613,18 +680,29 @@ mod tests {
     #[test]
     fn sessions_merge_when_bridged() {
         let b = pre_batch(&["u", "u", "v"], &[0, 10_000, 1_000], &[1, 1, 1]);
-        let mut st = WindowAggState::new(WindowSpec::Session { gap: 6_000 }, 1, vec![AggKind::CountStar], &b.schema()).expect("state");
+        let mut st = WindowAggState::new(
+            WindowSpec::Session { gap: 6_000 },
+            1,
+            vec![AggKind::CountStar],
+            &b.schema(),
+        )
+        .expect("state");
         st.merge_batch(&b).expect("merge");
         assert_eq!(st.groups(), 3);
         // an event at 5000 bridges u's sessions [0,6000) and [10000,16000)
         st.merge_batch(&pre_batch(&["u"], &[5_000], &[2])).expect("merge");
         assert_eq!(st.groups(), 2);
         let closed = st.close(i64::MAX).expect("close");
-        let got: Vec<(String, i64, i64, ScalarValue)> =
-            closed.iter().map(|r| (r.key[0].to_string(), r.start, r.end, r.values[0].clone())).collect();
+        let got: Vec<(String, i64, i64, ScalarValue)> = closed
+            .iter()
+            .map(|r| (r.key[0].to_string(), r.start, r.end, r.values[0].clone()))
+            .collect();
         assert_eq!(
             got,
-            vec![("u".into(), 0, 16_000, ScalarValue::Int64(Some(4))), ("v".into(), 1_000, 7_000, ScalarValue::Int64(Some(1)))]
+            vec![
+                ("u".into(), 0, 16_000, ScalarValue::Int64(Some(4))),
+                ("v".into(), 1_000, 7_000, ScalarValue::Int64(Some(1)))
+            ]
         );
     }
 

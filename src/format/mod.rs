@@ -22,7 +22,10 @@ impl Format {
         match text.to_ascii_lowercase().as_str() {
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv { header, delimiter }),
-            other => Err(Error::option("format", format!("unknown format '{other}'; valid: json, csv"))),
+            other => Err(Error::option(
+                "format",
+                format!("unknown format '{other}'; valid: json, csv"),
+            )),
         }
     }
 }
@@ -89,14 +92,20 @@ impl LineDecoder {
         let newlines = chunk.iter().filter(|b| **b == b'\n').count();
         let lines = newlines + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
         if lines == 0 {
-            return Ok(Decoded { batch: None, errors: vec![] });
+            return Ok(Decoded {
+                batch: None,
+                errors: vec![],
+            });
         }
         // Fast path: the whole chunk in one vectorised decode.
         if std::str::from_utf8(chunk).is_ok()
             && let Ok(Some(b)) = self.decode_bytes(chunk, lines)
             && b.num_rows() == lines
         {
-            return Ok(Decoded { batch: Some(b), errors: vec![] });
+            return Ok(Decoded {
+                batch: Some(b),
+                errors: vec![],
+            });
         }
         // Slow path: line by line, so that each bad record is isolated with its reason.
         let mut text_lines = Vec::with_capacity(lines);
@@ -116,7 +125,10 @@ impl LineDecoder {
         let mut out = self.decode(text_lines.into_iter().map(|(n, l)| (format!("{origin}:{n}"), l)))?;
         errors.append(&mut out.errors);
         errors.sort_by_key(|e| e.position.rsplit(':').next().and_then(|n| n.parse::<u64>().ok()));
-        Ok(Decoded { batch: out.batch, errors })
+        Ok(Decoded {
+            batch: out.batch,
+            errors,
+        })
     }
 
     /// Decode `lines` one by one (each with its position for error reports); blank lines are skipped.
@@ -132,11 +144,23 @@ impl LineDecoder {
             one.push(b'\n');
             match self.decode_bytes(&one, 1) {
                 Ok(Some(b)) if b.num_rows() == 1 => good.push(b),
-                Ok(_) => errors.push(BadRecord { position: pos, raw: line.to_string(), reason: "record decoded to no row".into() }),
-                Err(reason) => errors.push(BadRecord { position: pos, raw: line.to_string(), reason }),
+                Ok(_) => errors.push(BadRecord {
+                    position: pos,
+                    raw: line.to_string(),
+                    reason: "record decoded to no row".into(),
+                }),
+                Err(reason) => errors.push(BadRecord {
+                    position: pos,
+                    raw: line.to_string(),
+                    reason,
+                }),
             }
         }
-        let batch = if good.is_empty() { None } else { Some(concat_batches(&self.schema, &good)?) };
+        let batch = if good.is_empty() {
+            None
+        } else {
+            Some(concat_batches(&self.schema, &good)?)
+        };
         Ok(Decoded { batch, errors })
     }
 }
@@ -159,7 +183,10 @@ mod tests {
     use datafusion::arrow::array::{Array, Int64Array, TimestampMillisecondArray};
 
     fn lines(text: &str) -> Vec<(String, &str)> {
-        text.lines().enumerate().map(|(i, l)| (format!("line {}", i + 1), l)).collect()
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| (format!("line {}", i + 1), l))
+            .collect()
     }
 
     #[test]
@@ -176,12 +203,18 @@ not json at all
         assert_eq!(b.num_rows(), 2);
         let users = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
         assert_eq!(users.values(), &[1, 3]);
-        let ts = b.column(4).as_any().downcast_ref::<TimestampMillisecondArray>().expect("ts");
+        let ts = b
+            .column(4)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("ts");
         assert_eq!(ts.value(0), 1_767_225_600_123);
         assert!(b.column(2).is_null(1));
         let positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
         assert_eq!(positions, ["f:2", "f:3", "f:6"]);
-        let fast = d.decode_chunk(format!("{}\n", text.lines().next().expect("line")).as_bytes(), 1, "f").expect("ok");
+        let fast = d
+            .decode_chunk(format!("{}\n", text.lines().next().expect("line")).as_bytes(), 1, "f")
+            .expect("ok");
         assert_eq!(fast.batch.expect("row").num_rows(), 1);
         let bad_utf8 = d.decode_chunk(b"\xff\xfe\n", 7, "f").expect("ok");
         assert_eq!(bad_utf8.errors[0].position, "f:7");
@@ -192,7 +225,13 @@ not json at all
 
     #[test]
     fn csv_decodes_and_isolates() {
-        let d = LineDecoder::new(course_schema(), Format::Csv { header: true, delimiter: b',' });
+        let d = LineDecoder::new(
+            course_schema(),
+            Format::Csv {
+                header: true,
+                delimiter: b',',
+            },
+        );
         let text = "1,2,eu-west,false,2026-01-01T00:00:00.000Z\nx,2,eu-west,false,2026-01-01T00:00:00Z\n5,6,us-east,true,2026-01-01T00:00:01Z";
         let out = d.decode(lines(text)).expect("decode");
         assert_eq!(out.batch.expect("rows").num_rows(), 2);

@@ -27,24 +27,35 @@ impl Options {
     pub fn check_keys(&self, what: &str, valid: &[&str]) -> Result<()> {
         for k in self.0.keys() {
             if !valid.contains(&k.as_str()) {
-                return Err(Error::option(k, format!("unknown option for {what}; valid options: {}", valid.join(", "))));
+                return Err(Error::option(
+                    k,
+                    format!("unknown option for {what}; valid options: {}", valid.join(", ")),
+                ));
             }
         }
         Ok(())
     }
     pub fn required(&self, key: &str, what: &str) -> Result<&str> {
-        self.get(key).ok_or_else(|| Error::option(key, format!("required by {what}")))
+        self.get(key)
+            .ok_or_else(|| Error::option(key, format!("required by {what}")))
     }
     pub fn parse_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.trim().parse().map_err(|_| Error::option(key, format!("cannot parse '{v}'"))),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| Error::option(key, format!("cannot parse '{v}'"))),
         }
     }
     pub fn parse_opt<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| Error::option(key, format!("cannot parse '{v}'"))),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::option(key, format!("cannot parse '{v}'"))),
         }
     }
 }
@@ -106,11 +117,25 @@ pub enum ShowKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     CreateSource(SourceDef),
-    CreateSink { name: String, options: Options, query: Box<Query>, sql: String },
-    CreateView { name: String, materialized: bool, query: Box<Query>, sql: String },
+    CreateSink {
+        name: String,
+        options: Options,
+        query: Box<Query>,
+        sql: String,
+    },
+    CreateView {
+        name: String,
+        materialized: bool,
+        query: Box<Query>,
+        sql: String,
+    },
     Show(ShowKind),
     Describe(String),
-    Drop { kind: ObjectKind, name: String, if_exists: bool },
+    Drop {
+        kind: ObjectKind,
+        name: String,
+        if_exists: bool,
+    },
     Explain(Box<Query>),
     Query(Box<Query>),
 }
@@ -133,11 +158,18 @@ pub fn parse_script(sql: &str) -> Result<Vec<Located>> {
         }
         let start = p.peek_token().span.start;
         let statement = parse_statement(&mut p, sql, start)?;
-        out.push(Located { statement, line: start.line });
+        out.push(Located {
+            statement,
+            line: start.line,
+        });
         let next = p.peek_token();
         if next.token != Token::EOF && next.token != Token::SemiColon {
             let at = next.span.start;
-            return Err(Error::Sql { line: at.line, col: at.column, message: format!("expected end of statement (;), found {}", next.token) });
+            return Err(Error::Sql {
+                line: at.line,
+                col: at.column,
+                message: format!("expected end of statement (;), found {}", next.token),
+            });
         }
     }
     Ok(out)
@@ -148,8 +180,16 @@ pub fn parse_one(sql: &str) -> Result<Statement> {
     let mut all = parse_script(sql)?;
     match all.len() {
         1 => Ok(all.remove(0).statement),
-        0 => Err(Error::Sql { line: 1, col: 1, message: "empty statement".into() }),
-        _ => Err(Error::Sql { line: all[1].line, col: 1, message: "expected one statement, found several".into() }),
+        0 => Err(Error::Sql {
+            line: 1,
+            col: 1,
+            message: "empty statement".into(),
+        }),
+        _ => Err(Error::Sql {
+            line: all[1].line,
+            col: 1,
+            message: "expected one statement, found several".into(),
+        }),
     }
 }
 
@@ -159,27 +199,33 @@ fn word(p: &Parser, upper: &str) -> bool {
 
 fn error_here<T>(p: &Parser, message: &str) -> Result<T> {
     let loc = p.peek_token().span.start;
-    Err(Error::Sql { line: loc.line, col: loc.column, message: message.into() })
+    Err(Error::Sql {
+        line: loc.line,
+        col: loc.column,
+        message: message.into(),
+    })
 }
 
 /// The text of the statement from `start` to the parser's current position.
 fn text_since(p: &Parser, sql: &str, start: Location) -> String {
     let end = p.peek_token().span.start;
     let from = offset_of(sql, start);
-    let to = if p.peek_token().token == Token::EOF { sql.len() } else { offset_of(sql, end) };
+    let to = if p.peek_token().token == Token::EOF {
+        sql.len()
+    } else {
+        offset_of(sql, end)
+    };
     sql.get(from..to.max(from)).unwrap_or_default().trim().to_string()
 }
 
 fn offset_of(sql: &str, loc: Location) -> usize {
-    let mut line = 1;
     let mut off = 0;
-    for l in sql.split_inclusive('\n') {
+    for (line, l) in (1..).zip(sql.split_inclusive('\n')) {
         if line == loc.line {
             let col = (loc.column as usize).saturating_sub(1);
             return off + l.char_indices().nth(col).map(|(i, _)| i).unwrap_or(l.len());
         }
         off += l.len();
-        line += 1;
     }
     sql.len()
 }
@@ -190,7 +236,11 @@ fn ident(p: &mut Parser) -> Result<String> {
 
 /// Unquoted identifiers are case-insensitive (lower-cased), quoted ones are kept, as in DataFusion.
 pub fn normalize(id: &ast::Ident) -> String {
-    if id.quote_style.is_some() { id.value.clone() } else { id.value.to_ascii_lowercase() }
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_ascii_lowercase()
+    }
 }
 
 fn parse_statement(p: &mut Parser, sql: &str, start: Location) -> Result<Statement> {
@@ -212,16 +262,29 @@ fn parse_statement(p: &mut Parser, sql: &str, start: Location) -> Result<Stateme
             }
             p.expect_keyword(Keyword::AS)?;
             let query = p.parse_query()?;
-            return Ok(Statement::CreateSink { name, options, query, sql: text_since(p, sql, start) });
+            return Ok(Statement::CreateSink {
+                name,
+                options,
+                query,
+                sql: text_since(p, sql, start),
+            });
         }
         let materialized = p.parse_keyword(Keyword::MATERIALIZED);
         if p.parse_keyword(Keyword::VIEW) {
             let name = ident(p)?;
             p.expect_keyword(Keyword::AS)?;
             let query = p.parse_query()?;
-            return Ok(Statement::CreateView { name, materialized, query, sql: text_since(p, sql, start) });
+            return Ok(Statement::CreateView {
+                name,
+                materialized,
+                query,
+                sql: text_since(p, sql, start),
+            });
         }
-        return error_here(p, "expected SOURCE, TABLE, SINK, VIEW or MATERIALIZED VIEW after CREATE");
+        return error_here(
+            p,
+            "expected SOURCE, TABLE, SINK, VIEW or MATERIALIZED VIEW after CREATE",
+        );
     }
     if p.parse_keyword(Keyword::SHOW) {
         let kind = match p.next_token().token {
@@ -263,7 +326,11 @@ fn parse_statement(p: &mut Parser, sql: &str, start: Location) -> Result<Stateme
             return error_here(p, "expected SOURCE, TABLE, SINK, VIEW or MATERIALIZED VIEW after DROP");
         };
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        return Ok(Statement::Drop { kind, name: ident(p)?, if_exists });
+        return Ok(Statement::Drop {
+            kind,
+            name: ident(p)?,
+            if_exists,
+        });
     }
     if p.parse_keyword(Keyword::EXPLAIN) {
         return Ok(Statement::Explain(p.parse_query()?));
@@ -293,13 +360,20 @@ fn parse_create_source(p: &mut Parser, sql: &str, start: Location, kind: SourceK
             p.expect_keyword(Keyword::AS)?;
             let at = p.peek_token().span.start;
             let expr = p.parse_expr()?;
-            let delay_ms = watermark_delay(&column, &expr).map_err(|m| Error::Sql { line: at.line, col: at.column, message: m })?;
+            let delay_ms = watermark_delay(&column, &expr).map_err(|m| Error::Sql {
+                line: at.line,
+                col: at.column,
+                message: m,
+            })?;
             watermark = Some(Watermark { column, delay_ms });
         } else {
             let at = p.peek_token().span.start;
             let col = p.parse_column_def()?;
-            let data_type = arrow_type(&col.data_type)
-                .ok_or_else(|| Error::Sql { line: at.line, col: at.column, message: format!("unsupported column type {}", col.data_type) })?;
+            let data_type = arrow_type(&col.data_type).ok_or_else(|| Error::Sql {
+                line: at.line,
+                col: at.column,
+                message: format!("unsupported column type {}", col.data_type),
+            })?;
             let not_null = col.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull));
             fields.push(Field::new(normalize(&col.name), data_type, !not_null));
         }
@@ -313,7 +387,10 @@ fn parse_create_source(p: &mut Parser, sql: &str, start: Location, kind: SourceK
         match fields.iter().find(|f| f.name() == &w.column) {
             None => return error_here(p, &format!("WATERMARK FOR {}: no such column", w.column)),
             Some(f) if !matches!(f.data_type(), DataType::Timestamp(_, _)) => {
-                return error_here(p, &format!("WATERMARK FOR {}: the column must be a TIMESTAMP", w.column));
+                return error_here(
+                    p,
+                    &format!("WATERMARK FOR {}: the column must be a TIMESTAMP", w.column),
+                );
             }
             _ => {}
         }
@@ -323,7 +400,14 @@ fn parse_create_source(p: &mut Parser, sql: &str, start: Location, kind: SourceK
         return error_here(p, "missing WITH (connector = '…', …)");
     }
     let schema = Arc::new(Schema::new(fields));
-    Ok(Statement::CreateSource(SourceDef { name, kind, schema, watermark, options, sql: text_since(p, sql, start) }))
+    Ok(Statement::CreateSource(SourceDef {
+        name,
+        kind,
+        schema,
+        watermark,
+        options,
+        sql: text_since(p, sql, start),
+    }))
 }
 
 fn parse_with(p: &mut Parser) -> Result<Options> {
@@ -334,9 +418,8 @@ fn parse_with(p: &mut Parser) -> Result<Options> {
     for opt in p.parse_options(Keyword::WITH)? {
         match opt {
             SqlOption::KeyValue { key, value } => {
-                let text = literal_text(&value).ok_or_else(|| {
-                    Error::option(normalize(&key), format!("value must be a literal, found {value}"))
-                })?;
+                let text = literal_text(&value)
+                    .ok_or_else(|| Error::option(normalize(&key), format!("value must be a literal, found {value}")))?;
                 map.insert(key.value.to_ascii_lowercase(), text);
             }
             other => return Err(Error::plan(format!("unsupported option {other}; write key = 'value'"))),
@@ -354,7 +437,10 @@ pub fn literal_text(e: &Expr) -> Option<String> {
             _ => None,
         },
         Expr::Identifier(i) => Some(i.value.clone()),
-        Expr::UnaryOp { op: ast::UnaryOperator::Minus, expr } => literal_text(expr).map(|t| format!("-{t}")),
+        Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => literal_text(expr).map(|t| format!("-{t}")),
         _ => None,
     }
 }
@@ -387,7 +473,11 @@ fn watermark_delay(column: &str, e: &Expr) -> std::result::Result<i64, String> {
     let bad = || format!("watermark must be `{column}` or `{column} - INTERVAL '…' unit`, found {e}");
     match e {
         Expr::Identifier(i) if normalize(i) == column => Ok(0),
-        Expr::BinaryOp { left, op: ast::BinaryOperator::Minus, right } => match left.as_ref() {
+        Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Minus,
+            right,
+        } => match left.as_ref() {
             Expr::Identifier(i) if normalize(i) == column => interval_ms(right).ok_or_else(bad),
             _ => Err(bad()),
         },
@@ -437,22 +527,39 @@ SHOW SOURCES; describe course_events; DROP SINK IF EXISTS out;
     fn parses_a_script_with_positions() {
         let stmts = parse_script(SCRIPT).expect("parses");
         assert_eq!(stmts.len(), 5);
-        let Statement::CreateSource(src) = &stmts[0].statement else { panic!("not a source") };
+        let Statement::CreateSource(src) = &stmts[0].statement else {
+            panic!("not a source")
+        };
         assert_eq!(stmts[0].line, 2);
         assert_eq!(src.name, "course_events");
         assert_eq!(src.schema.fields().len(), 5);
         assert!(!src.schema.field(0).is_nullable());
         assert!(src.schema.field(2).is_nullable());
-        assert_eq!(src.watermark, Some(Watermark { column: "event_time".into(), delay_ms: 5000 }));
+        assert_eq!(
+            src.watermark,
+            Some(Watermark {
+                column: "event_time".into(),
+                delay_ms: 5000
+            })
+        );
         assert_eq!(src.options.get("seed"), Some("7"));
         assert!(src.sql.starts_with("CREATE SOURCE course_events"));
         assert!(src.sql.ends_with("events = '1000')"));
-        let Statement::CreateSink { name, options, .. } = &stmts[1].statement else { panic!("not a sink") };
+        let Statement::CreateSink { name, options, .. } = &stmts[1].statement else {
+            panic!("not a sink")
+        };
         assert_eq!((name.as_str(), options.get("connector")), ("out", Some("parquet")));
         assert_eq!(stmts[1].line, 11);
         assert_eq!(stmts[2].statement, Statement::Show(ShowKind::Sources));
         assert_eq!(stmts[3].statement, Statement::Describe("course_events".into()));
-        assert_eq!(stmts[4].statement, Statement::Drop { kind: ObjectKind::Sink, name: "out".into(), if_exists: true });
+        assert_eq!(
+            stmts[4].statement,
+            Statement::Drop {
+                kind: ObjectKind::Sink,
+                name: "out".into(),
+                if_exists: true
+            }
+        );
     }
 
     #[test]
@@ -460,7 +567,10 @@ SHOW SOURCES; describe course_events; DROP SINK IF EXISTS out;
         let e = parse_script("SHOW SOURCES;\nSELECT a FROM t WHERE;\n").expect_err("bad sql");
         let Error::Sql { line, col, .. } = e else { panic!("{e}") };
         assert_eq!((line, col), (2, 22));
-        let e = parse_script("CREATE SOURCE s (a BIGINT, t TIMESTAMP,\n  WATERMARK FOR t AS t + 1) WITH (connector='file')").expect_err("bad");
+        let e = parse_script(
+            "CREATE SOURCE s (a BIGINT, t TIMESTAMP,\n  WATERMARK FOR t AS t + 1) WITH (connector='file')",
+        )
+        .expect_err("bad");
         assert!(e.to_string().starts_with("2:22:"), "{e}");
         let e = parse_script("CREATE SOURCE s (a BLOB) WITH (connector='file')").expect_err("bad type");
         assert!(e.to_string().starts_with("1:18: unsupported column type"), "{e}");

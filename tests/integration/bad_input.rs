@@ -10,7 +10,9 @@ use crate::support::*;
 async fn malformed_records_go_to_errors_and_the_query_goes_on() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("mixed.jsonl");
-    let good = |u: i64, t: &str| format!(r#"{{"user_id":{u},"course_id":1,"region":"eu-west","purchased":false,"event_time":"{t}"}}"#);
+    let good = |u: i64, t: &str| {
+        format!(r#"{{"user_id":{u},"course_id":1,"region":"eu-west","purchased":false,"event_time":"{t}"}}"#)
+    };
     let lines = [
         good(1, "2026-01-01T00:00:01Z"),
         "{not json".to_string(),
@@ -21,7 +23,14 @@ async fn malformed_records_go_to_errors_and_the_query_goes_on() {
     ];
     std::fs::write(&path, lines.join("\n") + "\n").expect("write");
     let mut s = session(2);
-    exec(&mut s, &format!("CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}');", path.display())).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}');",
+            path.display()
+        ),
+    )
+    .await;
     let rows = streamed(
         &mut s,
         "SELECT window_start, COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '1' MINUTE) GROUP BY window_start, window_end",
@@ -34,7 +43,12 @@ async fn malformed_records_go_to_errors_and_the_query_goes_on() {
     assert!(errors[0].starts_with(&format!("{p}:2|{{not json|")), "{errors:?}");
     assert!(errors[1].starts_with(&format!("{p}:4|")), "{errors:?}");
     assert!(errors[2].starts_with(&format!("{p}:6|")), "{errors:?}");
-    assert!(errors.iter().all(|e| e.split('|').nth(2).is_some_and(|r| !r.is_empty())), "each error has a reason");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.split('|').nth(2).is_some_and(|r| !r.is_empty())),
+        "each error has a reason"
+    );
 }
 
 #[tokio::test]
@@ -47,7 +61,11 @@ async fn late_records_go_to_late_and_are_counted() {
         ),
     )
     .await;
-    let rows = streamed(&mut s, "SELECT COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND) GROUP BY window_start").await;
+    let rows = streamed(
+        &mut s,
+        "SELECT COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND) GROUP BY window_start",
+    )
+    .await;
     let counted: i64 = rows.iter().map(|r| r.parse::<i64>().expect("count")).sum();
     let late = sorted_rows(&exec(&mut s, "SELECT COUNT(*) FROM _late;").await);
     let late: i64 = late[0].parse().expect("n");
@@ -83,7 +101,10 @@ async fn bad_sql_and_options_are_reported_precisely() {
     let e = error_of("SHOW SOURCES;\nSELECT (a FROM s;").await;
     assert!(e.starts_with("2:11:"), "{e}");
     let e = error_of("CREATE SOURCE s (a BIGINT) WITH (connector = 'generator', kind = 'courses', speed = '1');").await;
-    assert!(e.contains("'speed'") && e.contains("valid options: connector, kind, seed"), "{e}");
+    assert!(
+        e.contains("'speed'") && e.contains("valid options: connector, kind, seed"),
+        "{e}"
+    );
     let e = error_of("CREATE SOURCE s (a BIGINT) WITH (connector = 'file', path = '/no/such/file.jsonl');").await;
     assert!(e.contains("/no/such/file.jsonl"), "{e}");
     let e = error_of("CREATE SOURCE s (a BIGINT) WITH (connector = 'kafkaa');").await;

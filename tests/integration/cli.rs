@@ -9,7 +9,10 @@ fn freshet() -> Command {
 #[test]
 fn generate_is_deterministic_and_shaped() {
     let run = |seed: &str| {
-        let out = freshet().args(["generate", "courses", "--events", "2000", "--seed", seed, "--out", "-"]).output().expect("run");
+        let out = freshet()
+            .args(["generate", "courses", "--events", "2000", "--seed", seed, "--out", "-"])
+            .output()
+            .expect("run");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     };
@@ -24,7 +27,10 @@ fn generate_is_deterministic_and_shaped() {
             assert!(v.get(k).is_some(), "{k} missing in {line}");
         }
     }
-    let csv = freshet().args(["generate", "courses", "--events", "5", "--format", "csv"]).output().expect("run");
+    let csv = freshet()
+        .args(["generate", "courses", "--events", "5", "--format", "csv"])
+        .output()
+        .expect("run");
     let csv = String::from_utf8(csv.stdout).expect("utf8");
     assert!(csv.starts_with("user_id,course_id,region,purchased,event_time\n"));
     assert_eq!(csv.lines().count(), 6);
@@ -33,11 +39,16 @@ fn generate_is_deterministic_and_shaped() {
 #[tokio::test]
 async fn main_job_writes_parquet_with_correct_per_minute_counts() {
     let dir = tempfile::tempdir().expect("tmp");
-    let sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries/course_activity.sql")).expect("query");
+    let sql =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries/course_activity.sql")).expect("query");
     let sql = sql.replace("events = '1000000'", "events = '200000'");
     assert!(sql.contains("events = '200000'"));
     std::fs::write(dir.path().join("job.sql"), &sql).expect("write");
-    let out = freshet().current_dir(dir.path()).args(["run", "job.sql"]).output().expect("run");
+    let out = freshet()
+        .current_dir(dir.path())
+        .args(["run", "job.sql"])
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("course_views_archive: 200000 rows in"), "{stderr}");
@@ -47,8 +58,11 @@ async fn main_job_writes_parquet_with_correct_per_minute_counts() {
     // Oracle: the archive's per-minute counts equal a batch count over the same generated events.
     let ctx = datafusion::prelude::SessionContext::new();
     let archive = dir.path().join("out/course_views");
-    ctx.register_parquet("a", archive.to_str().expect("utf8"), Default::default()).await.expect("parquet");
-    let got = crate::support::batch_rows(&ctx, "SELECT course_id, window_start, views, viewers, purchases FROM a").await;
+    ctx.register_parquet("a", archive.to_str().expect("utf8"), Default::default())
+        .await
+        .expect("parquet");
+    let got =
+        crate::support::batch_rows(&ctx, "SELECT course_id, window_start, views, viewers, purchases FROM a").await;
     let opts = crate::support::gen_opts(200_000, 42);
     let oracle = crate::support::oracle_ctx(&opts, "ev");
     let want = crate::support::batch_rows(
@@ -64,8 +78,16 @@ async fn main_job_writes_parquet_with_correct_per_minute_counts() {
 #[test]
 fn bad_script_fails_with_file_line_and_column() {
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join("bad.sql"), "SHOW SOURCES;\n\nSELECT (course_id FROM t;\n").expect("write");
-    let out = freshet().current_dir(dir.path()).args(["run", "bad.sql"]).output().expect("run");
+    std::fs::write(
+        dir.path().join("bad.sql"),
+        "SHOW SOURCES;\n\nSELECT (course_id FROM t;\n",
+    )
+    .expect("write");
+    let out = freshet()
+        .current_dir(dir.path())
+        .args(["run", "bad.sql"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.sql:3:19:"), "{stderr}");
@@ -105,22 +127,39 @@ fn sigterm_stops_an_unbounded_run_cleanly_with_sinks_committed() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut lines = Vec::new();
     while !lines.iter().any(|l: &String| l.starts_with("running")) {
-        let l = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("freshet announces it is running");
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("freshet announces it is running");
         lines.push(l);
     }
     // Let a few one-second windows close before stopping.
     std::thread::sleep(Duration::from_millis(3500));
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
     let status = child.wait().expect("wait");
     lines.extend(rx.try_iter());
     assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.starts_with("per_second:") && l.contains("rows in")), "{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("per_second:") && l.contains("rows in")),
+        "{}",
+        lines.join("\n")
+    );
     let files: Vec<String> = std::fs::read_dir(dir.path().join("out/live"))
         .expect("archive dir")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!files.is_empty(), "windows closed before the stop were committed");
-    assert!(files.iter().all(|f| f.ends_with(".parquet") && !f.starts_with('.')), "no temp files left: {files:?}");
+    assert!(
+        files.iter().all(|f| f.ends_with(".parquet") && !f.starts_with('.')),
+        "no temp files left: {files:?}"
+    );
 }

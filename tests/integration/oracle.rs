@@ -6,7 +6,14 @@ use crate::support::*;
 /// 60 s of event time (the generator advances 1 ms per event), so 10 s windows give several windows.
 const EVENTS: u64 = 60_000;
 
-async fn setup(seed: u64, batch_size: usize) -> (tempfile::TempDir, freshet::session::Session, datafusion::prelude::SessionContext) {
+async fn setup(
+    seed: u64,
+    batch_size: usize,
+) -> (
+    tempfile::TempDir,
+    freshet::session::Session,
+    datafusion::prelude::SessionContext,
+) {
     let dir = tempfile::tempdir().expect("tmp");
     let opts = gen_opts(EVENTS, seed);
     let path = dir.path().join("events.jsonl");
@@ -14,7 +21,10 @@ async fn setup(seed: u64, batch_size: usize) -> (tempfile::TempDir, freshet::ses
     let mut s = session(batch_size);
     exec(
         &mut s,
-        &format!("CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}', format = 'json');", path.display()),
+        &format!(
+            "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}', format = 'json');",
+            path.display()
+        ),
     )
     .await;
     (dir, s, oracle_ctx(&opts, "ev"))
@@ -125,7 +135,10 @@ async fn windowed_stream_join_matches_batch() {
     let path = d.path().join("events.jsonl");
     exec(
         &mut s,
-        &format!("CREATE SOURCE buys ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}', format = 'json');", path.display()),
+        &format!(
+            "CREATE SOURCE buys ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}', format = 'json');",
+            path.display()
+        ),
     )
     .await;
     let got = streamed(
@@ -174,7 +187,9 @@ async fn lookup_join_with_a_course_catalog_matches_batch() {
          GROUP BY c.category, window_start, window_end",
     )
     .await;
-    ctx.register_csv("courses", catalog.to_str().expect("utf8"), Default::default()).await.expect("csv");
+    ctx.register_csv("courses", catalog.to_str().expect("utf8"), Default::default())
+        .await
+        .expect("csv");
     let want = batch_rows(
         &ctx,
         "SELECT c.category, date_bin(INTERVAL '10 seconds', e.event_time, TIMESTAMP '1970-01-01'), COUNT(*),
@@ -191,13 +206,29 @@ async fn append_sink_gets_each_window_once_and_matches_upsert_view() {
     let out = d.path().join("archive");
     let q = "SELECT course_id, window_start, COUNT(*) AS views FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND)
              GROUP BY course_id, window_start, window_end";
-    exec(&mut s, &format!("CREATE SINK arch WITH (connector = 'parquet', path = '{}', rollover_rows = '500') AS {q};", out.display())).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK arch WITH (connector = 'parquet', path = '{}', rollover_rows = '500') AS {q};",
+            out.display()
+        ),
+    )
+    .await;
     let upserted = streamed(&mut s, q).await;
     let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_parquet("arch", out.to_str().expect("utf8"), Default::default()).await.expect("parquet");
+    ctx.register_parquet("arch", out.to_str().expect("utf8"), Default::default())
+        .await
+        .expect("parquet");
     let archived = batch_rows(&ctx, "SELECT * FROM arch").await;
     assert_same(&archived, &upserted);
-    let files = std::fs::read_dir(&out).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>();
+    let files = std::fs::read_dir(&out)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
     assert!(files.len() > 1, "rolled into several files: {files:?}");
-    assert!(files.iter().all(|f| f.starts_with("part-") && f.ends_with(".parquet")), "no temp files left: {files:?}");
+    assert!(
+        files.iter().all(|f| f.starts_with("part-") && f.ends_with(".parquet")),
+        "no temp files left: {files:?}"
+    );
 }

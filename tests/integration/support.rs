@@ -13,7 +13,11 @@ use freshet::session::{Outcome, Session};
 use freshet::sql::parser::parse_script;
 
 pub fn gen_opts(events: u64, seed: u64) -> GenOptions {
-    GenOptions { seed, events: Some(events), ..GenOptions::default() }
+    GenOptions {
+        seed,
+        events: Some(events),
+        ..GenOptions::default()
+    }
 }
 
 /// Write the generator's events as JSON lines to `path`.
@@ -34,13 +38,22 @@ pub fn oracle_ctx(opts: &GenOptions, name: &str) -> SessionContext {
         batches.push(b);
     }
     let ctx = SessionContext::new();
-    ctx.register_table(name, Arc::new(MemTable::try_new(course_schema(), vec![batches]).expect("memtable")))
-        .expect("register");
+    ctx.register_table(
+        name,
+        Arc::new(MemTable::try_new(course_schema(), vec![batches]).expect("memtable")),
+    )
+    .expect("register");
     ctx
 }
 
 pub async fn batch_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-    let batches = ctx.sql(sql).await.expect("oracle sql").collect().await.expect("oracle run");
+    let batches = ctx
+        .sql(sql)
+        .await
+        .expect("oracle sql")
+        .collect()
+        .await
+        .expect("oracle run");
     sorted_rows(&batches)
 }
 
@@ -49,31 +62,50 @@ pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
     let opts = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
     for b in batches {
-        let fmts: Vec<ArrayFormatter> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("fmt")).collect();
+        let fmts: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("fmt"))
+            .collect();
         for r in 0..b.num_rows() {
-            rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+            rows.push(
+                fmts.iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
         }
     }
     rows.sort();
     rows
 }
 
-pub const COURSE_COLUMNS: &str = "user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR, purchased BOOLEAN,
+pub const COURSE_COLUMNS: &str =
+    "user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR, purchased BOOLEAN,
     event_time TIMESTAMP NOT NULL, WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND";
 
 pub fn session(batch_size: usize) -> Session {
-    Session::new(EngineConfig { batch_size, ..EngineConfig::default() })
+    Session::new(EngineConfig {
+        batch_size,
+        ..EngineConfig::default()
+    })
 }
 
 /// Execute a script, expecting every statement to succeed; returns the last outcome's rows, if any.
 pub async fn exec(session: &mut Session, sql: &str) -> Vec<RecordBatch> {
     let mut last = Vec::new();
     for st in parse_script(sql).expect("script parses") {
-        match session.execute(&st.statement).await.unwrap_or_else(|e| panic!("statement at line {}: {e}", st.line)) {
+        match session
+            .execute(&st.statement)
+            .await
+            .unwrap_or_else(|e| panic!("statement at line {}: {e}", st.line))
+        {
             Outcome::Rows(b, _) => last = b,
             Outcome::Live(live) => {
                 live.handle.await.expect("join").expect("live query");
-                last = freshet::session::present(&live.table, &live.presentation).await.expect("present");
+                last = freshet::session::present(&live.table, &live.presentation)
+                    .await
+                    .expect("present");
             }
             _ => {}
         }
