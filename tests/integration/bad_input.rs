@@ -128,3 +128,55 @@ async fn bad_sql_and_options_are_reported_precisely() {
     .await;
     assert!(e.contains("nope"), "{e}");
 }
+
+#[tokio::test]
+async fn show_describe_explain_and_drop() {
+    let mut s = session(1000);
+    exec(
+        &mut s,
+        &format!("CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'generator', events = '5000');"),
+    )
+    .await;
+    exec(&mut s, "CREATE VIEW buys AS SELECT * FROM ev WHERE purchased;").await;
+    let shown = sorted_rows(&exec(&mut s, "SHOW SOURCES;").await);
+    assert_eq!(shown, vec!["ev|source|generator"]);
+    let desc = sorted_rows(&exec(&mut s, "DESCRIBE ev;").await);
+    assert!(desc.contains(&"user_id|Int64|NO".to_string()), "{desc:?}");
+    assert!(
+        desc.iter()
+            .any(|r| r.starts_with("WATERMARK FOR event_time|event_time - 5000 ms")),
+        "{desc:?}"
+    );
+    let plan = match s
+        .execute(&freshet::sql::parser::parse_one(
+            "EXPLAIN SELECT course_id, COUNT(*) FROM HOP(buys, event_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+             GROUP BY course_id, window_start, window_end",
+        )
+        .expect("parse"))
+        .await
+        .expect("explain")
+    {
+        Outcome::Text(t) => t,
+        _ => panic!("EXPLAIN gives text"),
+    };
+    assert!(
+        plan.contains("incremental window aggregate, HOP(slide 2000 ms, size 10000 ms, panes of 2000 ms)"),
+        "{plan}"
+    );
+    assert!(plan.contains("streams: ev"), "{plan}");
+    assert!(plan.contains("Aggregate"), "DataFusion's plan is shown: {plan}");
+    let e = s
+        .execute(&freshet::sql::parser::parse_one("DROP SOURCE ev").expect("parse"))
+        .await
+        .err()
+        .expect("ev is used by the view");
+    assert!(e.to_string().contains("'buys' uses it"), "{e}");
+    exec(&mut s, "DROP VIEW buys; DROP SOURCE ev;").await;
+    assert!(sorted_rows(&exec(&mut s, "SHOW SOURCES;").await).is_empty());
+    let e = s
+        .execute(&freshet::sql::parser::parse_one("DROP SOURCE ev").expect("parse"))
+        .await
+        .err()
+        .expect("gone");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
