@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use freshet::connector::generator::{CSV_HEADER, CourseGenerator, EPOCH_2026_MS, GenOptions};
+use freshet::connector::kafka;
 use freshet::engine::query::EngineConfig;
 use freshet::print::{PrintFormat, format_batches};
 use freshet::session::{Outcome, Session};
@@ -33,6 +34,7 @@ impl EngineArgs {
         EngineConfig {
             batch_size: self.batch_size.max(1),
             batch_interval: Duration::from_millis(self.batch_interval_ms),
+            ..EngineConfig::default()
         }
     }
 }
@@ -92,6 +94,15 @@ enum GenerateKind {
         /// Share of events made late (30–60 s behind).
         #[arg(long, default_value_t = 0.0)]
         late_ratio: f64,
+        /// Produce to Kafka at these bootstrap servers instead of writing text (keyed by user id).
+        #[arg(long)]
+        kafka: Option<String>,
+        /// The Kafka topic (created if missing).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Partitions of a topic that has to be created.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
     },
 }
 
@@ -132,6 +143,9 @@ fn generate(kind: GenerateKind) -> Result<()> {
         rate,
         out_of_order_ms,
         late_ratio,
+        kafka,
+        topic,
+        partitions,
     } = kind;
     anyhow::ensure!(
         (0.0..=1.0).contains(&late_ratio),
@@ -154,14 +168,26 @@ fn generate(kind: GenerateKind) -> Result<()> {
         EPOCH_2026_MS
     };
     let mut g = CourseGenerator::new(opts, start);
-    let mut w: Box<dyn Write> = if out == "-" {
-        Box::new(std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock()))
-    } else {
-        let f = std::fs::File::create(&out).with_context(|| format!("creating {out}"))?;
-        Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
+    let mut target = match &kafka {
+        Some(brokers) => {
+            let topic = topic.clone().context("--kafka needs --topic")?;
+            runtime()?.block_on(kafka::ensure_topic(brokers, &topic, partitions))?;
+            Target::Kafka {
+                producer: kafka::producer(brokers, &[])?,
+                topic,
+            }
+        }
+        None if out == "-" => Target::Text(Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout().lock(),
+        ))),
+        None => {
+            let f = std::fs::File::create(&out).with_context(|| format!("creating {out}"))?;
+            Target::Text(Box::new(std::io::BufWriter::with_capacity(1 << 20, f)))
+        }
     };
-    let progress = out != "-" && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if matches!(format, GenFormat::Csv) {
+    let progress = (out != "-" || kafka.is_some()) && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if let (Target::Text(w), GenFormat::Csv) = (&mut target, format) {
         w.write_all(CSV_HEADER.as_bytes())?;
     }
     let t0 = std::time::Instant::now();
@@ -171,6 +197,7 @@ fn generate(kind: GenerateKind) -> Result<()> {
         if let Some(r) = rate {
             let due = (t0.elapsed().as_secs_f64() * r) as u64;
             if g.produced() >= due {
+                target.idle()?;
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
@@ -180,16 +207,25 @@ fn generate(kind: GenerateKind) -> Result<()> {
             GenFormat::Json => e.write_json(&mut buf),
             GenFormat::Csv => e.write_csv(&mut buf),
         }
-        if buf.len() > 60_000 || rate.is_some() {
-            if let Err(err) = w.write_all(buf.as_bytes()) {
-                if err.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(());
-                }
-                return Err(err.into());
+        match &mut target {
+            Target::Kafka { producer, topic } => {
+                let key = e.user_id.to_string();
+                kafka::send(producer, topic, Some(key.as_bytes()), buf.trim_end().as_bytes())?;
+                buf.clear();
             }
-            buf.clear();
-            if rate.is_some() {
-                w.flush()?;
+            Target::Text(w) => {
+                if buf.len() > 60_000 || rate.is_some() {
+                    if let Err(err) = w.write_all(buf.as_bytes()) {
+                        if err.kind() == std::io::ErrorKind::BrokenPipe {
+                            return Ok(());
+                        }
+                        return Err(err.into());
+                    }
+                    buf.clear();
+                    if rate.is_some() {
+                        w.flush()?;
+                    }
+                }
             }
         }
         if progress && last_report.elapsed() > Duration::from_millis(250) {
@@ -213,8 +249,13 @@ fn generate(kind: GenerateKind) -> Result<()> {
             );
         }
     }
-    w.write_all(buf.as_bytes())?;
-    w.flush()?;
+    match &mut target {
+        Target::Text(w) => {
+            w.write_all(buf.as_bytes())?;
+            w.flush()?;
+        }
+        Target::Kafka { producer, .. } => kafka::flush(producer)?,
+    }
     if progress {
         eprintln!(
             "\r{} events in {:.1} s{}",
@@ -224,6 +265,26 @@ fn generate(kind: GenerateKind) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where `freshet generate` writes.
+enum Target {
+    Text(Box<dyn Write>),
+    Kafka {
+        producer: rdkafka::producer::BaseProducer<kafka::DeliveryErrors>,
+        topic: String,
+    },
+}
+
+impl Target {
+    /// Between paced events: let the Kafka producer deliver and report failures.
+    fn idle(&mut self) -> Result<()> {
+        if let Target::Kafka { producer, .. } = self {
+            producer.poll(Duration::ZERO);
+            kafka::delivery_errors(producer)?;
+        }
+        Ok(())
+    }
 }
 
 /// Ctrl-C or SIGTERM. The handlers are installed when this is called (not when first polled), so a

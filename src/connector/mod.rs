@@ -3,8 +3,12 @@
 
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod memory;
 pub mod parquet;
+pub mod prefetch;
+
+pub use prefetch::Prefetch;
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::compute::cast;
@@ -30,6 +34,16 @@ pub trait Source: Send {
     fn poll(&mut self, max: usize) -> Result<Poll>;
     /// Whether this source ends by itself.
     fn bounded(&self) -> bool;
+    /// A watermark the source computes itself from the rows it has returned (e.g. the minimum over
+    /// its active partitions); `None` lets the engine use `max event time − delay`.
+    fn watermark(&self) -> Option<i64> {
+        None
+    }
+    /// Everything with event time below `safe_ts` among the first `polls` `Ready` results has reached
+    /// the sink durably: the source may record its progress (e.g. commit Kafka offsets) up to there.
+    fn commit(&mut self, _safe_ts: i64, _polls: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Upsert sinks get the changed window rows after every micro-batch; append sinks get each window row
@@ -54,14 +68,15 @@ pub trait Sink: Send {
     fn commit(&mut self) -> Result<()>;
 }
 
-pub const SOURCE_CONNECTORS: &[&str] = &["generator", "file"];
-pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "blackhole"];
+pub const SOURCE_CONNECTORS: &[&str] = &["generator", "file", "kafka"];
+pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "blackhole", "kafka"];
 
 /// Check a source definition's options without opening it.
 pub fn validate_source(def: &SourceDef) -> Result<()> {
     match def.options.get("connector").unwrap_or_default() {
         "generator" => generator_options(def).map(|_| ()),
         "file" => file::FileOptions::parse(&def.options).and_then(|o| o.check_exists()),
+        "kafka" => kafka::KafkaSourceOptions::parse(&def.options, &def.name).map(|_| ()),
         other => Err(Error::option(
             "connector",
             format!(
@@ -131,6 +146,7 @@ pub fn open_source(def: &SourceDef) -> Result<Box<dyn Source>> {
             generator_options(def)?,
             def.schema.clone(),
         ))),
+        "kafka" => Ok(Box::new(kafka::KafkaSource::open(def)?)),
         _ => Ok(Box::new(file::FileSource::open(
             file::FileOptions::parse(&def.options)?,
             def.schema.clone(),
@@ -184,6 +200,7 @@ pub fn validate_sink(options: &Options) -> Result<()> {
                 }
             }),
         "console" => options.check_keys("connector 'console'", &["connector"]),
+        "kafka" => kafka::KafkaSink::validate(options),
         "blackhole" => options.check_keys("connector 'blackhole'", &["connector"]),
         other => Err(Error::option(
             "connector",
@@ -206,6 +223,7 @@ pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> 
             options.required("path", "connector 'file'")?,
         )?)),
         "console" => Ok(Box::new(file::JsonLinesSink::stdout())),
+        "kafka" => Ok(Box::new(kafka::KafkaSink::open(options, schema)?)),
         _ => Ok(Box::new(Blackhole)),
     }
 }
@@ -244,92 +262,4 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         });
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
-}
-
-/// Runs a source on its own thread, ahead of the engine, so that decoding (JSON, CSV, generation)
-/// overlaps with query execution on the other core. Rows are gathered into micro-batches of up to
-/// `max` rows, or whatever arrived within `interval` (paced and unbounded sources).
-pub struct Prefetch {
-    rx: std::sync::mpsc::Receiver<Result<Poll>>,
-    bounded: bool,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Prefetch {
-    pub fn spawn(mut inner: Box<dyn Source>, max: usize, interval: std::time::Duration) -> Self {
-        use std::sync::atomic::Ordering;
-        let bounded = inner.bounded();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Poll>>(2);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            let mut rows: Vec<RecordBatch> = Vec::new();
-            let mut bad: Vec<BadRecord> = Vec::new();
-            let mut n = 0;
-            let mut since: Option<std::time::Instant> = None;
-            let flush = |rows: &mut Vec<RecordBatch>, bad: &mut Vec<BadRecord>| -> Result<Poll> {
-                let batch = match rows.len() {
-                    0 => None,
-                    1 => rows.pop(),
-                    _ => Some(datafusion::arrow::compute::concat_batches(
-                        &rows[0].schema(),
-                        rows.iter(),
-                    )?),
-                };
-                rows.clear();
-                Ok(Poll::Ready(batch, std::mem::take(bad)))
-            };
-            while !stopped.load(Ordering::Relaxed) {
-                let end = match inner.poll(max.saturating_sub(n).max(1)) {
-                    Ok(Poll::Ready(b, e)) => {
-                        n += b.as_ref().map_or(0, |b| b.num_rows());
-                        rows.extend(b);
-                        bad.extend(e);
-                        since.get_or_insert_with(std::time::Instant::now);
-                        None
-                    }
-                    Ok(Poll::Pending) => {
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                        None
-                    }
-                    other => Some(other),
-                };
-                let due = end.is_some() || n >= max || since.is_some_and(|t| t.elapsed() >= interval);
-                if due && (!rows.is_empty() || !bad.is_empty()) {
-                    let out = flush(&mut rows, &mut bad);
-                    n = 0;
-                    since = None;
-                    if tx.send(out).is_err() {
-                        break;
-                    }
-                }
-                if let Some(last) = end {
-                    let _ = tx.send(last);
-                    break;
-                }
-            }
-        });
-        Prefetch { rx, bounded, stop }
-    }
-}
-
-impl Source for Prefetch {
-    fn poll(&mut self, _max: usize) -> Result<Poll> {
-        use std::sync::mpsc::RecvTimeoutError;
-        match self.rx.recv_timeout(std::time::Duration::from_millis(20)) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Ok(Poll::Pending),
-            Err(RecvTimeoutError::Disconnected) => Ok(Poll::Exhausted),
-        }
-    }
-
-    fn bounded(&self) -> bool {
-        self.bounded
-    }
-}
-
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }

@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// How long to wait for data when a source has none.
     pub batch_interval: Duration,
+    /// How often sinks commit and sources record their progress (e.g. Kafka offsets).
+    pub commit_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +44,7 @@ impl Default for EngineConfig {
         EngineConfig {
             batch_size: 65_536,
             batch_interval: Duration::from_millis(200),
+            commit_interval: Duration::from_secs(10),
         }
     }
 }
@@ -473,6 +476,8 @@ impl QueryRuntime {
             .map(|s| {
                 if s.exhausted {
                     i64::MAX
+                } else if let Some(w) = s.source.watermark() {
+                    w
                 } else if s.max_ts == i64::MIN {
                     i64::MIN
                 } else {
@@ -481,6 +486,26 @@ impl QueryRuntime {
             })
             .min()
             .unwrap_or(i64::MAX)
+    }
+
+    /// The oldest event time still held in operator state: every event older than this has been
+    /// emitted (or dropped as late).
+    fn low_water(&self) -> i64 {
+        match &self.exec {
+            Exec::Stateless { .. } => i64::MAX,
+            Exec::WindowAgg { state, .. } => state.low_water(),
+            Exec::Buffered { buffers, .. } => buffers.keys().next().copied().unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Commit the sink, then let sources record progress up to what the sink now holds durably.
+    fn commit(&mut self) -> Result<()> {
+        self.sink.commit()?;
+        let safe = self.low_water();
+        for s in &mut self.sources {
+            s.source.commit(safe, 0)?;
+        }
+        Ok(())
     }
 
     async fn write_rows(&mut self, rows: Vec<WindowRow>) -> Result<()> {
@@ -626,6 +651,7 @@ impl QueryRuntime {
     /// (then commit what was emitted; open windows stay open).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<Report> {
         let t0 = Instant::now();
+        let mut last_commit = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
@@ -664,6 +690,10 @@ impl QueryRuntime {
             if self.sources.iter().all(|s| s.exhausted) {
                 break;
             }
+            if last_commit.elapsed() >= self.config.commit_interval {
+                self.commit()?;
+                last_commit = Instant::now();
+            }
             if !got {
                 // Sources wait for data themselves (see `Prefetch`); just let `stop` in.
                 tokio::select! {
@@ -672,7 +702,7 @@ impl QueryRuntime {
                 }
             }
         }
-        self.sink.commit()?;
+        self.commit()?;
         let m = &self.metrics;
         Ok(Report {
             rows_in: Metrics::get(&m.rows_in),

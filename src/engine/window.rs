@@ -332,6 +332,18 @@ impl WindowAggState {
             .collect()
     }
 
+    /// The oldest event time that open windows still hold (`i64::MAX` when empty).
+    pub fn low_water(&self) -> i64 {
+        let panes = self.panes.keys().next().copied().unwrap_or(i64::MAX);
+        let sessions = self
+            .sessions
+            .values()
+            .flat_map(|l| l.iter().map(|s| s.start))
+            .min()
+            .unwrap_or(i64::MAX);
+        panes.min(sessions)
+    }
+
     pub fn groups(&self) -> usize {
         self.panes.values().map(HashMap::len).sum::<usize>() + self.sessions.values().map(Vec::len).sum::<usize>()
     }

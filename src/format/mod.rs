@@ -131,6 +131,54 @@ impl LineDecoder {
         })
     }
 
+    /// Decode one record per message (e.g. Kafka values); positions of bad records are
+    /// `origin@offset`.
+    pub fn decode_records(&self, records: &[(i64, &[u8])], origin: &str) -> Result<Decoded> {
+        if records.is_empty() {
+            return Ok(Decoded {
+                batch: None,
+                errors: vec![],
+            });
+        }
+        let mut buf = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 1).sum());
+        for (_, r) in records {
+            buf.extend_from_slice(r);
+            buf.push(b'\n');
+        }
+        if std::str::from_utf8(&buf).is_ok()
+            && let Ok(Some(b)) = self.decode_bytes(&buf, records.len())
+            && b.num_rows() == records.len()
+        {
+            return Ok(Decoded {
+                batch: Some(b),
+                errors: vec![],
+            });
+        }
+        let mut text = Vec::with_capacity(records.len());
+        let mut errors = Vec::new();
+        for (off, raw) in records {
+            match std::str::from_utf8(raw) {
+                Ok(t) if !t.trim().is_empty() => text.push((format!("{origin}@{off}"), t)),
+                Ok(_) => errors.push(BadRecord {
+                    position: format!("{origin}@{off}"),
+                    raw: String::new(),
+                    reason: "empty record".into(),
+                }),
+                Err(_) => errors.push(BadRecord {
+                    position: format!("{origin}@{off}"),
+                    raw: String::from_utf8_lossy(raw).into_owned(),
+                    reason: "invalid UTF-8".into(),
+                }),
+            }
+        }
+        let mut out = self.decode(text)?;
+        errors.append(&mut out.errors);
+        Ok(Decoded {
+            batch: out.batch,
+            errors,
+        })
+    }
+
     /// Decode `lines` one by one (each with its position for error reports); blank lines are skipped.
     pub fn decode<'a>(&self, lines: impl IntoIterator<Item = (String, &'a str)>) -> Result<Decoded> {
         let mut good = Vec::new();

@@ -1,0 +1,547 @@
+//! `connector = 'kafka'`: a source reading every partition of a topic, and an append sink producing
+//! JSON rows. librdkafka is bundled (rdkafka's default features).
+//!
+//! Source: partitions are assigned explicitly (one process reads them all; `startup = 'group'` resumes
+//! from the consumer group's committed offsets). Offsets are never auto-committed: the engine calls
+//! [`Source::commit`] after its sink committed, with the oldest event time still held in window state,
+//! and only offsets whose records are all older than that are committed — so a restart re-reads
+//! everything that open windows still need. Each partition has its own watermark; the source's is
+//! the minimum over partitions that sent data within `idle_timeout_ms`. With `bounded = 'latest'`
+//! the source stops at the end offsets it saw at start (used by tests and backfills).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::{Output, Poll, Sink, SinkMode, Source};
+use crate::error::{Error, Result};
+use crate::format::{Format, LineDecoder, to_json_lines};
+use crate::sql::parser::{Options, SourceDef};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Keys valid for a Kafka source/sink besides `properties.*` (passed to librdkafka as they are).
+const SOURCE_KEYS: &[&str] = &[
+    "connector",
+    "bootstrap_servers",
+    "topic",
+    "group_id",
+    "startup",
+    "format",
+    "header",
+    "delimiter",
+    "bounded",
+    "idle_timeout_ms",
+];
+const SINK_KEYS: &[&str] = &["connector", "bootstrap_servers", "topic", "key", "format"];
+
+fn check_keys(o: &Options, what: &str, valid: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut props = Vec::new();
+    for (k, v) in &o.0 {
+        if let Some(p) = k.strip_prefix("properties.") {
+            props.push((p.to_string(), v.clone()));
+        } else if !valid.contains(&k.as_str()) {
+            return Err(Error::option(
+                k,
+                format!(
+                    "unknown option for {what}; valid options: {}, properties.<librdkafka key>",
+                    valid.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(props)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    Earliest,
+    Latest,
+    Group,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSourceOptions {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub startup: Startup,
+    pub format: Format,
+    pub bounded: bool,
+    pub idle_timeout: Duration,
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSourceOptions {
+    pub fn parse(o: &Options, source_name: &str) -> Result<Self> {
+        let properties = check_keys(o, "connector 'kafka' (source)", SOURCE_KEYS)?;
+        let startup = match o.get("startup").unwrap_or("group") {
+            "earliest" => Startup::Earliest,
+            "latest" => Startup::Latest,
+            "group" => Startup::Group,
+            other => {
+                return Err(Error::option(
+                    "startup",
+                    format!("'{other}'; valid: earliest, latest, group"),
+                ));
+            }
+        };
+        let bounded = match o.get("bounded").unwrap_or("none") {
+            "none" => false,
+            "latest" => true,
+            other => return Err(Error::option("bounded", format!("'{other}'; valid: none, latest"))),
+        };
+        let header = o.parse_or("header", false)?;
+        let delimiter = o
+            .get("delimiter")
+            .map(|d| d.as_bytes().first().copied().unwrap_or(b','))
+            .unwrap_or(b',');
+        Ok(KafkaSourceOptions {
+            brokers: o.required("bootstrap_servers", "connector 'kafka'")?.to_string(),
+            topic: o.required("topic", "connector 'kafka'")?.to_string(),
+            group_id: o
+                .get("group_id")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("freshet-{source_name}")),
+            startup,
+            format: Format::parse(o.get("format").unwrap_or("json"), header, delimiter)?,
+            bounded,
+            idle_timeout: Duration::from_millis(o.parse_or("idle_timeout_ms", 5_000u64)?),
+            properties,
+        })
+    }
+}
+
+fn kafka_err(what: &str, e: KafkaError) -> Error {
+    Error::External(format!("kafka: {what}: {e}"))
+}
+
+/// Progress of one partition.
+#[derive(Debug)]
+struct Partition {
+    next_offset: i64,
+    /// Bounded mode: stop at this offset.
+    end: Option<i64>,
+    max_ts: i64,
+    last_seen: Instant,
+    /// Delivered chunks not yet committed: (poll number, offset after the chunk, newest event time in it).
+    chunks: VecDeque<(u64, i64, i64)>,
+}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    opts: KafkaSourceOptions,
+    decoder: LineDecoder,
+    time_idx: Option<usize>,
+    delay: i64,
+    partitions: BTreeMap<i32, Partition>,
+    polls: u64,
+}
+
+impl KafkaSource {
+    pub fn open(def: &SourceDef) -> Result<Self> {
+        let opts = KafkaSourceOptions::parse(&def.options, &def.name)?;
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &opts.brokers)
+            .set("group.id", &opts.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                if opts.startup == Startup::Latest {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            );
+        for (k, v) in &opts.properties {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer = cfg.create().map_err(|e| kafka_err("creating the consumer", e))?;
+        let md = consumer
+            .fetch_metadata(Some(&opts.topic), METADATA_TIMEOUT)
+            .map_err(|e| kafka_err(&format!("metadata of topic '{}' from {}", opts.topic, opts.brokers), e))?;
+        let ids: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == opts.topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if ids.is_empty() {
+            return Err(Error::External(format!(
+                "kafka: topic '{}' not found on {}",
+                opts.topic, opts.brokers
+            )));
+        }
+        let mut committed = BTreeMap::new();
+        if opts.startup == Startup::Group {
+            let mut tpl = TopicPartitionList::new();
+            for p in &ids {
+                tpl.add_partition(&opts.topic, *p);
+            }
+            let c = consumer
+                .committed_offsets(tpl, METADATA_TIMEOUT)
+                .map_err(|e| kafka_err("committed offsets", e))?;
+            for e in c.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    committed.insert(e.partition(), o);
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut partitions = BTreeMap::new();
+        for p in ids {
+            let (low, high) = consumer
+                .fetch_watermarks(&opts.topic, p, METADATA_TIMEOUT)
+                .map_err(|e| kafka_err(&format!("offsets of {}/{p}", opts.topic), e))?;
+            let start = match opts.startup {
+                Startup::Earliest => low,
+                Startup::Latest => high,
+                Startup::Group => committed.get(&p).copied().unwrap_or(low).max(low),
+            };
+            tpl.add_partition_offset(&opts.topic, p, Offset::Offset(start))
+                .map_err(|e| kafka_err("assigning partitions", e))?;
+            partitions.insert(
+                p,
+                Partition {
+                    next_offset: start,
+                    end: opts.bounded.then_some(high),
+                    max_ts: i64::MIN,
+                    last_seen: Instant::now(),
+                    chunks: VecDeque::new(),
+                },
+            );
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_err("assigning partitions", e))?;
+        let (time_idx, delay) = match &def.watermark {
+            Some(w) => (def.schema.index_of(&w.column).ok(), w.delay_ms),
+            None => (None, 0),
+        };
+        Ok(KafkaSource {
+            consumer,
+            decoder: LineDecoder::new(def.schema.clone(), opts.format),
+            opts,
+            time_idx,
+            delay,
+            partitions,
+            polls: 0,
+        })
+    }
+
+    fn done(&self) -> bool {
+        self.partitions
+            .values()
+            .all(|p| p.end.is_some_and(|e| p.next_offset >= e))
+    }
+}
+
+fn max_time(batch: &RecordBatch, idx: Option<usize>) -> i64 {
+    idx.and_then(|i| batch.column(i).as_primitive_opt::<TimestampMillisecondType>().cloned())
+        .and_then(|a| datafusion::arrow::compute::max(&a))
+        .unwrap_or(i64::MIN)
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, max: usize) -> Result<Poll> {
+        if self.done() {
+            return Ok(Poll::Exhausted);
+        }
+        let mut records: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+        let mut n = 0;
+        let started = Instant::now();
+        while n < max && started.elapsed() < Duration::from_millis(100) {
+            let wait = if n == 0 {
+                Duration::from_millis(50)
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => return Err(kafka_err("consuming", e)),
+                Some(Ok(m)) => {
+                    let Some(part) = self.partitions.get(&m.partition()) else {
+                        continue;
+                    };
+                    if part.end.is_some_and(|e| m.offset() >= e) {
+                        continue;
+                    }
+                    records
+                        .entry(m.partition())
+                        .or_default()
+                        .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+                    n += 1;
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(if self.done() { Poll::Exhausted } else { Poll::Pending });
+        }
+        self.polls += 1;
+        let mut batches = Vec::new();
+        let mut bad = Vec::new();
+        for (p, recs) in records {
+            let view: Vec<(i64, &[u8])> = recs.iter().map(|(o, r)| (*o, r.as_slice())).collect();
+            let origin = format!("{}/{p}", self.opts.topic);
+            let decoded = self.decoder.decode_records(&view, &origin)?;
+            let newest = decoded
+                .batch
+                .as_ref()
+                .map(|b| max_time(b, self.time_idx))
+                .unwrap_or(i64::MIN);
+            let last = recs.last().map(|(o, _)| *o).unwrap_or_default();
+            if let Some(part) = self.partitions.get_mut(&p) {
+                part.next_offset = last + 1;
+                part.max_ts = part.max_ts.max(newest);
+                part.last_seen = Instant::now();
+                part.chunks.push_back((self.polls, last + 1, newest));
+            }
+            bad.extend(decoded.errors);
+            batches.extend(decoded.batch);
+        }
+        let batch = match batches.len() {
+            0 => None,
+            1 => batches.pop(),
+            _ => Some(datafusion::arrow::compute::concat_batches(
+                &batches[0].schema(),
+                batches.iter(),
+            )?),
+        };
+        Ok(Poll::Ready(batch, bad))
+    }
+
+    fn bounded(&self) -> bool {
+        self.opts.bounded
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        let idle = self.opts.idle_timeout;
+        self.partitions
+            .values()
+            .filter(|p| !p.end.is_some_and(|e| p.next_offset >= e) && p.last_seen.elapsed() < idle)
+            .map(|p| {
+                if p.max_ts == i64::MIN {
+                    i64::MIN
+                } else {
+                    p.max_ts - self.delay
+                }
+            })
+            .min()
+    }
+
+    fn commit(&mut self, safe_ts: i64, polls: u64) -> Result<()> {
+        let upto = if polls == 0 { self.polls } else { polls };
+        let mut tpl = TopicPartitionList::new();
+        for (p, part) in &mut self.partitions {
+            let mut offset = None;
+            while let Some(&(seq, next, newest)) = part.chunks.front() {
+                if seq > upto || newest >= safe_ts {
+                    break;
+                }
+                offset = Some(next);
+                part.chunks.pop_front();
+            }
+            if let Some(o) = offset {
+                tpl.add_partition_offset(&self.opts.topic, *p, Offset::Offset(o))
+                    .map_err(|e| kafka_err("committing offsets", e))?;
+            }
+        }
+        if tpl.count() > 0 {
+            self.consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| kafka_err("committing offsets", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Records delivery failures so that the sink can surface them.
+#[derive(Default)]
+pub struct DeliveryErrors(std::sync::Mutex<Vec<String>>);
+
+impl ClientContext for DeliveryErrors {}
+
+impl ProducerContext for DeliveryErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }
+    }
+}
+
+pub fn producer(brokers: &str, properties: &[(String, String)]) -> Result<BaseProducer<DeliveryErrors>> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    cfg.create_with_context(DeliveryErrors::default())
+        .map_err(|e| kafka_err("creating the producer", e))
+}
+
+/// Send one record, waiting while librdkafka's queue is full.
+pub fn send(p: &BaseProducer<DeliveryErrors>, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+    loop {
+        let mut rec = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                p.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => return Err(kafka_err(&format!("producing to '{topic}'"), e)),
+        }
+    }
+}
+
+pub fn delivery_errors(p: &BaseProducer<DeliveryErrors>) -> Result<()> {
+    let errs = std::mem::take(&mut *p.context().0.lock().unwrap_or_else(|e| e.into_inner()));
+    match errs.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::External(format!(
+            "kafka: {} record(s) not delivered: {first}",
+            errs.len()
+        ))),
+    }
+}
+
+/// Flush outstanding records and report failed deliveries.
+pub fn flush(p: &BaseProducer<DeliveryErrors>) -> Result<()> {
+    p.flush(Duration::from_secs(60)).map_err(|e| kafka_err("flushing", e))?;
+    delivery_errors(p)
+}
+
+/// Create `topic` with `partitions` partitions if it does not exist.
+pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| kafka_err("creating the admin client", e))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .map_err(|e| kafka_err("creating topic", e))?;
+    for r in res {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(Error::External(format!("kafka: creating topic '{t}': {e}"))),
+        }
+    }
+    Ok(())
+}
+
+pub struct KafkaSink {
+    producer: BaseProducer<DeliveryErrors>,
+    topic: String,
+    key_cols: Vec<usize>,
+}
+
+impl KafkaSink {
+    pub fn validate(o: &Options) -> Result<()> {
+        check_keys(o, "connector 'kafka' (sink)", SINK_KEYS)?;
+        o.required("bootstrap_servers", "connector 'kafka'")?;
+        o.required("topic", "connector 'kafka'")?;
+        match o.get("format").unwrap_or("json") {
+            "json" => Ok(()),
+            other => Err(Error::option(
+                "format",
+                format!("unknown sink format '{other}'; valid: json"),
+            )),
+        }
+    }
+
+    pub fn open(o: &Options, schema: SchemaRef) -> Result<Self> {
+        Self::validate(o)?;
+        let props = check_keys(o, "connector 'kafka' (sink)", SINK_KEYS)?;
+        let mut key_cols = Vec::new();
+        for k in o
+            .get("key")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            let i = schema.index_of(k).map_err(|_| {
+                Error::option(
+                    "key",
+                    format!("no column '{k}' in the query's output ({})", field_names(&schema)),
+                )
+            })?;
+            key_cols.push(i);
+        }
+        Ok(KafkaSink {
+            producer: producer(o.required("bootstrap_servers", "connector 'kafka'")?, &props)?,
+            topic: o.required("topic", "connector 'kafka'")?.to_string(),
+            key_cols,
+        })
+    }
+}
+
+pub fn field_names(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Sink for KafkaSink {
+    fn mode(&self) -> SinkMode {
+        SinkMode::Append
+    }
+
+    fn write(&mut self, out: &Output) -> Result<()> {
+        let b = &out.batch;
+        let json = to_json_lines(b)?;
+        let opts = FormatOptions::default();
+        let fmts: Vec<ArrayFormatter> = self
+            .key_cols
+            .iter()
+            .map(|i| ArrayFormatter::try_new(b.column(*i).as_ref(), &opts))
+            .collect::<Result<_, _>>()?;
+        for (row, line) in json.split(|c| *c == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let key = (!fmts.is_empty()).then(|| {
+                fmts.iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|")
+                    .into_bytes()
+            });
+            send(&self.producer, &self.topic, key.as_deref(), line)?;
+        }
+        self.producer.poll(Duration::ZERO);
+        delivery_errors(&self.producer)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        flush(&self.producer)
+    }
+}
+
+/// Keep `Array` in scope for `is_null` on formatter inputs.
+#[allow(dead_code)]
+fn _uses(a: &dyn Array) -> bool {
+    a.is_empty()
+}

@@ -1,0 +1,171 @@
+//! Runs a source on its own thread, ahead of the engine, so that decoding (JSON, CSV, Kafka,
+//! generation) overlaps with query execution on the other core.
+//!
+//! Rows are gathered into micro-batches of up to `max` rows, or whatever arrived within `interval`
+//! (paced and unbounded sources). Each delivery carries the source's own watermark and how many of the
+//! source's `Ready` results it contains, so that a later `commit` names exactly what the engine has
+//! processed — never the batches still waiting in the channel.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::{Poll, Source};
+use crate::error::Result;
+use crate::format::BadRecord;
+
+struct Delivery {
+    poll: Result<Poll>,
+    watermark: Option<i64>,
+    /// `Ready` results of the inner source included so far (cumulative).
+    polls: u64,
+}
+
+pub struct Prefetch {
+    rx: Receiver<Delivery>,
+    commits: Sender<(i64, u64)>,
+    bounded: bool,
+    watermark: Option<i64>,
+    polls: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Prefetch {
+    pub fn spawn(mut inner: Box<dyn Source>, max: usize, interval: Duration) -> Self {
+        let bounded = inner.bounded();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Delivery>(2);
+        let (commits, commit_rx) = std::sync::mpsc::channel::<(i64, u64)>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || pump(inner.as_mut(), max, interval, &tx, &commit_rx, &stopped));
+        Prefetch {
+            rx,
+            commits,
+            bounded,
+            watermark: None,
+            polls: 0,
+            stop,
+        }
+    }
+}
+
+fn pump(
+    inner: &mut dyn Source,
+    max: usize,
+    interval: Duration,
+    tx: &SyncSender<Delivery>,
+    commits: &Receiver<(i64, u64)>,
+    stopped: &AtomicBool,
+) {
+    let mut rows: Vec<RecordBatch> = Vec::new();
+    let mut bad: Vec<BadRecord> = Vec::new();
+    let mut n = 0;
+    let mut polls = 0u64;
+    let mut since: Option<Instant> = None;
+    let commit = |inner: &mut dyn Source, (ts, upto): (i64, u64)| {
+        if let Err(e) = inner.commit(ts, upto) {
+            let _ = tx.send(Delivery {
+                poll: Err(e),
+                watermark: None,
+                polls: upto,
+            });
+        }
+    };
+    while !stopped.load(Ordering::Relaxed) {
+        while let Ok(c) = commits.try_recv() {
+            commit(inner, c);
+        }
+        let end = match inner.poll(max.saturating_sub(n).max(1)) {
+            Ok(Poll::Ready(b, e)) => {
+                n += b.as_ref().map_or(0, |b| b.num_rows());
+                rows.extend(b);
+                bad.extend(e);
+                polls += 1;
+                since.get_or_insert_with(Instant::now);
+                None
+            }
+            Ok(Poll::Pending) => {
+                std::thread::sleep(Duration::from_millis(2));
+                None
+            }
+            other => Some(other),
+        };
+        let due = end.is_some() || n >= max || since.is_some_and(|t| t.elapsed() >= interval);
+        if due && (!rows.is_empty() || !bad.is_empty()) {
+            let batch = match rows.len() {
+                0 => Ok(None),
+                1 => Ok(rows.pop()),
+                _ => datafusion::arrow::compute::concat_batches(&rows[0].schema(), rows.iter())
+                    .map(Some)
+                    .map_err(Into::into),
+            };
+            rows.clear();
+            let poll = batch.map(|b| Poll::Ready(b, std::mem::take(&mut bad)));
+            n = 0;
+            since = None;
+            if tx
+                .send(Delivery {
+                    poll,
+                    watermark: inner.watermark(),
+                    polls,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(last) = end {
+            if tx
+                .send(Delivery {
+                    poll: last,
+                    watermark: inner.watermark(),
+                    polls,
+                })
+                .is_err()
+            {
+                return;
+            }
+            // Exhausted (or failed): keep serving commits until the engine lets go.
+            while let Ok(c) = commits.recv() {
+                commit(inner, c);
+            }
+            return;
+        }
+    }
+}
+
+impl Source for Prefetch {
+    fn poll(&mut self, _max: usize) -> Result<Poll> {
+        match self.rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(d) => {
+                self.watermark = d.watermark;
+                self.polls = d.polls;
+                d.poll
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(Poll::Pending),
+            Err(RecvTimeoutError::Disconnected) => Ok(Poll::Exhausted),
+        }
+    }
+
+    fn bounded(&self) -> bool {
+        self.bounded
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    fn commit(&mut self, safe_ts: i64, _polls: u64) -> Result<()> {
+        let _ = self.commits.send((safe_ts, self.polls));
+        Ok(())
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
