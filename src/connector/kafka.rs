@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -329,7 +329,7 @@ impl Source for KafkaSource {
         let idle = self.opts.idle_timeout;
         self.partitions
             .values()
-            .filter(|p| !p.end.is_some_and(|e| p.next_offset >= e) && p.last_seen.elapsed() < idle)
+            .filter(|p| p.end.is_none_or(|e| p.next_offset < e) && p.last_seen.elapsed() < idle)
             .map(|p| {
                 if p.max_ts == i64::MIN {
                     i64::MIN
@@ -538,10 +538,4 @@ impl Sink for KafkaSink {
     fn commit(&mut self) -> Result<()> {
         flush(&self.producer)
     }
-}
-
-/// Keep `Array` in scope for `is_null` on formatter inputs.
-#[allow(dead_code)]
-fn _uses(a: &dyn Array) -> bool {
-    a.is_empty()
 }

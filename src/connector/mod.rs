@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod generator;
+pub mod hbase;
 pub mod kafka;
 pub mod memory;
 pub mod parquet;
@@ -68,8 +69,8 @@ pub trait Sink: Send {
     fn commit(&mut self) -> Result<()>;
 }
 
-pub const SOURCE_CONNECTORS: &[&str] = &["generator", "file", "kafka"];
-pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "blackhole", "kafka"];
+pub const SOURCE_CONNECTORS: &[&str] = &["generator", "file", "kafka", "hbase (tables)"];
+pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "blackhole", "kafka", "hbase"];
 
 /// Check a source definition's options without opening it.
 pub fn validate_source(def: &SourceDef) -> Result<()> {
@@ -77,6 +78,13 @@ pub fn validate_source(def: &SourceDef) -> Result<()> {
         "generator" => generator_options(def).map(|_| ()),
         "file" => file::FileOptions::parse(&def.options).and_then(|o| o.check_exists()),
         "kafka" => kafka::KafkaSourceOptions::parse(&def.options, &def.name).map(|_| ()),
+        "hbase" if def.kind == crate::sql::parser::SourceKind::Table => {
+            hbase::HBaseOptions::parse(&def.options).map(|_| ())
+        }
+        "hbase" => Err(Error::option(
+            "connector",
+            "'hbase' is a lookup table: declare it with CREATE TABLE",
+        )),
         other => Err(Error::option(
             "connector",
             format!(
@@ -156,6 +164,9 @@ pub fn open_source(def: &SourceDef) -> Result<Box<dyn Source>> {
 
 /// All rows of a bounded table (for lookup joins).
 pub fn load_table(def: &SourceDef) -> Result<Vec<RecordBatch>> {
+    if def.options.get("connector") == Some("hbase") {
+        return hbase::load(def);
+    }
     let mut src = open_source(def)?;
     if !src.bounded() {
         return Err(Error::plan(format!(
@@ -201,6 +212,7 @@ pub fn validate_sink(options: &Options) -> Result<()> {
             }),
         "console" => options.check_keys("connector 'console'", &["connector"]),
         "kafka" => kafka::KafkaSink::validate(options),
+        "hbase" => hbase::HBaseOptions::parse(options).map(|_| ()),
         "blackhole" => options.check_keys("connector 'blackhole'", &["connector"]),
         other => Err(Error::option(
             "connector",
@@ -224,6 +236,7 @@ pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> 
         )?)),
         "console" => Ok(Box::new(file::JsonLinesSink::stdout())),
         "kafka" => Ok(Box::new(kafka::KafkaSink::open(options, schema)?)),
+        "hbase" => Ok(Box::new(hbase::HBaseSink::open(options, schema)?)),
         _ => Ok(Box::new(Blackhole)),
     }
 }
