@@ -8,12 +8,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast::Query;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::connector::memory::{MemorySink, MemoryTable};
 use crate::connector::{self, Sink};
 use crate::engine::plan::{self, Compiled, Kind};
-use crate::engine::query::{self, EngineConfig, Metrics, QueryRuntime, Report, SystemTables, context_for};
+use crate::engine::query::{self, EngineConfig, Metrics, QueryRuntime, QueryTask, Report, SystemTables, context_for};
 use crate::error::{Error, Result};
 use crate::sql::catalog::{Catalog, MaterializedViewDef, Object, SinkDef, ViewDef};
 use crate::sql::parser::{ObjectKind, ShowKind, SourceKind, Statement};
@@ -25,7 +24,7 @@ pub struct RunningQuery {
     pub metrics: Arc<Metrics>,
     pub bounded: bool,
     stop: watch::Sender<bool>,
-    handle: Option<JoinHandle<Result<Report>>>,
+    handle: Option<QueryTask>,
     pub outcome: Option<std::result::Result<Report, String>>,
 }
 
@@ -56,7 +55,7 @@ pub struct LiveQuery {
     pub presentation: String,
     pub metrics: Arc<Metrics>,
     pub stop: watch::Sender<bool>,
-    pub handle: JoinHandle<Result<Report>>,
+    pub handle: QueryTask,
 }
 
 pub enum Outcome {
@@ -133,7 +132,7 @@ impl Session {
         name: &str,
         compiled: &Compiled,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
-    ) -> Result<(Arc<Metrics>, bool, watch::Sender<bool>, JoinHandle<Result<Report>>)> {
+    ) -> Result<(Arc<Metrics>, bool, watch::Sender<bool>, QueryTask)> {
         if compiled.inputs.streams.is_empty() {
             return Err(Error::plan(format!(
                 "'{name}' reads no source: a continuous query needs a CREATE SOURCE input"
@@ -151,7 +150,7 @@ impl Session {
         let metrics = rt.metrics();
         let bounded = rt.bounded();
         let (tx, rx) = watch::channel(false);
-        let handle = tokio::spawn(rt.run(rx));
+        let handle = QueryTask::spawn(rt, rx)?;
         Ok((metrics, bounded, tx, handle))
     }
 

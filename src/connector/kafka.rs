@@ -133,6 +133,9 @@ struct Partition {
     end: Option<i64>,
     max_ts: i64,
     last_seen: Instant,
+    /// Unbounded mode: the broker's end offset, refreshed when the partition has been silent.
+    high: Option<i64>,
+    high_checked: Instant,
     /// Delivered chunks not yet committed: (poll number, offset after the chunk, newest event time in it).
     chunks: VecDeque<(u64, i64, i64)>,
 }
@@ -218,6 +221,8 @@ impl KafkaSource {
                     end: opts.bounded.then_some(high),
                     max_ts: i64::MIN,
                     last_seen: Instant::now(),
+                    high: Some(high),
+                    high_checked: Instant::now(),
                     chunks: VecDeque::new(),
                 },
             );
@@ -238,6 +243,23 @@ impl KafkaSource {
             partitions,
             polls: 0,
         })
+    }
+
+    /// For partitions silent for `idle_timeout_ms`, learn the broker's end offset (at most once per
+    /// timeout), so that `watermark` can tell an idle partition from one that is behind.
+    fn refresh_silent_partitions(&mut self) {
+        let idle = self.opts.idle_timeout;
+        for (id, p) in self.partitions.iter_mut() {
+            if p.end.is_none() && p.last_seen.elapsed() >= idle && p.high_checked.elapsed() >= idle {
+                p.high_checked = Instant::now();
+                if let Ok((_, high)) = self
+                    .consumer
+                    .fetch_watermarks(&self.opts.topic, *id, Duration::from_secs(2))
+                {
+                    p.high = Some(high);
+                }
+            }
+        }
     }
 
     fn done(&self) -> bool {
@@ -285,6 +307,7 @@ impl Source for KafkaSource {
                 }
             }
         }
+        self.refresh_silent_partitions();
         if n == 0 {
             return Ok(if self.done() { Poll::Exhausted } else { Poll::Pending });
         }
@@ -326,10 +349,18 @@ impl Source for KafkaSource {
     }
 
     fn watermark(&self) -> Option<i64> {
+        // A partition counts unless it is finished (bounded) or idle: caught up with the end offset
+        // *and* silent for `idle_timeout_ms`. A partition that is merely behind is never idle, so a
+        // slow or stalled reader cannot push the watermark past its data.
         let idle = self.opts.idle_timeout;
         self.partitions
             .values()
-            .filter(|p| p.end.is_none_or(|e| p.next_offset < e) && p.last_seen.elapsed() < idle)
+            .filter(|p| {
+                let finished = p.end.is_some_and(|e| p.next_offset >= e);
+                let caught_up = p.end.or(p.high).is_none_or(|e| p.next_offset >= e);
+                let idle_now = caught_up && p.last_seen.elapsed() >= idle;
+                !(finished || idle_now)
+            })
             .map(|p| {
                 if p.max_ts == i64::MIN {
                     i64::MIN

@@ -714,3 +714,45 @@ impl QueryRuntime {
         })
     }
 }
+
+/// A query running on its own thread, with its own single-threaded async runtime, so that a sink
+/// that blocks (HBase retrying through an outage, a slow disk) holds back only its own query — never
+/// the REPL, the server, or other queries. Await it for the query's report.
+pub struct QueryTask {
+    rx: tokio::sync::oneshot::Receiver<Result<Report>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl QueryTask {
+    pub fn spawn(rt: QueryRuntime, stop: watch::Receiver<bool>) -> Result<Self> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = done.clone();
+        let name = format!("freshet-query-{}", rt.name);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Internal(format!("query runtime: {e}")))
+                    .and_then(|runtime| runtime.block_on(rt.run(stop)));
+                finished.store(true, Ordering::SeqCst);
+                let _ = tx.send(result);
+            })
+            .map_err(|e| Error::Internal(format!("starting the query thread: {e}")))?;
+        Ok(QueryTask { rx, done })
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+impl std::future::Future for QueryTask {
+    type Output = std::result::Result<Result<Report>, tokio::sync::oneshot::error::RecvError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx)
+    }
+}

@@ -3,4 +3,5 @@
 mod bad_input;
 mod cli;
 mod oracle;
+mod services;
 mod support;

@@ -127,3 +127,19 @@ pub async fn streamed(session: &mut Session, query: &str) -> Vec<String> {
     exec(session, "DROP MATERIALIZED VIEW mv;").await;
     sorted_rows(&rows)
 }
+
+/// Compare row sets, reporting only the differences (row sets here run to thousands of rows).
+pub fn assert_rows_eq(got: &[String], want: &[String], what: &str) {
+    if got == want {
+        return;
+    }
+    let g: std::collections::BTreeSet<&String> = got.iter().collect();
+    let w: std::collections::BTreeSet<&String> = want.iter().collect();
+    let missing: Vec<&&String> = w.difference(&g).take(5).collect();
+    let extra: Vec<&&String> = g.difference(&w).take(5).collect();
+    panic!(
+        "{what}: {} rows, expected {}; missing (first 5): {missing:?}; unexpected (first 5): {extra:?}",
+        got.len(),
+        want.len()
+    );
+}

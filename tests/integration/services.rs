@@ -1,0 +1,295 @@
+//! Against real Apache Kafka and HBase, started by `scripts/services start` (the README's test command
+//! does it). Under `CI=true` or `FRESHET_REQUIRE_SERVICES=1` a service that is not reachable fails the
+//! test; elsewhere the test says it is skipped.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use freshet::connector::generator::{CourseGenerator, EPOCH_2026_MS, GenOptions};
+use freshet::connector::kafka;
+
+use crate::support::*;
+
+const KAFKA: &str = "127.0.0.1:9092";
+const THRIFT: &str = "127.0.0.1:9090";
+
+fn up(name: &str, addr: &str) -> bool {
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("FRESHET_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{name} is not reachable at {addr}: start it with scripts/services start"
+    );
+    eprintln!("skipped: {name} is not reachable at {addr} (scripts/services start)");
+    false
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Produce the generator's events (or `extra` raw payloads first) to a new topic.
+async fn produce(topic: &str, opts: &GenOptions, extra: &[&[u8]]) {
+    kafka::ensure_topic(KAFKA, topic, 4).await.expect("topic");
+    let p = kafka::producer(KAFKA, &[]).expect("producer");
+    for raw in extra {
+        kafka::send(&p, topic, Some(b"bad"), raw).expect("send");
+    }
+    let mut g = CourseGenerator::new(opts.clone(), EPOCH_2026_MS);
+    let mut line = String::new();
+    while let Some(e) = g.next_event() {
+        line.clear();
+        e.write_json(&mut line);
+        kafka::send(
+            &p,
+            topic,
+            Some(e.user_id.to_string().as_bytes()),
+            line.trim_end().as_bytes(),
+        )
+        .expect("send");
+    }
+    kafka::flush(&p).expect("flush");
+}
+
+fn kafka_source(name: &str, topic: &str) -> String {
+    format!(
+        "CREATE SOURCE {name} ({COURSE_COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{KAFKA}', topic = '{topic}',
+         startup = 'earliest', bounded = 'latest', group_id = '{topic}-g');"
+    )
+}
+
+const VIEWS_SQL: &str =
+    "SELECT course_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT user_id) AS viewers,
+       SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases
+FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND) GROUP BY course_id, window_start, window_end";
+
+const ORACLE_SQL: &str = "SELECT course_id, date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01'),
+       COUNT(*), COUNT(DISTINCT user_id), SUM(CASE WHEN purchased THEN 1 ELSE 0 END) FROM ev GROUP BY 1, 2";
+
+/// Read an HBase table back through Freshet's own lookup-table reader.
+async fn hbase_rows(s: &mut freshet::session::Session, table: &str, thrift: &str) -> Vec<String> {
+    let name = unique("read");
+    exec(
+        s,
+        &format!(
+            "CREATE TABLE {name} (course_id BIGINT, window_start TIMESTAMP, views BIGINT, viewers BIGINT, purchases BIGINT)
+             WITH (connector = 'hbase', thrift = '{thrift}', table = '{table}', row_key = 'course_id, window_start');"
+        ),
+    )
+    .await;
+    sorted_rows(
+        &exec(
+            s,
+            &format!("SELECT course_id, window_start, views, viewers, purchases FROM {name};"),
+        )
+        .await,
+    )
+}
+
+#[tokio::test]
+async fn kafka_to_hbase_and_parquet_match_the_batch_result() {
+    if !up("Kafka", KAFKA) || !up("HBase Thrift", THRIFT) {
+        return;
+    }
+    let topic = unique("views");
+    let table = unique("course_views");
+    let opts = gen_opts(30_000, 21);
+    produce(&topic, &opts, &[]).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut s = session(2_000);
+    exec(&mut s, &kafka_source("ev", &topic)).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK hb WITH (connector = 'hbase', thrift = '{THRIFT}', table = '{table}', column_family = 'v',
+             row_key = 'course_id, window_start', create_table = 'true') AS {VIEWS_SQL};
+             CREATE SINK pq WITH (connector = 'parquet', path = '{}') AS {VIEWS_SQL};",
+            dir.path().join("pq").display()
+        ),
+    )
+    .await;
+    s.wait_bounded().await;
+    for q in &s.queries {
+        assert!(matches!(q.outcome, Some(Ok(_))), "{}: {:?}", q.name, q.outcome);
+    }
+    let want = batch_rows(&oracle_ctx(&opts, "ev"), ORACLE_SQL).await;
+    let got = hbase_rows(&mut s, &table, THRIFT).await;
+    assert_eq!(got.len(), want.len());
+    assert_rows_eq(&got, &want, "HBase holds the batch result");
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_parquet("pq", dir.path().join("pq").to_str().expect("utf8"), Default::default())
+        .await
+        .expect("pq");
+    let archived = batch_rows(
+        &ctx,
+        "SELECT course_id, window_start, views, viewers, purchases FROM pq",
+    )
+    .await;
+    assert_rows_eq(&archived, &want, "the Parquet archive holds the batch result");
+}
+
+#[tokio::test]
+async fn invalid_kafka_messages_go_to_errors_and_the_run_goes_on() {
+    if !up("Kafka", KAFKA) {
+        return;
+    }
+    let topic = unique("mixed");
+    let opts = gen_opts(5_000, 22);
+    produce(
+        &topic,
+        &opts,
+        &[
+            b"{not json",
+            b"\xff\xfe",
+            br#"{"user_id":"x","course_id":1,"event_time":"2026-01-01T00:00:00Z"}"#,
+        ],
+    )
+    .await;
+    let mut s = session(1_000);
+    exec(&mut s, &kafka_source("ev", &topic)).await;
+    let got = streamed(
+        &mut s,
+        "SELECT COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '1' HOUR) GROUP BY window_start",
+    )
+    .await;
+    let total: i64 = got.iter().map(|r| r.parse::<i64>().expect("n")).sum();
+    assert_eq!(total, 5_000, "every valid event is counted");
+    let errors = sorted_rows(&exec(&mut s, "SELECT source, position, reason FROM _errors;").await);
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.starts_with(&format!("ev|{topic}/"))),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.split('|').nth(1).is_some_and(|p| p.contains('@'))),
+        "topic/partition@offset: {errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.ends_with("invalid UTF-8")), "{errors:?}");
+}
+
+/// A TCP proxy in front of HBase's Thrift server that the test can take down and bring back.
+struct Proxy {
+    addr: String,
+    up: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &'static str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (u, b, c) = (up.clone(), bytes.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !u.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        c.lock().expect("conns").push(s);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    let b = b.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            b.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, up, bytes, conns }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for s in self.conns.lock().expect("conns").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[tokio::test]
+async fn hbase_outage_mid_run_blocks_the_sink_and_loses_nothing() {
+    if !up("Kafka", KAFKA) || !up("HBase Thrift", THRIFT) {
+        return;
+    }
+    let topic = unique("outage");
+    let table = unique("outage_views");
+    let opts = gen_opts(40_000, 23);
+    produce(&topic, &opts, &[]).await;
+    let proxy = Proxy::start(THRIFT);
+    let mut s = session(1_000);
+    exec(&mut s, &kafka_source("ev", &topic)).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK hb WITH (connector = 'hbase', thrift = '{}', table = '{table}', row_key = 'course_id, window_start',
+             create_table = 'true', batch_rows = '200') AS {VIEWS_SQL};",
+            proxy.addr
+        ),
+    )
+    .await;
+    // Wait (with a deadline) until the sink has written something, then cut HBase off for 3 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.bytes.load(Ordering::SeqCst) < 50_000 {
+        assert!(std::time::Instant::now() < deadline, "the sink never wrote");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.down();
+    let during = proxy.bytes.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        proxy.bytes.load(Ordering::SeqCst),
+        during,
+        "nothing reaches HBase while it is down"
+    );
+    assert_eq!(s.queries[0].status(), "running", "the query waits instead of failing");
+    proxy.up.store(true, Ordering::SeqCst);
+    s.wait_bounded().await;
+    assert!(
+        matches!(s.queries[0].outcome, Some(Ok(ref r)) if r.late == 0 && r.rows_in == 40_000),
+        "{:?}",
+        s.queries[0].outcome
+    );
+    let want = batch_rows(&oracle_ctx(&opts, "ev"), ORACLE_SQL).await;
+    let got = hbase_rows(&mut s, &table, THRIFT).await;
+    assert_rows_eq(&got, &want, "after the outage HBase holds the complete result");
+}
