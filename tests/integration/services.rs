@@ -293,3 +293,70 @@ async fn hbase_outage_mid_run_blocks_the_sink_and_loses_nothing() {
     let got = hbase_rows(&mut s, &table, THRIFT).await;
     assert_rows_eq(&got, &want, "after the outage HBase holds the complete result");
 }
+
+#[tokio::test]
+async fn shipped_kafka_pipeline_fills_hbase_with_the_right_counts() {
+    if !up("Kafka", KAFKA) || !up("HBase Thrift", THRIFT) {
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let sql = std::fs::read_to_string(format!("{root}/queries/course_activity_kafka.sql")).expect("shipped query");
+    let (topic, views, recs) = (
+        unique("course_events"),
+        unique("course_views"),
+        unique("recommendations"),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let sql = sql
+        .replace(
+            "topic = 'course_events'",
+            &format!("topic = '{topic}', bounded = 'latest'"),
+        )
+        .replace("startup = 'group'", "startup = 'earliest'")
+        .replace("table = 'course_views'", &format!("table = '{views}'"))
+        .replace("table = 'recommendations'", &format!("table = '{recs}'"))
+        .replace("path = 'queries/", &format!("path = '{root}/queries/"))
+        .replace("path = 'out/", &format!("path = '{}/", dir.path().display()));
+    assert!(
+        sql.contains(&topic) && sql.contains(&views) && sql.contains(&recs),
+        "the shipped query names what the test replaces"
+    );
+    let opts = gen_opts(120_000, 24);
+    produce(&topic, &opts, &[]).await;
+    let mut s = session(10_000);
+    exec(&mut s, &sql).await;
+    s.wait_bounded().await;
+    for q in &s.queries {
+        assert!(
+            matches!(q.outcome, Some(Ok(ref r)) if r.late == 0 && r.errors == 0),
+            "{}: {:?}",
+            q.name,
+            q.outcome
+        );
+    }
+    let want = batch_rows(
+        &oracle_ctx(&opts, "ev"),
+        "SELECT course_id, date_bin(INTERVAL '1 minute', event_time, TIMESTAMP '1970-01-01'), COUNT(*), COUNT(DISTINCT user_id),
+                SUM(CASE WHEN purchased THEN 1 ELSE 0 END) FROM ev GROUP BY 1, 2",
+    )
+    .await;
+    let got = hbase_rows(&mut s, &views, THRIFT).await;
+    assert_rows_eq(&got, &want, "HBase course_views holds the per-minute counts");
+    let name = unique("recs");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE TABLE {name} (user_id BIGINT, hesitated_course BIGINT, window_start TIMESTAMP, suggestion BIGINT, views BIGINT, region VARCHAR)
+             WITH (connector = 'hbase', table = '{recs}', column_family = 'r', row_key = 'user_id, hesitated_course, window_start, suggestion');"
+        ),
+    )
+    .await;
+    let recs = sorted_rows(&exec(&mut s, &format!("SELECT COUNT(*), MIN(views), SUM(CASE WHEN suggestion = hesitated_course THEN 1 ELSE 0 END) FROM {name};")).await);
+    let parts: Vec<i64> = recs[0].split('|').map(|v| v.parse().expect("number")).collect();
+    assert!(parts[0] > 10, "hesitations found: {recs:?}");
+    assert!(
+        parts[1] >= 3,
+        "each recommendation comes from three or more views: {recs:?}"
+    );
+    assert_eq!(parts[2], 0, "never suggest the course the user hesitates over");
+}
