@@ -366,17 +366,30 @@ async fn run(file: PathBuf, config: EngineConfig, format: &str) -> Result<()> {
     let mut failed = false;
     for q in &session.queries {
         match &q.outcome {
-            Some(Ok(r)) => eprintln!(
-                "{}: {} rows in, {} rows out, {} errors, {} late, {} batches, {:.2} s ({:.0} rows/s)",
-                q.name,
-                r.rows_in,
-                r.rows_out,
-                r.errors,
-                r.late,
-                r.batches,
-                r.elapsed.as_secs_f64(),
-                r.rows_in as f64 / r.elapsed.as_secs_f64().max(1e-9)
-            ),
+            Some(Ok(r)) => {
+                eprintln!(
+                    "{}: {} rows in, {} rows out, {} errors, {} late, {} batches, {:.2} s ({:.0} rows/s)",
+                    q.name,
+                    r.rows_in,
+                    r.rows_out,
+                    r.errors,
+                    r.late,
+                    r.batches,
+                    r.elapsed.as_secs_f64(),
+                    r.rows_in as f64 / r.elapsed.as_secs_f64().max(1e-9)
+                );
+                // Only meaningful when event time is the wall clock (a paced source): below 5 minutes.
+                let lat = &q.metrics.latency;
+                if let (Some(p50), Some(p99)) = (lat.quantile(0.5), lat.quantile(0.99))
+                    && p99 < 300_000
+                {
+                    eprintln!(
+                        "{}: event-time latency to the sink: p50 {p50} ms, p99 {p99} ms over {} rows",
+                        q.name,
+                        lat.count()
+                    );
+                }
+            }
             Some(Err(e)) => {
                 failed = true;
                 eprintln!("{}: failed: {e}", q.name);

@@ -60,6 +60,56 @@ pub struct Metrics {
     pub groups: AtomicU64,
     pub watermark: AtomicI64,
     pub last_batch_us: AtomicU64,
+    /// Event-time latency to an upsert sink: wall clock when the sink took the batch minus each row's
+    /// event time, in ms buckets (meaningful when event time is the wall clock, e.g. a paced source).
+    pub latency: LatencyHistogram,
+}
+
+/// Millisecond buckets up to 5 minutes; later values land in the last bucket.
+#[derive(Debug)]
+pub struct LatencyHistogram(Mutex<Vec<u64>>);
+
+const LATENCY_BUCKETS: usize = 300_001;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram(Mutex::new(Vec::new()))
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, now_ms: i64, event_times: &[i64]) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_empty() {
+            h.resize(LATENCY_BUCKETS, 0);
+        }
+        for t in event_times {
+            let ms = (now_ms - t).clamp(0, LATENCY_BUCKETS as i64 - 1) as usize;
+            h[ms] += 1;
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().sum()
+    }
+
+    /// The `q` quantile (0..=1) in ms, if anything was recorded.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let total: u64 = h.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, n) in h.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return Some(ms as u64);
+            }
+        }
+        None
+    }
 }
 
 impl Metrics {
@@ -257,6 +307,8 @@ pub struct QueryRuntime {
     config: EngineConfig,
     watermark: i64,
     output_schema: SchemaRef,
+    /// Event times of the on-time rows of the current micro-batch (for the latency histogram).
+    batch_times: Vec<i64>,
 }
 
 /// The output schema of a compiled query (planning only, nothing runs).
@@ -390,6 +442,7 @@ impl QueryRuntime {
             config,
             watermark: i64::MIN,
             output_schema,
+            batch_times: Vec::new(),
         })
     }
 
@@ -448,6 +501,13 @@ impl QueryRuntime {
             })
             .collect();
         self.sources[i].max_ts = max;
+        if self.sink.mode() == SinkMode::Upsert {
+            let on_time = ts
+                .iter()
+                .zip(mask.iter())
+                .filter_map(|(t, late)| t.filter(|_| late != Some(true)));
+            self.batch_times.extend(on_time);
+        }
         if !any_late {
             return Ok(batch);
         }
@@ -682,6 +742,14 @@ impl QueryRuntime {
             }
             if got {
                 self.step().await?;
+                if !self.batch_times.is_empty() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or_default();
+                    self.metrics.latency.record(now, &self.batch_times);
+                    self.batch_times.clear();
+                }
                 self.metrics.batches.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .last_batch_us
