@@ -360,3 +360,75 @@ async fn shipped_kafka_pipeline_fills_hbase_with_the_right_counts() {
     );
     assert_eq!(parts[2], 0, "never suggest the course the user hesitates over");
 }
+
+#[tokio::test]
+async fn generate_to_kafka_then_a_kafka_sink_round_trip() {
+    if !up("Kafka", KAFKA) {
+        return;
+    }
+    let (input, output) = (unique("gen_in"), unique("sink_out"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .args([
+            "generate",
+            "courses",
+            "--events",
+            "3000",
+            "--seed",
+            "5",
+            "--kafka",
+            KAFKA,
+            "--topic",
+            &input,
+            "--partitions",
+            "2",
+        ])
+        .output()
+        .expect("run generate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut s = session(1_000);
+    exec(&mut s, &kafka_source("ev", &input)).await;
+    kafka::ensure_topic(KAFKA, &output, 2).await.expect("topic");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK k WITH (connector = 'kafka', bootstrap_servers = '{KAFKA}', topic = '{output}', key = 'region') AS
+             SELECT region, window_start AS ws, COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND)
+             GROUP BY region, window_start, window_end;"
+        ),
+    )
+    .await;
+    s.wait_bounded().await;
+    assert!(
+        matches!(s.queries[0].outcome, Some(Ok(_))),
+        "{:?}",
+        s.queries[0].outcome
+    );
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SOURCE back (region VARCHAR, ws TIMESTAMP NOT NULL, n BIGINT, WATERMARK FOR ws AS ws) WITH (connector = 'kafka',
+             bootstrap_servers = '{KAFKA}', topic = '{output}', startup = 'earliest', bounded = 'latest');"
+        ),
+    )
+    .await;
+    let rows = streamed(
+        &mut s,
+        "SELECT SUM(n) AS total, COUNT(*) AS c FROM TUMBLE(back, ws, INTERVAL '1' DAY) GROUP BY window_start",
+    )
+    .await;
+    // Windows near midnight fall on two days: add them up.
+    let sums: Vec<Vec<i64>> = rows
+        .iter()
+        .map(|r| r.split('|').map(|v| v.parse().expect("number")).collect())
+        .collect();
+    let total: i64 = sums.iter().map(|p| p[0]).sum();
+    let count: i64 = sums.iter().map(|p| p[1]).sum();
+    assert_eq!(
+        total, 3000,
+        "every generated event is counted once in the rows read back: {rows:?}"
+    );
+    assert_eq!(
+        count, 14,
+        "one row per region and 10-second window (two windows): {rows:?}"
+    );
+}
