@@ -493,13 +493,7 @@ impl KafkaSink {
         check_keys(o, "connector 'kafka' (sink)", SINK_KEYS)?;
         o.required("bootstrap_servers", "connector 'kafka'")?;
         o.required("topic", "connector 'kafka'")?;
-        match o.get("format").unwrap_or("json") {
-            "json" => Ok(()),
-            other => Err(Error::option(
-                "format",
-                format!("unknown sink format '{other}'; valid: json"),
-            )),
-        }
+        super::json_only(o)
     }
 
     pub fn open(o: &Options, schema: SchemaRef) -> Result<Self> {

@@ -202,13 +202,7 @@ pub fn validate_sink(options: &Options) -> Result<()> {
             .check_keys("connector 'file' (sink)", &["connector", "path", "format"])
             .and_then(|_| {
                 options.required("path", "connector 'file'")?;
-                match options.get("format").unwrap_or("json") {
-                    "json" => Ok(()),
-                    other => Err(Error::option(
-                        "format",
-                        format!("unknown sink format '{other}'; valid: json"),
-                    )),
-                }
+                json_only(options)
             }),
         "console" => options.check_keys("connector 'console'", &["connector"]),
         "kafka" => kafka::KafkaSink::validate(options),
@@ -238,6 +232,17 @@ pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> 
         "kafka" => Ok(Box::new(kafka::KafkaSink::open(options, schema)?)),
         "hbase" => Ok(Box::new(hbase::HBaseSink::open(options, schema)?)),
         _ => Ok(Box::new(Blackhole)),
+    }
+}
+
+/// Sinks that write JSON rows accept `format = 'json'` (the default) and nothing else yet.
+pub fn json_only(options: &Options) -> Result<()> {
+    match options.get("format").unwrap_or("json") {
+        "json" => Ok(()),
+        other => Err(Error::option(
+            "format",
+            format!("unknown sink format '{other}'; valid: json"),
+        )),
     }
 }
 

@@ -474,27 +474,41 @@ pub fn compile(query: &Query, catalog: &Catalog, is_aggregate: &dyn Fn(&str) -> 
                     ));
                 }
             };
-            let mut feeds = Vec::new();
-            for (i, (at, t)) in tvfs.iter().enumerate() {
-                let slot = format!("__win_{i}");
-                feeds.push((slot.clone(), format!("{with_prefix}{}", tumble_rows(t, size))));
-                if let Some(f) = factor_mut(&mut select, *at) {
-                    *f = derived(&format!("SELECT * FROM {}", quote(&slot)), &t.alias)?;
-                }
-            }
-            *q.body = SetExpr::Select(Box::new(select));
-            Ok(Compiled {
-                kind: Kind::Buffered {
-                    size,
-                    feeds,
-                    sql: q.to_string(),
-                },
-                inputs,
-                presentation,
-            })
+            buffered(q, select, &tvfs, size, inputs, presentation, &with_prefix)
         }
         _ => Err(Error::plan("at most two window functions (a windowed join) per query")),
     }
+}
+
+/// Rows of each window function's input are kept per window (slot `__win_{i}`, fed per micro-batch
+/// by a TUMBLE derived table); the query itself runs over a window's rows when it closes.
+fn buffered(
+    mut q: Query,
+    mut select: Select,
+    tvfs: &[(FromPos, Tvf)],
+    size: i64,
+    inputs: Inputs,
+    presentation: String,
+    with_prefix: &str,
+) -> Result<Compiled> {
+    let mut feeds = Vec::new();
+    for (i, (at, t)) in tvfs.iter().enumerate() {
+        let slot = format!("__win_{i}");
+        feeds.push((slot.clone(), format!("{with_prefix}{}", tumble_rows(t, size))));
+        if let Some(f) = factor_mut(&mut select, *at) {
+            *f = derived(&format!("SELECT * FROM {}", quote(&slot)), &t.alias)?;
+        }
+    }
+    *q.body = SetExpr::Select(Box::new(select));
+    Ok(Compiled {
+        kind: Kind::Buffered {
+            size,
+            feeds,
+            sql: q.to_string(),
+        },
+        inputs,
+        presentation,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -555,21 +569,7 @@ fn window_agg(
                 "{bad}: HOP and SESSION windows support COUNT, COUNT(DISTINCT), SUM, MIN, MAX and AVG"
             )));
         };
-        let slot = "__win_0".to_string();
-        if let Some(f) = factor_mut(&mut select, at) {
-            *f = derived(&format!("SELECT * FROM {}", quote(&slot)), &tvf.alias)?;
-        }
-        *q.body = SetExpr::Select(Box::new(select));
-        let feeds = vec![(slot, format!("{with_prefix}{}", tumble_rows(&tvf, size)))];
-        return Ok(Compiled {
-            kind: Kind::Buffered {
-                size,
-                feeds,
-                sql: q.to_string(),
-            },
-            inputs,
-            presentation,
-        });
+        return buffered(q, select, &[(at, tvf)], size, inputs, presentation, with_prefix);
     }
     let mut sel_where = select.selection.clone();
     if let Some(w) = &mut sel_where {
