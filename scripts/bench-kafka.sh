@@ -8,13 +8,14 @@
 #    on the wall clock for SECONDS; it reports rows in (= events produced when the consumer keeps up)
 #    and the event-time latency to HBase (p50/p99: wall clock when HBase acknowledged minus event time).
 #
-#   scripts/bench-kafka.sh            # EVENTS=5000000 RATE=100000 SECONDS=30
+#   scripts/bench-kafka.sh            # EVENTS=5000000 RATE=100000 SECONDS=30 DRAIN_BATCH=65536
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
 EVENTS="${EVENTS:-5000000}"
 RATE="${RATE:-100000}"
 SECONDS_RUN="${SECONDS:-30}"
+DRAIN_BATCH="${DRAIN_BATCH:-65536}"   # rows per micro-batch while draining (fewer, larger upserts)
 dir="${BENCH_DIR:-$CARGO_TARGET_DIR/bench}"
 mkdir -p "$dir"
 scripts/services start >/dev/null
@@ -26,14 +27,14 @@ sql() { # TOPIC TABLE STARTUP BOUNDED
   sed -e "s#TOPIC#$1#g; s#'TABLE'#'$2'#; s#STARTUP#$3#; s#BOUNDED#$4#; s#OUT_DIR#$dir/out#" benches/kafka_hbase.sql
 }
 
-echo "== throughput: $EVENTS events produced first, then drained"
+echo "== throughput: $EVENTS events produced first, then drained (batch size $DRAIN_BATCH)"
 topic="bench_drain_$tag"
 t0=$(date +%s.%N)
 "$bin" generate courses --events "$EVENTS" --seed 42 --kafka 127.0.0.1:9092 --topic "$topic" --partitions 4
 t1=$(date +%s.%N)
 awk -v n="$EVENTS" -v a="$t0" -v b="$t1" 'BEGIN { printf "produce: %.1f s, %.0f events/s\n", b - a, n / (b - a) }'
 sql "$topic" "bench_views_$tag" earliest latest > "$dir/drain.sql"
-"$bin" run "$dir/drain.sql" 2> "$dir/drain.log" > /dev/null || { cat "$dir/drain.log"; exit 1; }
+"$bin" run "$dir/drain.sql" --batch-size "$DRAIN_BATCH" 2> "$dir/drain.log" > /dev/null || { cat "$dir/drain.log"; exit 1; }
 grep -E "rows in|peak memory" "$dir/drain.log"
 
 echo "== sustained: $RATE events/s for $SECONDS_RUN s, event time = wall clock"

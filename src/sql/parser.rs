@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::sql::sqlparser::ast::{self, ColumnOption, Expr, Query, SqlOption, Value};
+use datafusion::sql::sqlparser::ast::{self, ColumnOption, Expr, Query, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -410,19 +410,49 @@ fn parse_create_source(p: &mut Parser, sql: &str, start: Location, kind: SourceK
     }))
 }
 
+/// `WITH (key = value, …)`; a key is a name, a dotted name (`properties.fetch.max.bytes`) or a quoted
+/// string (`'properties.fetch.max.bytes'`, as in Flink).
 fn parse_with(p: &mut Parser) -> Result<Options> {
     let mut map = BTreeMap::new();
-    if !p.peek_keyword(Keyword::WITH) {
+    if !p.parse_keyword(Keyword::WITH) {
         return Ok(Options(map));
     }
-    for opt in p.parse_options(Keyword::WITH)? {
-        match opt {
-            SqlOption::KeyValue { key, value } => {
-                let text = literal_text(&value)
-                    .ok_or_else(|| Error::option(normalize(&key), format!("value must be a literal, found {value}")))?;
-                map.insert(key.value.to_ascii_lowercase(), text);
+    p.expect_token(&Token::LParen)?;
+    loop {
+        if p.consume_token(&Token::RParen) {
+            break;
+        }
+        let at = p.peek_token().span.start;
+        let key = match p.next_token().token {
+            Token::SingleQuotedString(k) | Token::DoubleQuotedString(k) => k,
+            Token::Word(w) => {
+                let mut k = w.value;
+                while p.consume_token(&Token::Period) {
+                    k.push('.');
+                    k.push_str(&p.parse_identifier()?.value);
+                }
+                k
             }
-            other => return Err(Error::plan(format!("unsupported option {other}; write key = 'value'"))),
+            other => {
+                return Err(Error::Sql {
+                    line: at.line,
+                    col: at.column,
+                    message: format!("expected an option name, found {other}"),
+                });
+            }
+        };
+        p.expect_token(&Token::Eq)?;
+        let value = p.parse_expr()?;
+        let text = literal_text(&value).ok_or_else(|| {
+            Error::option(
+                key.to_ascii_lowercase(),
+                format!("value must be a literal, found {value}"),
+            )
+        })?;
+        map.insert(key.to_ascii_lowercase(), text);
+        if !p.consume_token(&Token::Comma) {
+            p.expect_token(&Token::RParen)?;
+            break;
         }
     }
     Ok(Options(map))
@@ -543,6 +573,14 @@ SHOW SOURCES; describe course_events; DROP SINK IF EXISTS out;
             })
         );
         assert_eq!(src.options.get("seed"), Some("7"));
+        let Statement::CreateSource(k) = parse_one(
+            "CREATE SOURCE k (a BIGINT) WITH (connector = 'kafka', properties.fetch.max.bytes = '1', 'properties.acks' = 'all')",
+        )
+        .expect("dotted and quoted keys") else {
+            panic!("not a source")
+        };
+        assert_eq!(k.options.get("properties.fetch.max.bytes"), Some("1"));
+        assert_eq!(k.options.get("properties.acks"), Some("all"));
         assert!(src.sql.starts_with("CREATE SOURCE course_events"));
         assert!(src.sql.ends_with("events = '1000')"));
         let Statement::CreateSink { name, options, .. } = &stmts[1].statement else {
