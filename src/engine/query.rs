@@ -501,7 +501,7 @@ impl QueryRuntime {
             })
             .collect();
         self.sources[i].max_ts = max;
-        if self.sink.mode() == SinkMode::Upsert {
+        if self.tracks_latency() {
             let on_time = ts
                 .iter()
                 .zip(mask.iter())
@@ -528,6 +528,12 @@ impl QueryRuntime {
             }),
         );
         Ok(on_time)
+    }
+
+    /// Latency is measured where rows reach the sink in the micro-batch that carried them: upsert
+    /// sinks, except for session windows (written when they close).
+    fn tracks_latency(&self) -> bool {
+        self.sink.mode() == SinkMode::Upsert && !matches!(self.exec, Exec::WindowAgg { session: true, .. })
     }
 
     fn current_watermark(&self) -> i64 {
