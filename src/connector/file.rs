@@ -22,7 +22,14 @@ impl FileOptions {
     pub fn parse(o: &Options) -> Result<Self> {
         o.check_keys(
             "connector 'file'",
-            &["connector", "path", "format", "header", "delimiter"],
+            &[
+                "connector",
+                "path",
+                "format",
+                "header",
+                "delimiter",
+                "refresh_interval_ms",
+            ],
         )?;
         let path = PathBuf::from(o.required("path", "connector 'file'")?);
         let header = o.parse_or("header", true)?;

@@ -436,10 +436,8 @@ impl Sink for HBaseSink {
     }
 }
 
-/// Read a whole HBase table as rows of `def.schema` (for lookup joins). The `row_key` columns are
-/// decoded from the row key; the others from cells `column_family:column`.
-pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
-    let o = &def.options;
+/// Options of an HBase lookup table (`CREATE TABLE … WITH (connector = 'hbase', …)`).
+pub fn table_options(o: &Options) -> Result<HBaseOptions> {
     o.check_keys(
         "connector 'hbase' (table)",
         &[
@@ -449,9 +447,18 @@ pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
             "column_family",
             "row_key",
             "value_format",
+            "refresh_interval_ms",
         ],
     )?;
-    let opts = HBaseOptions::parse(o)?;
+    let mut sink_view = o.clone();
+    sink_view.0.remove("refresh_interval_ms");
+    HBaseOptions::parse(&sink_view)
+}
+
+/// Read a whole HBase table as rows of `def.schema` (for lookup joins). The `row_key` columns are
+/// decoded from the row key; the others from cells `column_family:column`.
+pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
+    let opts = table_options(&def.options)?;
     let schema = def.schema.clone();
     let key_types: Vec<DataType> = opts
         .row_key

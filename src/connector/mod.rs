@@ -78,9 +78,7 @@ pub fn validate_source(def: &SourceDef) -> Result<()> {
         "generator" => generator_options(def).map(|_| ()),
         "file" => file::FileOptions::parse(&def.options).and_then(|o| o.check_exists()),
         "kafka" => kafka::KafkaSourceOptions::parse(&def.options, &def.name).map(|_| ()),
-        "hbase" if def.kind == crate::sql::parser::SourceKind::Table => {
-            hbase::HBaseOptions::parse(&def.options).map(|_| ())
-        }
+        "hbase" if def.kind == crate::sql::parser::SourceKind::Table => hbase::table_options(&def.options).map(|_| ()),
         "hbase" => Err(Error::option(
             "connector",
             "'hbase' is a lookup table: declare it with CREATE TABLE",

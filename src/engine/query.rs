@@ -202,10 +202,9 @@ pub async fn context_for(
         let def = catalog
             .source(name)
             .ok_or_else(|| Error::plan(format!("table '{name}' not found")))?;
-        let rows = connector::load_table(def)?;
         ctx.register_table(
             TableReference::bare(name.as_str()),
-            Arc::new(MemTable::try_new(def.schema.clone(), vec![rows])?),
+            Arc::new(super::lookup::LookupTable::load(def)?),
         )?;
     }
     for name in &inputs.mviews {
