@@ -316,8 +316,10 @@ impl Session {
                             || i.tables.contains(name)
                             || i.views.contains(name)
                             || i.mviews.contains(name))
-                        && self.queries.iter().any(|q| q.name == n && q.status() == "running")
-                            | matches!(o, Object::View(_))
+                        // A view always depends on what it names; a sink or materialized view only
+                        // while its query still runs.
+                        && (matches!(o, Object::View(_))
+                            || self.queries.iter().any(|q| q.name == n && q.status() == "running"))
                     {
                         return Err(Error::plan(format!(
                             "cannot drop '{name}': '{n}' uses it; drop '{n}' first"

@@ -513,7 +513,7 @@ fn buffered(
 
 #[allow(clippy::too_many_arguments)]
 fn window_agg(
-    mut q: Query,
+    q: Query,
     mut select: Select,
     at: FromPos,
     tvf: Tvf,
@@ -625,7 +625,6 @@ fn window_agg(
         proj.join(", "),
         having.map(|h| format!(" WHERE {h}")).unwrap_or_default()
     );
-    let _ = &mut q;
     Ok(Compiled {
         kind: Kind::WindowAgg {
             spec: tvf.spec,
