@@ -12,9 +12,11 @@
 //! 5. [`engine::query`] is the micro-batch loop: poll sources, split late rows (`_late`), run
 //!    DataFusion over the batch, merge state, advance watermarks, emit to the sink.
 //! 6. [`session`] executes statements against one catalog; `freshet run` and the REPL ([`repl`]) use it.
+//! 7. [`collect`] is the Flume-style collector in front of Kafka (issue 5); so far only its durable disk channel.
 //!
 //! `main.rs` is only the command line.
 
+pub mod collect;
 pub mod connector;
 pub mod engine;
 pub mod error;
