@@ -7,22 +7,23 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::datasource::TableProvider;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::slot::SlotTable;
 use crate::connector;
 use crate::sql::parser::SourceDef;
 
+/// A [`SlotTable`] holding the table's rows, refilled when they are older than `refresh`.
 #[derive(Debug)]
 pub struct LookupTable {
     def: SourceDef,
     refresh: Option<Duration>,
-    cache: Mutex<(Instant, Vec<RecordBatch>)>,
+    loaded: Mutex<Instant>,
+    rows: SlotTable,
 }
 
 impl LookupTable {
@@ -31,32 +32,31 @@ impl LookupTable {
             .options
             .parse_opt::<u64>("refresh_interval_ms")?
             .map(Duration::from_millis);
-        let rows = connector::load_table(def)?;
+        let rows = SlotTable::new(def.schema.clone());
+        rows.set(connector::load_table(def)?);
         Ok(LookupTable {
             def: def.clone(),
             refresh,
-            cache: Mutex::new((Instant::now(), rows)),
+            loaded: Mutex::new(Instant::now()),
+            rows,
         })
     }
 
-    fn rows(&self) -> Result<Vec<RecordBatch>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(every) = self.refresh
-            && cache.0.elapsed() >= every
-        {
-            match connector::load_table(&self.def) {
-                Ok(rows) => *cache = (Instant::now(), rows),
-                // Keep serving the last good copy; try again after another interval.
-                Err(e) => {
-                    eprintln!(
-                        "table '{}': refresh failed, keeping the previous rows: {e}",
-                        self.def.name
-                    );
-                    cache.0 = Instant::now();
-                }
-            }
+    /// Re-read the table if a refresh is due; a failed refresh keeps the previous rows.
+    fn refresh_if_due(&self) {
+        let Some(every) = self.refresh else { return };
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.elapsed() < every {
+            return;
         }
-        Ok(cache.1.clone())
+        match connector::load_table(&self.def) {
+            Ok(rows) => self.rows.set(rows),
+            Err(e) => eprintln!(
+                "table '{}': refresh failed, keeping the previous rows: {e}",
+                self.def.name
+            ),
+        }
+        *loaded = Instant::now();
     }
 }
 
@@ -72,15 +72,13 @@ impl TableProvider for LookupTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
+        filters: &[Expr],
+        limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let rows = self.rows()?;
-        MemorySourceConfig::try_new_exec(&[rows], self.def.schema.clone(), projection.cloned())
-            .map(|e| e as Arc<dyn ExecutionPlan>)
-            .map_err(|e| DataFusionError::Plan(e.to_string()))
+        self.refresh_if_due();
+        self.rows.scan(state, projection, filters, limit).await
     }
 }
 
@@ -100,7 +98,8 @@ mod tests {
     }
 
     fn count(t: &LookupTable) -> usize {
-        t.rows().expect("rows").iter().map(|b| b.num_rows()).sum()
+        t.refresh_if_due();
+        t.rows.batches().iter().map(|b| b.num_rows()).sum()
     }
 
     #[test]

@@ -34,6 +34,11 @@ impl SlotTable {
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
+
+    /// The rows currently in the slot.
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.batches.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[async_trait]
@@ -53,9 +58,8 @@ impl TableProvider for SlotTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(MemorySourceConfig::try_new_exec(
-            &[batches],
+            &[self.batches()],
             self.schema.clone(),
             projection.cloned(),
         )?)
