@@ -55,6 +55,12 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Collect events into Kafka (a Flume-style agent: sources → durable channel → sinks).
+    Collect {
+        /// The agent's TOML configuration (docs/collector.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Interactive SQL.
     Repl {
         #[command(flatten)]
@@ -113,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { file, engine, format } => {
             runtime().and_then(|rt| rt.block_on(run(file, engine.config(), &format)))
         }
+        Command::Collect { config } => collect(&config),
         Command::Repl { engine, history } => runtime().and_then(|rt| {
             rt.block_on(freshet::repl::run(engine.config(), history))
                 .map_err(Into::into)
@@ -265,6 +272,22 @@ fn generate(kind: GenerateKind) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn collect(config: &std::path::Path) -> Result<()> {
+    let cfg = freshet::collect::agent::AgentConfig::load(config)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_signal = stop.clone();
+    let rt = runtime()?;
+    let _in_runtime = rt.enter();
+    let signal = shutdown_signal();
+    rt.spawn(async move {
+        signal.await;
+        eprintln!("stopping: events not yet delivered stay in the channel");
+        on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    eprintln!("collecting ({}); Ctrl-C stops", config.display());
+    Ok(freshet::collect::agent::run(&cfg, stop)?)
 }
 
 /// Where `freshet generate` writes.

@@ -432,3 +432,71 @@ async fn generate_to_kafka_then_a_kafka_sink_round_trip() {
         "one row per region and 10-second window (two windows): {rows:?}"
     );
 }
+
+#[tokio::test]
+async fn collector_moves_a_spooled_file_into_kafka() {
+    if !up("Kafka", KAFKA) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let topic = unique("collected");
+    kafka::ensure_topic(KAFKA, &topic, 2).await.expect("topic");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.spool]\ntype = \"spool\"\ndir = \"{0}/spool\"\nchannel = \"durable\"\n\
+             [channels.durable]\ntype = \"disk\"\ndir = \"{0}/channel\"\n\
+             [sinks.kafka]\ntype = \"kafka\"\nchannel = \"durable\"\nbootstrap_servers = \"{KAFKA}\"\ntopic = \"{topic}\"\nkey_field = \"user_id\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("config");
+    let opts = gen_opts(20_000, 31);
+    std::fs::create_dir_all(dir.path().join("spool")).expect("spool");
+    write_events(&dir.path().join("spool/.batch.tmp"), &opts);
+    std::fs::rename(
+        dir.path().join("spool/.batch.tmp"),
+        dir.path().join("spool/batch.jsonl"),
+    )
+    .expect("rename");
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .args(["collect", "--config", config.to_str().expect("utf8")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("collect");
+    let done = dir.path().join("spool/batch.jsonl.COMPLETED");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done.exists() {
+        assert!(std::time::Instant::now() < deadline, "the spooled file was not taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Count what reached the topic, waiting (with a deadline) for the sink to drain the channel.
+    let mut total = 0;
+    while total < 20_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {total} of 20000 events reached Kafka"
+        );
+        let mut s = session(50_000);
+        exec(&mut s, &kafka_source("ev", &topic)).await;
+        let rows = streamed(
+            &mut s,
+            "SELECT COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '1' HOUR) GROUP BY window_start",
+        )
+        .await;
+        total = rows.iter().map(|r| r.parse::<i64>().expect("n")).sum::<i64>();
+        assert!(total <= 20_000, "no duplicates without a crash: {total}");
+    }
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &agent.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert!(
+        agent.wait().expect("wait").success(),
+        "the agent stops cleanly on SIGTERM"
+    );
+}
