@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::plan::{Compiled, Inputs, Kind, quote};
 use super::slot::SlotTable;
-use super::window::{WindowAggState, WindowRow, agg_schema, row_identity, rows_to_batch};
+use super::window::{WindowAggState, WindowRow, agg_schema, rows_to_batch};
 use crate::connector::{self, Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
 use crate::format::{BadRecord, to_json_lines};
@@ -338,10 +338,7 @@ async fn build_exec(ctx: &SessionContext, compiled: &Compiled) -> Result<(Exec, 
             }
             let state = WindowAggState::new(*spec, *nkeys, kinds.clone(), &pre_schema)?;
             let key_types: Vec<DataType> = (0..*nkeys).map(|i| pre_schema.field(i).data_type().clone()).collect();
-            let base = agg_schema(&key_types, &state.final_types(&pre_schema));
-            let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
-            fields.push(Field::new("__id", DataType::Utf8, false));
-            let agg_schema = Arc::new(Schema::new(fields));
+            let agg_schema = agg_schema(&key_types, &state.final_types(&pre_schema));
             let agg = SlotTable::new(agg_schema.clone());
             ctx.register_table(TableReference::bare("__agg"), Arc::new(agg.clone()))?;
             let post = plan(ctx, post_sql).await?;
@@ -583,14 +580,7 @@ impl QueryRuntime {
         if rows.is_empty() {
             return Ok(());
         }
-        let base = Arc::new(Schema::new(
-            agg_schema.fields()[..agg_schema.fields().len() - 1].to_vec(),
-        ));
-        let b = rows_to_batch(&base, &rows)?;
-        let ids: ArrayRef = Arc::new(StringArray::from_iter_values(rows.iter().map(row_identity)));
-        let mut cols = b.columns().to_vec();
-        cols.push(ids);
-        agg.set(vec![RecordBatch::try_new(agg_schema.clone(), cols)?]);
+        agg.set(vec![rows_to_batch(agg_schema, &rows)?]);
         let out = run_plan(&self.ctx, post).await?;
         agg.set(vec![]);
         for b in out {

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, new_empty_array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray, new_empty_array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
@@ -538,45 +538,47 @@ impl WindowAggState {
     }
 }
 
-/// Schema of the rows handed to the post-query: `__k0.., window_start, window_end, __a0..`.
+/// Schema of the rows handed to the post-query: `__k0.., window_start, window_end, __a0.., __id`
+/// (`__id` is the row's upsert identity, see [`row_identity`]).
 pub fn agg_schema(key_types: &[DataType], final_types: &[DataType]) -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
     let mut fields = Vec::new();
     for (i, t) in key_types.iter().enumerate() {
         fields.push(Field::new(format!("__k{i}"), t.clone(), true));
     }
-    fields.push(Field::new(
-        "window_start",
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        false,
-    ));
-    fields.push(Field::new(
-        "window_end",
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        false,
-    ));
+    fields.push(Field::new("window_start", ts.clone(), false));
+    fields.push(Field::new("window_end", ts, false));
     for (i, t) in final_types.iter().enumerate() {
         fields.push(Field::new(format!("__a{i}"), t.clone(), true));
     }
+    fields.push(Field::new("__id", DataType::Utf8, false));
     Arc::new(Schema::new(fields))
 }
 
-/// Rows to an Arrow batch of `schema` (see [`agg_schema`]).
+/// Rows to an Arrow batch of `schema` (see [`agg_schema`]); columns are filled by name.
 pub fn rows_to_batch(schema: &SchemaRef, rows: &[WindowRow]) -> Result<RecordBatch> {
-    let nkeys = rows.first().map(|r| r.key.len()).unwrap_or(0);
+    let index = |name: &str, prefix: &str| name.strip_prefix(prefix).and_then(|i| i.parse::<usize>().ok());
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for (i, f) in schema.fields().iter().enumerate() {
-        let scalars: Vec<ScalarValue> = if i < nkeys {
-            rows.iter().map(|r| r.key[i].clone()).collect()
-        } else if i == nkeys {
-            rows.iter()
+    for f in schema.fields() {
+        let name = f.name().as_str();
+        if name == "__id" {
+            cols.push(Arc::new(StringArray::from_iter_values(rows.iter().map(row_identity))));
+            continue;
+        }
+        let scalars: Vec<ScalarValue> = match name {
+            "window_start" => rows
+                .iter()
                 .map(|r| ScalarValue::TimestampMillisecond(Some(r.start), None))
-                .collect()
-        } else if i == nkeys + 1 {
-            rows.iter()
+                .collect(),
+            "window_end" => rows
+                .iter()
                 .map(|r| ScalarValue::TimestampMillisecond(Some(r.end), None))
-                .collect()
-        } else {
-            rows.iter().map(|r| r.values[i - nkeys - 2].clone()).collect()
+                .collect(),
+            _ => match (index(name, "__k"), index(name, "__a")) {
+                (Some(k), _) => rows.iter().map(|r| r.key[k].clone()).collect(),
+                (_, Some(a)) => rows.iter().map(|r| r.values[a].clone()).collect(),
+                _ => return Err(Error::Internal(format!("unexpected window column '{name}'"))),
+            },
         };
         let arr = if scalars.is_empty() {
             new_empty_array(f.data_type())
