@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
+use hbase_thrift::THbaseSyncClientExt;
 use hbase_thrift::hbase::{BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TScan};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::transport::{
@@ -359,12 +360,8 @@ impl HBaseSink {
 }
 
 pub fn ensure_table(c: &mut Client, table: &str, family: &str) -> Result<()> {
-    let exists = c
-        .get_table_names()
-        .map_err(|e| hb("listing tables", e))?
-        .iter()
-        .any(|t| t == table.as_bytes());
-    if !exists {
+    let exists = |c: &mut Client| c.table_exists(table).map_err(|e| hb("listing tables", e));
+    if !exists(c)? {
         let cd = ColumnDescriptor {
             name: Some(format!("{family}:").into_bytes()),
             max_versions: Some(1),
@@ -373,16 +370,11 @@ pub fn ensure_table(c: &mut Client, table: &str, family: &str) -> Result<()> {
             time_to_live: Some(i32::MAX),
             ..Default::default()
         };
-        if let Err(e) = c.create_table(table.as_bytes().to_vec(), vec![cd]) {
-            // Another writer may have created it meanwhile.
-            let now = c
-                .get_table_names()
-                .map_err(|e| hb("listing tables", e))?
-                .iter()
-                .any(|t| t == table.as_bytes());
-            if !now {
-                return Err(hb(&format!("creating table '{table}'"), e));
-            }
+        // Another writer may have created it meanwhile: that is success too.
+        if let Err(e) = c.create_table(table.as_bytes().to_vec(), vec![cd])
+            && !exists(c)?
+        {
+            return Err(hb(&format!("creating table '{table}'"), e));
         }
     }
     Ok(())
