@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -185,33 +185,36 @@ async fn invalid_kafka_messages_go_to_errors_and_the_run_goes_on() {
 }
 
 /// A TCP proxy in front of HBase's Thrift server that the test can take down and bring back.
+/// Forwarding happens under the same lock as `down`, so once `down` returns no byte gets through —
+/// not even one a copy thread had already read.
 struct Proxy {
     addr: String,
-    up: Arc<AtomicBool>,
+    /// Whether traffic flows, and the sockets to cut when it stops.
+    state: Arc<Mutex<(bool, Vec<TcpStream>)>>,
     bytes: Arc<AtomicU64>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
     fn start(upstream: &'static str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let up = Arc::new(AtomicBool::new(true));
+        let state: Arc<Mutex<(bool, Vec<TcpStream>)>> = Arc::new(Mutex::new((true, Vec::new())));
         let bytes = Arc::new(AtomicU64::new(0));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (u, b, c) = (up.clone(), bytes.clone(), conns.clone());
+        let (st, b) = (state.clone(), bytes.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
-                if !u.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
-                for s in [&client, &server] {
-                    if let Ok(s) = s.try_clone() {
-                        c.lock().expect("conns").push(s);
+                {
+                    let mut guard = st.lock().expect("state");
+                    if !guard.0 {
+                        continue; // down: the connection is dropped at once
+                    }
+                    for sock in [&client, &server] {
+                        if let Ok(sock) = sock.try_clone() {
+                            guard.1.push(sock);
+                        }
                     }
                 }
                 for (mut from, mut to) in [
@@ -221,11 +224,12 @@ impl Proxy {
                 .into_iter()
                 .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
                 {
-                    let b = b.clone();
+                    let (b, st) = (b.clone(), st.clone());
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
                         while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            let guard = st.lock().expect("state");
+                            if n == 0 || !guard.0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
                             b.fetch_add(n as u64, Ordering::SeqCst);
@@ -235,14 +239,19 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, up, bytes, conns }
+        Proxy { addr, state, bytes }
     }
 
     fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for s in self.conns.lock().expect("conns").drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        let mut guard = self.state.lock().expect("state");
+        guard.0 = false;
+        for sock in guard.1.drain(..) {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    fn up(&self) {
+        self.state.lock().expect("state").0 = true;
     }
 }
 
@@ -282,7 +291,7 @@ async fn hbase_outage_mid_run_blocks_the_sink_and_loses_nothing() {
         "nothing reaches HBase while it is down"
     );
     assert_eq!(s.queries[0].status(), "running", "the query waits instead of failing");
-    proxy.up.store(true, Ordering::SeqCst);
+    proxy.up();
     s.wait_bounded().await;
     assert!(
         matches!(s.queries[0].outcome, Some(Ok(ref r)) if r.late == 0 && r.rows_in == 40_000),
