@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::connector::memory::{MemorySink, MemoryTable};
 use crate::connector::{self, Sink};
-use crate::engine::plan::{self, Compiled, Kind};
+use crate::engine::plan::{self, Compiled, Inputs, Kind};
 use crate::engine::query::{self, EngineConfig, Metrics, QueryRuntime, QueryTask, Report, SystemTables, context_for};
 use crate::error::{Error, Result};
 use crate::sql::catalog::{Catalog, MaterializedViewDef, Object, SinkDef, ViewDef};
@@ -73,6 +73,11 @@ pub struct Session {
     pub queries: Vec<RunningQuery>,
     /// In `freshet run`, a bounded SELECT first waits for the bounded queries started before it.
     pub wait_for_bounded: bool,
+    /// Plan only (`freshet check`): every statement is planned and its connector options validated,
+    /// but nothing is opened or started — no source read, no lookup table loaded, no sink created, no
+    /// query run. Continuous queries are added to the catalog (a materialized view as an empty table)
+    /// so later statements plan against them.
+    pub plan_only: bool,
     live_seq: u64,
 }
 
@@ -117,6 +122,7 @@ impl Session {
             config,
             queries: Vec::new(),
             wait_for_bounded: false,
+            plan_only: false,
             live_seq: 0,
         }
     }
@@ -127,17 +133,51 @@ impl Session {
         plan::compile(q, &self.catalog, &|name| probe.udaf(name).is_ok())
     }
 
+    /// What DataFusion plans against. In plan-only mode lookup tables are not read: they stand in as
+    /// empty tables of their declared schema, as streams do.
+    fn planning_inputs(&self, inputs: &Inputs) -> Inputs {
+        let mut inputs = inputs.clone();
+        if self.plan_only {
+            let tables = std::mem::take(&mut inputs.tables);
+            inputs.streams.extend(tables);
+        }
+        inputs
+    }
+
+    /// The output schema of a compiled query; planning only.
+    async fn planned_schema(&self, compiled: &Compiled) -> Result<SchemaRef> {
+        let mut planning = compiled.clone();
+        planning.inputs = self.planning_inputs(&compiled.inputs);
+        query::output_schema(&planning, &self.catalog, &self.system).await
+    }
+
+    /// Plan-only stand-in for [`Self::start`]: the checks it and the query runtime make before
+    /// anything runs, with nothing opened. Returns the output schema.
+    async fn plan_continuous(&self, name: &str, compiled: &Compiled) -> Result<SchemaRef> {
+        needs_a_stream(name, compiled)?;
+        let schema = self.planned_schema(compiled).await?;
+        if !matches!(compiled.kind, Kind::Stateless { .. })
+            && let Some(s) = compiled
+                .inputs
+                .streams
+                .iter()
+                .find(|s| self.catalog.source(s).is_some_and(|d| d.watermark.is_none()))
+        {
+            // The same rule (and words) as `QueryRuntime::new`.
+            return Err(Error::plan(format!(
+                "source '{s}' has no WATERMARK; windows need one: WATERMARK FOR col AS col - INTERVAL '5' SECOND"
+            )));
+        }
+        Ok(schema)
+    }
+
     async fn start(
         &mut self,
         name: &str,
         compiled: &Compiled,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<(Arc<Metrics>, bool, watch::Sender<bool>, QueryTask)> {
-        if compiled.inputs.streams.is_empty() {
-            return Err(Error::plan(format!(
-                "'{name}' reads no source: a continuous query needs a CREATE SOURCE input"
-            )));
-        }
+        needs_a_stream(name, compiled)?;
         let rt = QueryRuntime::new(
             name,
             compiled,
@@ -226,15 +266,19 @@ impl Session {
                     return Err(Error::plan(format!("'{name}' already exists")));
                 }
                 let compiled = self.compile(query)?;
-                let mut table = None;
-                let (metrics, bounded, stop, handle) = self
-                    .start(name, &compiled, |schema| {
-                        let t = MemoryTable::new(schema);
-                        table = Some(t.clone());
-                        Ok(Box::new(MemorySink(t)))
-                    })
-                    .await?;
-                let table = table.ok_or_else(|| Error::Internal("no table".into()))?;
+                let (table, running) = if self.plan_only {
+                    (MemoryTable::new(self.plan_continuous(name, &compiled).await?), None)
+                } else {
+                    let mut table = None;
+                    let running = self
+                        .start(name, &compiled, |schema| {
+                            let t = MemoryTable::new(schema);
+                            table = Some(t.clone());
+                            Ok(Box::new(MemorySink(t)))
+                        })
+                        .await?;
+                    (table.ok_or_else(|| Error::Internal("no table".into()))?, Some(running))
+                };
                 self.catalog.add(
                     name,
                     Object::MaterializedView(MaterializedViewDef {
@@ -244,15 +288,17 @@ impl Session {
                         table,
                     }),
                 )?;
-                self.queries.push(RunningQuery {
-                    name: name.clone(),
-                    kind: ObjectKind::MaterializedView,
-                    metrics,
-                    bounded,
-                    stop,
-                    handle: Some(handle),
-                    outcome: None,
-                });
+                if let Some((metrics, bounded, stop, handle)) = running {
+                    self.queries.push(RunningQuery {
+                        name: name.clone(),
+                        kind: ObjectKind::MaterializedView,
+                        metrics,
+                        bounded,
+                        stop,
+                        handle: Some(handle),
+                        outcome: None,
+                    });
+                }
                 Ok(Outcome::Done(format!("created materialized view {name}")))
             }
             Statement::CreateSink {
@@ -269,10 +315,17 @@ impl Session {
                 if !compiled.presentation.is_empty() {
                     return Err(Error::plan("ORDER BY and LIMIT have no meaning for a sink; drop them"));
                 }
-                let opts = options.clone();
-                let (metrics, bounded, stop, handle) = self
-                    .start(name, &compiled, |schema| connector::open_sink(&opts, schema))
-                    .await?;
+                let running = if self.plan_only {
+                    let schema = self.plan_continuous(name, &compiled).await?;
+                    connector::validate_sink_schema(options, &schema)?;
+                    None
+                } else {
+                    let opts = options.clone();
+                    Some(
+                        self.start(name, &compiled, |schema| connector::open_sink(&opts, schema))
+                            .await?,
+                    )
+                };
                 self.catalog.add(
                     name,
                     Object::Sink(SinkDef {
@@ -282,15 +335,17 @@ impl Session {
                         sql: sql.clone(),
                     }),
                 )?;
-                self.queries.push(RunningQuery {
-                    name: name.clone(),
-                    kind: ObjectKind::Sink,
-                    metrics,
-                    bounded,
-                    stop,
-                    handle: Some(handle),
-                    outcome: None,
-                });
+                if let Some((metrics, bounded, stop, handle)) = running {
+                    self.queries.push(RunningQuery {
+                        name: name.clone(),
+                        kind: ObjectKind::Sink,
+                        metrics,
+                        bounded,
+                        stop,
+                        handle: Some(handle),
+                        outcome: None,
+                    });
+                }
                 Ok(Outcome::Done(format!("created sink {name}")))
             }
             Statement::Show(kind) => self.show(*kind),
@@ -436,8 +491,7 @@ impl Session {
     }
 
     async fn output_schema(&self, q: &Query) -> Result<SchemaRef> {
-        let compiled = self.compile(q)?;
-        query::output_schema(&compiled, &self.catalog, &self.system).await
+        self.planned_schema(&self.compile(q)?).await
     }
 
     async fn explain(&self, q: &Query) -> Result<String> {
@@ -449,7 +503,7 @@ impl Session {
         if !i.tables.is_empty() {
             out.push_str(&format!("lookup tables: {}\n", list(&i.tables)));
         }
-        let (ctx, _) = context_for(&self.catalog, &compiled.inputs, &self.system).await?;
+        let (ctx, _) = context_for(&self.catalog, &self.planning_inputs(&compiled.inputs), &self.system).await?;
         let main_sql = match &compiled.kind {
             Kind::Stateless { sql } => {
                 out.push_str("plan: stateless, per micro-batch (append)\n");
@@ -482,10 +536,7 @@ impl Session {
         let df = ctx.sql(&main_sql).await?;
         out.push_str("\nDataFusion plan (per micro-batch):\n");
         out.push_str(&df.into_optimized_plan()?.display_indent().to_string());
-        out.push_str(&format!(
-            "\noutput: {}\n",
-            query::output_schema(&compiled, &self.catalog, &self.system).await?
-        ));
+        out.push_str(&format!("\noutput: {}\n", self.planned_schema(&compiled).await?));
         Ok(out)
     }
 
@@ -495,10 +546,17 @@ impl Session {
             if self.wait_for_bounded {
                 self.wait_bounded().await;
             }
-            let (ctx, _) = context_for(&self.catalog, &compiled.inputs, &self.system).await?;
+            let (ctx, _) = context_for(&self.catalog, &self.planning_inputs(&compiled.inputs), &self.system).await?;
             let df = ctx.sql(&q.to_string()).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            if self.plan_only {
+                return Ok(Outcome::Rows(Vec::new(), schema));
+            }
             return Ok(Outcome::Rows(df.collect().await?, schema));
+        }
+        if self.plan_only {
+            self.plan_continuous("SELECT", &compiled).await?;
+            return Ok(Outcome::Done("planned a continuous SELECT".into()));
         }
         self.live_seq += 1;
         let name = format!("live-{}", self.live_seq);
@@ -519,6 +577,15 @@ impl Session {
             handle,
         }))
     }
+}
+
+fn needs_a_stream(name: &str, compiled: &Compiled) -> Result<()> {
+    if compiled.inputs.streams.is_empty() {
+        return Err(Error::plan(format!(
+            "'{name}' reads no source: a continuous query needs a CREATE SOURCE input"
+        )));
+    }
+    Ok(())
 }
 
 /// Apply a live query's `ORDER BY … LIMIT …` to a snapshot of its table.

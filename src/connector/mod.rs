@@ -78,7 +78,16 @@ pub fn validate_source(def: &SourceDef) -> Result<()> {
         "generator" => generator_options(def).map(|_| ()),
         "file" => file::FileOptions::parse(&def.options).and_then(|o| o.check_exists()),
         "kafka" => kafka::KafkaSourceOptions::parse(&def.options, &def.name).map(|_| ()),
-        "hbase" if def.kind == crate::sql::parser::SourceKind::Table => hbase::table_options(&def.options).map(|_| ()),
+        "hbase" if def.kind == crate::sql::parser::SourceKind::Table => {
+            let o = hbase::table_options(&def.options)?;
+            match o.row_key.iter().find(|c| def.schema.index_of(c).is_err()) {
+                Some(c) => Err(Error::option(
+                    "row_key",
+                    format!("no column '{c}' in table '{}'", def.name),
+                )),
+                None => Ok(()),
+            }
+        }
         "hbase" => Err(Error::option(
             "connector",
             "'hbase' is a lookup table: declare it with CREATE TABLE",
@@ -216,8 +225,43 @@ pub fn validate_sink(options: &Options) -> Result<()> {
     }
 }
 
+/// Check the columns a sink's options name (HBase `row_key` and `timestamp_column`, Kafka `key`)
+/// against the query's output schema, without opening the sink.
+pub fn validate_sink_schema(options: &Options, schema: &SchemaRef) -> Result<()> {
+    let has = |key: &str, column: &str| match schema.index_of(column) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::option(
+            key,
+            format!(
+                "no column '{column}' in the query's output ({})",
+                kafka::field_names(schema)
+            ),
+        )),
+    };
+    match options.get("connector").unwrap_or_default() {
+        "hbase" => {
+            let o = hbase::HBaseOptions::parse(options)?;
+            for c in &o.row_key {
+                has("row_key", c)?;
+            }
+            if let Some(c) = &o.timestamp_column {
+                has("timestamp_column", c)?;
+            }
+        }
+        "kafka" => {
+            let keys = options.get("key").unwrap_or_default();
+            for k in keys.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                has("key", k)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> {
     validate_sink(options)?;
+    validate_sink_schema(options, &schema)?;
     match options.get("connector").unwrap_or_default() {
         "parquet" => Ok(Box::new(parquet::ParquetSink::new(
             parquet::ParquetOptions::parse(options)?,
