@@ -1,5 +1,7 @@
 //! The `freshet` command line: maps subcommands onto library calls.
 
+mod check;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +57,18 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Parse, plan and validate every statement of .sql files without starting anything (for CI).
+    ///
+    /// Errors print to stdout as FILE:LINE:COLUMN: message, then a summary line. Exit status: 0 when
+    /// every statement checks, 1 when any has an error, 2 for usage errors (e.g. no such file).
+    Check {
+        /// Files, or directories searched recursively for *.sql.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `text` (FILE:LINE:COLUMN: message lines and a summary) or `json` (one document, for tools).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
+    },
     /// Collect events into Kafka (a Flume-style agent: sources → durable channel → sinks).
     Collect {
         /// The agent's TOML configuration (docs/collector.md).
@@ -69,6 +83,12 @@ enum Command {
         #[arg(long)]
         history: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,6 +139,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { file, engine, format } => {
             runtime().and_then(|rt| rt.block_on(run(file, engine.config(), &format)))
         }
+        Command::Check { paths, format } => return check(&paths, format),
         Command::Collect { config } => collect(&config),
         Command::Repl { engine, history } => runtime().and_then(|rt| {
             rt.block_on(freshet::repl::run(engine.config(), history))
@@ -132,6 +153,31 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `freshet check`: exit 0 clean, 1 on any error in the files, 2 on a usage error.
+fn check(paths: &[PathBuf], format: CheckFormat) -> std::process::ExitCode {
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        std::process::ExitCode::from(2)
+    };
+    let files = match check::collect_files(paths) {
+        Ok(f) if f.is_empty() => return usage("no .sql files found".into()),
+        Ok(f) => f,
+        Err(e) => return usage(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let reports: Vec<check::FileReport> = rt.block_on(async {
+        let mut out = Vec::new();
+        for f in &files {
+            out.push(check::check_file(f).await);
+        }
+        out
+    });
+    check::print(&reports, matches!(format, CheckFormat::Json))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
