@@ -1,0 +1,9 @@
+-- expect: 8:72: option 'format': unknown sink format 'avro'
+CREATE SOURCE ev (
+    user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR, purchased BOOLEAN,
+    event_time TIMESTAMP NOT NULL,
+    WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND
+) WITH (connector = 'generator', events = '1000');
+
+CREATE SINK s WITH (connector = 'file', path = 'out/x.jsonl', format = 'avro') AS
+SELECT user_id, course_id FROM ev;
