@@ -372,8 +372,9 @@ impl Session {
                             || i.views.contains(name)
                             || i.mviews.contains(name))
                         // A view always depends on what it names; a sink or materialized view only
-                        // while its query still runs.
+                        // while its query still runs (in plan-only mode, as if it did).
                         && (matches!(o, Object::View(_))
+                            || self.plan_only
                             || self.queries.iter().any(|q| q.name == n && q.status() == "running"))
                     {
                         return Err(Error::plan(format!(
