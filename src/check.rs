@@ -259,7 +259,7 @@ impl Stmt<'_> {
     fn syntax_error(&self, e: Error) -> Diagnostic {
         match e {
             Error::Sql { line, col, message } => {
-                let eof = line == 0 || (line, col) == (1, 1) && message.contains("found: EOF");
+                let eof = line == 0 || ((line, col) == (1, 1) && message.contains("found: EOF"));
                 if !eof {
                     return self.at(Location { line, column: col }, message);
                 }
