@@ -1,19 +1,24 @@
-//! A collector agent, configured like a Flume agent: named sources put events into named channels,
-//! named sinks take them out. This first cut has a spooling-directory and a stdin source, the durable
-//! disk channel, and Kafka, file and logger sinks. A sink commits its take only after the destination
-//! acknowledged the events, so when Kafka is unreachable the events stay in the channel and flow when
-//! it returns.
+//! A collector agent, configured like a Flume agent (docs/collector.md): named sources hand events
+//! through their interceptor chains into named channels; named sinks take them out and commit only after
+//! the destination acknowledged them, so when Kafka is unreachable events stay in the channel and flow
+//! when it returns. Delivery is at least once; channel ids let a consumer spot redelivery.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::channel::{ChannelOptions, DiskChannel, FsyncPolicy, NewEvent};
+use super::channel::{ChannelOptions, DiskChannel, Event, FsyncPolicy};
+use super::http::{self, HttpSource};
+use super::intake::{ChannelHandle, Intake, MemoryChannel, Metrics, SinkMetrics, default_max_event_bytes};
+use super::interceptor::{Chain, InterceptorConfig};
+use super::source;
+use super::tail::{self, TailConfig};
 use crate::connector::kafka;
 use crate::error::{Error, Result};
 
@@ -27,24 +32,99 @@ pub struct AgentConfig {
     pub channels: BTreeMap<String, ChannelConfig>,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
+    pub metrics: Option<MetricsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// Complete files dropped into `dir`; a file is read once its size stopped changing, then renamed
-    /// to `NAME.COMPLETED` (or deleted with `delete = true`). Names starting with `.` or ending in
-    /// `.tmp` are ignored, so writers can create a file elsewhere and rename it in.
-    Spool {
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving `GET /metrics` (Prometheus text format).
+    pub listen: String,
+}
+
+/// Keys every source has (repeated in each variant: serde cannot flatten with `deny_unknown_fields`).
+macro_rules! source_config {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty $(= $default:literal)?),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            pub channel: String,
+            /// Interceptors, applied in order.
+            #[serde(default)]
+            pub interceptors: Vec<InterceptorConfig>,
+            /// Channel receiving rejected events (header `freshet.error` holds the reason).
+            pub dead_letter: Option<String>,
+            #[serde(default = "default_max_event_bytes")]
+            pub max_event_bytes: usize,
+            $($(#[$fdoc])* $(#[serde(default = $default)])? pub $field: $ty,)*
+        }
+    };
+}
+
+source_config!(
+    /// Complete files dropped into `dir`.
+    SpoolConfig {
         dir: PathBuf,
-        channel: String,
-        #[serde(default)]
-        delete: bool,
-        #[serde(default = "default_batch")]
-        batch_lines: usize,
-    },
-    /// Lines from standard input.
-    Stdin { channel: String },
+        /// Delete a file once read (otherwise rename it to `NAME.COMPLETED`).
+        delete: bool = "no",
+        batch_lines: usize = "default_batch",
+    }
+);
+source_config!(
+    /// `POST` JSON lines or a JSON array.
+    HttpConfig {
+        listen: String,
+        path: String = "default_path",
+        max_body_bytes: usize = "default_max_body",
+        busy_timeout_ms: u64 = "default_busy_timeout",
+    }
+);
+source_config!(
+    /// Newline-terminated events on TCP connections.
+    TcpConfig {
+        listen: String,
+        ack: bool = "no",
+        batch_lines: usize = "default_batch",
+    }
+);
+source_config!(
+    /// Lines of standard input.
+    StdinConfig {
+        batch_lines: usize = "default_batch",
+    }
+);
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Spool(SpoolConfig),
+    Tail(TailConfig),
+    Http(HttpConfig),
+    Tcp(TcpConfig),
+    Stdin(StdinConfig),
+}
+
+impl SourceConfig {
+    fn common(&self) -> (&str, &[InterceptorConfig], Option<&str>, usize) {
+        macro_rules! common {
+            ($c:expr) => {
+                (
+                    $c.channel.as_str(),
+                    $c.interceptors.as_slice(),
+                    $c.dead_letter.as_deref(),
+                    $c.max_event_bytes,
+                )
+            };
+        }
+        match self {
+            SourceConfig::Spool(c) => common!(c),
+            SourceConfig::Tail(c) => common!(c),
+            SourceConfig::Http(c) => common!(c),
+            SourceConfig::Tcp(c) => common!(c),
+            SourceConfig::Stdin(c) => common!(c),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +136,14 @@ pub enum ChannelConfig {
         /// `batch` (fsync before a put is acknowledged), `never`, or a number of milliseconds.
         #[serde(default = "default_fsync")]
         fsync: String,
+        #[serde(default = "default_capacity")]
+        capacity: u64,
+        /// Bytes per segment file.
+        #[serde(default = "default_segment_bytes")]
+        segment_bytes: u64,
+    },
+    /// In memory: lost when the agent stops.
+    Memory {
         #[serde(default = "default_capacity")]
         capacity: u64,
     },
@@ -70,12 +158,25 @@ pub enum SinkConfig {
         topic: String,
         /// A JSON field of each event whose value becomes the record key.
         key_field: Option<String>,
-        #[serde(default = "default_batch")]
+        #[serde(default = "default_kafka_batch")]
         batch_size: usize,
+        /// How long a batch may wait for Kafka's acknowledgement before it is retried.
+        #[serde(default = "default_delivery_timeout")]
+        delivery_timeout_ms: u64,
+        /// librdkafka producer properties.
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
     },
+    /// Rolling files of JSON lines in `dir`.
     File {
         channel: String,
-        path: PathBuf,
+        dir: PathBuf,
+        #[serde(default = "default_prefix")]
+        prefix: String,
+        #[serde(default = "default_roll_bytes")]
+        roll_bytes: u64,
+        #[serde(default = "default_roll_seconds")]
+        roll_seconds: u64,
         #[serde(default = "default_batch")]
         batch_size: usize,
     },
@@ -84,8 +185,23 @@ pub enum SinkConfig {
     },
 }
 
+fn no() -> bool {
+    false
+}
 fn default_batch() -> usize {
     1000
+}
+fn default_kafka_batch() -> usize {
+    5000
+}
+fn default_path() -> String {
+    "/events".into()
+}
+fn default_max_body() -> usize {
+    16 << 20
+}
+fn default_busy_timeout() -> u64 {
+    5000
 }
 fn default_fsync() -> String {
     "batch".into()
@@ -93,135 +209,435 @@ fn default_fsync() -> String {
 fn default_capacity() -> u64 {
     1_000_000
 }
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_delivery_timeout() -> u64 {
+    30_000
+}
+fn default_prefix() -> String {
+    "events".into()
+}
+fn default_roll_bytes() -> u64 {
+    128 << 20
+}
+fn default_roll_seconds() -> u64 {
+    3600
+}
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Plan(format!("{}: {e}", path.display())))
+        Self::parse(&text).map_err(|e| match e {
+            Error::Plan(m) => Error::Plan(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Plan(e.to_string().trim_end().to_string()))
     }
 }
 
-type Shared = Arc<Mutex<DiskChannel>>;
-
-fn chan_err(e: super::channel::Error) -> Error {
-    Error::External(format!("channel: {e}"))
+/// A running agent: its threads, the addresses its listeners bound, its metrics.
+pub struct Agent {
+    stop: Arc<AtomicBool>,
+    threads: Vec<(String, std::thread::JoinHandle<Result<()>>)>,
+    /// Threads that may block where `stop` cannot reach (stdin); not waited for.
+    detached: Vec<std::thread::JoinHandle<Result<()>>>,
+    /// Bound address of each listener: `sources.NAME` or `metrics`.
+    pub addrs: BTreeMap<String, SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
-fn lock(c: &Shared) -> std::sync::MutexGuard<'_, DiskChannel> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Put `events`, waiting while the channel is full (backpressure on the source).
-fn put(c: &Shared, events: &[NewEvent], stop: &AtomicBool) -> Result<()> {
-    loop {
-        match lock(c).put_batch(events) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_full() && !stop.load(Ordering::Relaxed) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(chan_err(e)),
+fn open_channel(name: &str, cfg: &ChannelConfig) -> Result<Arc<ChannelHandle>> {
+    match cfg {
+        ChannelConfig::Disk {
+            dir,
+            fsync,
+            capacity,
+            segment_bytes,
+        } => {
+            let fsync = match fsync.as_str() {
+                "batch" => FsyncPolicy::EveryBatch,
+                "never" => FsyncPolicy::Never,
+                ms => FsyncPolicy::Interval(Duration::from_millis(ms.parse().map_err(|_| {
+                    Error::option(
+                        format!("channels.{name}.fsync"),
+                        format!("'{ms}'; valid: batch, never, or milliseconds"),
+                    )
+                })?)),
+            };
+            let opts = ChannelOptions {
+                capacity_events: *capacity,
+                fsync,
+                segment_bytes: *segment_bytes,
+            };
+            let ch = DiskChannel::open(dir, opts).map_err(|e| Error::External(format!("channels.{name}: {e}")))?;
+            if let Some(t) = ch.recovery() {
+                eprintln!(
+                    "collect: channel '{name}': recovered; cut {} bytes at {}:{}: {}",
+                    t.bytes,
+                    t.file.display(),
+                    t.offset,
+                    t.reason
+                );
+            }
+            Ok(ChannelHandle::new(name, Box::new(ch)))
         }
+        ChannelConfig::Memory { capacity } => Ok(ChannelHandle::new(name, Box::new(MemoryChannel::new(*capacity)))),
     }
 }
 
-fn spool(dir: &Path, c: &Shared, delete: bool, batch: usize, stop: &AtomicBool) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut sizes: HashMap<PathBuf, u64> = HashMap::new();
-    while !stop.load(Ordering::Relaxed) {
-        let mut ready = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name.ends_with(".COMPLETED") || name.ends_with(".tmp") || !path.is_file() {
-                continue;
-            }
-            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            // Never read a file still being written: its size must hold still for one scan.
-            if sizes.insert(path.clone(), size) == Some(size) {
-                ready.push((path, name));
+impl Agent {
+    /// Open the channels, bind the listeners and start every source and sink. Errors here (a bad key, a
+    /// port in use, a locked channel) leave nothing running.
+    pub fn start(config: &AgentConfig, stop: Arc<AtomicBool>) -> Result<Agent> {
+        let mut channels: BTreeMap<String, Arc<ChannelHandle>> = BTreeMap::new();
+        for (name, cfg) in &config.channels {
+            channels.insert(name.clone(), open_channel(name, cfg)?);
+        }
+        let channel = |key: String, name: &str| -> Result<Arc<ChannelHandle>> {
+            channels.get(name).cloned().ok_or_else(|| {
+                let known: Vec<&str> = channels.keys().map(String::as_str).collect();
+                Error::option(key, format!("no channel '{name}'; channels: {}", known.join(", ")))
+            })
+        };
+        let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, sink) in &config.sinks {
+            let ch = match sink {
+                SinkConfig::Kafka { channel, .. }
+                | SinkConfig::File { channel, .. }
+                | SinkConfig::Logger { channel } => channel,
+            };
+            if let Some(other) = taken.insert(ch, name) {
+                return Err(Error::option(
+                    format!("sinks.{name}.channel"),
+                    format!("channel '{ch}' already feeds sink '{other}'; a channel has one sink"),
+                ));
             }
         }
-        for (path, name) in ready {
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let mut events: Vec<NewEvent> = Vec::with_capacity(batch);
-            for line in std::io::BufReader::new(file).split(b'\n') {
-                let mut line = line.map_err(|e| Error::io(&path, e))?;
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+        let mut intakes = Vec::new();
+        for (name, src) in &config.sources {
+            let (ch, interceptors, dead_letter, max_event_bytes) = src.common();
+            let key = format!("sources.{name}");
+            let chain = Chain::new(interceptors, &format!("{key}.interceptors"))?;
+            let ch = channel(format!("{key}.channel"), ch)?;
+            let dl = dead_letter
+                .map(|d| channel(format!("{key}.dead_letter"), d))
+                .transpose()?;
+            if max_event_bytes == 0 {
+                return Err(Error::option(format!("{key}.max_event_bytes"), "must be at least 1"));
+            }
+            intakes.push((
+                name.clone(),
+                Arc::new(Intake::new(name, chain, ch, dl, max_event_bytes)),
+                src,
+            ));
+        }
+        let needs_runtime =
+            config.metrics.is_some() || config.sources.values().any(|s| matches!(s, SourceConfig::Http(_)));
+        let runtime = if needs_runtime {
+            Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("collect-http")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Internal(format!("starting the HTTP runtime: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let mut agent = Agent {
+            stop: stop.clone(),
+            threads: Vec::new(),
+            detached: Vec::new(),
+            addrs: BTreeMap::new(),
+            metrics: Arc::new(Metrics::default()),
+            runtime: None,
+        };
+        // Listeners first, so a port in use fails before any thread starts.
+        let mut tcp_listeners = BTreeMap::new();
+        let mut metrics = Metrics {
+            sources: intakes.iter().map(|(n, i, _)| (n.clone(), i.metrics.clone())).collect(),
+            channels: channels.values().cloned().collect(),
+            sinks: Vec::new(),
+        };
+        for (name, _, src) in &intakes {
+            if let SourceConfig::Tcp(c) = src {
+                let l = std::net::TcpListener::bind(&c.listen).map_err(|e| {
+                    Error::option(format!("sources.{name}.listen"), format!("binding {}: {e}", c.listen))
+                })?;
+                let addr = l.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+                agent.addrs.insert(format!("sources.{name}"), addr);
+                tcp_listeners.insert(name.clone(), l);
+            }
+        }
+        let mut sinks = Vec::new();
+        for (name, sink) in &config.sinks {
+            let m = Arc::new(SinkMetrics::default());
+            metrics.sinks.push((name.clone(), m.clone()));
+            sinks.push((name, sink, m));
+        }
+        let metrics = Arc::new(metrics);
+        agent.metrics = metrics.clone();
+        if let Some(rt) = &runtime {
+            for (name, intake, src) in &intakes {
+                if let SourceConfig::Http(c) = src {
+                    let key = format!("sources.{name}");
+                    if !c.path.starts_with('/') {
+                        return Err(Error::option(format!("{key}.path"), "must start with '/'"));
+                    }
+                    let app = http::source_router(
+                        Arc::new(HttpSource {
+                            intake: intake.clone(),
+                            busy_timeout: Duration::from_millis(c.busy_timeout_ms),
+                            stop: stop.clone(),
+                        }),
+                        &c.path,
+                        c.max_body_bytes,
+                    );
+                    let (addr, _) = http::serve(rt, &c.listen, &format!("{key}.listen"), app, stop.clone())?;
+                    agent.addrs.insert(key, addr);
                 }
-                if line.is_empty() {
+            }
+            if let Some(m) = &config.metrics {
+                let (addr, _) = http::serve(
+                    rt,
+                    &m.listen,
+                    "metrics.listen",
+                    http::metrics_router(metrics.clone()),
+                    stop.clone(),
+                )?;
+                agent.addrs.insert("metrics".into(), addr);
+            }
+        }
+        agent.runtime = runtime;
+        for (name, intake, src) in intakes {
+            let stop = stop.clone();
+            let label = format!("source {name}");
+            let handle = match src {
+                SourceConfig::Spool(c) => {
+                    let c = c.clone();
+                    std::thread::spawn(move || source::spool(&c.dir, &intake, c.delete, c.batch_lines, &stop))
+                }
+                SourceConfig::Tail(c) => {
+                    let c = c.clone();
+                    std::thread::spawn(move || tail::run(&c, &intake, &stop))
+                }
+                SourceConfig::Tcp(c) => {
+                    let Some(l) = tcp_listeners.remove(&name) else { continue };
+                    let (ack, batch) = (c.ack, c.batch_lines);
+                    std::thread::spawn(move || source::tcp(l, intake, batch, ack, stop))
+                }
+                SourceConfig::Stdin(c) => {
+                    let batch = c.batch_lines;
+                    agent
+                        .detached
+                        .push(std::thread::spawn(move || source::stdin(&intake, batch, &stop)));
                     continue;
                 }
-                events.push((line, vec![("file".to_string(), name.clone())]));
-                if events.len() >= batch {
-                    put(c, &events, stop)?;
-                    events.clear();
+                SourceConfig::Http(_) => continue,
+            };
+            agent.threads.push((label, handle));
+        }
+        for (name, sink, m) in sinks {
+            let stop = stop.clone();
+            let label = format!("sink {name}");
+            let key = format!("sinks.{name}");
+            let handle = match sink {
+                SinkConfig::Kafka {
+                    channel: ch,
+                    bootstrap_servers,
+                    topic,
+                    key_field,
+                    batch_size,
+                    delivery_timeout_ms,
+                    properties,
+                } => {
+                    let c = channel(format!("{key}.channel"), ch)?;
+                    let mut props: Vec<(String, String)> = vec![
+                        ("message.timeout.ms".into(), delivery_timeout_ms.to_string()),
+                        ("linger.ms".into(), "20".into()),
+                        ("batch.size".into(), "1000000".into()),
+                    ];
+                    props.extend(properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    let mut out = KafkaOut {
+                        brokers: bootstrap_servers.clone(),
+                        props,
+                        producer: None,
+                        topic: topic.clone(),
+                        key_field: key_field.clone(),
+                        wait: Duration::from_millis(*delivery_timeout_ms + 5000),
+                    };
+                    out.producer()?;
+                    let batch = *batch_size;
+                    std::thread::spawn(move || {
+                        drain(&c, batch, &m, &stop, |events| out.deliver(events));
+                        Ok(())
+                    })
+                }
+                SinkConfig::File {
+                    channel: ch,
+                    dir,
+                    prefix,
+                    roll_bytes,
+                    roll_seconds,
+                    batch_size,
+                } => {
+                    let c = channel(format!("{key}.channel"), ch)?;
+                    let mut out = RollingFile::open(dir, prefix, *roll_bytes, Duration::from_secs(*roll_seconds))?;
+                    let batch = *batch_size;
+                    std::thread::spawn(move || {
+                        drain(&c, batch, &m, &stop, |events| out.write(events));
+                        out.close()
+                    })
+                }
+                SinkConfig::Logger { channel: ch } => {
+                    let c = channel(format!("{key}.channel"), ch)?;
+                    std::thread::spawn(move || {
+                        drain(&c, default_batch(), &m, &stop, |events| {
+                            let mut out = std::io::stdout().lock();
+                            for e in events {
+                                let headers: Vec<String> = e.headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                                writeln!(
+                                    out,
+                                    "event {} [{}]: {}",
+                                    e.id,
+                                    headers.join(" "),
+                                    String::from_utf8_lossy(&e.body)
+                                )
+                                .map_err(|e| Error::io("<stdout>", e))?;
+                            }
+                            Ok(())
+                        });
+                        Ok(())
+                    })
+                }
+            };
+            agent.threads.push((label, handle));
+        }
+        // Interval fsync of idle disk channels.
+        let chans: Vec<Arc<ChannelHandle>> = channels.values().cloned().collect();
+        agent.threads.push((
+            "channel timer".into(),
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    for c in &chans {
+                        if let Err(e) = c.tick() {
+                            eprintln!("collect: {e}");
+                        }
+                    }
+                }
+                Ok(())
+            }),
+        ));
+        Ok(agent)
+    }
+
+    /// Wait until every thread ended (after `stop`, or a source's fatal error, which stops the rest).
+    pub fn wait(self) -> Result<()> {
+        let mut first_error = None;
+        let mut threads = self.threads;
+        while !threads.is_empty() {
+            let mut i = 0;
+            while i < threads.len() {
+                if threads[i].1.is_finished() {
+                    let (label, t) = threads.swap_remove(i);
+                    let result = t
+                        .join()
+                        .unwrap_or_else(|_| Err(Error::Internal(format!("{label} panicked"))));
+                    if let Err(e) = result {
+                        eprintln!("collect: {label}: {e}");
+                        self.stop.store(true, Ordering::Relaxed);
+                        first_error.get_or_insert(e);
+                    }
+                } else {
+                    i += 1;
                 }
             }
-            put(c, &events, stop)?;
-            sizes.remove(&path);
-            if delete {
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            } else {
-                let done = path.with_file_name(format!("{name}.COMPLETED"));
-                std::fs::rename(&path, &done).map_err(|e| Error::io(&done, e))?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for t in self.detached {
+            if t.is_finished()
+                && let Ok(Err(e)) = t.join()
+            {
+                first_error.get_or_insert(e);
             }
         }
-        std::thread::sleep(Duration::from_millis(250));
+        if let Some(rt) = self.runtime {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        first_error.map_or(Ok(()), Err)
     }
-    Ok(())
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
-fn stdin_source(c: &Shared, stop: &AtomicBool) -> Result<()> {
-    let mut events = Vec::new();
-    for line in std::io::stdin().lock().split(b'\n') {
-        let line = line.map_err(|e| Error::io("<stdin>", e))?;
-        if !line.is_empty() {
-            events.push((line, vec![]));
-        }
-        if events.len() >= default_batch() {
-            put(c, &events, stop)?;
-            events.clear();
-        }
+/// Run the agent until `stop` turns true.
+pub fn run(config: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
+    let agent = Agent::start(config, stop)?;
+    for (what, addr) in &agent.addrs {
+        eprintln!("collect: {what} listening on {addr}");
     }
-    put(c, &events, stop)
+    agent.wait()
 }
 
 /// Deliver what the channel holds with `deliver`; commit after success, roll back and back off after
 /// failure (the events stay in the channel).
-fn drain(c: &Shared, batch: usize, stop: &AtomicBool, mut deliver: impl FnMut(&[super::channel::Event]) -> Result<()>) {
+fn drain(
+    c: &ChannelHandle,
+    batch: usize,
+    m: &SinkMetrics,
+    stop: &AtomicBool,
+    mut deliver: impl FnMut(&[Event]) -> Result<()>,
+) {
     let mut backoff = Duration::from_millis(100);
+    let batch = batch.max(1);
     while !stop.load(Ordering::Relaxed) {
-        let events = match lock(c).take(batch) {
+        let events = match c.take(batch, Duration::from_millis(100)) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("collect: taking from the channel: {e}");
+                eprintln!("collect: {e}");
                 std::thread::sleep(backoff);
                 continue;
             }
         };
         if events.is_empty() {
-            std::thread::sleep(Duration::from_millis(50));
             continue;
         }
         match deliver(&events) {
             Ok(()) => {
-                if let Err(e) = lock(c).commit() {
-                    eprintln!("collect: committing the channel: {e}");
+                if let Err(e) = c.commit() {
+                    eprintln!("collect: {e}");
                 }
+                m.sent.fetch_add(events.len() as u64, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
             }
             Err(e) => {
-                lock(c).rollback();
+                c.rollback();
+                m.failed.fetch_add(events.len() as u64, Ordering::Relaxed);
                 eprintln!(
-                    "collect: {e}; {} events stay in the channel, retrying in {backoff:?}",
+                    "collect: channel '{}': {e}; {} events stay in the channel, retrying in {backoff:?}",
+                    c.name,
                     events.len()
                 );
-                std::thread::sleep(backoff);
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
 }
 
+/// The record key: a top-level field of the JSON body (strings without quotes, others as JSON).
 fn key_of(body: &[u8], field: &str) -> Option<Vec<u8>> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     Some(match v.get(field)? {
@@ -230,186 +646,366 @@ fn key_of(body: &[u8], field: &str) -> Option<Vec<u8>> {
     })
 }
 
-/// Run the agent until `stop` turns true.
-pub fn run(config: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
-    let mut channels: BTreeMap<String, Shared> = BTreeMap::new();
-    for (name, ChannelConfig::Disk { dir, fsync, capacity }) in &config.channels {
-        let fsync = match fsync.as_str() {
-            "batch" => FsyncPolicy::EveryBatch,
-            "never" => FsyncPolicy::Never,
-            ms => FsyncPolicy::Interval(Duration::from_millis(ms.parse().map_err(|_| {
-                Error::option(
-                    format!("channels.{name}.fsync"),
-                    format!("'{ms}'; valid: batch, never, or milliseconds"),
-                )
-            })?)),
-        };
-        let opts = ChannelOptions {
-            capacity_events: *capacity,
-            fsync,
-            ..ChannelOptions::default()
-        };
-        let ch = DiskChannel::open(dir, opts).map_err(chan_err)?;
-        channels.insert(name.clone(), Arc::new(Mutex::new(ch)));
+/// Header carrying the channel id of an event in Kafka, so consumers can spot redelivery.
+pub const ID_HEADER: &str = "freshet.id";
+
+struct KafkaOut {
+    brokers: String,
+    props: Vec<(String, String)>,
+    producer: Option<rdkafka::producer::BaseProducer<kafka::DeliveryErrors>>,
+    topic: String,
+    key_field: Option<String>,
+    wait: Duration,
+}
+
+impl KafkaOut {
+    fn producer(&mut self) -> Result<&rdkafka::producer::BaseProducer<kafka::DeliveryErrors>> {
+        if self.producer.is_none() {
+            self.producer = Some(kafka::producer(&self.brokers, &self.props)?);
+        }
+        self.producer
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no producer".into()))
     }
-    let channel = |owner: &str, name: &str| -> Result<Shared> {
-        channels.get(name).cloned().ok_or_else(|| {
-            let known: Vec<&str> = channels.keys().map(String::as_str).collect();
-            Error::option(
-                format!("{owner}.channel"),
-                format!("no channel '{name}'; channels: {}", known.join(", ")),
-            )
+
+    fn deliver(&mut self, events: &[Event]) -> Result<()> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let (topic, key_field, wait) = (self.topic.clone(), self.key_field.clone(), self.wait);
+        let p = self.producer()?;
+        let result = (|| {
+            for e in events {
+                let key = key_field.as_deref().and_then(|f| key_of(&e.body, f));
+                let id = e.id.to_string();
+                let mut headers = OwnedHeaders::new_with_capacity(e.headers.len() + 1).insert(Header {
+                    key: ID_HEADER,
+                    value: Some(id.as_bytes()),
+                });
+                for (k, v) in &e.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+                kafka::send_with_headers(p, &topic, key.as_deref(), &e.body, Some(headers))?;
+            }
+            kafka::flush_within(p, wait)
+        })();
+        if result.is_err() {
+            use rdkafka::client::Client;
+            let client: &Client<_> = rdkafka::producer::Producer::client(p);
+            if let Some(fatal) = client.fatal_error() {
+                // An idempotent producer can end in a fatal state (e.g. after timeouts); start afresh.
+                eprintln!("collect: kafka producer failed fatally ({fatal:?}); creating a new one");
+                self.producer = None;
+            }
+        }
+        result
+    }
+}
+
+/// Rolling files of JSON lines: `PREFIX-<unix ms>-<n>.jsonl`, written as `….jsonl.tmp` and renamed when
+/// rolled (by size or age) or when the sink stops, so readers only ever see complete files. A `.tmp` left
+/// by a crash is completed at the next start.
+struct RollingFile {
+    dir: PathBuf,
+    prefix: String,
+    roll_bytes: u64,
+    roll_after: Duration,
+    current: Option<(PathBuf, std::fs::File, u64, Instant)>,
+    seq: u64,
+}
+
+impl RollingFile {
+    fn open(dir: &Path, prefix: &str, roll_bytes: u64, roll_after: Duration) -> Result<RollingFile> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{prefix}-"))
+                && let Some(done) = name.strip_suffix(".tmp")
+            {
+                std::fs::rename(entry.path(), dir.join(done)).map_err(|e| Error::io(entry.path(), e))?;
+            }
+        }
+        Ok(RollingFile {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_string(),
+            roll_bytes,
+            roll_after,
+            current: None,
+            seq: 0,
         })
-    };
-    let mut threads: Vec<std::thread::JoinHandle<Result<()>>> = Vec::new();
-    for (name, src) in &config.sources {
-        let stop = stop.clone();
-        match src {
-            SourceConfig::Spool {
-                dir,
-                channel: ch,
-                delete,
-                batch_lines,
-            } => {
-                let (c, dir, delete, batch) = (
-                    channel(&format!("sources.{name}"), ch)?,
-                    dir.clone(),
-                    *delete,
-                    *batch_lines,
-                );
-                threads.push(std::thread::spawn(move || spool(&dir, &c, delete, batch.max(1), &stop)));
-            }
-            SourceConfig::Stdin { channel: ch } => {
-                let c = channel(&format!("sources.{name}"), ch)?;
-                threads.push(std::thread::spawn(move || stdin_source(&c, &stop)));
-            }
-        }
     }
-    for (name, sink) in &config.sinks {
-        let stop = stop.clone();
-        match sink {
-            SinkConfig::Kafka {
-                channel: ch,
-                bootstrap_servers,
-                topic,
-                key_field,
-                batch_size,
-            } => {
-                let c = channel(&format!("sinks.{name}"), ch)?;
-                let producer = kafka::producer(bootstrap_servers, &[])?;
-                let (topic, key_field, batch) = (topic.clone(), key_field.clone(), *batch_size);
-                threads.push(std::thread::spawn(move || {
-                    drain(&c, batch.max(1), &stop, |events| {
-                        for e in events {
-                            let key = key_field.as_deref().and_then(|f| key_of(&e.body, f));
-                            kafka::send(&producer, &topic, key.as_deref(), &e.body)?;
-                        }
-                        kafka::flush(&producer)
-                    });
-                    Ok(())
-                }));
-            }
-            SinkConfig::File {
-                channel: ch,
-                path,
-                batch_size,
-            } => {
-                let (c, path, batch) = (channel(&format!("sinks.{name}"), ch)?, path.clone(), *batch_size);
-                threads.push(std::thread::spawn(move || {
-                    drain(&c, batch.max(1), &stop, |events| {
-                        let mut f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(&path)
-                            .map_err(|e| Error::io(&path, e))?;
-                        let mut buf = Vec::new();
-                        for e in events {
-                            buf.extend_from_slice(&e.body);
-                            buf.push(b'\n');
-                        }
-                        f.write_all(&buf)
-                            .and_then(|_| f.sync_data())
-                            .map_err(|e| Error::io(&path, e))
-                    });
-                    Ok(())
-                }));
-            }
-            SinkConfig::Logger { channel: ch } => {
-                let c = channel(&format!("sinks.{name}"), ch)?;
-                threads.push(std::thread::spawn(move || {
-                    drain(&c, default_batch(), &stop, |events| {
-                        for e in events {
-                            println!("event {}: {}", e.id, String::from_utf8_lossy(&e.body));
-                        }
-                        Ok(())
-                    });
-                    Ok(())
-                }));
-            }
+
+    fn write(&mut self, events: &[Event]) -> Result<()> {
+        if let Some((_, _, bytes, since)) = &self.current
+            && (*bytes >= self.roll_bytes || (!self.roll_after.is_zero() && since.elapsed() >= self.roll_after))
+        {
+            self.close()?;
         }
-    }
-    let mut first_error = None;
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                stop.store(true, Ordering::Relaxed);
-                first_error.get_or_insert(e);
-            }
-            Err(_) => {
-                first_error.get_or_insert(Error::Internal("a collector thread panicked".into()));
-            }
+        if self.current.is_none() {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            self.seq += 1;
+            let path = self.dir.join(format!("{}-{ms}-{}.jsonl.tmp", self.prefix, self.seq));
+            let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            self.current = Some((path, f, 0, Instant::now()));
         }
+        let Some((path, f, bytes, _)) = self.current.as_mut() else {
+            return Err(Error::Internal("no current file".into()));
+        };
+        let mut buf = Vec::new();
+        for e in events {
+            buf.extend_from_slice(&e.body);
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::io(&*path, e))?;
+        *bytes += buf.len() as u64;
+        Ok(())
     }
-    first_error.map_or(Ok(()), Err)
+
+    fn close(&mut self) -> Result<()> {
+        if let Some((path, _, _, _)) = self.current.take() {
+            let done = path.with_extension("");
+            std::fs::rename(&path, &done).map_err(|e| Error::io(&done, e))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn config_rejects_unknown_keys_and_names_them() {
         let bad = "[sources.s]\ntype = \"spool\"\ndir = \"x\"\nchannel = \"c\"\nspeed = 3\n";
-        let e = toml::from_str::<AgentConfig>(bad).expect_err("unknown key");
+        let e = AgentConfig::parse(bad).expect_err("unknown key");
         assert!(e.to_string().contains("speed"), "{e}");
-        let e =
-            toml::from_str::<AgentConfig>("[sinks.k]\ntype = \"carrier-pigeon\"\nchannel = \"c\"\n").expect_err("type");
+        let e = AgentConfig::parse("[sinks.k]\ntype = \"carrier-pigeon\"\nchannel = \"c\"\n").expect_err("type");
         assert!(e.to_string().contains("carrier-pigeon"), "{e}");
+        let e = AgentConfig::parse("[sources.h]\ntype = \"http\"\nlisten = \"x\"\nchannel = \"c\"\nmax_body = 1\n")
+            .expect_err("unknown http key");
+        assert!(e.to_string().contains("max_body"), "{e}");
+        let cfg =
+            AgentConfig::parse("[sources.s]\ntype = \"stdin\"\nchannel = \"nope\"\n[channels.m]\ntype = \"memory\"\n")
+                .expect("parses");
+        let e = Agent::start(&cfg, Arc::default()).err().expect("unknown channel");
+        assert!(
+            e.to_string().contains("sources.s.channel") && e.to_string().contains("no channel 'nope'"),
+            "{e}"
+        );
+    }
+
+    fn start(toml: &str) -> (Agent, Arc<AtomicBool>) {
+        let cfg = AgentConfig::parse(toml).expect("config");
+        let stop = Arc::new(AtomicBool::new(false));
+        (Agent::start(&cfg, stop.clone()).expect("start"), stop)
+    }
+
+    fn lines_in(dir: &Path) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One HTTP/1.1 request; returns (status, body).
+    fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        s.write_all(body).expect("write");
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).expect("read");
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status");
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     #[test]
-    fn spool_to_disk_channel_to_file_sink() {
+    fn spool_to_disk_channel_to_rolling_files() {
         let dir = tempfile::tempdir().expect("tmp");
-        let cfg: AgentConfig = toml::from_str(&format!(
-            "[sources.in]\ntype = \"spool\"\ndir = \"{0}/spool\"\nchannel = \"d\"\nbatch_lines = 7\n\
-             [channels.d]\ntype = \"disk\"\ndir = \"{0}/chan\"\n\
-             [sinks.out]\ntype = \"file\"\nchannel = \"d\"\npath = \"{0}/out.jsonl\"\nbatch_size = 5\n",
-            dir.path().display()
-        ))
-        .expect("config");
+        let d = dir.path().display();
         std::fs::create_dir_all(dir.path().join("spool")).expect("mkdir");
         let lines: Vec<String> = (0..53).map(|i| format!("{{\"n\":{i}}}")).collect();
         std::fs::write(dir.path().join("spool/a.tmp"), lines.join("\n") + "\n").expect("write");
         std::fs::rename(dir.path().join("spool/a.tmp"), dir.path().join("spool/a.jsonl")).expect("rename");
-        let stop = Arc::new(AtomicBool::new(false));
-        let agent = {
-            let stop = stop.clone();
-            std::thread::spawn(move || run(&cfg, stop))
-        };
-        let out = dir.path().join("out.jsonl");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::fs::read_to_string(&out).map(|s| s.lines().count()).unwrap_or(0) < 53 {
-            assert!(std::time::Instant::now() < deadline, "events did not arrive");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (agent, stop) = start(&format!(
+            "[sources.in]\ntype = \"spool\"\ndir = \"{d}/spool\"\nchannel = \"d\"\nbatch_lines = 7\n\
+             [channels.d]\ntype = \"disk\"\ndir = \"{d}/chan\"\n\
+             [sinks.out]\ntype = \"file\"\nchannel = \"d\"\ndir = \"{d}/out\"\nbatch_size = 5\nroll_bytes = 100\n"
+        ));
+        wait_for("53 lines", || lines_in(&dir.path().join("out")).len() >= 53);
         stop.store(true, Ordering::Relaxed);
-        agent.join().expect("join").expect("agent");
-        let got = std::fs::read_to_string(&out).expect("out");
-        assert_eq!(got.lines().collect::<Vec<_>>(), lines, "every line once, in order");
+        agent.wait().expect("agent");
+        assert_eq!(lines_in(&dir.path().join("out")), lines, "every line once, in order");
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+            .expect("out")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(files.len() > 3, "rolled by size: {files:?}");
+        assert!(
+            files.iter().all(|f| f.starts_with("events-") && f.ends_with(".jsonl")),
+            "{files:?}"
+        );
         assert!(
             dir.path().join("spool/a.jsonl.COMPLETED").exists(),
             "the spooled file is marked done"
         );
+    }
+
+    #[test]
+    fn http_source_answers_after_the_channel_and_rejects_bad_bodies() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path().display();
+        let (agent, stop) = start(&format!(
+            "[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\nchannel = \"d\"\nmax_body_bytes = 200\n\
+             dead_letter = \"dlq\"\ninterceptors = [{{ type = \"json\", require = [\"user_id\"] }}]\n\
+             [channels.d]\ntype = \"disk\"\ndir = \"{d}/chan\"\n\
+             [channels.dlq]\ntype = \"memory\"\n\
+             [sinks.out]\ntype = \"file\"\nchannel = \"d\"\ndir = \"{d}/out\"\n\
+             [sinks.bad]\ntype = \"file\"\nchannel = \"dlq\"\ndir = \"{d}/bad\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n"
+        ));
+        let web = agent.addrs["sources.web"];
+        let (status, body) = http(web, "POST", "/events", b"{\"user_id\":1}\n{\"user_id\":2}\n");
+        assert_eq!((status, body.as_str()), (200, "{\"accepted\":2,\"rejected\":0}"));
+        let (status, body) = http(web, "POST", "/events", b"[{\"user_id\":3}, {\"course\":4}]");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "{\"accepted\":1,\"rejected\":1}"),
+            "missing field → dead letter"
+        );
+        let (status, body) = http(web, "POST", "/events", b"{\"user_id\":5}\n{\"user_id\":\n");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("line 2: malformed JSON"), "{body}");
+        let (status, body) = http(web, "POST", "/events", b"{\"user_id\":\"\xc3\x28\"}");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("not UTF-8"), "{body}");
+        let (status, _) = http(web, "POST", "/events", &[b'{'; 300]);
+        assert_eq!(status, 413, "over max_body_bytes");
+        let (status, _) = http(web, "POST", "/nope", b"{}");
+        assert_eq!(status, 404);
+        wait_for("3 events", || lines_in(&dir.path().join("out")).len() >= 3);
+        wait_for("1 dead letter", || !lines_in(&dir.path().join("bad")).is_empty());
+        let (status, text) = http(agent.addrs["metrics"], "GET", "/metrics", b"");
+        assert_eq!(status, 200);
+        for want in [
+            "freshet_collector_source_received_total{source=\"web\"} 4",
+            "freshet_collector_source_accepted_total{source=\"web\"} 3",
+            "freshet_collector_source_rejected_total{source=\"web\"} 1",
+            "freshet_collector_sink_sent_total{sink=\"out\"} 3",
+            "freshet_collector_channel_size{channel=\"d\"} 0",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        agent.wait().expect("agent");
+        assert_eq!(
+            lines_in(&dir.path().join("out")),
+            vec!["{\"user_id\":1}", "{\"user_id\":2}", "{\"user_id\":3}"],
+            "nothing of a rejected request was kept"
+        );
+        assert_eq!(lines_in(&dir.path().join("bad")), vec!["{\"course\":4}"]);
+    }
+
+    #[test]
+    fn http_source_answers_503_while_the_channel_stays_full() {
+        let (agent, stop) = start(
+            "[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\nchannel = \"m\"\nbusy_timeout_ms = 100\n\
+             [channels.m]\ntype = \"memory\"\ncapacity = 2\n",
+        );
+        let web = agent.addrs["sources.web"];
+        assert_eq!(http(web, "POST", "/events", b"1\n2\n").0, 200);
+        let (status, body) = http(web, "POST", "/events", b"3\n");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("channel full"), "{body}");
+        stop.store(true, Ordering::Relaxed);
+        agent.wait().expect("agent");
+    }
+
+    #[test]
+    fn tcp_lines_with_acks_oversized_lines_to_dead_letter() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path().display();
+        let (agent, stop) = start(&format!(
+            "[sources.t]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nchannel = \"m\"\nack = true\n\
+             max_event_bytes = 10\ndead_letter = \"dlq\"\n\
+             [channels.m]\ntype = \"memory\"\n[channels.dlq]\ntype = \"memory\"\n\
+             [sinks.out]\ntype = \"file\"\nchannel = \"m\"\ndir = \"{d}/out\"\n\
+             [sinks.bad]\ntype = \"file\"\nchannel = \"dlq\"\ndir = \"{d}/bad\"\n"
+        ));
+        let mut s = std::net::TcpStream::connect(agent.addrs["sources.t"]).expect("connect");
+        s.write_all(b"one\r\ntwo\nthis line is far too long\nth")
+            .expect("write");
+        s.write_all(b"ree\n").expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        while !String::from_utf8_lossy(&got).contains("OK 4\n") {
+            let n = s.read(&mut buf).expect("ack");
+            assert!(
+                n > 0,
+                "connection closed before the ack: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"no-newline").expect("write");
+        drop(s);
+        wait_for("4 lines", || lines_in(&dir.path().join("out")).len() >= 4);
+        stop.store(true, Ordering::Relaxed);
+        agent.wait().expect("agent");
+        assert_eq!(
+            lines_in(&dir.path().join("out")),
+            vec!["one", "two", "three", "no-newline"]
+        );
+        assert_eq!(
+            lines_in(&dir.path().join("bad")),
+            vec!["this line "],
+            "cut to max_event_bytes"
+        );
+    }
+
+    #[test]
+    fn a_port_in_use_names_the_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let cfg = AgentConfig::parse(&format!(
+            "[sources.t]\ntype = \"tcp\"\nlisten = \"{}\"\nchannel = \"m\"\n[channels.m]\ntype = \"memory\"\n",
+            taken.local_addr().expect("addr")
+        ))
+        .expect("config");
+        let e = Agent::start(&cfg, Arc::default()).err().expect("in use");
+        assert!(e.to_string().contains("sources.t.listen"), "{e}");
     }
 }

@@ -545,6 +545,10 @@ impl DiskChannel {
         }
     }
 
+    pub fn options(&self) -> &ChannelOptions {
+        &self.opts
+    }
+
     /// What `open` truncated from the last segment, if anything (for the agent to log).
     pub fn recovery(&self) -> Option<&Truncation> {
         self.recovered.as_ref()

@@ -435,19 +435,41 @@ pub fn producer(brokers: &str, properties: &[(String, String)]) -> Result<BasePr
 
 /// Send one record, waiting while librdkafka's queue is full.
 pub fn send(p: &BaseProducer<DeliveryErrors>, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+    send_with_headers(p, topic, key, payload, None)
+}
+
+/// [`send`] with record headers.
+pub fn send_with_headers(
+    p: &BaseProducer<DeliveryErrors>,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> Result<()> {
+    let mut headers = headers;
     loop {
         let mut rec = BaseRecord::to(topic).payload(payload);
         if let Some(k) = key {
             rec = rec.key(k);
         }
+        if let Some(h) = headers.take() {
+            rec = rec.headers(h);
+        }
         match p.send(rec) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                headers = rec.headers;
                 p.poll(Duration::from_millis(50));
             }
             Err((e, _)) => return Err(kafka_err(&format!("producing to '{topic}'"), e)),
         }
     }
+}
+
+/// Wait up to `timeout` for every record sent to be acknowledged or to fail; then report failures.
+pub fn flush_within(p: &BaseProducer<DeliveryErrors>, timeout: Duration) -> Result<()> {
+    p.flush(timeout).map_err(|e| kafka_err("flushing", e))?;
+    delivery_errors(p)
 }
 
 pub fn delivery_errors(p: &BaseProducer<DeliveryErrors>) -> Result<()> {
