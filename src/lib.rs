@@ -12,7 +12,8 @@
 //! 5. [`engine::query`] is the micro-batch loop: poll sources, split late rows (`_late`), run
 //!    DataFusion over the batch, merge state, advance watermarks, emit to the sink.
 //! 6. [`session`] executes statements against one catalog; `freshet run` and the REPL ([`repl`]) use it.
-//! 7. [`collect`] is the Flume-style collector in front of Kafka (issue 5); so far only its durable disk channel.
+//! 7. [`collect`] is the Flume-style collector in front of Kafka (`freshet collect`).
+//! 8. [`store`] persists a session's catalog in a data directory; [`server`] serves it over HTTP.
 //!
 //! `main.rs` is only the command line.
 
@@ -23,8 +24,10 @@ pub mod error;
 pub mod format;
 pub mod print;
 pub mod repl;
+pub mod server;
 pub mod session;
 pub mod sql;
+pub mod store;
 pub mod time;
 
 pub use error::{Error, Result};

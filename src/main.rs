@@ -75,10 +75,31 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Serve the HTTP API (docs/server.md): register continuous queries, watch, pause, resume and drop
+    /// them, query materialized views, /metrics. Queries and the catalog persist in the data directory
+    /// and run again when the server restarts.
+    Serve {
+        /// Address to listen on (loopback by default; port 0 picks a free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the catalog is kept (default: $FRESHET_DATA_DIR, else $XDG_DATA_HOME/freshet, else
+        /// ~/.local/share/freshet).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Require `Authorization: Bearer TOKEN` on every request but /health.
+        #[arg(long, env = "FRESHET_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Interactive SQL.
     Repl {
         #[command(flatten)]
         engine: EngineArgs,
+        /// Keep the catalog (and running queries) in this data directory, as `freshet serve` does.
+        /// Without it the session's catalog lives in memory only.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// History file (default: ~/.freshet_history).
         #[arg(long)]
         history: Option<PathBuf>,
@@ -141,9 +162,26 @@ fn main() -> std::process::ExitCode {
         }
         Command::Check { paths, format } => return check(&paths, format),
         Command::Collect { config } => collect(&config),
-        Command::Repl { engine, history } => runtime().and_then(|rt| {
-            rt.block_on(freshet::repl::run(engine.config(), history))
-                .map_err(Into::into)
+        Command::Serve {
+            listen,
+            data_dir,
+            token,
+            engine,
+        } => runtime().and_then(|rt| rt.block_on(serve(&listen, data_dir, token, engine.config()))),
+        Command::Repl {
+            engine,
+            data_dir,
+            history,
+        } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let session = match &data_dir {
+                    Some(d) => Session::open(engine.config(), d).await?,
+                    None => Session::new(engine.config()),
+                };
+                report_unrestored(&session);
+                freshet::repl::run_with(session, history).await
+            })
+            .map_err(Into::into)
         }),
     };
     match result {
@@ -178,6 +216,41 @@ fn check(paths: &[PathBuf], format: CheckFormat) -> std::process::ExitCode {
         out
     });
     check::print(&reports, matches!(format, CheckFormat::Json))
+}
+
+fn report_unrestored(session: &Session) {
+    for o in &session.unrestored {
+        eprintln!(
+            "warning: {} {} was not restored: {}",
+            o.kind,
+            o.name,
+            o.error.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+async fn serve(listen: &str, data_dir: Option<PathBuf>, token: Option<String>, config: EngineConfig) -> Result<()> {
+    let dir = data_dir.unwrap_or_else(freshet::store::default_data_dir);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}"))?;
+    let session = Session::open(config, &dir).await?;
+    report_unrestored(&session);
+    let addr = listener.local_addr()?;
+    let token = token.filter(|t| !t.is_empty());
+    eprintln!(
+        "serving on http://{addr} (data dir {}; {} queries; {}); Ctrl-C stops",
+        dir.display(),
+        session.queries.len(),
+        if token.is_some() { "bearer token required" } else { "no token" }
+    );
+    let state = std::sync::Arc::new(freshet::server::AppState {
+        session: tokio::sync::Mutex::new(session),
+        token,
+    });
+    freshet::server::serve(listener, state, shutdown_signal()).await?;
+    eprintln!("stopped; the queries run again with the next `freshet serve --data-dir {}`", dir.display());
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -26,11 +26,28 @@ pub struct RunningQuery {
     stop: watch::Sender<bool>,
     handle: Option<QueryTask>,
     pub outcome: Option<std::result::Result<Report, String>>,
+    /// Stopped by `pause` (or registered paused); `resume` starts it again.
+    pub paused: bool,
 }
 
 impl RunningQuery {
+    /// A query known to the catalog but not started (paused, or restored as finished/failed).
+    fn held(name: &str, kind: ObjectKind, outcome: Option<std::result::Result<Report, String>>) -> RunningQuery {
+        RunningQuery {
+            name: name.to_string(),
+            kind,
+            metrics: Arc::default(),
+            bounded: false,
+            stop: watch::channel(false).0,
+            handle: None,
+            paused: outcome.is_none(),
+            outcome,
+        }
+    }
+
     pub fn status(&self) -> &'static str {
         match (&self.outcome, &self.handle) {
+            _ if self.paused => "paused",
             (Some(Ok(_)), _) => "finished",
             (Some(Err(_)), _) => "failed",
             (None, Some(h)) if h.is_finished() => "finishing",
@@ -79,6 +96,12 @@ pub struct Session {
     /// so later statements plan against them.
     pub plan_only: bool,
     live_seq: u64,
+    /// The data directory the catalog is persisted in (`--data-dir`), if any.
+    store: Option<crate::store::Store>,
+    /// While restoring: continuous queries to register without starting, with the outcome to show.
+    hold: std::collections::BTreeMap<String, Option<std::result::Result<Report, String>>>,
+    /// Stored objects that could not be restored (kept, so they are not lost from the catalog file).
+    pub unrestored: Vec<crate::store::StoredObject>,
 }
 
 fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<(Vec<RecordBatch>, SchemaRef)> {
@@ -124,7 +147,168 @@ impl Session {
             wait_for_bounded: false,
             plan_only: false,
             live_seq: 0,
+            store: None,
+            hold: Default::default(),
+            unrestored: Vec::new(),
         }
+    }
+
+    /// A session over a data directory: restore its catalog, start the queries stored as running (the
+    /// others are registered paused/finished/failed), and persist every later change. Objects that
+    /// cannot be restored are kept in the file and listed in `unrestored` (with the error).
+    pub async fn open(config: EngineConfig, dir: &std::path::Path) -> Result<Session> {
+        let store = crate::store::Store::open(dir)?;
+        let stored = store.load()?;
+        let mut session = Session::new(config);
+        for obj in stored {
+            let stmt = match crate::sql::parser::parse_one(&obj.sql) {
+                Ok(s) => s,
+                Err(e) => {
+                    session.unrestored.push(crate::store::StoredObject {
+                        error: Some(e.to_string()),
+                        ..obj
+                    });
+                    continue;
+                }
+            };
+            let held = match obj.state.as_deref() {
+                Some("paused") => Some(None),
+                Some("finished") => Some(Some(Err("finished before the restart".to_string()))),
+                Some("failed") => Some(Some(Err(obj.error.clone().unwrap_or_else(|| "failed".into())))),
+                _ => None,
+            };
+            if let Some(h) = held.clone() {
+                session.hold.insert(obj.name.clone(), h);
+            }
+            let mut result = session.execute(&stmt).await;
+            if let Err(e) = &result
+                && held.is_none()
+                && matches!(stmt, Statement::CreateSink { .. } | Statement::CreateView { materialized: true, .. })
+            {
+                // Could not start (a service down?): register it as failed, so it can be resumed.
+                session.hold.insert(obj.name.clone(), Some(Err(e.to_string())));
+                result = session.execute(&stmt).await;
+            }
+            session.hold.remove(&obj.name);
+            if let Err(e) = result {
+                session.unrestored.push(crate::store::StoredObject {
+                    error: Some(e.to_string()),
+                    ..obj
+                });
+            }
+        }
+        session.store = Some(store);
+        session.persist()?;
+        Ok(session)
+    }
+
+    /// Write the catalog to the data directory, if there is one.
+    pub fn persist(&self) -> Result<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut objects: Vec<crate::store::StoredObject> = self
+            .catalog
+            .ordered()
+            .map(|(name, o)| {
+                let q = self.queries.iter().find(|q| q.name == name);
+                crate::store::StoredObject {
+                    name: name.to_string(),
+                    kind: o.kind().to_string(),
+                    sql: o.sql().to_string(),
+                    state: q.map(|q| {
+                        match q.status() {
+                            "failed" => "failed",
+                            "finished" if q.bounded => "finished",
+                            "paused" => "paused",
+                            _ => "running",
+                        }
+                        .to_string()
+                    }),
+                    error: q.and_then(|q| match &q.outcome {
+                        Some(Err(e)) => Some(e.clone()),
+                        _ => None,
+                    }),
+                }
+            })
+            .collect();
+        objects.extend(self.unrestored.iter().cloned());
+        store.save(&objects)
+    }
+
+    /// Collect the outcome of queries that ended by themselves (bounded sources, failures) and persist
+    /// their state, so a finished query is not run again after a restart.
+    pub async fn reap(&mut self) -> Result<()> {
+        let mut changed = false;
+        for q in self.queries.iter_mut() {
+            if q.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                q.join().await;
+                changed = true;
+            }
+        }
+        if changed { self.persist() } else { Ok(()) }
+    }
+
+    /// Stop a running continuous query, keeping its definition (and a materialized view's rows).
+    pub async fn pause(&mut self, name: &str) -> Result<()> {
+        let q = self.query_mut(name)?;
+        if q.paused {
+            return Err(Error::plan(format!("'{name}' is already paused")));
+        }
+        if q.handle.is_none() {
+            return Err(Error::plan(format!("'{name}' is not running ({})", q.status())));
+        }
+        let _ = q.stop.send(true);
+        q.join().await;
+        q.paused = true;
+        self.persist()
+    }
+
+    /// Start a paused (or finished/failed) continuous query again from its definition. A materialized
+    /// view starts over with an empty table; a Kafka source with `startup = 'group'` resumes from its
+    /// committed offsets.
+    pub async fn resume(&mut self, name: &str) -> Result<()> {
+        let q = self.query_mut(name)?;
+        if q.handle.is_some() && !q.paused {
+            return Err(Error::plan(format!("'{name}' is already running")));
+        }
+        let (query, sink_options) = match self.catalog.get(name) {
+            Some(Object::Sink(s)) => (s.query.clone(), Some(s.options.clone())),
+            Some(Object::MaterializedView(m)) => (m.query.clone(), None),
+            _ => return Err(Error::plan(format!("'{name}' is not a sink or materialized view"))),
+        };
+        let compiled = self.compile(&query)?;
+        let mut table = None;
+        let (metrics, bounded, stop, handle) = match sink_options {
+            Some(opts) => {
+                self.start(name, &compiled, |schema| connector::open_sink(&opts, schema))
+                    .await?
+            }
+            None => {
+                self.start(name, &compiled, |schema| {
+                    let t = MemoryTable::new(schema);
+                    table = Some(t.clone());
+                    Ok(Box::new(MemorySink(t)))
+                })
+                .await?
+            }
+        };
+        if let (Some(t), Some(Object::MaterializedView(m))) = (table, self.catalog.get_mut(name)) {
+            m.table = t;
+        }
+        let q = self.query_mut(name)?;
+        q.metrics = metrics;
+        q.bounded = bounded;
+        q.stop = stop;
+        q.handle = Some(handle);
+        q.outcome = None;
+        q.paused = false;
+        self.persist()
+    }
+
+    fn query_mut(&mut self, name: &str) -> Result<&mut RunningQuery> {
+        self.queries
+            .iter_mut()
+            .find(|q| q.name == name)
+            .ok_or_else(|| Error::plan(format!("no continuous query '{name}'")))
     }
 
     fn compile(&self, q: &Query) -> Result<Compiled> {
@@ -228,6 +412,17 @@ impl Session {
     }
 
     pub async fn execute(&mut self, stmt: &Statement) -> Result<Outcome> {
+        let outcome = self.execute_statement(stmt).await?;
+        if matches!(
+            stmt,
+            Statement::CreateSource(_) | Statement::CreateView { .. } | Statement::CreateSink { .. } | Statement::Drop { .. }
+        ) {
+            self.persist()?;
+        }
+        Ok(outcome)
+    }
+
+    async fn execute_statement(&mut self, stmt: &Statement) -> Result<Outcome> {
         match stmt {
             Statement::CreateSource(def) => {
                 connector::validate_source(def)?;
@@ -266,7 +461,8 @@ impl Session {
                     return Err(Error::plan(format!("'{name}' already exists")));
                 }
                 let compiled = self.compile(query)?;
-                let (table, running) = if self.plan_only {
+                let hold = self.hold.get(name).cloned();
+                let (table, running) = if self.plan_only || hold.is_some() {
                     (MemoryTable::new(self.plan_continuous(name, &compiled).await?), None)
                 } else {
                     let mut table = None;
@@ -297,7 +493,11 @@ impl Session {
                         stop,
                         handle: Some(handle),
                         outcome: None,
+                        paused: false,
                     });
+                } else if let Some(outcome) = hold {
+                    self.queries
+                        .push(RunningQuery::held(name, ObjectKind::MaterializedView, outcome));
                 }
                 Ok(Outcome::Done(format!("created materialized view {name}")))
             }
@@ -315,7 +515,8 @@ impl Session {
                 if !compiled.presentation.is_empty() {
                     return Err(Error::plan("ORDER BY and LIMIT have no meaning for a sink; drop them"));
                 }
-                let running = if self.plan_only {
+                let hold = self.hold.get(name).cloned();
+                let running = if self.plan_only || hold.is_some() {
                     let schema = self.plan_continuous(name, &compiled).await?;
                     connector::validate_sink_schema(options, &schema)?;
                     None
@@ -344,7 +545,10 @@ impl Session {
                         stop,
                         handle: Some(handle),
                         outcome: None,
+                        paused: false,
                     });
+                } else if let Some(outcome) = hold {
+                    self.queries.push(RunningQuery::held(name, ObjectKind::Sink, outcome));
                 }
                 Ok(Outcome::Done(format!("created sink {name}")))
             }

@@ -65,6 +65,14 @@ pub fn parse_duration_ms(text: &str) -> Option<i64> {
     n.checked_mul(mult)
 }
 
+/// The wall clock, epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

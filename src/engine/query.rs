@@ -63,6 +63,48 @@ pub struct Metrics {
     /// Event-time latency to an upsert sink: wall clock when the sink took the batch minus each row's
     /// event time, in ms buckets (meaningful when event time is the wall clock, e.g. a paced source).
     pub latency: LatencyHistogram,
+    /// How long micro-batches take (for `/metrics`).
+    pub batch_time: BatchHistogram,
+}
+
+/// Upper bounds (seconds) of the micro-batch duration buckets.
+pub const BATCH_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A Prometheus-style histogram of micro-batch durations: counts per bucket, sum and count.
+#[derive(Debug, Default)]
+pub struct BatchHistogram {
+    buckets: [AtomicU64; BATCH_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl BatchHistogram {
+    pub fn record(&self, took: Duration) {
+        let s = took.as_secs_f64();
+        if let Some(i) = BATCH_BUCKETS.iter().position(|le| s <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per upper bound, the sum in seconds, and the count.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut acc = 0;
+        let buckets = BATCH_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(le, n)| {
+                acc += n.load(Ordering::Relaxed);
+                (*le, acc)
+            })
+            .collect();
+        (
+            buckets,
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            self.count.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Millisecond buckets up to 5 minutes; later values land in the last bucket.
@@ -746,9 +788,11 @@ impl QueryRuntime {
                     self.batch_times.clear();
                 }
                 self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+                let took = started.elapsed();
                 self.metrics
                     .last_batch_us
-                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .store(took.as_micros() as u64, Ordering::Relaxed);
+                self.metrics.batch_time.record(took);
             }
             if self.sources.iter().all(|s| s.exhausted) {
                 break;

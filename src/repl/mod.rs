@@ -514,7 +514,12 @@ fn default_history() -> Option<PathBuf> {
 
 /// The interactive loop: read complete inputs with rustyline and run them until `\q` or Ctrl-D.
 pub async fn run(config: EngineConfig, history: Option<PathBuf>) -> Result<()> {
-    let mut repl = Repl::new(config);
+    run_with(Session::new(config), history).await
+}
+
+/// [`run`] over a given session (e.g. one opened on a data directory).
+pub async fn run_with(session: Session, history: Option<PathBuf>) -> Result<()> {
+    let mut repl = Repl::with_session(session);
     repl.terminal = std::io::stdout().is_terminal();
     repl.listen_for_interrupts();
     repl.refresh_words().await;

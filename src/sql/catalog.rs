@@ -74,6 +74,10 @@ impl Catalog {
         self.objects.get(name).map(|(_, o)| o)
     }
 
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Object> {
+        self.objects.get_mut(name).map(|(_, o)| o)
+    }
+
     pub fn add(&mut self, name: &str, object: Object) -> Result<()> {
         if SYSTEM_TABLES.contains(&name) || name.starts_with("__") {
             return Err(Error::plan(format!("'{name}' is a reserved name")));

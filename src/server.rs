@@ -1,0 +1,386 @@
+//! `freshet serve`: the HTTP API over one [`Session`] with a persisted catalog (docs/server.md,
+//! docs/openapi.yaml). Statements registered here keep running across restarts of the server.
+//!
+//! Every answer is JSON (except `/metrics`, Prometheus text, and `/openapi.yaml`); errors are
+//! `{"error": "…"}` with a 4xx status (5xx only for faults of the server itself), plus `line`/`column`
+//! for SQL that does not parse.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::engine::query::Metrics;
+use crate::error::Error;
+use crate::session::{Outcome, RunningQuery, Session};
+use crate::sql::parser::{ObjectKind, Statement};
+
+/// The OpenAPI description of this API, served at `/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../docs/openapi.yaml");
+
+pub struct AppState {
+    pub session: Mutex<Session>,
+    /// When set, every request but `/health` needs `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+}
+
+type Shared = Arc<AppState>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// A statement error as JSON: SQL errors keep their line and column.
+fn statement_error(e: &Error, line: u64) -> Value {
+    match e {
+        Error::Sql { line, col, message } => json!({ "error": message, "line": line, "column": col }),
+        other => json!({ "error": other.to_string(), "line": line }),
+    }
+}
+
+fn rows_json(batches: &[RecordBatch]) -> std::result::Result<Value, String> {
+    let mut buf = Vec::new();
+    {
+        let mut w = datafusion::arrow::json::ArrayWriter::new(&mut buf);
+        for b in batches {
+            w.write(b).map_err(|e| e.to_string())?;
+        }
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    if buf.is_empty() {
+        return Ok(json!([]));
+    }
+    serde_json::from_slice(&buf).map_err(|e| e.to_string())
+}
+
+fn columns_json(schema: &datafusion::arrow::datatypes::Schema) -> Value {
+    schema
+        .fields()
+        .iter()
+        .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+        .collect()
+}
+
+/// Turn a statement's outcome into JSON; a continuous SELECT is stopped and refused.
+async fn outcome_json(outcome: Outcome) -> std::result::Result<Value, String> {
+    Ok(match outcome {
+        Outcome::Done(message) => json!({ "kind": "done", "message": message }),
+        Outcome::Text(text) => json!({ "kind": "text", "text": text }),
+        Outcome::Rows(batches, schema) => json!({
+            "kind": "rows",
+            "columns": columns_json(&schema),
+            "rows": rows_json(&batches)?,
+        }),
+        Outcome::Live(live) => {
+            let _ = live.stop.send(true);
+            let _ = live.handle.await;
+            return Err("a continuous SELECT has no end to answer with; register it with CREATE MATERIALIZED \
+                        VIEW … AS SELECT … and read it with POST /v1/query"
+                .into());
+        }
+    })
+}
+
+async fn statements(State(st): State<Shared>, body: String) -> Response {
+    let parsed = match crate::sql::parser::parse_script(&body) {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, axum::Json(statement_error(&e, 1))).into_response(),
+    };
+    if parsed.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no statements in the body");
+    }
+    let mut session = st.session.lock().await;
+    let mut results = Vec::new();
+    for (i, located) in parsed.iter().enumerate() {
+        let result = match session.execute(&located.statement).await {
+            Ok(outcome) => outcome_json(outcome).await.map_err(|e| json!({ "error": e })),
+            Err(e) => Err(statement_error(&e, located.line)),
+        };
+        match result {
+            Ok(v) => results.push(v),
+            Err(mut err) => {
+                err["statement"] = json!(i + 1);
+                if err.get("line").is_none() {
+                    err["line"] = json!(located.line);
+                }
+                err["results"] = json!(results);
+                return (StatusCode::BAD_REQUEST, axum::Json(err)).into_response();
+            }
+        }
+    }
+    axum::Json(json!({ "results": results })).into_response()
+}
+
+fn query_json(session: &Session, q: &RunningQuery) -> Value {
+    let m = &q.metrics;
+    let wm = m.watermark.load(Ordering::Relaxed);
+    let watermark = match wm {
+        i64::MIN | i64::MAX => Value::Null,
+        w => json!(crate::time::format_ms(w)),
+    };
+    let lag_ms = match wm {
+        i64::MIN | i64::MAX => Value::Null,
+        w => json!(crate::time::now_ms() - w),
+    };
+    let sql = session.catalog.get(&q.name).map(|o| o.sql().to_string()).unwrap_or_default();
+    json!({
+        "name": q.name,
+        "kind": q.kind.to_string(),
+        "status": q.status(),
+        "sql": sql,
+        "rows_in": Metrics::get(&m.rows_in),
+        "rows_out": Metrics::get(&m.rows_out),
+        "errors": Metrics::get(&m.errors),
+        "late": Metrics::get(&m.late),
+        "batches": Metrics::get(&m.batches),
+        "watermark": watermark,
+        "lag_ms": lag_ms,
+        "last_error": match &q.outcome { Some(Err(e)) => json!(e), _ => Value::Null },
+    })
+}
+
+async fn list_queries(State(st): State<Shared>) -> Response {
+    let mut session = st.session.lock().await;
+    let _ = session.reap().await;
+    let queries: Vec<Value> = session.queries.iter().map(|q| query_json(&session, q)).collect();
+    axum::Json(json!({ "queries": queries })).into_response()
+}
+
+fn not_found(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no continuous query '{name}'"))
+}
+
+async fn get_query(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+    let mut session = st.session.lock().await;
+    let _ = session.reap().await;
+    match session.queries.iter().find(|q| q.name == name) {
+        Some(q) => axum::Json(query_json(&session, q)).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn pause_or_resume(st: Shared, name: String, pause: bool) -> Response {
+    let mut session = st.session.lock().await;
+    if !session.queries.iter().any(|q| q.name == name) {
+        return not_found(&name);
+    }
+    let result = if pause {
+        session.pause(&name).await
+    } else {
+        session.resume(&name).await
+    };
+    match result {
+        Ok(()) => match session.queries.iter().find(|q| q.name == name) {
+            Some(q) => axum::Json(query_json(&session, q)).into_response(),
+            None => not_found(&name),
+        },
+        Err(e @ Error::Plan(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+async fn pause(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+    pause_or_resume(st, name, true).await
+}
+
+async fn resume(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+    pause_or_resume(st, name, false).await
+}
+
+async fn delete_query(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+    let mut session = st.session.lock().await;
+    let Some(kind) = session.queries.iter().find(|q| q.name == name).map(|q| q.kind) else {
+        return not_found(&name);
+    };
+    let kind = if kind == ObjectKind::MaterializedView {
+        ObjectKind::MaterializedView
+    } else {
+        ObjectKind::Sink
+    };
+    let drop = Statement::Drop {
+        kind,
+        name: name.clone(),
+        if_exists: false,
+    };
+    match session.execute(&drop).await {
+        Ok(outcome) => match outcome_json(outcome).await {
+            Ok(v) => axum::Json(v).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// A bounded SELECT (over materialized views and tables), answered with its rows.
+async fn query(State(st): State<Shared>, body: String) -> Response {
+    let stmt = match crate::sql::parser::parse_one(&body) {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::BAD_REQUEST, axum::Json(statement_error(&e, 1))).into_response(),
+    };
+    if !matches!(stmt, Statement::Query(_)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "POST /v1/query takes one SELECT; send other statements to /v1/statements",
+        );
+    }
+    let mut session = st.session.lock().await;
+    match session.execute(&stmt).await {
+        Ok(outcome) => match outcome_json(outcome).await {
+            Ok(v) => axum::Json(v).into_response(),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        },
+        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(statement_error(&e, 1))).into_response(),
+    }
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    let mut session = st.session.lock().await;
+    let _ = session.reap().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&session.queries),
+    )
+        .into_response()
+}
+
+/// The Prometheus text format for every continuous query.
+pub fn render_metrics(queries: &[RunningQuery]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let label = |q: &RunningQuery| q.name.replace('\\', "\\\\").replace('"', "\\\"");
+    type Counter = (&'static str, &'static str, fn(&Metrics) -> u64);
+    let counters: [Counter; 5] = [
+        ("rows_in_total", "Rows read from the query's sources.", |m| Metrics::get(&m.rows_in)),
+        ("rows_out_total", "Rows written to the query's sink.", |m| Metrics::get(&m.rows_out)),
+        ("errors_total", "Records that could not be decoded (see _errors).", |m| Metrics::get(&m.errors)),
+        ("late_total", "Rows behind the watermark (see _late).", |m| Metrics::get(&m.late)),
+        ("batches_total", "Micro-batches run.", |m| Metrics::get(&m.batches)),
+    ];
+    for (name, help, f) in counters {
+        let _ = writeln!(out, "# HELP freshet_query_{name} {help}\n# TYPE freshet_query_{name} counter");
+        for q in queries {
+            let _ = writeln!(out, "freshet_query_{name}{{query=\"{}\"}} {}", label(q), f(&q.metrics));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP freshet_query_running 1 while the query runs, 0 when paused, finished or failed.\n\
+         # TYPE freshet_query_running gauge"
+    );
+    for q in queries {
+        let up = u8::from(q.status() == "running");
+        let _ = writeln!(out, "freshet_query_running{{query=\"{}\"}} {up}", label(q));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP freshet_query_watermark_ms The query's watermark, epoch milliseconds.\n\
+         # TYPE freshet_query_watermark_ms gauge\n\
+         # HELP freshet_query_lag_ms Wall clock minus the watermark (event-time lag), milliseconds.\n\
+         # TYPE freshet_query_lag_ms gauge"
+    );
+    let now = crate::time::now_ms();
+    for q in queries {
+        let wm = q.metrics.watermark.load(Ordering::Relaxed);
+        if wm != i64::MIN && wm != i64::MAX {
+            let _ = writeln!(out, "freshet_query_watermark_ms{{query=\"{}\"}} {wm}", label(q));
+            let _ = writeln!(out, "freshet_query_lag_ms{{query=\"{}\"}} {}", label(q), now - wm);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP freshet_query_batch_seconds Time to run one micro-batch.\n# TYPE freshet_query_batch_seconds histogram"
+    );
+    for q in queries {
+        let (buckets, sum, count) = q.metrics.batch_time.snapshot();
+        for (le, n) in buckets {
+            let _ = writeln!(
+                out,
+                "freshet_query_batch_seconds_bucket{{query=\"{}\",le=\"{le}\"}} {n}",
+                label(q)
+            );
+        }
+        let _ = writeln!(out, "freshet_query_batch_seconds_bucket{{query=\"{}\",le=\"+Inf\"}} {count}", label(q));
+        let _ = writeln!(out, "freshet_query_batch_seconds_sum{{query=\"{}\"}} {sum}", label(q));
+        let _ = writeln!(out, "freshet_query_batch_seconds_count{{query=\"{}\"}} {count}", label(q));
+    }
+    out
+}
+
+async fn authorize(State(st): State<Shared>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(request).await
+}
+
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/v1/statements", post(statements))
+        .route("/v1/queries", get(list_queries))
+        .route("/v1/queries/{name}", get(get_query).delete(delete_query))
+        .route("/v1/queries/{name}/pause", post(pause))
+        .route("/v1/queries/{name}/resume", post(resume))
+        .route("/v1/query", post(query))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.yaml",
+            get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.yaml") })
+        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here") })
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves; then stop every query (each commits its sink) and keep the catalog
+/// as it was, so the queries start again with the next server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let reaper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if let Err(e) = state.session.lock().await.reap().await {
+                    eprintln!("serve: saving the catalog: {e}");
+                }
+            }
+        })
+    };
+    let served = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::External(format!("http server {addr:?}: {e}")));
+    reaper.abort();
+    let mut session = state.session.lock().await;
+    // Record what ended by itself; then stop the rest without recording it (they run again next time).
+    let reaped = session.reap().await;
+    session.stop_all().await;
+    served.and(reaped)
+}
