@@ -72,6 +72,11 @@ impl MemoryTable {
         Ok(())
     }
 
+    /// Forget every row (a restarted process starts with empty in-memory tables).
+    pub fn clear(&self) {
+        *self.lock() = Rows::default();
+    }
+
     /// The current contents as one batch.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         let rows = self.lock();

@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod memory;
 pub mod parquet;
 pub mod prefetch;
+pub mod testing;
 
 pub use prefetch::Prefetch;
 
@@ -257,6 +258,14 @@ pub fn validate_sink_schema(options: &Options, schema: &SchemaRef) -> Result<()>
         _ => {}
     }
     Ok(())
+}
+
+/// How a sink takes rows, from its options alone (without opening it): HBase upserts, the others append.
+pub fn sink_mode(options: &Options) -> SinkMode {
+    match options.get("connector").unwrap_or_default() {
+        "hbase" => SinkMode::Upsert,
+        _ => SinkMode::Append,
+    }
 }
 
 pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> {

@@ -28,6 +28,7 @@ use crate::connector::{self, Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
 use crate::format::{BadRecord, to_json_lines};
 use crate::sql::catalog::{Catalog, Object};
+use crate::sql::parser::SourceDef;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -324,6 +325,8 @@ struct SourceRt {
     delay: i64,
     max_ts: i64,
     exhausted: bool,
+    /// The source's watermark is held at this or above (manual drive only; `i64::MIN` otherwise).
+    floor: i64,
 }
 
 /// What a finished (or stopped) query did.
@@ -422,13 +425,35 @@ async fn build_exec(ctx: &SessionContext, compiled: &Compiled) -> Result<(Exec, 
 }
 
 impl QueryRuntime {
-    /// Plan `compiled` and open its sources. `make_sink` receives the output schema.
+    /// Plan `compiled` and open its sources (each decoded ahead on its own thread, see
+    /// [`connector::Prefetch`]). `make_sink` receives the output schema.
     pub async fn new(
         name: &str,
         compiled: &Compiled,
         catalog: &Catalog,
         system: Arc<SystemTables>,
         config: EngineConfig,
+        make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
+    ) -> Result<Self> {
+        let (batch_size, interval) = (config.batch_size, config.batch_interval);
+        let open = |def: &SourceDef| -> Result<Box<dyn Source>> {
+            Ok(Box::new(connector::Prefetch::spawn(
+                connector::open_source(def)?,
+                batch_size,
+                interval,
+            )))
+        };
+        Self::with_sources(name, compiled, catalog, system, config, open, make_sink).await
+    }
+
+    /// [`Self::new`] with the sources made by `open` (once per stream source the query reads).
+    pub async fn with_sources(
+        name: &str,
+        compiled: &Compiled,
+        catalog: &Catalog,
+        system: Arc<SystemTables>,
+        config: EngineConfig,
+        mut open: impl FnMut(&SourceDef) -> Result<Box<dyn Source>>,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
         let (ctx, slots) = context_for(catalog, &compiled.inputs, &system).await?;
@@ -448,19 +473,15 @@ impl QueryRuntime {
                 }
                 None => (None, 0),
             };
-            let source = Box::new(connector::Prefetch::spawn(
-                connector::open_source(def)?,
-                config.batch_size,
-                config.batch_interval,
-            ));
             sources.push(SourceRt {
                 name: sname,
-                source,
+                source: open(def)?,
                 slot,
                 time_idx,
                 delay,
                 max_ts: i64::MIN,
                 exhausted: false,
+                floor: i64::MIN,
             });
         }
         let sink = make_sink(output_schema.clone())?;
@@ -578,7 +599,7 @@ impl QueryRuntime {
         self.sources
             .iter()
             .map(|s| {
-                if s.exhausted {
+                let w = if s.exhausted {
                     i64::MAX
                 } else if let Some(w) = s.source.watermark() {
                     w
@@ -586,7 +607,8 @@ impl QueryRuntime {
                     i64::MIN
                 } else {
                     s.max_ts - s.delay
-                }
+                };
+                w.max(s.floor)
             })
             .min()
             .unwrap_or(i64::MAX)
@@ -603,7 +625,7 @@ impl QueryRuntime {
     }
 
     /// Commit the sink, then let sources record progress up to what the sink now holds durably.
-    fn commit(&mut self) -> Result<()> {
+    pub fn commit(&mut self) -> Result<()> {
         self.sink.commit()?;
         let safe = self.low_water();
         for s in &mut self.sources {
@@ -744,6 +766,53 @@ impl QueryRuntime {
         self.write_rows(rows).await
     }
 
+    /// One turn of the micro-batch loop: poll every source once and, if any had something (rows, bad
+    /// records, or its end), run a micro-batch over it. Returns whether a micro-batch ran.
+    async fn turn(&mut self) -> Result<bool> {
+        let started = Instant::now();
+        let mut got = false;
+        for i in 0..self.sources.len() {
+            if self.sources[i].exhausted {
+                continue;
+            }
+            match self.sources[i].source.poll(self.config.batch_size)? {
+                Poll::Exhausted => {
+                    self.sources[i].exhausted = true;
+                    got = true;
+                }
+                Poll::Pending => {}
+                Poll::Ready(batch, bad) => {
+                    let name = self.sources[i].name.clone();
+                    self.record_bad(&name, bad);
+                    got = true;
+                    if let Some(b) = batch {
+                        self.metrics.rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                        let b = self.split_late(i, b)?;
+                        self.sources[i].slot.set(vec![b]);
+                    }
+                }
+            }
+        }
+        if got {
+            self.step().await?;
+            if !self.batch_times.is_empty() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or_default();
+                self.metrics.latency.record(now, &self.batch_times);
+                self.batch_times.clear();
+            }
+            self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+            let took = started.elapsed();
+            self.metrics
+                .last_batch_us
+                .store(took.as_micros() as u64, Ordering::Relaxed);
+            self.metrics.batch_time.record(took);
+        }
+        Ok(got)
+    }
+
     /// Run until every source is exhausted (then close all windows and commit) or `stop` turns true
     /// (then commit what was emitted; open windows stay open).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<Report> {
@@ -753,47 +822,7 @@ impl QueryRuntime {
             if *stop.borrow() {
                 break;
             }
-            let started = Instant::now();
-            let mut got = false;
-            for i in 0..self.sources.len() {
-                if self.sources[i].exhausted {
-                    continue;
-                }
-                match self.sources[i].source.poll(self.config.batch_size)? {
-                    Poll::Exhausted => {
-                        self.sources[i].exhausted = true;
-                        got = true;
-                    }
-                    Poll::Pending => {}
-                    Poll::Ready(batch, bad) => {
-                        let name = self.sources[i].name.clone();
-                        self.record_bad(&name, bad);
-                        got = true;
-                        if let Some(b) = batch {
-                            self.metrics.rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                            let b = self.split_late(i, b)?;
-                            self.sources[i].slot.set(vec![b]);
-                        }
-                    }
-                }
-            }
-            if got {
-                self.step().await?;
-                if !self.batch_times.is_empty() {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as i64)
-                        .unwrap_or_default();
-                    self.metrics.latency.record(now, &self.batch_times);
-                    self.batch_times.clear();
-                }
-                self.metrics.batches.fetch_add(1, Ordering::Relaxed);
-                let took = started.elapsed();
-                self.metrics
-                    .last_batch_us
-                    .store(took.as_micros() as u64, Ordering::Relaxed);
-                self.metrics.batch_time.record(took);
-            }
+            let got = self.turn().await?;
             if self.sources.iter().all(|s| s.exhausted) {
                 break;
             }
@@ -819,6 +848,42 @@ impl QueryRuntime {
             batches: Metrics::get(&m.batches),
             elapsed: t0.elapsed(),
         })
+    }
+
+    // Manual drive (`freshet test`): the caller owns the runtime and steps it, on no thread of its
+    // own and with no clock; each step is the loop's own turn, so emission is the real code.
+
+    /// Run one micro-batch now: poll every source once, as [`Self::run`] does, and process what came.
+    /// With nothing new from any source, still advance the watermark (see [`Self::raise_watermark`])
+    /// and emit what that closes.
+    pub async fn step_manually(&mut self) -> Result<()> {
+        if !self.turn().await? {
+            let upsert = self.sink.mode() == SinkMode::Upsert;
+            self.advance(upsert).await?;
+        }
+        Ok(())
+    }
+
+    /// Hold `source`'s watermark at `ts` or above from the next micro-batch on, as if it had seen
+    /// data that far ahead (the watermark never goes back; a raise below it does nothing).
+    pub fn raise_watermark(&mut self, source: &str, ts: i64) -> Result<()> {
+        let s = self
+            .sources
+            .iter_mut()
+            .find(|s| s.name == source)
+            .ok_or_else(|| Error::plan(format!("query '{}' does not read '{source}'", self.name)))?;
+        s.floor = s.floor.max(ts);
+        Ok(())
+    }
+
+    /// The stream sources this query reads.
+    pub fn source_names(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.name.as_str())
+    }
+
+    /// The query's watermark (`i64::MIN` before any data, `i64::MAX` once every source ended).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
     }
 }
 
