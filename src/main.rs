@@ -100,6 +100,13 @@ enum Command {
         /// Without it the session's catalog lives in memory only.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Send the statements to this `freshet serve` (e.g. http://127.0.0.1:8080) instead of running
+        /// them here: SHOW QUERIES, \pause and \resume then act on the server's queries.
+        #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+        server: Option<String>,
+        /// The server's bearer token (with --server).
+        #[arg(long, env = "FRESHET_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// History file (default: ~/.freshet_history).
         #[arg(long)]
         history: Option<PathBuf>,
@@ -171,9 +178,15 @@ fn main() -> std::process::ExitCode {
         Command::Repl {
             engine,
             data_dir,
+            server,
+            token,
             history,
         } => runtime().and_then(|rt| {
             rt.block_on(async {
+                if let Some(url) = server {
+                    let remote = freshet::repl::remote::Remote::new(&url, token)?;
+                    return freshet::repl::run_remote(remote, history).await;
+                }
                 let session = match &data_dir {
                     Some(d) => Session::open(engine.config(), d).await?,
                     None => Session::new(engine.config()),

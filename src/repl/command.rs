@@ -14,6 +14,8 @@ pub const NAMES: &[&str] = &[
     "\\format",
     "\\i",
     "\\include",
+    "\\pause",
+    "\\resume",
 ];
 
 pub const HELP: &str = "\
@@ -25,6 +27,8 @@ Commands:
   \\timing [on|off]       print how long each statement takes (toggles without an argument)
   \\format table|csv|json how to print rows (shows the current one without an argument)
   \\i FILE                run the SQL statements of FILE, stopping at the first error
+  \\pause NAME            stop the continuous query NAME (a sink or materialized view), keeping it
+  \\resume NAME           start NAME again (after \\pause, or once it finished or failed)
 
 Statements end with ';' and may span lines:
   CREATE SOURCE name (col TYPE, ..., WATERMARK FOR col AS col - INTERVAL '5' SECOND) WITH (connector = ...);
@@ -36,6 +40,10 @@ Statements end with ';' and may span lines:
 
 A SELECT over a source is live: its table redraws until the source ends; Ctrl-C stops it.
 Tab completes keywords, object names and columns.
+
+With --server URL every statement runs on that `freshet serve` (SHOW QUERIES lists its queries), and
+\\i sends the whole file at once. The server refuses a SELECT over a stream: register it with
+CREATE MATERIALIZED VIEW name AS SELECT ... and SELECT from the view.
 ";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +60,10 @@ pub enum Command {
     Format(Option<PrintFormat>),
     /// `\i FILE`.
     Include(String),
+    /// `\pause NAME`, the name normalized like an SQL identifier.
+    Pause(String),
+    /// `\resume NAME`.
+    Resume(String),
 }
 
 /// `quit` and `exit` (with or without `;`) leave the REPL like `\q`.
@@ -112,6 +124,15 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 Ok(Command::Include(arg.to_string()))
             }
         }
+        "\\pause" | "\\resume" => {
+            if arg.is_empty() {
+                Err(format!("{name} needs the name of a sink or materialized view"))
+            } else if name == "\\pause" {
+                Ok(Command::Pause(identifier(arg)))
+            } else {
+                Ok(Command::Resume(identifier(arg)))
+            }
+        }
         other => Err(format!("unknown command '{other}'; \\? lists the commands")),
     }
 }
@@ -136,6 +157,9 @@ mod tests {
         assert_eq!(parse("\\format csv"), Ok(Command::Format(Some(PrintFormat::Csv))));
         assert_eq!(parse("\\format"), Ok(Command::Format(None)));
         assert_eq!(parse("\\i a b.sql"), Ok(Command::Include("a b.sql".into())));
+        assert_eq!(parse("\\pause Top"), Ok(Command::Pause("top".into())));
+        assert_eq!(parse("\\resume \"Top\";"), Ok(Command::Resume("Top".into())));
+        assert!(parse("\\pause").is_err());
         assert!(parse("\\format xml").is_err());
         assert!(parse("\\i").is_err());
         assert!(parse("\\q now").is_err());

@@ -296,7 +296,9 @@ pub fn complete(line: &str, pos: usize, words: &[String]) -> (usize, Vec<String>
         }
         let cmd = cmd_text.split_whitespace().next().unwrap_or_default();
         match cmd {
-            "\\d" | "\\describe" => out.extend(words.iter().filter(|w| starts_with_ci(w, prefix)).cloned()),
+            "\\d" | "\\describe" | "\\pause" | "\\resume" => {
+                out.extend(words.iter().filter(|w| starts_with_ci(w, prefix)).cloned())
+            }
             "\\format" => out.extend(
                 FORMATS
                     .iter()

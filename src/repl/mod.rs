@@ -4,9 +4,13 @@
 //! keeps reading until a statement ends with `;`) and hands it to [`Repl::handle_line`], which does
 //! everything else and writes what the user sees to any `Write`, so the shell is testable without a
 //! terminal. Backslash commands live in [`command`].
+//!
+//! Statements run on a [`Backend`]: an in-process [`Session`], or a `freshet serve` reached over
+//! HTTP ([`remote`]), whose answers are printed with the same code.
 
 pub mod command;
 pub mod helper;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -16,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use rustyline::error::ReadlineError;
@@ -32,6 +36,15 @@ use crate::sql::catalog::{Object, SYSTEM_TABLES};
 use crate::sql::parser::{Located, ShowKind, Statement, parse_script};
 use command::Command;
 use helper::ReplHelper;
+use remote::{Remote, RemoteOutcome};
+
+/// Where statements run.
+pub enum Backend {
+    /// In this process.
+    Local(Session),
+    /// On a `freshet serve`, over HTTP.
+    Remote(Remote),
+}
 
 /// What the loop does after an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +53,9 @@ pub enum Control {
     Quit,
 }
 
-/// The shell's state: the session, display settings and the words completion offers.
+/// The shell's state: the backend, display settings and the words completion offers.
 pub struct Repl {
-    pub session: Session,
+    pub backend: Backend,
     pub format: PrintFormat,
     /// Print how long each statement took.
     pub timing: bool,
@@ -54,7 +67,8 @@ pub struct Repl {
     /// How often a live query's table is redrawn.
     pub refresh: Duration,
     words: Arc<Mutex<Vec<String>>>,
-    /// Output columns of views and sinks, by name and SQL (computing them plans the query).
+    /// Output columns of views and sinks, by name and SQL (computing them plans the query); for a
+    /// server, of every object, by name and its SHOW row.
     derived_columns: HashMap<(String, String), Vec<String>>,
     /// Bumped on every Ctrl-C (SIGINT) while no line is being edited.
     interrupts: Option<watch::Receiver<u64>>,
@@ -147,8 +161,12 @@ impl Repl {
     }
 
     pub fn with_session(session: Session) -> Self {
+        Repl::with_backend(Backend::Local(session))
+    }
+
+    pub fn with_backend(backend: Backend) -> Self {
         Repl {
-            session,
+            backend,
             format: PrintFormat::Table,
             timing: false,
             terminal: false,
@@ -157,6 +175,14 @@ impl Repl {
             words: Arc::new(Mutex::new(Vec::new())),
             derived_columns: HashMap::new(),
             interrupts: None,
+        }
+    }
+
+    /// The local session, if statements run in this process.
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        match &mut self.backend {
+            Backend::Local(s) => Some(s),
+            Backend::Remote(_) => None,
         }
     }
 
@@ -252,16 +278,23 @@ impl Repl {
                 }
             }
             Command::Describe(name) => {
-                self.run_statements(
-                    &[Located {
-                        statement: Statement::Describe(name),
-                        line: 1,
-                    }],
-                    None,
-                    out,
-                )
-                .await?;
+                if matches!(self.backend, Backend::Remote(_)) {
+                    self.run_remote(&format!("DESCRIBE {};", quote_identifier(&name)), None, out)
+                        .await?;
+                } else {
+                    self.run_statements(
+                        &[Located {
+                            statement: Statement::Describe(name),
+                            line: 1,
+                        }],
+                        None,
+                        out,
+                    )
+                    .await?;
+                }
             }
+            Command::Pause(name) => self.pause_or_resume(&name, true, out).await?,
+            Command::Resume(name) => self.pause_or_resume(&name, false, out).await?,
             Command::Timing(on) => {
                 self.timing = on.unwrap_or(!self.timing);
                 say!(out, "timing is {}", if self.timing { "on" } else { "off" });
@@ -276,14 +309,63 @@ impl Repl {
         Ok(Control::Continue)
     }
 
+    /// `\pause NAME`, `\resume NAME`: stop a continuous query keeping its definition, start it again.
+    async fn pause_or_resume(&mut self, name: &str, pause: bool, out: &mut dyn Write) -> Result<()> {
+        let started = Instant::now();
+        let interrupts = self.interrupt_receiver();
+        let result = match &mut self.backend {
+            Backend::Local(session) => {
+                let done = if pause {
+                    session.pause(name).await
+                } else {
+                    session.resume(name).await
+                };
+                done.map(|()| {
+                    session
+                        .queries
+                        .iter()
+                        .find(|q| q.name == name)
+                        .map_or("gone", |q| q.status())
+                        .to_string()
+                })
+            }
+            Backend::Remote(remote) => abandonable(interrupts, remote.pause_or_resume(name, pause)).await,
+        };
+        match result {
+            Ok(status) => {
+                say!(out, "query {name} is {status}");
+                self.print_timing(started, out)?;
+            }
+            Err(e) => say!(out, "error: {e}"),
+        }
+        Ok(())
+    }
+
     /// `\d`: SHOW SOURCES, SINKS, VIEWS and TABLES as one table.
     async fn list(&mut self) -> Result<(Vec<RecordBatch>, SchemaRef)> {
         let mut batches = Vec::new();
         let mut schema = None;
-        for kind in [ShowKind::Sources, ShowKind::Sinks, ShowKind::Views, ShowKind::Tables] {
-            if let Outcome::Rows(b, s) = self.session.execute(&Statement::Show(kind)).await? {
-                batches.extend(b);
-                schema = Some(s);
+        match &mut self.backend {
+            Backend::Local(session) => {
+                for kind in [ShowKind::Sources, ShowKind::Sinks, ShowKind::Views, ShowKind::Tables] {
+                    if let Outcome::Rows(b, s) = session.execute(&Statement::Show(kind)).await? {
+                        batches.extend(b);
+                        schema = Some(s);
+                    }
+                }
+            }
+            Backend::Remote(remote) => {
+                let remote = remote.clone();
+                let reply = abandonable(self.interrupt_receiver(), remote.statements(LIST_SQL)).await?;
+                if let Some(e) = reply.error {
+                    return Err(e.error);
+                }
+                for r in reply.results {
+                    if let RemoteOutcome::Rows(b, s) = r {
+                        batches.extend(b);
+                        schema = Some(s);
+                    }
+                }
             }
         }
         let schema = schema.ok_or_else(|| Error::Internal("SHOW returned no rows".into()))?;
@@ -308,6 +390,9 @@ impl Repl {
     /// Parse and run `sql`; `origin` names the file it came from. Returns whether every statement
     /// succeeded (the first failure is printed and ends the run).
     async fn run_sql(&mut self, sql: &str, origin: Option<&Path>, out: &mut dyn Write) -> Result<bool> {
+        if matches!(self.backend, Backend::Remote(_)) {
+            return self.run_remote(sql, origin, out).await;
+        }
         match parse_script(sql) {
             Ok(statements) => self.run_statements(&statements, origin, out).await,
             Err(e) => {
@@ -339,6 +424,52 @@ impl Repl {
         Ok(true)
     }
 
+    /// Send `sql` to the server as one request and print each statement's result as a local run
+    /// would; the first failure ends the run (the server runs nothing after it).
+    async fn run_remote(&mut self, sql: &str, origin: Option<&Path>, out: &mut dyn Write) -> Result<bool> {
+        let Backend::Remote(remote) = &self.backend else {
+            return Err(Error::Internal("run_remote without a server".into()));
+        };
+        let remote = remote.clone();
+        // Parsed here only to count the statements (the server parses and reports errors itself).
+        let count = parse_script(sql).map(|s| s.len()).ok();
+        if count == Some(0) {
+            return Ok(true);
+        }
+        let many = count.unwrap_or(1) > 1;
+        let started = Instant::now();
+        let reply = match abandonable(self.interrupt_receiver(), remote.statements(sql)).await {
+            Ok(r) => r,
+            Err(e) => {
+                say!(out, "error: {e}");
+                return Ok(false);
+            }
+        };
+        let changed = reply.results.iter().any(|r| matches!(r, RemoteOutcome::Done(_)));
+        for r in &reply.results {
+            match r {
+                RemoteOutcome::Done(msg) => say!(out, "{msg}"),
+                RemoteOutcome::Text(text) => print_text(text, out)?,
+                RemoteOutcome::Rows(batches, schema) => self.print_rows(batches, schema, out)?,
+            }
+        }
+        let ok = match &reply.error {
+            None => {
+                self.print_timing(started, out)?;
+                true
+            }
+            Some(failed) => {
+                let line = if many || origin.is_some() { failed.line } else { None };
+                self.print_error(&failed.error, origin, line, out)?;
+                false
+            }
+        };
+        if changed {
+            self.refresh_words().await;
+        }
+        Ok(ok)
+    }
+
     fn print_error(&self, e: &Error, origin: Option<&Path>, line: Option<u64>, out: &mut dyn Write) -> Result<()> {
         // SQL errors carry their own line:col.
         let loc = match (origin, e, line) {
@@ -360,14 +491,12 @@ impl Repl {
     }
 
     async fn execute(&mut self, statement: &Statement, out: &mut dyn Write) -> Result<()> {
-        match self.session.execute(statement).await? {
+        let Backend::Local(session) = &mut self.backend else {
+            return Err(Error::Internal("a local statement without a session".into()));
+        };
+        match session.execute(statement).await? {
             Outcome::Done(msg) => say!(out, "{msg}"),
-            Outcome::Text(text) => {
-                write!(out, "{text}").map_err(write_err)?;
-                if !text.ends_with('\n') {
-                    say!(out, "");
-                }
-            }
+            Outcome::Text(text) => print_text(&text, out)?,
             Outcome::Rows(batches, schema) => self.print_rows(&batches, &schema, out)?,
             Outcome::Live(live) => self.live(live, out).await?,
         }
@@ -466,8 +595,67 @@ impl Repl {
     pub async fn refresh_words(&mut self) {
         let mut words: Vec<String> = SYSTEM_TABLES.iter().map(|s| s.to_string()).collect();
         words.extend(SystemTables::schema().fields().iter().map(|f| f.name().clone()));
+        match &self.backend {
+            Backend::Local(_) => self.local_words(&mut words).await,
+            Backend::Remote(remote) => {
+                let remote = remote.clone();
+                self.remote_words(&remote, &mut words).await;
+            }
+        }
+        words.sort();
+        words.dedup();
+        *self.words.lock().unwrap_or_else(|p| p.into_inner()) = words;
+    }
+
+    /// A server's object names (one request) and their columns (DESCRIBE, once per object); what
+    /// cannot be had is left out: completion is best effort.
+    async fn remote_words(&mut self, remote: &Remote, words: &mut Vec<String>) {
+        let Ok(reply) = remote.statements(LIST_SQL).await else {
+            return;
+        };
+        let mut objects = Vec::new();
+        for r in &reply.results {
+            if let RemoteOutcome::Rows(batches, _) = r {
+                for b in batches {
+                    let columns: Vec<Vec<Option<String>>> = b.columns().iter().map(strings).collect();
+                    for i in 0..b.num_rows() {
+                        let row: Vec<String> = columns
+                            .iter()
+                            .map(|c| c.get(i).cloned().flatten().unwrap_or_default())
+                            .collect();
+                        if let Some(name) = row.first().filter(|n| !n.is_empty()) {
+                            objects.push((name.clone(), row.join("\u{1f}")));
+                        }
+                    }
+                }
+            }
+        }
+        self.derived_columns.retain(|key, _| objects.contains(key));
+        for key in objects {
+            words.push(key.0.clone());
+            if !self.derived_columns.contains_key(&key) {
+                let mut columns = Vec::new();
+                let describe = format!("DESCRIBE {};", quote_identifier(&key.0));
+                if let Ok(reply) = remote.statements(&describe).await
+                    && let Some(RemoteOutcome::Rows(batches, _)) = reply.results.first()
+                {
+                    columns = column_names(batches);
+                }
+                self.derived_columns.insert(key.clone(), columns);
+            }
+            if let Some(columns) = self.derived_columns.get(&key) {
+                words.extend(columns.iter().cloned());
+            }
+        }
+    }
+
+    /// The local catalog's names and columns.
+    async fn local_words(&mut self, words: &mut Vec<String>) {
+        let Backend::Local(session) = &self.backend else {
+            return;
+        };
         let mut derived = Vec::new();
-        for (name, object) in self.session.catalog.ordered() {
+        for (name, object) in session.catalog.ordered() {
             words.push(name.to_string());
             match object {
                 Object::Source(s) => words.extend(s.schema.fields().iter().map(|f| f.name().clone())),
@@ -485,22 +673,69 @@ impl Repl {
                 words.extend(columns.iter().cloned());
             }
         }
-        words.sort();
-        words.dedup();
-        *self.words.lock().unwrap_or_else(|p| p.into_inner()) = words;
     }
 
     /// Output columns of a view or sink, as DESCRIBE gives them (none if it cannot be planned).
     async fn columns_of(&mut self, name: &str) -> Vec<String> {
-        let mut columns = Vec::new();
-        if let Ok(Outcome::Rows(batches, _)) = self.session.execute(&Statement::Describe(name.to_string())).await {
-            for b in &batches {
-                if let Some(col) = b.columns().first().and_then(|c| c.as_string_opt::<i32>()) {
-                    columns.extend(col.iter().flatten().filter(|c| !c.contains(' ')).map(str::to_string));
-                }
-            }
+        let Backend::Local(session) = &mut self.backend else {
+            return Vec::new();
+        };
+        match session.execute(&Statement::Describe(name.to_string())).await {
+            Ok(Outcome::Rows(batches, _)) => column_names(&batches),
+            _ => Vec::new(),
         }
-        columns
+    }
+}
+
+/// `\d`'s statements.
+const LIST_SQL: &str = "SHOW SOURCES; SHOW SINKS; SHOW VIEWS; SHOW TABLES;";
+
+/// A name as SQL that reads back as exactly that name.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// EXPLAIN's text, ending with a newline.
+fn print_text(text: &str, out: &mut dyn Write) -> Result<()> {
+    write!(out, "{text}").map_err(write_err)?;
+    if !text.ends_with('\n') {
+        say!(out, "");
+    }
+    Ok(())
+}
+
+/// A column's values as text (any type); nulls as `None`.
+fn strings(column: &datafusion::arrow::array::ArrayRef) -> Vec<Option<String>> {
+    match datafusion::arrow::compute::cast(column, &DataType::Utf8) {
+        Ok(c) => c
+            .as_string_opt::<i32>()
+            .map(|s| s.iter().map(|v| v.map(str::to_string)).collect())
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The column names in DESCRIBE's rows (its first column; the WATERMARK line left out).
+fn column_names(batches: &[RecordBatch]) -> Vec<String> {
+    batches
+        .iter()
+        .filter_map(|b| b.columns().first())
+        .flat_map(strings)
+        .flatten()
+        .filter(|c| !c.contains(' '))
+        .collect()
+}
+
+/// `fut`, unless Ctrl-C comes first: then the request is abandoned (the server may still run it).
+async fn abandonable<T>(
+    mut interrupts: Option<watch::Receiver<u64>>,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = fut => r,
+        _ = interrupted(&mut interrupts) => Err(Error::External(
+            "interrupted: stopped waiting for the server (it may still run the request)".into(),
+        )),
     }
 }
 
@@ -519,7 +754,18 @@ pub async fn run(config: EngineConfig, history: Option<PathBuf>) -> Result<()> {
 
 /// [`run`] over a given session (e.g. one opened on a data directory).
 pub async fn run_with(session: Session, history: Option<PathBuf>) -> Result<()> {
-    let mut repl = Repl::with_session(session);
+    run_backend(Backend::Local(session), history).await
+}
+
+/// The REPL against a `freshet serve`: fails at once if the server cannot be reached or refuses
+/// the token.
+pub async fn run_remote(remote: Remote, history: Option<PathBuf>) -> Result<()> {
+    remote.check().await?;
+    run_backend(Backend::Remote(remote), history).await
+}
+
+async fn run_backend(backend: Backend, history: Option<PathBuf>) -> Result<()> {
+    let mut repl = Repl::with_backend(backend);
     repl.terminal = std::io::stdout().is_terminal();
     repl.listen_for_interrupts();
     repl.refresh_words().await;
@@ -540,8 +786,12 @@ pub async fn run_with(session: Session, history: Option<PathBuf>) -> Result<()> 
         eprintln!("warning: cannot read history {}: {e}", path.display());
     }
     if std::io::stdin().is_terminal() {
+        let on = match &repl.backend {
+            Backend::Local(_) => "continuous SQL over streams".to_string(),
+            Backend::Remote(r) => format!("statements run on {}", r.url()),
+        };
         println!(
-            "Freshet {}: continuous SQL over streams. \\? for help, \\q to quit.",
+            "Freshet {}: {on}. \\? for help, \\q to quit.",
             env!("CARGO_PKG_VERSION")
         );
     }
@@ -574,7 +824,9 @@ pub async fn run_with(session: Session, history: Option<PathBuf>) -> Result<()> 
     {
         eprintln!("warning: cannot write history {}: {e}", path.display());
     }
-    repl.session.stop_all().await;
+    if let Backend::Local(session) = &mut repl.backend {
+        session.stop_all().await;
+    }
     result
 }
 
@@ -632,7 +884,7 @@ mod tests {
         )
         .await;
         assert!(out.contains("created materialized view per_course"), "{out}");
-        repl.session.wait_bounded().await;
+        repl.session_mut().expect("local").wait_bounded().await;
         let (_, out) = input(
             &mut repl,
             "SELECT course_id, views FROM per_course ORDER BY views DESC LIMIT 2;",
@@ -769,6 +1021,90 @@ mod tests {
 
         let (_, out) = input(&mut repl, "\\i /no/such/file.sql").await;
         assert!(out.starts_with("error: /no/such/file.sql"), "{out}");
+    }
+
+    const PACED: &str = "CREATE SOURCE paced (user_id BIGINT NOT NULL, event_time TIMESTAMP NOT NULL) \
+        WITH (connector = 'generator', rate = '50');\nCREATE MATERIALIZED VIEW live AS SELECT user_id FROM paced;";
+
+    #[tokio::test]
+    async fn pause_and_resume_a_local_query() {
+        let mut repl = Repl::new(EngineConfig::default());
+        let (_, out) = input(&mut repl, PACED).await;
+        assert!(out.contains("created materialized view live"), "{out}");
+        let (_, out) = input(&mut repl, "\\pause live").await;
+        assert_eq!(out, "query live is paused\n");
+        let (_, out) = input(&mut repl, "\\pause LIVE").await;
+        assert_eq!(out, "error: 'live' is already paused\n");
+        let (_, out) = input(&mut repl, "\\resume live").await;
+        assert_eq!(out, "query live is running\n");
+        let (_, out) = input(&mut repl, "\\resume nope").await;
+        assert_eq!(out, "error: no continuous query 'nope'\n");
+        repl.session_mut().expect("local").stop_all().await;
+    }
+
+    /// The REPL against an in-process `freshet serve` on port 0.
+    #[tokio::test]
+    async fn remote_backend_prints_like_a_local_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(crate::server::AppState {
+            session: tokio::sync::Mutex::new(Session::new(EngineConfig::default())),
+            token: None,
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let remote = Remote::new(&addr.to_string(), None).expect("url");
+        remote.check().await.expect("server answers");
+        let mut repl = Repl::with_backend(Backend::Remote(remote));
+        assert!(repl.session_mut().is_none());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("script.sql");
+        std::fs::write(&script, format!("{SOURCE}\n{PACED}\nDESCRIBE nothing;\nSHOW SINKS;\n")).expect("write");
+        let (_, out) = input(&mut repl, &format!("\\i {}", script.display())).await;
+        assert!(
+            out.contains("created source s\n") && out.contains("created materialized view live\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with(&format!("error: {}:4: 'nothing' not found\n", script.display())),
+            "{out}"
+        );
+        // Completion knows the server's objects and their columns.
+        let words = repl.completion_words();
+        let words = words.lock().expect("words").clone();
+        for w in ["s", "paced", "live", "course_id", "user_id", "_errors"] {
+            assert!(words.contains(&w.to_string()), "{w} missing from {words:?}");
+        }
+
+        let (_, out) = input(&mut repl, "\\d").await;
+        assert!(out.contains("| live ") && out.contains("(3 rows)"), "{out}");
+        let (_, out) = input(&mut repl, "\\d live").await;
+        assert!(out.contains("| user_id ") && out.contains("(1 row)"), "{out}");
+        let (_, out) = input(&mut repl, "SELEC 1;").await;
+        assert!(out.starts_with("error: 1:1: "), "{out}");
+        let (_, out) = input(&mut repl, "SHOW SOURCES;\nDESCRIBE nothing;").await;
+        assert!(out.ends_with("(2 rows)\nerror: line 2: 'nothing' not found\n"), "{out}");
+        let (_, out) = input(&mut repl, "EXPLAIN SELECT * FROM live;").await;
+        assert!(out.contains("TableScan: live") && out.ends_with('\n'), "{out}");
+        let (_, out) = input(&mut repl, "SELECT user_id FROM paced;").await;
+        assert!(out.starts_with("error: a continuous SELECT has no end"), "{out}");
+        let (_, out) = input(&mut repl, "\\pause live").await;
+        assert_eq!(out, "query live is paused\n");
+        let (_, out) = input(&mut repl, "\\pause live").await;
+        assert_eq!(out, "error: 'live' is already paused\n");
+        let (_, out) = input(&mut repl, "\\resume live").await;
+        assert_eq!(out, "query live is running\n");
+
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server");
+        let (_, out) = input(&mut repl, "SHOW QUERIES;").await;
+        assert!(
+            out.starts_with(&format!("error: cannot reach the freshet server at http://{addr}: ")),
+            "{out}"
+        );
     }
 
     #[test]
