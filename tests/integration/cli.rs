@@ -339,3 +339,219 @@ fn check_json_counts_statements_and_errors_and_starts_nothing() {
     let (code, _, stderr) = check(&[empty.path().to_str().expect("utf8")]);
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// A `freshet serve --listen 127.0.0.1:0` on its own data directory, killed when dropped.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Server {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = freshet()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(extra)
+        .env_remove("FRESHET_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn freshet serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads stderr to its end, so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut server = Server {
+        child,
+        url: String::new(),
+        _dir: dir,
+    };
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("freshet serve says where it serves");
+    let addr = line
+        .strip_prefix("serving on http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+    server.url = format!("http://{addr}");
+    server
+}
+
+/// `freshet repl ARGS…` with `input` on its (non-terminal) stdin: (success, stdout, stderr).
+fn repl(args: &[&str], input: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = freshet()
+        .arg("repl")
+        .args(args)
+        .arg("--history")
+        .arg(dir.path().join("history"))
+        .env_remove("FRESHET_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn freshet repl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for freshet repl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn repl_runs_statements_on_a_server() {
+    let server = serve(&[]);
+    let url = server.url.as_str();
+    let (ok, out, err) = repl(
+        &["--server", url],
+        "CREATE SOURCE s (user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR,
+           purchased BOOLEAN, event_time TIMESTAMP NOT NULL,
+           WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND)
+         WITH (connector = 'generator', kind = 'courses', seed = '1', events = '20000');
+         CREATE MATERIALIZED VIEW per_course AS
+           SELECT course_id, window_start, COUNT(*) AS views FROM TUMBLE(s, event_time, INTERVAL '1' MINUTE)
+           GROUP BY course_id, window_start, window_end;
+         CREATE SOURCE paced (user_id BIGINT NOT NULL, event_time TIMESTAMP NOT NULL)
+         WITH (connector = 'generator', rate = '50');
+         CREATE MATERIALIZED VIEW live AS SELECT user_id FROM paced;
+         \\pause live
+         \\pause live
+         \\resume live
+         \\pause nope
+         SELECT course_id FROM s;
+         SELEC 1;
+         \\d per_course
+         \\q
+         SHOW QUERIES;",
+    );
+    assert!(ok, "{out}{err}");
+    for expected in [
+        "created source s",
+        "created materialized view per_course",
+        "created materialized view live",
+        "query live is paused\n",
+        "error: 'live' is already paused\n",
+        "query live is running\n",
+        "error: no continuous query 'nope'\n",
+        "error: a continuous SELECT has no end to answer with",
+        "error: 1:10: expected CREATE",
+        "| window_start | Timestamp(ms) |",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    assert!(!out.contains("| name "), "\\q ended the input: {out}");
+
+    // The server's queries, as its SHOW QUERIES lists them; the bounded one finishes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shown = loop {
+        let (ok, out, err) = repl(&["--server", url], "SHOW QUERIES;\n");
+        assert!(ok, "{out}{err}");
+        let row = |name: &str| {
+            out.lines()
+                .find(|l| l.starts_with(&format!("| {name} ")))
+                .map(str::to_string)
+        };
+        let (per_course, live) = (row("per_course"), row("live"));
+        assert!(
+            per_course
+                .as_ref()
+                .is_some_and(|r| r.contains("| running ") || r.contains("| finished ")),
+            "{out}"
+        );
+        assert!(live.as_ref().is_some_and(|r| r.contains("| running ")), "{out}");
+        if per_course.is_some_and(|r| r.contains("| finished ")) {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per_course never finished:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(shown.contains("(2 rows)"), "{shown}");
+
+    let (ok, out, err) = repl(
+        &["--server", url],
+        "SELECT course_id, window_start, views
+           FROM per_course ORDER BY views DESC, course_id LIMIT 3;
+         \\format csv
+         SELECT SUM(views) AS total FROM per_course;
+         \\format json
+         SELECT COUNT(*) AS n FROM per_course WHERE views > 0;
+         \\format table
+         SHOW SOURCES; DESCRIBE nope; SHOW SINKS;",
+    );
+    assert!(ok, "{out}{err}");
+    let table: Vec<&str> = out.lines().take_while(|l| !l.starts_with('(')).collect();
+    assert_eq!(table.len(), 7, "header, 3 rows, rules:\n{out}");
+    assert!(table[1].contains("course_id") && table[1].contains("views"), "{out}");
+    assert!(
+        table[3..6].iter().all(|l| l.contains("2026-01-01T")),
+        "windows of the generated day:\n{out}"
+    );
+    assert!(out.contains("(3 rows)\n"), "{out}");
+    assert!(
+        out.contains("total\n20000\n(1 row)\n"),
+        "every event in a window: {out}"
+    );
+    assert!(out.contains("{\"n\":"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("| s ") && l.contains("| generator |")),
+        "{out}"
+    );
+    // The failed statement ends the input: SHOW SINKS after it does not run.
+    assert!(out.ends_with("(2 rows)\nerror: line 1: 'nope' not found\n"), "{out}");
+}
+
+#[test]
+fn repl_server_errors_are_clear() {
+    let server = serve(&["--token", "sekrit"]);
+    let url = server.url.as_str();
+    let (ok, out, err) = repl(&["--server", url, "--token", "wrong"], "SHOW QUERIES;\n");
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("the server wants a token: --token or FRESHET_TOKEN"),
+        "{err}"
+    );
+    let (ok, _, err) = repl(&["--server", url], "SHOW QUERIES;\n");
+    assert!(
+        !ok && err.contains("the server wants a token: --token or FRESHET_TOKEN"),
+        "{err}"
+    );
+    let (ok, out, err) = repl(&["--server", url, "--token", "sekrit"], "SHOW QUERIES;\n");
+    assert!(ok && out.contains("(0 rows)"), "{out}{err}");
+
+    let (ok, _, err) = repl(&["--server", "http://127.0.0.1:1"], "SHOW QUERIES;\n");
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("cannot reach the freshet server at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().to_str().expect("utf8");
+    let (ok, _, err) = repl(&["--server", url, "--data-dir", data], "");
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}
