@@ -36,8 +36,13 @@ impl RunningQuery {
         RunningQuery {
             name: name.to_string(),
             kind,
-            metrics: Arc::default(),
-            bounded: false,
+            // No watermark yet (a default `Metrics` would say 1970).
+            metrics: Arc::new(Metrics {
+                watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
+                ..Metrics::default()
+            }),
+            // A finished query is a bounded one, so that `persist` keeps it `finished`.
+            bounded: matches!(outcome, Some(Ok(_))),
             stop: watch::channel(false).0,
             handle: None,
             paused: outcome.is_none(),
@@ -173,7 +178,7 @@ impl Session {
             };
             let held = match obj.state.as_deref() {
                 Some("paused") => Some(None),
-                Some("finished") => Some(Some(Err("finished before the restart".to_string()))),
+                Some("finished") => Some(Some(Ok(Report::default()))),
                 Some("failed") => Some(Some(Err(obj.error.clone().unwrap_or_else(|| "failed".into())))),
                 _ => None,
             };
