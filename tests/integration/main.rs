@@ -3,5 +3,6 @@
 mod bad_input;
 mod cli;
 mod oracle;
+mod server;
 mod services;
 mod support;
