@@ -28,6 +28,7 @@ pub mod server;
 pub mod session;
 pub mod sql;
 pub mod store;
+pub mod test_runner;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -69,6 +69,19 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
     },
+    /// Run streaming tests: .fslt files that feed sources, move event and processing time, restart
+    /// queries and check what sinks and views got (docs/testing.md). Deterministic and offline.
+    ///
+    /// Failures print as FILE:LINE: what differs, with a diff; then a summary line. Exit status: 0
+    /// when every file passes, 1 when any fails, 2 for usage errors (e.g. no such file).
+    Test {
+        /// Files, or directories searched recursively for *.fslt.
+        #[arg(default_value = ".")]
+        paths: Vec<PathBuf>,
+        /// Rewrite each expected block (after `----`) with the actual output instead of comparing.
+        #[arg(long)]
+        complete: bool,
+    },
     /// Collect events into Kafka (a Flume-style agent: sources → durable channel → sinks).
     Collect {
         /// The agent's TOML configuration (docs/collector.md).
@@ -168,6 +181,7 @@ fn main() -> std::process::ExitCode {
             runtime().and_then(|rt| rt.block_on(run(file, engine.config(), &format)))
         }
         Command::Check { paths, format } => return check(&paths, format),
+        Command::Test { paths, complete } => return test(&paths, complete),
         Command::Collect { config } => collect(&config),
         Command::Serve {
             listen,
@@ -264,6 +278,32 @@ async fn serve(listen: &str, data_dir: Option<PathBuf>, token: Option<String>, c
     freshet::server::serve(listener, state, shutdown_signal()).await?;
     eprintln!("stopped; the queries run again with the next `freshet serve --data-dir {}`", dir.display());
     Ok(())
+}
+
+/// `freshet test`: exit 0 when every file passes, 1 on any failure, 2 on a usage error.
+fn test(paths: &[PathBuf], complete: bool) -> std::process::ExitCode {
+    use freshet::test_runner;
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        std::process::ExitCode::from(2)
+    };
+    let files = match test_runner::collect_files(paths) {
+        Ok(f) if f.is_empty() => return usage(format!("no .{} files found", test_runner::EXTENSION)),
+        Ok(f) => f,
+        Err(e) => return usage(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let reports: Vec<test_runner::FileReport> = rt.block_on(async {
+        let mut out = Vec::new();
+        for f in &files {
+            out.push(test_runner::run_file(f, complete).await);
+        }
+        out
+    });
+    test_runner::print(&reports)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
