@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite, as CI runs it: starts real Apache Kafka and HBase (scripts/services), then
 # unit tests, the integration binary (batch oracles, bad input, the CLI, Kafka and HBase), `freshet
-# check` over the shipped SQL files (and tests/check/bad, which must fail), and the shipped SQL files
-# end to end. Services this script started are stopped again when it ends.
+# check` over the shipped SQL files (and tests/check/bad, which must fail), `freshet test` over the
+# streaming spec files (tests/sql) and the examples' tests, and the shipped SQL files end to end. Services this script started are stopped again when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,9 @@ echo "== freshet check: shipped queries pass, tests/check/bad fails"
 "$bin" check queries examples
 rc=0; "$bin" check tests/check/bad > /dev/null || rc=$?
 [ "$rc" = 1 ] || { echo "FAILED: freshet check tests/check/bad exited $rc, expected 1"; exit 1; }
+
+echo "== freshet test: the streaming spec files (tests/sql) and the examples' tests pass"
+"$bin" test tests/sql examples
 
 echo "== shipped queries run end to end"
 work="$(mktemp -d)"

@@ -555,3 +555,59 @@ fn repl_server_errors_are_clear() {
     let (ok, _, err) = repl(&["--server", url, "--data-dir", data], "");
     assert!(!ok && err.contains("cannot be used with"), "{err}");
 }
+
+/// Run `freshet test ARGS…` from the repository root.
+fn freshet_test(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = freshet()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("test")
+        .args(args)
+        .output()
+        .expect("run freshet test");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The spec files and the CI example pass; a copy of one with one expected row changed fails with exit
+/// 1 and names the file and the line of that row, with a diff; `--complete` writes the row back.
+#[test]
+fn freshet_test_passes_the_specs_and_names_a_changed_row() {
+    let (code, stdout, stderr) = freshet_test(&["tests/sql", "examples/ci/tests"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(summary.ends_with(" failed") && summary.contains(", 0 failed"), "{stdout}");
+    assert!(stdout.contains("ok   tests/sql/session.fslt"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let original = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql/upsert_vs_append.fslt"),
+    )
+    .expect("read spec");
+    // The first expected row "eu-west | … | 3 | 16.5": HBase's upsert after the third micro-batch.
+    let (index, row) = original
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.starts_with("eu-west") && l.ends_with("| 3      | 16.5"))
+        .expect("an expected row");
+    let changed = original.replacen(row, &row.replace("| 3      |", "| 4      |"), 1);
+    let copy = dir.path().join("upsert_vs_append.fslt");
+    std::fs::write(&copy, &changed).expect("write copy");
+    let path = copy.to_str().expect("utf8");
+    let (code, stdout, _) = freshet_test(&[path]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let at = format!("{path}:{}: emitted revenue_hbase: expected 2 rows, got 2:", index + 1);
+    assert!(stdout.contains(&at), "names {at}: {stdout}");
+    assert!(stdout.contains(&format!("  - {}", row.replace("| 3      |", "| 4      |"))), "{stdout}");
+    assert!(stdout.contains(&format!("  + {row}")), "{stdout}");
+    assert!(stdout.ends_with("0 passed, 1 failed\n"), "{stdout}");
+
+    let (code, stdout, _) = freshet_test(&["--complete", path]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&copy).expect("read"), original, "--complete restored the row");
+
+    let (code, _, stderr) = freshet_test(&["no/such/dir"]);
+    assert_eq!(code, Some(2), "{stderr}");
+}
