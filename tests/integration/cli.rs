@@ -578,7 +578,10 @@ fn freshet_test_passes_the_specs_and_names_a_changed_row() {
     let (code, stdout, stderr) = freshet_test(&["tests/sql", "examples/ci/tests"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let summary = stdout.lines().last().unwrap_or_default();
-    assert!(summary.ends_with(" failed") && summary.contains(", 0 failed"), "{stdout}");
+    assert!(
+        summary.ends_with(" failed") && summary.contains(", 0 failed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("ok   tests/sql/session.fslt"), "{stdout}");
 
     let dir = tempfile::tempdir().expect("tmp");
@@ -600,13 +603,20 @@ fn freshet_test_passes_the_specs_and_names_a_changed_row() {
     assert_eq!(code, Some(1), "{stdout}");
     let at = format!("{path}:{}: emitted revenue_hbase: expected 2 rows, got 2:", index + 1);
     assert!(stdout.contains(&at), "names {at}: {stdout}");
-    assert!(stdout.contains(&format!("  - {}", row.replace("| 3      |", "| 4      |"))), "{stdout}");
+    assert!(
+        stdout.contains(&format!("  - {}", row.replace("| 3      |", "| 4      |"))),
+        "{stdout}"
+    );
     assert!(stdout.contains(&format!("  + {row}")), "{stdout}");
     assert!(stdout.ends_with("0 passed, 1 failed\n"), "{stdout}");
 
     let (code, stdout, _) = freshet_test(&["--complete", path]);
     assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(std::fs::read_to_string(&copy).expect("read"), original, "--complete restored the row");
+    assert_eq!(
+        std::fs::read_to_string(&copy).expect("read"),
+        original,
+        "--complete restored the row"
+    );
 
     let (code, _, stderr) = freshet_test(&["no/such/dir"]);
     assert_eq!(code, Some(2), "{stderr}");
