@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
+use axum::extract::rejection::StringRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -84,14 +85,20 @@ async fn outcome_json(outcome: Outcome) -> std::result::Result<Value, String> {
         Outcome::Live(live) => {
             let _ = live.stop.send(true);
             let _ = live.handle.await;
-            return Err("a continuous SELECT has no end to answer with; register it with CREATE MATERIALIZED \
+            return Err(
+                "a continuous SELECT has no end to answer with; register it with CREATE MATERIALIZED \
                         VIEW … AS SELECT … and read it with POST /v1/query"
-                .into());
+                    .into(),
+            );
         }
     })
 }
 
-async fn statements(State(st): State<Shared>, body: String) -> Response {
+async fn statements(State(st): State<Shared>, body: Result<String, StringRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return error(r.status(), r.body_text()),
+    };
     let parsed = match crate::sql::parser::parse_script(&body) {
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, axum::Json(statement_error(&e, 1))).into_response(),
@@ -132,7 +139,11 @@ fn query_json(session: &Session, q: &RunningQuery) -> Value {
         i64::MIN | i64::MAX => Value::Null,
         w => json!(crate::time::now_ms() - w),
     };
-    let sql = session.catalog.get(&q.name).map(|o| o.sql().to_string()).unwrap_or_default();
+    let sql = session
+        .catalog
+        .get(&q.name)
+        .map(|o| o.sql().to_string())
+        .unwrap_or_default();
     json!({
         "name": q.name,
         "kind": q.kind.to_string(),
@@ -222,7 +233,11 @@ async fn delete_query(State(st): State<Shared>, Path(name): Path<String>) -> Res
 }
 
 /// A bounded SELECT (over materialized views and tables), answered with its rows.
-async fn query(State(st): State<Shared>, body: String) -> Response {
+async fn query(State(st): State<Shared>, body: Result<String, StringRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return error(r.status(), r.body_text()),
+    };
     let stmt = match crate::sql::parser::parse_one(&body) {
         Ok(s) => s,
         Err(e) => return (StatusCode::BAD_REQUEST, axum::Json(statement_error(&e, 1))).into_response(),
@@ -260,14 +275,27 @@ pub fn render_metrics(queries: &[RunningQuery]) -> String {
     let label = |q: &RunningQuery| q.name.replace('\\', "\\\\").replace('"', "\\\"");
     type Counter = (&'static str, &'static str, fn(&Metrics) -> u64);
     let counters: [Counter; 5] = [
-        ("rows_in_total", "Rows read from the query's sources.", |m| Metrics::get(&m.rows_in)),
-        ("rows_out_total", "Rows written to the query's sink.", |m| Metrics::get(&m.rows_out)),
-        ("errors_total", "Records that could not be decoded (see _errors).", |m| Metrics::get(&m.errors)),
-        ("late_total", "Rows behind the watermark (see _late).", |m| Metrics::get(&m.late)),
+        ("rows_in_total", "Rows read from the query's sources.", |m| {
+            Metrics::get(&m.rows_in)
+        }),
+        ("rows_out_total", "Rows written to the query's sink.", |m| {
+            Metrics::get(&m.rows_out)
+        }),
+        (
+            "errors_total",
+            "Records that could not be decoded (see _errors).",
+            |m| Metrics::get(&m.errors),
+        ),
+        ("late_total", "Rows behind the watermark (see _late).", |m| {
+            Metrics::get(&m.late)
+        }),
         ("batches_total", "Micro-batches run.", |m| Metrics::get(&m.batches)),
     ];
     for (name, help, f) in counters {
-        let _ = writeln!(out, "# HELP freshet_query_{name} {help}\n# TYPE freshet_query_{name} counter");
+        let _ = writeln!(
+            out,
+            "# HELP freshet_query_{name} {help}\n# TYPE freshet_query_{name} counter"
+        );
         for q in queries {
             let _ = writeln!(out, "freshet_query_{name}{{query=\"{}\"}} {}", label(q), f(&q.metrics));
         }
@@ -309,9 +337,17 @@ pub fn render_metrics(queries: &[RunningQuery]) -> String {
                 label(q)
             );
         }
-        let _ = writeln!(out, "freshet_query_batch_seconds_bucket{{query=\"{}\",le=\"+Inf\"}} {count}", label(q));
+        let _ = writeln!(
+            out,
+            "freshet_query_batch_seconds_bucket{{query=\"{}\",le=\"+Inf\"}} {count}",
+            label(q)
+        );
         let _ = writeln!(out, "freshet_query_batch_seconds_sum{{query=\"{}\"}} {sum}", label(q));
-        let _ = writeln!(out, "freshet_query_batch_seconds_count{{query=\"{}\"}} {count}", label(q));
+        let _ = writeln!(
+            out,
+            "freshet_query_batch_seconds_count{{query=\"{}\"}} {count}",
+            label(q)
+        );
     }
     out
 }

@@ -188,7 +188,10 @@ impl Session {
             let mut result = session.execute(&stmt).await;
             if let Err(e) = &result
                 && held.is_none()
-                && matches!(stmt, Statement::CreateSink { .. } | Statement::CreateView { materialized: true, .. })
+                && matches!(
+                    stmt,
+                    Statement::CreateSink { .. } | Statement::CreateView { materialized: true, .. }
+                )
             {
                 // Could not start (a service down?): register it as failed, so it can be resumed.
                 session.hold.insert(obj.name.clone(), Some(Err(e.to_string())));
@@ -417,10 +420,39 @@ impl Session {
     }
 
     pub async fn execute(&mut self, stmt: &Statement) -> Result<Outcome> {
+        // A stored object that could not be restored keeps its name until it is dropped.
+        let created = match stmt {
+            Statement::CreateSource(def) => Some(def.name.as_str()),
+            Statement::CreateView { name, .. } | Statement::CreateSink { name, .. } => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(name) = created
+            && let Some(o) = self.unrestored.iter().find(|o| o.name == name)
+        {
+            return Err(Error::plan(format!(
+                "'{name}' is in the catalog file but could not be restored ({}); DROP {} {name} first",
+                o.error.as_deref().unwrap_or("?"),
+                o.kind.to_uppercase()
+            )));
+        }
+        if let Statement::Drop { name, .. } = stmt
+            && self.catalog.get(name).is_none()
+            && let Some(i) = self.unrestored.iter().position(|o| &o.name == name)
+        {
+            let o = self.unrestored.remove(i);
+            self.persist()?;
+            return Ok(Outcome::Done(format!(
+                "dropped {} {name} (it could not be restored)",
+                o.kind
+            )));
+        }
         let outcome = self.execute_statement(stmt).await?;
         if matches!(
             stmt,
-            Statement::CreateSource(_) | Statement::CreateView { .. } | Statement::CreateSink { .. } | Statement::Drop { .. }
+            Statement::CreateSource(_)
+                | Statement::CreateView { .. }
+                | Statement::CreateSink { .. }
+                | Statement::Drop { .. }
         ) {
             self.persist()?;
         }
@@ -584,7 +616,13 @@ impl Session {
                         // while its query still runs (in plan-only mode, as if it did).
                         && (matches!(o, Object::View(_))
                             || self.plan_only
-                            || self.queries.iter().any(|q| q.name == n && q.status() == "running"))
+                            || self.queries.iter().any(|q| {
+                                // Paused queries resume from their definition; with a data directory,
+                                // finished ones are planned again at every start.
+                                q.name == n
+                                    && (matches!(q.status(), "running" | "paused")
+                                        || self.store.is_some())
+                            }))
                     {
                         return Err(Error::plan(format!(
                             "cannot drop '{name}': '{n}' uses it; drop '{n}' first"
