@@ -269,14 +269,21 @@ async fn serve(listen: &str, data_dir: Option<PathBuf>, token: Option<String>, c
         "serving on http://{addr} (data dir {}; {} queries; {}); Ctrl-C stops",
         dir.display(),
         session.queries.len(),
-        if token.is_some() { "bearer token required" } else { "no token" }
+        if token.is_some() {
+            "bearer token required"
+        } else {
+            "no token"
+        }
     );
     let state = std::sync::Arc::new(freshet::server::AppState {
         session: tokio::sync::Mutex::new(session),
         token,
     });
     freshet::server::serve(listener, state, shutdown_signal()).await?;
-    eprintln!("stopped; the queries run again with the next `freshet serve --data-dir {}`", dir.display());
+    eprintln!(
+        "stopped; the queries run again with the next `freshet serve --data-dir {}`",
+        dir.display()
+    );
     Ok(())
 }
 
