@@ -198,23 +198,19 @@ pub fn parse(text: &str) -> Result<Vec<Record>, ParseError> {
                 }
             },
             "flush" if words.len() == 1 => (Directive::Flush, i + 1),
-            "watermark" => match words.len() {
-                2 => (
-                    Directive::Watermark {
-                        source: None,
-                        text: words[1].to_string(),
-                    },
-                    i + 1,
-                ),
-                3 => (
-                    Directive::Watermark {
-                        source: arg(1),
-                        text: words[2].to_string(),
-                    },
-                    i + 1,
-                ),
-                _ => return Err(err("expected `watermark [SOURCE] TIMESTAMP`".into())),
-            },
+            "watermark" if words.len() >= 2 => {
+                // `watermark [SOURCE] TIMESTAMP`; a timestamp starts with a digit (a name cannot) and
+                // may hold a space (`2026-01-01 00:01:00`).
+                let (source, text) = if words[1].starts_with(|c: char| c.is_ascii_digit()) {
+                    (None, words[1..].join(" "))
+                } else {
+                    (arg(1), words[2..].join(" "))
+                };
+                if text.is_empty() || text.split_whitespace().count() > 2 {
+                    return Err(err("expected `watermark [SOURCE] TIMESTAMP`".into()));
+                }
+                (Directive::Watermark { source, text }, i + 1)
+            }
             "end" if words.len() <= 2 => (Directive::End(arg(1)), i + 1),
             "advance" if words.len() == 4 && words[1] == "processing" && words[2] == "time" => (
                 Directive::AdvanceProcessingTime {
@@ -391,8 +387,25 @@ mod tests {
 
     #[test]
     fn reports_format_errors_at_their_line() {
-        let e = parse("flush\n\nwatermark a b c\n").expect_err("bad");
+        let e = parse("flush\n\nwatermark a b c d\n").expect_err("bad");
         assert_eq!(e.line, 3);
+        let e = parse("watermark s\n").expect_err("no time");
+        assert_eq!(e.line, 1);
+        let r = parse("watermark 2026-01-01 00:00:01.5\nwatermark s 2026-01-01 00:00:02\n").expect("parses");
+        assert_eq!(
+            r[0].directive,
+            Directive::Watermark {
+                source: None,
+                text: "2026-01-01 00:00:01.5".into()
+            }
+        );
+        assert_eq!(
+            r[1].directive,
+            Directive::Watermark {
+                source: Some("s".into()),
+                text: "2026-01-01 00:00:02".into()
+            }
+        );
         let e = parse("statement ok\n\n").expect_err("no sql");
         assert_eq!(e.line, 1);
         let e = parse("\nfrobnicate\n").expect_err("unknown");
