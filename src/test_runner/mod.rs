@@ -226,7 +226,7 @@ async fn run_once(path: &Path, complete: bool) -> FileReport {
             Err(e) => {
                 report.failures.push(Failure {
                     line: r.line,
-                    message: e,
+                    message: e.split_whitespace().collect::<Vec<_>>().join(" "),
                 });
                 // What follows depends on this record: stop here.
                 break;
@@ -363,7 +363,7 @@ impl Runner {
     async fn record(&mut self, r: &Record) -> R<Option<Table>> {
         match &r.directive {
             Directive::Statement { error, sql, line } => {
-                let result = self.script(sql, *line).await;
+                let result = self.script(sql, *line, None).await;
                 match (error, result) {
                     (None, Ok(())) => {}
                     (None, Err(e)) => return Err(format!("statement failed: {e}")),
@@ -382,9 +382,7 @@ impl Runner {
             Directive::Include(path) => {
                 let full = self.dir.join(path);
                 let sql = std::fs::read_to_string(&full).map_err(|e| format!("include {}: {e}", full.display()))?;
-                self.script(&sql, 1)
-                    .await
-                    .map_err(|e| format!("in {}: {e}", full.display()))?;
+                self.script(&sql, 1, Some(path)).await?;
             }
             Directive::Input { name, rows } => self.input(name, rows)?,
             Directive::Flush => self.flush().await?,
@@ -453,17 +451,24 @@ impl Runner {
         }
     }
 
-    /// Run the statements of `sql`, whose first line is line `first_line` of its file.
-    async fn script(&mut self, sql: &str, first_line: usize) -> R<()> {
-        let at = |line: u64| first_line + line as usize - 1;
+    /// Run the statements of `sql`, whose first line is line `first_line` of its file. Errors name
+    /// the line (`origin:LINE:` for an included file, else `line LINE:` of the test file).
+    async fn script(&mut self, sql: &str, first_line: usize, origin: Option<&str>) -> R<()> {
+        let at = |line: u64| {
+            let n = first_line + line as usize - 1;
+            match origin {
+                Some(o) => format!("{o}:{n}"),
+                None => format!("line {n}"),
+            }
+        };
         let statements = parse_script(sql).map_err(|e| match e {
-            Error::Sql { line, col, message } => format!("line {}:{col}: {message}", at(line)),
+            Error::Sql { line, col, message } => format!("{}:{col}: {message}", at(line)),
             other => other.to_string(),
         })?;
         for st in statements {
             self.statement(&st.statement)
                 .await
-                .map_err(|e| format!("line {}: {e}", at(st.line)))?;
+                .map_err(|e| format!("{}: {e}", at(st.line)))?;
         }
         Ok(())
     }
@@ -836,4 +841,74 @@ fn parse_time(text: &str) -> R<i64> {
     datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(text)
         .map(|ns| ns.div_euclid(1_000_000))
         .map_err(|e| format!("cannot read the timestamp '{text}': {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST: &str = "statement ok
+CREATE SOURCE s (k BIGINT, t TIMESTAMP NOT NULL, WATERMARK FOR t AS t - INTERVAL '1' SECOND)
+WITH (connector = 'file', path = 'no/such/file.json');
+
+statement ok
+CREATE SINK counts WITH (connector = 'parquet', path = 'never/written') AS
+SELECT k, window_start, COUNT(*) AS n FROM TUMBLE(s, t, INTERVAL '10' SECOND) GROUP BY k, window_start, window_end;
+
+input s
+1,2026-01-01T00:00:01Z
+1,2026-01-01T00:00:02Z
+2,2026-01-01T00:00:03Z
+oops
+
+flush
+
+emitted counts
+
+watermark s 2026-01-01T00:00:10Z
+
+emitted counts
+
+query
+SELECT position, raw FROM _errors
+";
+
+    #[tokio::test]
+    async fn completes_then_passes_then_names_a_changed_row() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("t.fslt");
+        std::fs::write(&path, TEST).expect("write");
+        let r = run_file(&path, false).await;
+        assert_eq!(r.failures.len(), 3, "no expected blocks yet: {:?}", r.failures);
+        let r = run_file(&path, true).await;
+        assert!(r.failures.is_empty() && r.rewritten, "{:?}", r.failures);
+        let done = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            done.contains(
+                "emitted counts\n----\nk | window_start        | n\n1 | 2026-01-01T00:00:00 | 2\n2 | 2026-01-01T00:00:00 | 1\n"
+            ),
+            "{done}"
+        );
+        assert!(done.contains("position  | raw\nt.fslt:13 | oops\n"), "{done}");
+        assert!(!dir.path().join("never").exists(), "the Parquet sink was not opened");
+        let r = run_file(&path, false).await;
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+        assert_eq!(r.records, 8);
+
+        let changed = done.replacen("2 | 2026-01-01T00:00:00 | 1", "2 | 2026-01-01T00:00:00 | 5", 1);
+        let line = changed
+            .lines()
+            .position(|l| l == "2 | 2026-01-01T00:00:00 | 5")
+            .expect("row")
+            + 1;
+        std::fs::write(&path, changed).expect("write");
+        let r = run_file(&path, false).await;
+        assert_eq!(r.failures.len(), 1);
+        assert_eq!(r.failures[0].line, line);
+        assert!(
+            r.failures[0]
+                .message
+                .starts_with("emitted counts: expected 2 rows, got 2")
+        );
+    }
 }
