@@ -918,7 +918,13 @@ mod tests {
         assert_eq!(status, 404);
         wait_for("3 events", || lines_in(&dir.path().join("out")).len() >= 3);
         wait_for("1 dead letter", || !lines_in(&dir.path().join("bad")).is_empty());
-        let (status, text) = http(agent.addrs["metrics"], "GET", "/metrics", b"");
+        // The sinks count after they commit, a moment after the files show the lines.
+        let metrics_text = || http(agent.addrs["metrics"], "GET", "/metrics", b"");
+        wait_for("the sinks' counts", || {
+            metrics_text().1.contains("freshet_collector_sink_sent_total{sink=\"bad\"} 1")
+                && metrics_text().1.contains("freshet_collector_sink_sent_total{sink=\"out\"} 3")
+        });
+        let (status, text) = metrics_text();
         assert_eq!(status, 200);
         for want in [
             "freshet_collector_source_received_total{source=\"web\"} 4",
