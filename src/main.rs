@@ -53,6 +53,10 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         engine: EngineArgs,
+        /// Register the file's objects in this data directory (as `freshet serve` keeps them): queries
+        /// stored there start too, and what this run registers runs again under `freshet serve`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// How to print the results of SELECT statements.
         #[arg(long, default_value = "table")]
         format: String,
@@ -177,9 +181,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate { kind } => generate(kind),
-        Command::Run { file, engine, format } => {
-            runtime().and_then(|rt| rt.block_on(run(file, engine.config(), &format)))
-        }
+        Command::Run {
+            file,
+            engine,
+            data_dir,
+            format,
+        } => runtime().and_then(|rt| rt.block_on(run(file, engine.config(), data_dir, &format))),
         Command::Check { paths, format } => return check(&paths, format),
         Command::Test { paths, complete } => return test(&paths, complete),
         Command::Collect { config } => collect(&config),
@@ -517,12 +524,16 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-async fn run(file: PathBuf, config: EngineConfig, format: &str) -> Result<()> {
+async fn run(file: PathBuf, config: EngineConfig, data_dir: Option<PathBuf>, format: &str) -> Result<()> {
     let format: PrintFormat = format.parse()?;
     let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let statements = freshet::sql::parser::parse_script(&sql).map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
     let mut stop = Box::pin(shutdown_signal());
-    let mut session = Session::new(config);
+    let mut session = match &data_dir {
+        Some(d) => Session::open(config, d).await?,
+        None => Session::new(config),
+    };
+    report_unrestored(&session);
     session.wait_for_bounded = true;
     let mut interrupted = false;
     for st in &statements {

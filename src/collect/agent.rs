@@ -921,8 +921,12 @@ mod tests {
         // The sinks count after they commit, a moment after the files show the lines.
         let metrics_text = || http(agent.addrs["metrics"], "GET", "/metrics", b"");
         wait_for("the sinks' counts", || {
-            metrics_text().1.contains("freshet_collector_sink_sent_total{sink=\"bad\"} 1")
-                && metrics_text().1.contains("freshet_collector_sink_sent_total{sink=\"out\"} 3")
+            metrics_text()
+                .1
+                .contains("freshet_collector_sink_sent_total{sink=\"bad\"} 1")
+                && metrics_text()
+                    .1
+                    .contains("freshet_collector_sink_sent_total{sink=\"out\"} 3")
         });
         let (status, text) = metrics_text();
         assert_eq!(status, 200);

@@ -246,7 +246,8 @@ fn spool_file(
     };
     loop {
         if stop.load(Ordering::Relaxed) {
-            lines.flush(stop)?;
+            // Held back by a full channel when asked to stop: what was put is saved, nothing is lost.
+            let _ = lines.flush(stop);
             save(lines.consumed)?;
             return Ok(false);
         }
@@ -255,8 +256,14 @@ fn spool_file(
             lines.finish(stop)?;
             return Ok(true);
         }
-        if lines.feed(&buf[..n], stop)? > 0 {
-            save(lines.consumed)?;
+        // Line by line, so that the progress is saved after every batch put (a feed submits at most one).
+        for piece in buf[..n].split_inclusive(|b| *b == b'\n') {
+            match lines.feed(piece, stop) {
+                Ok(0) => {}
+                Ok(_) => save(lines.consumed)?,
+                Err(_) if stop.load(Ordering::Relaxed) => break,
+                Err(e) => return Err(e),
+            }
         }
     }
 }

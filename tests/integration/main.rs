@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod collector;
 mod oracle;
 mod server;
 mod services;

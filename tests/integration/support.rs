@@ -143,3 +143,29 @@ pub fn assert_rows_eq(got: &[String], want: &[String], what: &str) {
         want.len()
     );
 }
+
+/// Whether tests against real services must fail (`CI=true` or `FRESHET_REQUIRE_SERVICES=1`, as the
+/// README's test command sets) rather than skip when a service is not there.
+pub fn services_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("FRESHET_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Whether `name` accepts connections at `addr`. If not: fails the test when services are required,
+/// otherwise says the test is skipped and returns false. (The same rule as `services.rs`.)
+pub fn service_up(name: &str, addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
+    if reachable {
+        return true;
+    }
+    assert!(
+        !services_required(),
+        "{name} is not reachable at {addr}: start it with scripts/services start"
+    );
+    eprintln!("skipped: {name} is not reachable at {addr} (scripts/services start)");
+    false
+}
