@@ -43,31 +43,7 @@ pub struct FileReport {
 /// The `.sql` files named by `args`: files as given, directories searched recursively for `*.sql`
 /// (sorted). A path that does not exist is a usage error.
 pub fn collect_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    let mut out = Vec::new();
-    for a in args {
-        let meta = std::fs::metadata(a).map_err(|e| format!("{}: {e}", a.display()))?;
-        if meta.is_dir() {
-            let mut found = Vec::new();
-            walk(a, &mut found).map_err(|e| format!("{}: {e}", a.display()))?;
-            found.sort();
-            out.extend(found);
-        } else {
-            out.push(a.clone());
-        }
-    }
-    Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "sql") {
-            out.push(path);
-        }
-    }
-    Ok(())
+    freshet::test_runner::find_files(args, "sql")
 }
 
 /// Check one file. Unreadable files and invalid UTF-8 are reported as an error at 1:1.

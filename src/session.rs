@@ -312,6 +312,30 @@ impl Session {
         self.persist()
     }
 
+    /// Record a continuous query just created: started, or held (paused/finished/failed while restoring).
+    fn register(
+        &mut self,
+        name: &str,
+        kind: ObjectKind,
+        running: Option<(Arc<Metrics>, bool, watch::Sender<bool>, QueryTask)>,
+        hold: Option<Option<std::result::Result<Report, String>>>,
+    ) {
+        if let Some((metrics, bounded, stop, handle)) = running {
+            self.queries.push(RunningQuery {
+                name: name.to_string(),
+                kind,
+                metrics,
+                bounded,
+                stop,
+                handle: Some(handle),
+                outcome: None,
+                paused: false,
+            });
+        } else if let Some(outcome) = hold {
+            self.queries.push(RunningQuery::held(name, kind, outcome));
+        }
+    }
+
     fn query_mut(&mut self, name: &str) -> Result<&mut RunningQuery> {
         self.queries
             .iter_mut()
@@ -521,21 +545,7 @@ impl Session {
                         table,
                     }),
                 )?;
-                if let Some((metrics, bounded, stop, handle)) = running {
-                    self.queries.push(RunningQuery {
-                        name: name.clone(),
-                        kind: ObjectKind::MaterializedView,
-                        metrics,
-                        bounded,
-                        stop,
-                        handle: Some(handle),
-                        outcome: None,
-                        paused: false,
-                    });
-                } else if let Some(outcome) = hold {
-                    self.queries
-                        .push(RunningQuery::held(name, ObjectKind::MaterializedView, outcome));
-                }
+                self.register(name, ObjectKind::MaterializedView, running, hold);
                 Ok(Outcome::Done(format!("created materialized view {name}")))
             }
             Statement::CreateSink {
@@ -573,20 +583,7 @@ impl Session {
                         sql: sql.clone(),
                     }),
                 )?;
-                if let Some((metrics, bounded, stop, handle)) = running {
-                    self.queries.push(RunningQuery {
-                        name: name.clone(),
-                        kind: ObjectKind::Sink,
-                        metrics,
-                        bounded,
-                        stop,
-                        handle: Some(handle),
-                        outcome: None,
-                        paused: false,
-                    });
-                } else if let Some(outcome) = hold {
-                    self.queries.push(RunningQuery::held(name, ObjectKind::Sink, outcome));
-                }
+                self.register(name, ObjectKind::Sink, running, hold);
                 Ok(Outcome::Done(format!("created sink {name}")))
             }
             Statement::Show(kind) => self.show(*kind),

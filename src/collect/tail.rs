@@ -1066,6 +1066,15 @@ mod tests {
         src.stop();
     }
 
+    fn truncate(path: &Path) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+    }
+
     #[test]
     fn copy_truncate_reads_again_from_the_start() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -1076,24 +1085,14 @@ mod tests {
         append(&log, &text(&lines("first", 0..20)));
         assert_eq!(bodies(&handle, 20), lines("first", 0..20));
         std::fs::copy(&log, dir.path().join("app.log.1")).expect("copy");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, &text(&lines("second", 0..3)));
         assert_eq!(bodies(&handle, 3), lines("second", 0..3));
         quiet(&handle);
         src.stop();
         // While stopped: truncated and refilled past the old offset with other content (the fingerprint of
         // the first bytes tells).
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, &text(&lines("third-and-longer", 0..10)));
         let src = Running::start(&cfg, &handle);
         assert_eq!(bodies(&handle, 10), lines("third-and-longer", 0..10));
@@ -1111,12 +1110,7 @@ mod tests {
 ",
         );
         assert_eq!(bodies(&handle, 1), ["x"]);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, &text(&lines("fourth-even-longer-lines", 0..12)));
         assert_eq!(bodies(&handle, 12), lines("fourth-even-longer-lines", 0..12));
         quiet(&handle);

@@ -52,12 +52,18 @@ pub struct FileReport {
 /// The test files named by `args`: files as given, directories searched recursively for `*.fslt`
 /// (sorted). A path that does not exist is a usage error.
 pub fn collect_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    find_files(args, EXTENSION)
+}
+
+/// Files as given, and below directories (recursively, sorted) those with `extension`. A path that
+/// does not exist is a usage error. Shared by `freshet test` and `freshet check`.
+pub fn find_files(args: &[PathBuf], extension: &str) -> Result<Vec<PathBuf>, String> {
+    fn walk(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if path.is_dir() {
-                walk(&path, out)?;
-            } else if path.extension().is_some_and(|e| e == EXTENSION) {
+                walk(&path, extension, out)?;
+            } else if path.extension().is_some_and(|e| e == extension) {
                 out.push(path);
             }
         }
@@ -68,7 +74,7 @@ pub fn collect_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         let meta = std::fs::metadata(a).map_err(|e| format!("{}: {e}", a.display()))?;
         if meta.is_dir() {
             let mut found = Vec::new();
-            walk(a, &mut found).map_err(|e| format!("{}: {e}", a.display()))?;
+            walk(a, extension, &mut found).map_err(|e| format!("{}: {e}", a.display()))?;
             found.sort();
             out.extend(found);
         } else {
