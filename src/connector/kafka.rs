@@ -148,7 +148,14 @@ pub struct KafkaSource {
     delay: i64,
     partitions: BTreeMap<i32, Partition>,
     polls: u64,
+    /// The query watermark stored with the committed offsets resumed from (`startup = 'group'`).
+    resumed: Option<i64>,
 }
+
+/// Commit metadata: the query's watermark when the offsets were committed (every window ending at or
+/// before it had been emitted completely), so a restart does not emit those windows again from the
+/// part of their rows it re-reads.
+const WATERMARK_METADATA: &str = "freshet.watermark=";
 
 impl KafkaSource {
     pub fn open(def: &SourceDef) -> Result<Self> {
@@ -193,6 +200,7 @@ impl KafkaSource {
             )));
         }
         let mut committed = BTreeMap::new();
+        let mut resumed: Option<i64> = None;
         if opts.startup == Startup::Group {
             let mut tpl = TopicPartitionList::new();
             for p in &ids {
@@ -204,6 +212,14 @@ impl KafkaSource {
             for e in c.elements() {
                 if let Offset::Offset(o) = e.offset() {
                     committed.insert(e.partition(), o);
+                }
+                // Each stored watermark was true when written and watermarks only grow: take the newest.
+                if let Some(w) = e
+                    .metadata()
+                    .strip_prefix(WATERMARK_METADATA)
+                    .and_then(|w| w.parse::<i64>().ok())
+                {
+                    resumed = Some(resumed.map_or(w, |r| r.max(w)));
                 }
             }
         }
@@ -248,6 +264,7 @@ impl KafkaSource {
             delay,
             partitions,
             polls: 0,
+            resumed,
         })
     }
 
@@ -377,7 +394,11 @@ impl Source for KafkaSource {
             .min()
     }
 
-    fn commit(&mut self, safe_ts: i64, polls: u64) -> Result<()> {
+    fn resumed_watermark(&self) -> Option<i64> {
+        self.resumed
+    }
+
+    fn commit(&mut self, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {
         let upto = if polls == 0 { self.polls } else { polls };
         let mut tpl = TopicPartitionList::new();
         for (p, part) in &mut self.partitions {
@@ -392,6 +413,11 @@ impl Source for KafkaSource {
             if let Some(o) = offset {
                 tpl.add_partition_offset(&self.opts.topic, *p, Offset::Offset(o))
                     .map_err(|e| kafka_err("committing offsets", e))?;
+                if watermark > i64::MIN
+                    && let Some(mut e) = tpl.find_partition(&self.opts.topic, *p)
+                {
+                    e.set_metadata(format!("{WATERMARK_METADATA}{watermark}"));
+                }
             }
         }
         if tpl.count() > 0 {

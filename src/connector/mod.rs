@@ -43,8 +43,16 @@ pub trait Source: Send {
     }
     /// Everything with event time below `safe_ts` among the first `polls` `Ready` results has reached
     /// the sink durably: the source may record its progress (e.g. commit Kafka offsets) up to there.
-    fn commit(&mut self, _safe_ts: i64, _polls: u64) -> Result<()> {
+    /// `watermark` is the query's: every window ending at or before it has been emitted completely;
+    /// a source that can store it with its progress returns it from [`Source::resumed_watermark`].
+    fn commit(&mut self, _safe_ts: i64, _polls: u64, _watermark: i64) -> Result<()> {
         Ok(())
+    }
+    /// The query watermark stored with the progress this source resumed from (see `commit`). Rows the
+    /// source reads again after a restart may then rebuild windows already emitted from part of their
+    /// rows; the engine emits no window ending at or before this.
+    fn resumed_watermark(&self) -> Option<i64> {
+        None
     }
 }
 

@@ -26,8 +26,9 @@ struct Delivery {
 
 pub struct Prefetch {
     rx: Receiver<Delivery>,
-    commits: Sender<(i64, u64)>,
+    commits: Sender<(i64, u64, i64)>,
     bounded: bool,
+    resumed: Option<i64>,
     watermark: Option<i64>,
     polls: u64,
     stop: Arc<AtomicBool>,
@@ -36,8 +37,9 @@ pub struct Prefetch {
 impl Prefetch {
     pub fn spawn(mut inner: Box<dyn Source>, max: usize, interval: Duration) -> Self {
         let bounded = inner.bounded();
+        let resumed = inner.resumed_watermark();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Delivery>(2);
-        let (commits, commit_rx) = std::sync::mpsc::channel::<(i64, u64)>();
+        let (commits, commit_rx) = std::sync::mpsc::channel::<(i64, u64, i64)>();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::spawn(move || pump(inner.as_mut(), max, interval, &tx, &commit_rx, &stopped));
@@ -45,6 +47,7 @@ impl Prefetch {
             rx,
             commits,
             bounded,
+            resumed,
             watermark: None,
             polls: 0,
             stop,
@@ -57,7 +60,7 @@ fn pump(
     max: usize,
     interval: Duration,
     tx: &SyncSender<Delivery>,
-    commits: &Receiver<(i64, u64)>,
+    commits: &Receiver<(i64, u64, i64)>,
     stopped: &AtomicBool,
 ) {
     let mut rows: Vec<RecordBatch> = Vec::new();
@@ -65,8 +68,8 @@ fn pump(
     let mut n = 0;
     let mut polls = 0u64;
     let mut since: Option<Instant> = None;
-    let commit = |inner: &mut dyn Source, (ts, upto): (i64, u64)| {
-        if let Err(e) = inner.commit(ts, upto) {
+    let commit = |inner: &mut dyn Source, (ts, upto, wm): (i64, u64, i64)| {
+        if let Err(e) = inner.commit(ts, upto, wm) {
             let _ = tx.send(Delivery {
                 poll: Err(e),
                 watermark: None,
@@ -158,9 +161,13 @@ impl Source for Prefetch {
         self.watermark
     }
 
-    fn commit(&mut self, safe_ts: i64, _polls: u64) -> Result<()> {
-        let _ = self.commits.send((safe_ts, self.polls));
+    fn commit(&mut self, safe_ts: i64, _polls: u64, watermark: i64) -> Result<()> {
+        let _ = self.commits.send((safe_ts, self.polls, watermark));
         Ok(())
+    }
+
+    fn resumed_watermark(&self) -> Option<i64> {
+        self.resumed
     }
 }
 

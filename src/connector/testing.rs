@@ -43,6 +43,9 @@ struct FeedState {
     polls: u64,
     ended: bool,
     time_idx: Option<usize>,
+    /// The query watermark stored with the last commit (as the Kafka source stores it in the offset
+    /// commit's metadata); a restarted query resumes with it.
+    committed_watermark: i64,
 }
 
 /// One query's view of one source: what it has not read yet, and what it read but not committed.
@@ -140,6 +143,7 @@ impl Feeds {
             polls: 0,
             ended: log.ended,
             time_idx: def.watermark.as_ref().and_then(|w| def.schema.index_of(&w.column).ok()),
+            committed_watermark: i64::MIN,
         })));
         log.readers.push(Arc::downgrade(&feed.0));
         feed
@@ -197,9 +201,14 @@ impl Source for FedSource {
         false
     }
 
+    fn resumed_watermark(&self) -> Option<i64> {
+        Some(self.0.lock().committed_watermark).filter(|w| *w > i64::MIN)
+    }
+
     /// The Kafka source's rule: a chunk is committed when every event in it is older than `safe_ts`.
-    fn commit(&mut self, safe_ts: i64, polls: u64) -> Result<()> {
+    fn commit(&mut self, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {
         let mut st = self.0.lock();
+        st.committed_watermark = st.committed_watermark.max(watermark);
         let upto = if polls == 0 { st.polls } else { polls };
         while st
             .delivered
@@ -391,7 +400,7 @@ mod tests {
         assert_eq!(rows(src.poll(100).expect("poll")), 1);
         // Chunks: [1000..3000], [10000], [4000]. safe 5000 commits the first only (the second's
         // newest is 10000, and commits go in order).
-        src.commit(5_000, 0).expect("commit");
+        src.commit(5_000, 0, i64::MIN).expect("commit");
         assert_eq!(feed.uncommitted_rows(), 2);
         feed.rewind();
         let mut again = feed.source();

@@ -350,6 +350,10 @@ pub struct QueryRuntime {
     system: Arc<SystemTables>,
     config: EngineConfig,
     watermark: i64,
+    /// Windows ending at or before this were emitted completely before a restart (the watermark the
+    /// sources stored with their committed progress): rows read again may rebuild them from part of
+    /// their rows, so they are not emitted again.
+    emit_floor: i64,
     output_schema: SchemaRef,
     /// Event times of the on-time rows of the current micro-batch (for the latency histogram).
     batch_times: Vec<i64>,
@@ -490,6 +494,12 @@ impl QueryRuntime {
         }
         let metrics = Arc::new(Metrics::default());
         metrics.watermark.store(i64::MIN, Ordering::Relaxed);
+        // Each stored watermark was true when written: the newest holds.
+        let emit_floor = sources
+            .iter()
+            .filter_map(|s| s.source.resumed_watermark())
+            .max()
+            .unwrap_or(i64::MIN);
         Ok(QueryRuntime {
             name: name.to_string(),
             ctx,
@@ -500,6 +510,7 @@ impl QueryRuntime {
             system,
             config,
             watermark: i64::MIN,
+            emit_floor,
             output_schema,
             batch_times: Vec::new(),
         })
@@ -628,8 +639,10 @@ impl QueryRuntime {
     pub fn commit(&mut self) -> Result<()> {
         self.sink.commit()?;
         let safe = self.low_water();
+        // Windows up to the floor were emitted before the restart, so the floor stays true.
+        let wm = self.watermark.max(self.emit_floor);
         for s in &mut self.sources {
-            s.source.commit(safe, 0)?;
+            s.source.commit(safe, 0, wm)?;
         }
         Ok(())
     }
@@ -730,6 +743,8 @@ impl QueryRuntime {
                 } else {
                     rows = state.close(wm)?;
                 }
+                let floor = self.emit_floor;
+                rows.retain(|r| r.end > floor);
                 self.metrics.groups.store(state.groups() as u64, Ordering::Relaxed);
             }
             Exec::Buffered {
@@ -743,6 +758,18 @@ impl QueryRuntime {
                     .keys()
                     .copied()
                     .take_while(|s| s.saturating_add(size) <= wm)
+                    .collect();
+                // Windows emitted before a restart: drop what was read again of them.
+                let floor = self.emit_floor;
+                let closing: Vec<i64> = closing
+                    .into_iter()
+                    .filter(|s| {
+                        let emitted = s.saturating_add(size) <= floor;
+                        if emitted {
+                            buffers.remove(s);
+                        }
+                        !emitted
+                    })
                     .collect();
                 let plan = plan.clone();
                 let mut outs = Vec::new();
