@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod collector;
 mod oracle;
+mod restart;
 mod server;
 mod services;
 mod support;
