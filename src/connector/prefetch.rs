@@ -5,10 +5,15 @@
 //! (paced and unbounded sources). Each delivery carries the source's own watermark and how many of the
 //! source's `Ready` results it contains, so that a later `commit` names exactly what the engine has
 //! processed — never the batches still waiting in the channel.
+//!
+//! Commits are carried out by the source's thread. It never blocks on a full channel without serving
+//! them, and before it ends (the engine dropped its side: the query stopped) it carries out every commit
+//! still queued; dropping a `Prefetch` waits for that, so a query's final commit — on stop, after its
+//! sink committed — reaches the source (e.g. Kafka) before the query is reported stopped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -32,6 +37,7 @@ pub struct Prefetch {
     watermark: Option<i64>,
     polls: u64,
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prefetch {
@@ -42,7 +48,15 @@ impl Prefetch {
         let (commits, commit_rx) = std::sync::mpsc::channel::<(i64, u64, i64)>();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        std::thread::spawn(move || pump(inner.as_mut(), max, interval, &tx, &commit_rx, &stopped));
+        let thread = std::thread::spawn(move || {
+            pump(inner.as_mut(), max, interval, &tx, &commit_rx, &stopped);
+            // The engine let go (or the source ended): carry out the commits it sent last.
+            while let Ok((ts, upto, wm)) = commit_rx.try_recv() {
+                if let Err(e) = inner.commit(ts, upto, wm) {
+                    eprintln!("source: final commit failed: {e}");
+                }
+            }
+        });
         Prefetch {
             rx,
             commits,
@@ -51,6 +65,7 @@ impl Prefetch {
             watermark: None,
             polls: 0,
             stop,
+            thread: Some(thread),
         }
     }
 }
@@ -70,11 +85,31 @@ fn pump(
     let mut since: Option<Instant> = None;
     let commit = |inner: &mut dyn Source, (ts, upto, wm): (i64, u64, i64)| {
         if let Err(e) = inner.commit(ts, upto, wm) {
-            let _ = tx.send(Delivery {
+            let _ = tx.try_send(Delivery {
                 poll: Err(e),
                 watermark: None,
                 polls: upto,
             });
+        }
+    };
+    // Hand a delivery over, serving commits while the engine has not taken the previous ones; false
+    // once the engine is gone (or stopping).
+    let deliver = |inner: &mut dyn Source, mut d: Delivery| -> bool {
+        loop {
+            match tx.try_send(d) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if stopped.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    d = back;
+                    while let Ok(c) = commits.try_recv() {
+                        commit(inner, c);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
     };
     while !stopped.load(Ordering::Relaxed) {
@@ -109,26 +144,21 @@ fn pump(
             let poll = batch.map(|b| Poll::Ready(b, std::mem::take(&mut bad)));
             n = 0;
             since = None;
-            if tx
-                .send(Delivery {
-                    poll,
-                    watermark: inner.watermark(),
-                    polls,
-                })
-                .is_err()
-            {
+            let watermark = inner.watermark();
+            if !deliver(inner, Delivery { poll, watermark, polls }) {
                 return;
             }
         }
         if let Some(last) = end {
-            if tx
-                .send(Delivery {
+            let watermark = inner.watermark();
+            if !deliver(
+                inner,
+                Delivery {
                     poll: last,
-                    watermark: inner.watermark(),
+                    watermark,
                     polls,
-                })
-                .is_err()
-            {
+                },
+            ) {
                 return;
             }
             // Exhausted (or failed): keep serving commits until the engine lets go.
@@ -174,5 +204,12 @@ impl Source for Prefetch {
 impl Drop for Prefetch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Close the commit channel (a source that ended waits on it), keeping what was queued.
+        drop(std::mem::replace(&mut self.commits, std::sync::mpsc::channel().0));
+        // Wait for the thread to carry out the commits queued (the query's final one among them). It
+        // ends promptly: a source's poll never blocks for long, and it no longer waits on the channel.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

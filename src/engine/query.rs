@@ -639,8 +639,11 @@ impl QueryRuntime {
     pub fn commit(&mut self) -> Result<()> {
         self.sink.commit()?;
         let safe = self.low_water();
-        // Windows up to the floor were emitted before the restart, so the floor stays true.
-        let wm = self.watermark.max(self.emit_floor);
+        // Windows up to the floor were emitted before the restart, so the floor stays true. At the end
+        // of a bounded source the watermark is "forever": store the newest event time instead, so rows
+        // appended to the source later still make windows of their own.
+        let newest = self.sources.iter().map(|s| s.max_ts).max().unwrap_or(i64::MIN);
+        let wm = self.watermark.min(newest).max(self.emit_floor);
         for s in &mut self.sources {
             s.source.commit(safe, 0, wm)?;
         }
