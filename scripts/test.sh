@@ -34,6 +34,9 @@ echo "== freshet check: shipped queries pass, tests/check/bad fails"
 rc=0; "$bin" check tests/check/bad > /dev/null || rc=$?
 [ "$rc" = 1 ] || { echo "FAILED: freshet check tests/check/bad exited $rc, expected 1"; exit 1; }
 
+echo "== freshet collect --check: the shipped collector configs"
+for c in examples/collector/*.toml; do "$bin" collect --check --config "$c"; done
+
 echo "== freshet test: the streaming spec files (tests/sql) and the examples' tests pass"
 "$bin" test tests/sql examples
 

@@ -91,6 +91,9 @@ enum Command {
         /// The agent's TOML configuration (docs/collector.md).
         #[arg(long)]
         config: PathBuf,
+        /// Only check the configuration (keys, channel references, interceptors) and exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Serve the HTTP API (docs/server.md): register continuous queries, watch, pause, resume and drop
     /// them, query materialized views, /metrics. Queries and the catalog persist in the data directory
@@ -189,7 +192,7 @@ fn main() -> std::process::ExitCode {
         } => runtime().and_then(|rt| rt.block_on(run(file, engine.config(), data_dir, &format))),
         Command::Check { paths, format } => return check(&paths, format),
         Command::Test { paths, complete } => return test(&paths, complete),
-        Command::Collect { config } => collect(&config),
+        Command::Collect { config, check } => collect(&config, check),
         Command::Serve {
             listen,
             data_dir,
@@ -460,8 +463,20 @@ fn generate(kind: GenerateKind) -> Result<()> {
     Ok(())
 }
 
-fn collect(config: &std::path::Path) -> Result<()> {
+fn collect(config: &std::path::Path, check_only: bool) -> Result<()> {
     let cfg = freshet::collect::agent::AgentConfig::load(config)?;
+    if check_only {
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+        println!(
+            "{}: ok ({} sources, {} channels, {} sinks)",
+            config.display(),
+            cfg.sources.len(),
+            cfg.channels.len(),
+            cfg.sinks.len()
+        );
+        return Ok(());
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let on_signal = stop.clone();
     let rt = runtime()?;

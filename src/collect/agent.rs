@@ -237,6 +237,67 @@ impl AgentConfig {
     pub fn parse(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| Error::Plan(e.to_string().trim_end().to_string()))
     }
+
+    /// Check what can be checked without opening anything (`freshet collect --check`, and the first
+    /// thing `Agent::start` does): every channel named exists, each channel feeds exactly one sink,
+    /// interceptors compile, sizes and paths make sense. Errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let known = || self.channels.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let exists = |key: String, name: &str| -> Result<()> {
+            if self.channels.contains_key(name) {
+                Ok(())
+            } else {
+                Err(Error::option(
+                    key,
+                    format!("no channel '{name}'; channels: {}", known()),
+                ))
+            }
+        };
+        let mut fed_by: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, sink) in &self.sinks {
+            let ch = sink.channel();
+            exists(format!("sinks.{name}.channel"), ch)?;
+            if let Some(other) = fed_by.insert(ch, name) {
+                return Err(Error::option(
+                    format!("sinks.{name}.channel"),
+                    format!("channel '{ch}' already feeds sink '{other}'; a channel has one sink"),
+                ));
+            }
+        }
+        for name in self.channels.keys() {
+            if !fed_by.contains_key(name.as_str()) {
+                eprintln!("warning: channels.{name}: no sink takes from this channel; its events never leave");
+            }
+        }
+        for (name, src) in &self.sources {
+            let (ch, interceptors, dead_letter, max_event_bytes) = src.common();
+            let key = format!("sources.{name}");
+            exists(format!("{key}.channel"), ch)?;
+            if let Some(d) = dead_letter {
+                exists(format!("{key}.dead_letter"), d)?;
+            }
+            Chain::new(interceptors, &format!("{key}.interceptors"))?;
+            if max_event_bytes == 0 {
+                return Err(Error::option(format!("{key}.max_event_bytes"), "must be at least 1"));
+            }
+            if let SourceConfig::Http(c) = src
+                && !c.path.starts_with('/')
+            {
+                return Err(Error::option(format!("{key}.path"), "must start with '/'"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SinkConfig {
+    fn channel(&self) -> &str {
+        match self {
+            SinkConfig::Kafka { channel, .. } | SinkConfig::File { channel, .. } | SinkConfig::Logger { channel } => {
+                channel
+            }
+        }
+    }
 }
 
 /// A running agent: its threads, the addresses its listeners bound, its metrics.
@@ -294,6 +355,7 @@ impl Agent {
     /// Open the channels, bind the listeners and start every source and sink. Errors here (a bad key, a
     /// port in use, a locked channel) leave nothing running.
     pub fn start(config: &AgentConfig, stop: Arc<AtomicBool>) -> Result<Agent> {
+        config.validate()?;
         let mut channels: BTreeMap<String, Arc<ChannelHandle>> = BTreeMap::new();
         for (name, cfg) in &config.channels {
             channels.insert(name.clone(), open_channel(name, cfg)?);
@@ -304,20 +366,6 @@ impl Agent {
                 Error::option(key, format!("no channel '{name}'; channels: {}", known.join(", ")))
             })
         };
-        let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
-        for (name, sink) in &config.sinks {
-            let ch = match sink {
-                SinkConfig::Kafka { channel, .. }
-                | SinkConfig::File { channel, .. }
-                | SinkConfig::Logger { channel } => channel,
-            };
-            if let Some(other) = taken.insert(ch, name) {
-                return Err(Error::option(
-                    format!("sinks.{name}.channel"),
-                    format!("channel '{ch}' already feeds sink '{other}'; a channel has one sink"),
-                ));
-            }
-        }
         let mut intakes = Vec::new();
         for (name, src) in &config.sources {
             let (ch, interceptors, dead_letter, max_event_bytes) = src.common();
@@ -327,9 +375,6 @@ impl Agent {
             let dl = dead_letter
                 .map(|d| channel(format!("{key}.dead_letter"), d))
                 .transpose()?;
-            if max_event_bytes == 0 {
-                return Err(Error::option(format!("{key}.max_event_bytes"), "must be at least 1"));
-            }
             intakes.push((
                 name.clone(),
                 Arc::new(Intake::new(name, chain, ch, dl, max_event_bytes)),
@@ -387,9 +432,6 @@ impl Agent {
             for (name, intake, src) in &intakes {
                 if let SourceConfig::Http(c) = src {
                     let key = format!("sources.{name}");
-                    if !c.path.starts_with('/') {
-                        return Err(Error::option(format!("{key}.path"), "must start with '/'"));
-                    }
                     let app = http::source_router(
                         Arc::new(HttpSource {
                             intake: intake.clone(),
@@ -779,6 +821,25 @@ impl RollingFile {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn the_shipped_example_validates_and_mistakes_name_their_key() {
+        let example = include_str!("../../examples/collector/course_events.toml");
+        AgentConfig::parse(example).expect("parses").validate().expect("valid");
+        let e = AgentConfig::parse(&example.replace("dead_letter = \"rejected\"", "dead_letter = \"nope\""))
+            .expect("parses")
+            .validate()
+            .expect_err("unknown dead-letter channel");
+        assert!(
+            e.to_string().contains("dead_letter") && e.to_string().contains("'nope'"),
+            "{e}"
+        );
+        let e = AgentConfig::parse(&example.replace("channel = \"rejected\"", "channel = \"durable\""))
+            .expect("parses")
+            .validate()
+            .expect_err("two sinks on one channel");
+        assert!(e.to_string().contains("a channel has one sink"), "{e}");
+    }
 
     #[test]
     fn config_rejects_unknown_keys_and_names_them() {
