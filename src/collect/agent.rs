@@ -681,17 +681,58 @@ fn drain(
     }
 }
 
-/// The record key: a top-level field of the JSON body (strings without quotes, others as JSON). The
-/// other fields are only scanned, not built.
+/// The record key: a top-level field of the JSON body (strings without quotes, others as their JSON
+/// text). One pass: the wanted value is taken raw, every other value skipped unbuilt.
 fn key_of(body: &[u8], field: &str) -> Option<Vec<u8>> {
-    use std::borrow::Cow;
-    let fields: std::collections::HashMap<Cow<'_, str>, &serde_json::value::RawValue> =
-        serde_json::from_slice(body).ok()?;
-    let raw = fields.get(field)?.get();
-    Some(match serde_json::from_str::<Cow<'_, str>>(raw) {
-        Ok(s) => s.into_owned().into_bytes(),
-        Err(_) => raw.as_bytes().to_vec(),
-    })
+    use serde::Deserializer as _;
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    /// Deserializes a key to whether it is the wanted one (no allocation for unescaped keys).
+    struct IsField<'f>(&'f str);
+    impl<'de> DeserializeSeed<'de> for IsField<'_> {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for IsField<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E>(self, v: &str) -> std::result::Result<bool, E> {
+            Ok(v == self.0)
+        }
+    }
+    /// The object, to the raw value of the wanted field.
+    struct Find<'f>(&'f str);
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(is) = map.next_key_seed(IsField(self.0))? {
+                if is && found.is_none() {
+                    found = Some(map.next_value::<&RawValue>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let raw = (&mut de).deserialize_map(Find(field)).ok()??;
+    de.end().ok()?;
+    let text = raw.get();
+    if text.starts_with('"') {
+        serde_json::from_str::<String>(text).ok().map(String::into_bytes)
+    } else {
+        Some(text.as_bytes().to_vec())
+    }
 }
 
 /// Header carrying the channel id of an event in Kafka, so consumers can spot redelivery.
