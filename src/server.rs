@@ -272,7 +272,7 @@ async fn metrics(State(st): State<Shared>) -> Response {
 pub fn render_metrics(queries: &[RunningQuery]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let label = |q: &RunningQuery| q.name.replace('\\', "\\\\").replace('"', "\\\"");
+    let label = |q: &RunningQuery| crate::print::prometheus_label(&q.name);
     type Counter = (&'static str, &'static str, fn(&Metrics) -> u64);
     let counters: [Counter; 5] = [
         ("rows_in_total", "Rows read from the query's sources.", |m| {

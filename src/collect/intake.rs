@@ -254,7 +254,11 @@ impl Metrics {
         let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String, u64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (label, value, n) in rows {
-                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape_label(&value));
+                let _ = writeln!(
+                    out,
+                    "{name}{{{label}=\"{}\"}} {n}",
+                    crate::print::prometheus_label(&value)
+                );
             }
         };
         let src = |f: fn(&SourceMetrics) -> &AtomicU64| -> Vec<(String, String, u64)> {
@@ -325,10 +329,6 @@ impl Metrics {
         );
         out
     }
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Longest event a source accepts unless configured otherwise (1 MiB).
