@@ -340,53 +340,22 @@ fn check_json_counts_statements_and_errors_and_starts_nothing() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
-/// A `freshet serve --listen 127.0.0.1:0` on its own data directory, killed when dropped.
+/// `freshet serve --listen 127.0.0.1:0` on its own data directory (the server tests' launcher), killed
+/// when dropped; and its URL.
 struct Server {
-    child: std::process::Child,
     url: String,
+    _server: crate::server::Server,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(extra: &[&str]) -> Server {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tmp");
-    let mut child = freshet()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(extra)
-        .env_remove("FRESHET_TOKEN")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn freshet serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads stderr to its end, so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut server = Server {
-        child,
-        url: String::new(),
+    let server = crate::server::Server::start(dir.path(), extra);
+    Server {
+        url: format!("http://{}", server.addr),
+        _server: server,
         _dir: dir,
-    };
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("freshet serve says where it serves");
-    let addr = line
-        .strip_prefix("serving on http://")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-    server.url = format!("http://{addr}");
-    server
+    }
 }
 
 /// `freshet repl ARGS…` with `input` on its (non-terminal) stdin: (success, stdout, stderr).

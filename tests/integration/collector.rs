@@ -21,21 +21,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::support::{service_up, services_required};
+use crate::support::{service_up, services_required, unique};
 
 const KAFKA: &str = "127.0.0.1:9092";
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 /// Poll `done` every 50 ms until it holds; fail with `what` (and `detail()`) after `timeout`.

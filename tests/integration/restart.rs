@@ -223,11 +223,7 @@ async fn stop_and_restart_with_group_offsets_emits_each_window_whole() {
         return;
     }
     let t0 = Instant::now();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let topic = format!("restart_{}_{}", std::process::id(), nanos % 1_000_000_000);
+    let topic = unique("restart");
     let events = events();
     let want = oracle(&events).await;
     kafka::ensure_topic(KAFKA, &topic, PARTITIONS).await.expect("topic");

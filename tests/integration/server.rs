@@ -158,9 +158,9 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
 }
 
 /// A running `freshet serve`; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     token: Option<String>,
     stderr: Receiver<String>,
     log: Vec<String>,
@@ -168,7 +168,7 @@ struct Server {
 
 impl Server {
     /// `freshet serve --listen 127.0.0.1:0 --data-dir DIR/data ARGS…` in `dir`; returns once it serves.
-    fn start(dir: &Path, args: &[&str]) -> Server {
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Server {
         Server::start_with(dir, args, &[])
     }
 

@@ -35,14 +35,6 @@ fn up(name: &str, addr: &str) -> bool {
     false
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
-}
-
 /// Produce the generator's events (or `extra` raw payloads first) to a new topic.
 async fn produce(topic: &str, opts: &GenOptions, extra: &[&[u8]]) {
     kafka::ensure_topic(KAFKA, topic, 4).await.expect("topic");

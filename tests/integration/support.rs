@@ -169,3 +169,12 @@ pub fn service_up(name: &str, addr: &str) -> bool {
     eprintln!("skipped: {name} is not reachable at {addr} (scripts/services start)");
     false
 }
+
+/// A name no other run uses (topics, groups): `prefix_<pid>_<nanos mod 1e9>`.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
