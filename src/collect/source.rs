@@ -53,10 +53,15 @@ impl<'a> LineBatcher<'a> {
         }
     }
 
-    /// Feed the next bytes; submits whenever `batch_lines` complete lines are pending. Returns how many
-    /// batches were submitted.
-    pub fn feed(&mut self, mut bytes: &[u8], stop: &AtomicBool) -> Result<usize> {
-        let mut submitted = 0;
+    /// Feed the next bytes; submits whenever `batch_lines` complete lines are pending, and after each
+    /// batch the intake took calls `after_batch` with [`Self::consumed`] (a reader saves its position
+    /// there, so a crash re-reads at most one batch).
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        stop: &AtomicBool,
+        mut after_batch: impl FnMut(u64) -> Result<()>,
+    ) -> Result<()> {
         while !bytes.is_empty() {
             let nl = bytes.iter().position(|b| *b == b'\n');
             let (piece, rest, complete) = match nl {
@@ -103,13 +108,13 @@ impl<'a> LineBatcher<'a> {
                 self.pending_lines += 1;
                 if self.pending_lines >= self.batch_lines {
                     self.flush(stop)?;
-                    submitted += 1;
+                    after_batch(self.consumed)?;
                 }
             } else {
                 self.partial.extend_from_slice(piece);
             }
         }
-        Ok(submitted)
+        Ok(())
     }
 
     /// Submit the complete lines pending.
@@ -256,14 +261,10 @@ fn spool_file(
             lines.finish(stop)?;
             return Ok(true);
         }
-        // Line by line, so that the progress is saved after every batch put (a feed submits at most one).
-        for piece in buf[..n].split_inclusive(|b| *b == b'\n') {
-            match lines.feed(piece, stop) {
-                Ok(0) => {}
-                Ok(_) => save(lines.consumed)?,
-                Err(_) if stop.load(Ordering::Relaxed) => break,
-                Err(e) => return Err(e),
-            }
+        match lines.feed(&buf[..n], stop, &save) {
+            Ok(()) => {}
+            Err(_) if stop.load(Ordering::Relaxed) => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -289,7 +290,7 @@ pub fn stdin(intake: &Intake, batch_lines: usize, stop: &AtomicBool) -> Result<(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io("<stdin>", e)),
         };
-        lines.feed(&buf[..n], stop)?;
+        lines.feed(&buf[..n], stop, |_| Ok(()))?;
         // Stdin is often interactive: what has arrived goes in now rather than when a batch fills.
         lines.flush(stop)?;
     }
@@ -365,7 +366,7 @@ fn tcp_connection(
             }
             Err(e) => return Err(io(e)),
         };
-        lines.feed(&buf[..n], stop)?;
+        lines.feed(&buf[..n], stop, |_| Ok(()))?;
         if idle && lines.pending_lines() > 0 {
             lines.flush(stop)?;
         }
