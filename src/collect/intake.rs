@@ -444,6 +444,17 @@ impl Intake {
         }
     }
 
+    /// A line over `max_event_bytes`, cut to it, with the reason to reject it for; `len` is the whole
+    /// line's length when known (a reader may give up on a line before its end).
+    pub fn oversized(&self, line: &[u8], len: Option<usize>, headers: &[(String, String)]) -> (NewEvent, String) {
+        let max = self.max_event_bytes;
+        let what = len.map_or_else(|| "line".to_string(), |n| format!("line of {n} bytes"));
+        (
+            (line[..line.len().min(max)].to_vec(), headers.to_vec()),
+            format!("{what} is longer than max_event_bytes ({max}); kept its first {max} bytes"),
+        )
+    }
+
     /// Split `bytes` (complete lines) into events, cutting and rejecting oversized ones; then submit.
     /// `headers` go on every event.
     pub fn submit_lines(&self, lines: &[u8], headers: &[(String, String)], stop: &AtomicBool) -> Result<()> {
@@ -455,15 +466,7 @@ impl Intake {
                 continue;
             }
             if line.len() > self.max_event_bytes {
-                bad.push((
-                    (line[..self.max_event_bytes].to_vec(), headers.to_vec()),
-                    format!(
-                        "event of {} bytes is over max_event_bytes ({}); kept its first {} bytes",
-                        line.len(),
-                        self.max_event_bytes,
-                        self.max_event_bytes
-                    ),
-                ));
+                bad.push(self.oversized(line, Some(line.len()), headers));
             } else {
                 ok.push((line.to_vec(), headers.to_vec()));
             }

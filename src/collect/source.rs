@@ -27,8 +27,8 @@ pub struct LineBatcher<'a> {
     pending_lines: usize,
     /// The unfinished line at the end of what was fed.
     partial: Vec<u8>,
-    /// Length of the oversized line being skipped, if one is.
-    skipping: Option<usize>,
+    /// Inside an oversized line whose rest is being skipped.
+    skipping: bool,
     /// Bytes fed whose lines are all submitted (or skipped): where a reader may resume.
     pub consumed: u64,
     /// Bytes fed so far.
@@ -46,7 +46,7 @@ impl<'a> LineBatcher<'a> {
             pending: Vec::new(),
             pending_lines: 0,
             partial: Vec::new(),
-            skipping: None,
+            skipping: false,
             consumed: 0,
             fed: 0,
             handed: 0,
@@ -71,11 +71,8 @@ impl<'a> LineBatcher<'a> {
             self.fed += (piece.len() + usize::from(complete)) as u64;
             bytes = rest;
             let max = self.intake.max_event_bytes;
-            if let Some(len) = self.skipping.as_mut() {
-                *len += piece.len();
-                if complete {
-                    self.skipping = None;
-                }
+            if self.skipping {
+                self.skipping = !complete;
             } else if self.partial.len() + piece.len() > max {
                 let len = self.partial.len() + piece.len();
                 let line_start = self.fed - (len + usize::from(complete)) as u64;
@@ -85,17 +82,11 @@ impl<'a> LineBatcher<'a> {
                 self.flush(stop)?;
                 // Resume at the start of this line until it is wholly skipped.
                 self.consumed = if complete { self.fed } else { line_start };
-                self.intake.reject(
-                    vec![(
-                        (head, self.headers.clone()),
-                        format!("line longer than max_event_bytes ({max}); kept its first {max} bytes"),
-                    )],
-                    stop,
-                )?;
+                let whole = complete.then_some(len);
+                self.intake
+                    .reject(vec![self.intake.oversized(&head, whole, &self.headers)], stop)?;
                 self.handed += 1;
-                if !complete {
-                    self.skipping = Some(len);
-                }
+                self.skipping = !complete;
                 continue;
             } else if complete {
                 if self.partial.is_empty() {
@@ -127,7 +118,7 @@ impl<'a> LineBatcher<'a> {
         }
         // While an oversized line is skipped, a reader resuming mid-line would see its rest as a line:
         // stay at its start (it is rejected again rather than cut in two).
-        if self.skipping.is_none() {
+        if !self.skipping {
             self.consumed = self.fed - self.partial.len() as u64;
         }
         Ok(())
@@ -140,7 +131,7 @@ impl<'a> LineBatcher<'a> {
             self.pending.push(b'\n');
             self.pending_lines += 1;
         }
-        self.skipping = None;
+        self.skipping = false;
         self.flush(stop)
     }
 
