@@ -110,6 +110,20 @@ fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Whether a batch of `n` events fits a channel holding `len` of `capacity`: [`Error::TooLarge`] if it
+/// never can, [`Error::Full`] if not now. Shared by every channel.
+pub fn check_room(len: u64, n: u64, capacity: u64) -> Result<()> {
+    if n > capacity {
+        return Err(Error::TooLarge(format!(
+            "a batch of {n} events can never fit a channel of capacity {capacity}"
+        )));
+    }
+    if len + n > capacity {
+        return Err(Error::Full { capacity });
+    }
+    Ok(())
+}
+
 /// When appended events are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -397,15 +411,7 @@ impl DiskChannel {
         }
         self.check_writable()?;
         let n = events.len() as u64;
-        let capacity = self.opts.capacity_events;
-        if n > capacity {
-            return Err(Error::TooLarge(format!(
-                "a batch of {n} events can never fit a channel of capacity {capacity}"
-            )));
-        }
-        if self.len() + n > capacity {
-            return Err(Error::Full { capacity });
-        }
+        check_room(self.len(), n, self.opts.capacity_events)?;
         let first_id = self.next_id;
         if first_id + n > self.id_limit {
             let id_limit = first_id + n + ID_BLOCK;

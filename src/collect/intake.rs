@@ -77,17 +77,7 @@ impl MemoryChannel {
 impl Channel for MemoryChannel {
     fn put_batch(&mut self, events: &[NewEvent]) -> channel::Result<Vec<u64>> {
         let n = events.len() as u64;
-        if n > self.capacity {
-            return Err(channel::Error::TooLarge(format!(
-                "a batch of {n} events can never fit a channel of capacity {}",
-                self.capacity
-            )));
-        }
-        if self.len() + n > self.capacity {
-            return Err(channel::Error::Full {
-                capacity: self.capacity,
-            });
-        }
+        channel::check_room(self.len(), n, self.capacity)?;
         let first = self.next_id;
         self.next_id += n;
         self.events
