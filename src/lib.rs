@@ -22,6 +22,7 @@ pub mod connector;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod operator;
 pub mod print;
 pub mod repl;
 pub mod server;

@@ -1,0 +1,1060 @@
+//! Aggregate state by group id, updated a batch at a time.
+//!
+//! The common aggregates are incremental and retractable: `COUNT(*)`, `COUNT(x)`, `COUNT(DISTINCT x)`,
+//! `SUM`, `AVG` (over integers, floats and decimals), `MIN`/`MAX` (any type; over a changelog a
+//! multiset per group, as Flink's `MinWithRetract`). Each keeps plain vectors indexed by group id, so
+//! a batch updates them in one pass. Any other DataFusion aggregate (`median`, `stddev`,
+//! `string_agg`, …) runs through its own [`Accumulator`] per group; those take a changelog only if
+//! DataFusion can retract them.
+//!
+//! `FILTER (WHERE …)` is applied before the update; `DISTINCT` is kept as a count per distinct value.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, UInt32Array, UInt64Array,
+    new_null_array,
+};
+use datafusion::arrow::compute::{cast, filter, take};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+
+use crate::error::{Error, Result};
+
+/// What an aggregate call computes.
+#[derive(Debug, Clone)]
+pub enum AggKind {
+    CountStar,
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    /// Any other DataFusion aggregate, through its own accumulator per group.
+    Generic(Arc<AggregateFunctionExpr>),
+}
+
+/// One aggregate call of a query, compiled against its input.
+#[derive(Debug, Clone)]
+pub struct AggCall {
+    /// As the user wrote it (for EXPLAIN and errors).
+    pub display: String,
+    pub kind: AggKind,
+    pub args: Vec<Arc<dyn PhysicalExpr>>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    pub distinct: bool,
+    /// The type DataFusion gives the result (the output column's type).
+    pub return_type: DataType,
+}
+
+impl AggCall {
+    /// Whether this call can take retractions (a changelog input).
+    pub fn retractable(&self) -> bool {
+        match &self.kind {
+            AggKind::Generic(f) => !self.distinct && f.create_accumulator().is_ok_and(|a| a.supports_retract_batch()),
+            AggKind::Sum | AggKind::Avg => !self.distinct && incremental_sum_type(&self.return_type),
+            _ => true,
+        }
+    }
+
+    /// Whether this call has a state that can be merged without consuming it (panes of HOP and
+    /// CUMULATE windows are merged into several windows).
+    pub fn mergeable_repeatedly(&self) -> bool {
+        !matches!(self.kind, AggKind::Generic(_))
+            && !(matches!(self.kind, AggKind::Sum | AggKind::Avg)
+                && (self.distinct || !incremental_sum_type(&self.return_type)))
+    }
+
+    fn new_acc(&self) -> Result<Box<dyn Acc>> {
+        let kind = if self.distinct {
+            match self.kind {
+                AggKind::Count => return Ok(Box::new(CountDistinct::default())),
+                // MIN/MAX of the distinct values are MIN/MAX.
+                AggKind::Min | AggKind::Max => self.kind.clone(),
+                _ => return Ok(Box::new(Generic::new(self)?)),
+            }
+        } else {
+            self.kind.clone()
+        };
+        Ok(match kind {
+            AggKind::CountStar | AggKind::Count => Box::new(Count::default()),
+            AggKind::Sum | AggKind::Avg if !incremental_sum_type(&self.return_type) => Box::new(Generic::new(self)?),
+            AggKind::Sum => Box::new(Sum::new(&self.return_type)),
+            AggKind::Avg => Box::new(Avg::default()),
+            AggKind::Min => Box::new(MinMax::new(true)),
+            AggKind::Max => Box::new(MinMax::new(false)),
+            AggKind::Generic(_) => Box::new(Generic::new(self)?),
+        })
+    }
+}
+
+/// SUM/AVG kept incrementally for these result types; others go through DataFusion's accumulator.
+fn incremental_sum_type(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int64 | DataType::UInt64 | DataType::Float64 | DataType::Decimal128(_, _)
+    )
+}
+
+/// Aggregate state of one aggregate call, by group id.
+pub trait Acc: Send {
+    /// Add (or, where `retract[i]`, remove) row `i` of `args` to group `gids[i]`. `capacity` is the
+    /// number of group ids in use (state grows to it).
+    fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, capacity: usize) -> Result<()>;
+    /// Merge group `src` of `other` (the same kind of state) into group `dst`.
+    fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, capacity: usize) -> Result<()>;
+    /// Merge group `src` into group `dst` of this same state (sessions that merge); `src` is left
+    /// to be reset.
+    fn merge_within(&mut self, dst: u32, src: u32) -> Result<()>;
+    /// The values of the given groups.
+    fn evaluate(&mut self, gids: &[u32], return_type: &DataType) -> Result<ArrayRef>;
+    /// Forget a group (its id may be reused).
+    fn reset(&mut self, gid: u32);
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+fn grow<T: Clone>(v: &mut Vec<T>, capacity: usize, fill: T) {
+    if v.len() < capacity {
+        v.resize(capacity, fill);
+    }
+}
+
+fn downcast<'a, T: 'static>(other: &'a mut dyn Acc) -> Result<&'a mut T> {
+    other
+        .as_any_mut()
+        .downcast_mut::<T>()
+        .ok_or_else(|| Error::Internal("merging aggregate states of different kinds".into()))
+}
+
+fn sign(retract: Option<&[bool]>, i: usize) -> i64 {
+    if retract.is_some_and(|r| r[i]) { -1 } else { 1 }
+}
+
+fn conform(a: ArrayRef, t: &DataType) -> Result<ArrayRef> {
+    if a.data_type() == t { Ok(a) } else { Ok(cast(&a, t)?) }
+}
+
+/// COUNT(*) and COUNT(x) (NULLs of `x` are not counted; COUNT(*) gets no argument).
+#[derive(Default)]
+struct Count {
+    n: Vec<i64>,
+}
+
+impl Acc for Count {
+    fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, capacity: usize) -> Result<()> {
+        grow(&mut self.n, capacity, 0);
+        let nulls = args.first().and_then(|a| a.logical_nulls());
+        for (i, g) in gids.iter().enumerate() {
+            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                continue;
+            }
+            self.n[*g as usize] += sign(retract, i);
+        }
+        Ok(())
+    }
+
+    fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, capacity: usize) -> Result<()> {
+        grow(&mut self.n, capacity, 0);
+        let o = downcast::<Count>(other)?;
+        self.n[dst as usize] += o.n.get(src as usize).copied().unwrap_or(0);
+        Ok(())
+    }
+
+    fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
+        let v = self.n.get(src as usize).copied().unwrap_or(0);
+        grow(&mut self.n, dst as usize + 1, 0);
+        self.n[dst as usize] += v;
+        Ok(())
+    }
+
+    fn evaluate(&mut self, gids: &[u32], t: &DataType) -> Result<ArrayRef> {
+        let a = Int64Array::from_iter_values(gids.iter().map(|g| self.n.get(*g as usize).copied().unwrap_or(0)));
+        conform(Arc::new(a), t)
+    }
+
+    fn reset(&mut self, gid: u32) {
+        if let Some(n) = self.n.get_mut(gid as usize) {
+            *n = 0;
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Sums by result type; a count of non-NULL values per group makes an empty sum NULL.
+enum SumVals {
+    I64(Vec<i64>),
+    U64(Vec<u64>),
+    F64(Vec<f64>),
+    D128(Vec<i128>),
+}
+
+struct Sum {
+    vals: SumVals,
+    n: Vec<i64>,
+}
+
+impl Sum {
+    fn new(t: &DataType) -> Sum {
+        Sum {
+            vals: match t {
+                DataType::UInt64 => SumVals::U64(Vec::new()),
+                DataType::Float64 => SumVals::F64(Vec::new()),
+                DataType::Decimal128(_, _) => SumVals::D128(Vec::new()),
+                _ => SumVals::I64(Vec::new()),
+            },
+            n: Vec::new(),
+        }
+    }
+
+    fn grow(&mut self, capacity: usize) {
+        grow(&mut self.n, capacity, 0);
+        match &mut self.vals {
+            SumVals::I64(v) => grow(v, capacity, 0),
+            SumVals::U64(v) => grow(v, capacity, 0),
+            SumVals::F64(v) => grow(v, capacity, 0.0),
+            SumVals::D128(v) => grow(v, capacity, 0),
+        }
+    }
+}
+
+impl Acc for Sum {
+    fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, capacity: usize) -> Result<()> {
+        self.grow(capacity);
+        let arg = args
+            .first()
+            .ok_or_else(|| Error::Internal("SUM without an argument".into()))?;
+        match &mut self.vals {
+            SumVals::I64(v) => {
+                let a = cast(arg, &DataType::Int64)?;
+                let a = a.as_primitive::<Int64Type>();
+                for (i, g) in gids.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let s = sign(retract, i);
+                        v[*g as usize] = v[*g as usize].wrapping_add(a.value(i).wrapping_mul(s));
+                        self.n[*g as usize] += s;
+                    }
+                }
+            }
+            SumVals::U64(v) => {
+                let a = cast(arg, &DataType::UInt64)?;
+                let a = a.as_primitive::<UInt64Type>();
+                for (i, g) in gids.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let s = sign(retract, i);
+                        let x = &mut v[*g as usize];
+                        *x = if s > 0 {
+                            x.wrapping_add(a.value(i))
+                        } else {
+                            x.wrapping_sub(a.value(i))
+                        };
+                        self.n[*g as usize] += s;
+                    }
+                }
+            }
+            SumVals::F64(v) => {
+                let a = cast(arg, &DataType::Float64)?;
+                let a = a.as_primitive::<Float64Type>();
+                for (i, g) in gids.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let s = sign(retract, i);
+                        v[*g as usize] += a.value(i) * s as f64;
+                        self.n[*g as usize] += s;
+                    }
+                }
+            }
+            SumVals::D128(v) => {
+                let a = arg
+                    .as_primitive_opt::<Decimal128Type>()
+                    .ok_or_else(|| Error::Internal(format!("SUM over {} into a decimal", arg.data_type())))?;
+                for (i, g) in gids.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let s = sign(retract, i);
+                        v[*g as usize] = v[*g as usize].wrapping_add(a.value(i).wrapping_mul(s as i128));
+                        self.n[*g as usize] += s;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, capacity: usize) -> Result<()> {
+        self.grow(capacity);
+        let o = downcast::<Sum>(other)?;
+        let (d, s) = (dst as usize, src as usize);
+        if s >= o.n.len() {
+            return Ok(());
+        }
+        self.n[d] += o.n[s];
+        match (&mut self.vals, &o.vals) {
+            (SumVals::I64(a), SumVals::I64(b)) => a[d] = a[d].wrapping_add(b[s]),
+            (SumVals::U64(a), SumVals::U64(b)) => a[d] = a[d].wrapping_add(b[s]),
+            (SumVals::F64(a), SumVals::F64(b)) => a[d] += b[s],
+            (SumVals::D128(a), SumVals::D128(b)) => a[d] = a[d].wrapping_add(b[s]),
+            _ => return Err(Error::Internal("merging sums of different types".into())),
+        }
+        Ok(())
+    }
+
+    fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
+        let (d, s) = (dst as usize, src as usize);
+        self.grow(d.max(s) + 1);
+        self.n[d] += self.n[s];
+        match &mut self.vals {
+            SumVals::I64(v) => v[d] = v[d].wrapping_add(v[s]),
+            SumVals::U64(v) => v[d] = v[d].wrapping_add(v[s]),
+            SumVals::F64(v) => v[d] += v[s],
+            SumVals::D128(v) => v[d] = v[d].wrapping_add(v[s]),
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, gids: &[u32], t: &DataType) -> Result<ArrayRef> {
+        let live = |g: &u32| self.n.get(*g as usize).is_some_and(|n| *n > 0);
+        let a: ArrayRef = match &self.vals {
+            SumVals::I64(v) => Arc::new(Int64Array::from_iter(
+                gids.iter().map(|g| live(g).then(|| v[*g as usize])),
+            )),
+            SumVals::U64(v) => Arc::new(UInt64Array::from_iter(
+                gids.iter().map(|g| live(g).then(|| v[*g as usize])),
+            )),
+            SumVals::F64(v) => Arc::new(Float64Array::from_iter(
+                gids.iter().map(|g| live(g).then(|| v[*g as usize])),
+            )),
+            SumVals::D128(v) => {
+                let DataType::Decimal128(p, s) = t else {
+                    return Err(Error::Internal(format!("decimal SUM typed {t}")));
+                };
+                Arc::new(
+                    Decimal128Array::from_iter(gids.iter().map(|g| live(g).then(|| v[*g as usize])))
+                        .with_precision_and_scale(*p, *s)?,
+                )
+            }
+        };
+        conform(a, t)
+    }
+
+    fn reset(&mut self, gid: u32) {
+        let g = gid as usize;
+        if g < self.n.len() {
+            self.n[g] = 0;
+            match &mut self.vals {
+                SumVals::I64(v) => v[g] = 0,
+                SumVals::U64(v) => v[g] = 0,
+                SumVals::F64(v) => v[g] = 0.0,
+                SumVals::D128(v) => v[g] = 0,
+            }
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// AVG over integers and floats (a DOUBLE result): sum and count.
+#[derive(Default)]
+struct Avg {
+    sum: Vec<f64>,
+    n: Vec<i64>,
+}
+
+impl Acc for Avg {
+    fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, capacity: usize) -> Result<()> {
+        grow(&mut self.sum, capacity, 0.0);
+        grow(&mut self.n, capacity, 0);
+        let arg = args
+            .first()
+            .ok_or_else(|| Error::Internal("AVG without an argument".into()))?;
+        let a = cast(arg, &DataType::Float64)?;
+        let a = a.as_primitive::<Float64Type>();
+        for (i, g) in gids.iter().enumerate() {
+            if a.is_valid(i) {
+                let s = sign(retract, i);
+                self.sum[*g as usize] += a.value(i) * s as f64;
+                self.n[*g as usize] += s;
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, capacity: usize) -> Result<()> {
+        grow(&mut self.sum, capacity, 0.0);
+        grow(&mut self.n, capacity, 0);
+        let o = downcast::<Avg>(other)?;
+        if let (Some(s), Some(n)) = (o.sum.get(src as usize), o.n.get(src as usize)) {
+            self.sum[dst as usize] += s;
+            self.n[dst as usize] += n;
+        }
+        Ok(())
+    }
+
+    fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
+        let (d, s) = (dst as usize, src as usize);
+        grow(&mut self.sum, d.max(s) + 1, 0.0);
+        grow(&mut self.n, d.max(s) + 1, 0);
+        self.sum[d] += self.sum[s];
+        self.n[d] += self.n[s];
+        Ok(())
+    }
+
+    fn evaluate(&mut self, gids: &[u32], t: &DataType) -> Result<ArrayRef> {
+        let a = Float64Array::from_iter(gids.iter().map(|g| {
+            let g = *g as usize;
+            match self.n.get(g) {
+                Some(n) if *n > 0 => Some(self.sum[g] / *n as f64),
+                _ => None,
+            }
+        }));
+        conform(Arc::new(a), t)
+    }
+
+    fn reset(&mut self, gid: u32) {
+        if let Some(n) = self.n.get_mut(gid as usize) {
+            *n = 0;
+            self.sum[gid as usize] = 0.0;
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A single column's values in Arrow's row format, whose bytes sort as the values do.
+struct ValueRows {
+    converter: Option<RowConverter>,
+    data_type: Option<DataType>,
+}
+
+impl ValueRows {
+    fn rows(&mut self, a: &ArrayRef) -> Result<datafusion::arrow::row::Rows> {
+        if self.converter.is_none() {
+            self.converter = Some(RowConverter::new(vec![SortField::new(a.data_type().clone())])?);
+            self.data_type = Some(a.data_type().clone());
+        }
+        let c = self
+            .converter
+            .as_ref()
+            .ok_or_else(|| Error::Internal("row converter".into()))?;
+        Ok(c.convert_columns(std::slice::from_ref(a))?)
+    }
+
+    fn values<'a>(&self, keys: impl Iterator<Item = Option<&'a [u8]>>, t: &DataType) -> Result<ArrayRef> {
+        let keys: Vec<Option<&[u8]>> = keys.collect();
+        let Some(c) = &self.converter else {
+            return Ok(new_null_array(t, keys.len()));
+        };
+        let parser = c.parser();
+        // Rows for present values; NULLs filled in by position afterwards.
+        let present: Vec<_> = keys.iter().flatten().map(|k| parser.parse(k)).collect();
+        let vals = c.convert_rows(present)?.remove(0);
+        if keys.iter().all(Option::is_some) {
+            return conform(vals, t);
+        }
+        let mut at = 0u32;
+        let idx: UInt32Array = keys
+            .iter()
+            .map(|k| {
+                k.map(|_| {
+                    at += 1;
+                    at - 1
+                })
+            })
+            .collect();
+        conform(take(&vals, &idx, None)?, t)
+    }
+}
+
+/// MIN/MAX of any type: the extreme value's row bytes per group, or, once a retraction is seen, a
+/// count per value so the next extreme is known.
+struct MinMax {
+    min: bool,
+    rows: ValueRows,
+    best: Vec<Option<Box<[u8]>>>,
+    /// Per group, a count per value (kept from the first retraction on; `None` until then).
+    multiset: Option<Vec<BTreeMap<Box<[u8]>, i64>>>,
+}
+
+impl MinMax {
+    fn new(min: bool) -> MinMax {
+        MinMax {
+            min,
+            rows: ValueRows {
+                converter: None,
+                data_type: None,
+            },
+            best: Vec::new(),
+            multiset: None,
+        }
+    }
+
+    fn better(&self, a: &[u8], b: &[u8]) -> bool {
+        if self.min { a < b } else { a > b }
+    }
+}
+
+fn extreme(min: bool, m: &BTreeMap<Box<[u8]>, i64>) -> Option<Box<[u8]>> {
+    let k = if min { m.keys().next() } else { m.keys().next_back() };
+    k.cloned()
+}
+
+impl Acc for MinMax {
+    fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, capacity: usize) -> Result<()> {
+        grow(&mut self.best, capacity, None);
+        if let Some(m) = &mut self.multiset {
+            grow(m, capacity, BTreeMap::new());
+        }
+        let arg = args
+            .first()
+            .ok_or_else(|| Error::Internal("MIN/MAX without an argument".into()))?;
+        let rows = self.rows.rows(arg)?;
+        if retract.is_some() && self.multiset.is_none() {
+            return Err(Error::Internal(
+                "MIN/MAX got a retraction without being planned for a changelog".into(),
+            ));
+        }
+        for (i, g) in gids.iter().enumerate() {
+            if arg.is_null(i) {
+                continue;
+            }
+            let v = rows.row(i);
+            let g = *g as usize;
+            if let Some(m) = &mut self.multiset {
+                let e = m[g].entry(v.as_ref().into()).or_insert(0);
+                *e += sign(retract, i);
+                if *e == 0 {
+                    m[g].remove(v.as_ref());
+                }
+                continue;
+            }
+            let replace = match &self.best[g] {
+                None => true,
+                Some(b) => self.better(v.as_ref(), b),
+            };
+            if replace {
+                self.best[g] = Some(v.as_ref().into());
+            }
+        }
+        if let Some(m) = &self.multiset {
+            let touched: Vec<usize> = gids.iter().map(|g| *g as usize).collect();
+            for g in touched {
+                self.best[g] = extreme(self.min, &m[g]);
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, capacity: usize) -> Result<()> {
+        grow(&mut self.best, capacity, None);
+        let o = downcast::<MinMax>(other)?;
+        if self.rows.converter.is_none()
+            && let Some(t) = &o.rows.data_type
+        {
+            self.rows.converter = Some(RowConverter::new(vec![SortField::new(t.clone())])?);
+            self.rows.data_type = Some(t.clone());
+        }
+        if let (Some(mine), Some(theirs)) = (&mut self.multiset, &o.multiset) {
+            grow(mine, capacity, BTreeMap::new());
+            if let Some(t) = theirs.get(src as usize) {
+                for (k, n) in t {
+                    *mine[dst as usize].entry(k.clone()).or_insert(0) += n;
+                }
+            }
+            self.best[dst as usize] = extreme(self.min, &mine[dst as usize]);
+            return Ok(());
+        }
+        if let Some(Some(v)) = o.best.get(src as usize) {
+            let replace = match &self.best[dst as usize] {
+                None => true,
+                Some(b) => self.better(v, b),
+            };
+            if replace {
+                self.best[dst as usize] = Some(v.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
+        let (d, s) = (dst as usize, src as usize);
+        grow(&mut self.best, d.max(s) + 1, None);
+        if let Some(m) = &mut self.multiset {
+            grow(m, d.max(s) + 1, BTreeMap::new());
+            let theirs = std::mem::take(&mut m[s]);
+            for (k, n) in theirs {
+                *m[d].entry(k).or_insert(0) += n;
+            }
+            self.best[d] = extreme(self.min, &m[d]);
+            return Ok(());
+        }
+        if let Some(v) = self.best[s].clone() {
+            let replace = match &self.best[d] {
+                None => true,
+                Some(b) => self.better(&v, b),
+            };
+            if replace {
+                self.best[d] = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, gids: &[u32], t: &DataType) -> Result<ArrayRef> {
+        self.rows.values(
+            gids.iter()
+                .map(|g| self.best.get(*g as usize).and_then(|b| b.as_deref())),
+            t,
+        )
+    }
+
+    fn reset(&mut self, gid: u32) {
+        if let Some(b) = self.best.get_mut(gid as usize) {
+            *b = None;
+        }
+        if let Some(m) = self.multiset.as_mut().and_then(|m| m.get_mut(gid as usize)) {
+            m.clear();
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// COUNT(DISTINCT x): a count per distinct value per group (so retractions work).
+#[derive(Default)]
+struct CountDistinct {
+    rows: Option<RowConverter>,
+    seen: Vec<HashMap<Box<[u8]>, i64>>,
+}
+
+impl Acc for CountDistinct {
+    fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, capacity: usize) -> Result<()> {
+        grow(&mut self.seen, capacity, HashMap::new());
+        let arg = args
+            .first()
+            .ok_or_else(|| Error::Internal("COUNT(DISTINCT) without an argument".into()))?;
+        if self.rows.is_none() {
+            self.rows = Some(RowConverter::new(vec![SortField::new(arg.data_type().clone())])?);
+        }
+        let rows = self
+            .rows
+            .as_ref()
+            .ok_or_else(|| Error::Internal("row converter".into()))?
+            .convert_columns(std::slice::from_ref(arg))?;
+        for (i, g) in gids.iter().enumerate() {
+            if arg.is_null(i) {
+                continue;
+            }
+            let set = &mut self.seen[*g as usize];
+            let v = rows.row(i);
+            match set.get_mut(v.as_ref()) {
+                Some(n) => {
+                    *n += sign(retract, i);
+                    if *n == 0 {
+                        set.remove(v.as_ref());
+                    }
+                }
+                None => {
+                    set.insert(v.as_ref().into(), sign(retract, i));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, capacity: usize) -> Result<()> {
+        grow(&mut self.seen, capacity, HashMap::new());
+        let o = downcast::<CountDistinct>(other)?;
+        if let Some(theirs) = o.seen.get(src as usize) {
+            let mine = &mut self.seen[dst as usize];
+            for (k, n) in theirs {
+                *mine.entry(k.clone()).or_insert(0) += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
+        let (d, s) = (dst as usize, src as usize);
+        grow(&mut self.seen, d.max(s) + 1, HashMap::new());
+        let theirs = std::mem::take(&mut self.seen[s]);
+        for (k, n) in theirs {
+            *self.seen[d].entry(k).or_insert(0) += n;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, gids: &[u32], t: &DataType) -> Result<ArrayRef> {
+        let a = Int64Array::from_iter_values(
+            gids.iter()
+                .map(|g| self.seen.get(*g as usize).map(|s| s.len() as i64).unwrap_or(0)),
+        );
+        conform(Arc::new(a), t)
+    }
+
+    fn reset(&mut self, gid: u32) {
+        if let Some(s) = self.seen.get_mut(gid as usize) {
+            *s = HashMap::new();
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Any DataFusion aggregate: one [`Accumulator`] per group.
+struct Generic {
+    func: Arc<AggregateFunctionExpr>,
+    accs: Vec<Option<Box<dyn Accumulator>>>,
+}
+
+impl Generic {
+    fn new(call: &AggCall) -> Result<Generic> {
+        let AggKind::Generic(func) = &call.kind else {
+            return Err(Error::Internal(format!(
+                "{}: no DataFusion accumulator was planned for it",
+                call.display
+            )));
+        };
+        Ok(Generic {
+            func: func.clone(),
+            accs: Vec::new(),
+        })
+    }
+
+    fn acc(&mut self, g: usize) -> Result<&mut Box<dyn Accumulator>> {
+        if self.accs.len() <= g {
+            self.accs.resize_with(g + 1, || None);
+        }
+        if self.accs[g].is_none() {
+            self.accs[g] = Some(self.func.create_accumulator()?);
+        }
+        self.accs[g]
+            .as_mut()
+            .ok_or_else(|| Error::Internal("accumulator".into()))
+    }
+}
+
+impl Acc for Generic {
+    fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, _capacity: usize) -> Result<()> {
+        // Rows by group, in arrival order within a group; inserts and retractions apart.
+        let mut by_group: BTreeMap<(u32, bool), Vec<u32>> = BTreeMap::new();
+        for (i, g) in gids.iter().enumerate() {
+            let r = retract.is_some_and(|r| r[i]);
+            by_group.entry((*g, r)).or_default().push(i as u32);
+        }
+        for ((g, r), rows) in by_group {
+            let idx = UInt32Array::from(rows);
+            let part: Vec<ArrayRef> = args
+                .iter()
+                .map(|a| take(a, &idx, None))
+                .collect::<std::result::Result<_, _>>()?;
+            let acc = self.acc(g as usize)?;
+            if r {
+                acc.retract_batch(&part)?;
+            } else {
+                acc.update_batch(&part)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, _capacity: usize) -> Result<()> {
+        let o = downcast::<Generic>(other)?;
+        let Some(Some(theirs)) = o.accs.get_mut(src as usize) else {
+            return Ok(());
+        };
+        // Consumes `other`'s state: only used where the source group is dropped afterwards.
+        let state: Vec<ArrayRef> = theirs
+            .state()?
+            .into_iter()
+            .map(|s| s.to_array())
+            .collect::<std::result::Result<_, _>>()?;
+        o.accs[src as usize] = None;
+        self.acc(dst as usize)?.merge_batch(&state)?;
+        Ok(())
+    }
+
+    fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
+        let Some(Some(mut theirs)) = self.accs.get_mut(src as usize).map(Option::take) else {
+            return Ok(());
+        };
+        let state: Vec<ArrayRef> = theirs
+            .state()?
+            .into_iter()
+            .map(|s| s.to_array())
+            .collect::<std::result::Result<_, _>>()?;
+        self.acc(dst as usize)?.merge_batch(&state)?;
+        Ok(())
+    }
+
+    fn evaluate(&mut self, gids: &[u32], t: &DataType) -> Result<ArrayRef> {
+        let mut vals = Vec::with_capacity(gids.len());
+        for g in gids {
+            vals.push(self.acc(*g as usize)?.evaluate()?);
+        }
+        if vals.is_empty() {
+            return Ok(new_null_array(t, 0));
+        }
+        conform(ScalarValue::iter_to_array(vals)?, t)
+    }
+
+    fn reset(&mut self, gid: u32) {
+        if let Some(a) = self.accs.get_mut(gid as usize) {
+            *a = None;
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Arguments of every call evaluated over one batch (after each call's FILTER).
+pub struct Evaluated {
+    /// Per call: argument arrays and, with a FILTER, the rows kept.
+    calls: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
+}
+
+/// The state of all aggregate calls of one operator (or one window pane), by group id, with a row
+/// count per group (a group whose count drops to zero is gone).
+pub struct Aggregates {
+    calls: Arc<[AggCall]>,
+    accs: Vec<Box<dyn Acc>>,
+    rows: Vec<i64>,
+}
+
+impl Aggregates {
+    /// `retracting`: the input is a changelog (MIN/MAX keep a multiset from the start).
+    pub fn new(calls: &Arc<[AggCall]>, retracting: bool) -> Result<Aggregates> {
+        let mut accs = Vec::with_capacity(calls.len());
+        for c in calls.iter() {
+            let mut a = c.new_acc()?;
+            if retracting && let Some(m) = a.as_any_mut().downcast_mut::<MinMax>() {
+                m.multiset = Some(Vec::new());
+            }
+            accs.push(a);
+        }
+        Ok(Aggregates {
+            calls: calls.clone(),
+            accs,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Evaluate every call's arguments and FILTER over `batch`.
+    pub fn evaluate_args(calls: &[AggCall], batch: &RecordBatch) -> Result<Evaluated> {
+        let mut out = Vec::with_capacity(calls.len());
+        for c in calls {
+            let args: Vec<ArrayRef> = c
+                .args
+                .iter()
+                .map(|e| e.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())))
+                .collect::<std::result::Result<_, _>>()?;
+            let keep = match &c.filter {
+                None => None,
+                Some(f) => {
+                    let v = f.evaluate(batch)?.into_array(batch.num_rows())?;
+                    let b = v
+                        .as_boolean_opt()
+                        .ok_or_else(|| Error::plan(format!("{}: FILTER must be a boolean condition", c.display)))?;
+                    // NULL is not true.
+                    Some(b.iter().map(|v| Some(v == Some(true))).collect::<BooleanArray>())
+                }
+            };
+            out.push((args, keep));
+        }
+        Ok(Evaluated { calls: out })
+    }
+
+    /// Apply rows (`rows` selects which rows of the evaluated batch; `None`: all) to groups `gids`.
+    pub fn update(
+        &mut self,
+        ev: &Evaluated,
+        rows: Option<&UInt32Array>,
+        gids: &[u32],
+        retract: Option<&[bool]>,
+        capacity: usize,
+    ) -> Result<()> {
+        grow(&mut self.rows, capacity, 0);
+        for (i, g) in gids.iter().enumerate() {
+            self.rows[*g as usize] += sign(retract, i);
+        }
+        for (acc, (args, keep)) in self.accs.iter_mut().zip(&ev.calls) {
+            let mut args: Vec<ArrayRef> = match rows {
+                Some(ix) => args
+                    .iter()
+                    .map(|a| take(a, ix, None))
+                    .collect::<std::result::Result<_, _>>()?,
+                None => args.clone(),
+            };
+            match keep {
+                None => acc.update(&args, gids, retract, capacity)?,
+                Some(k) => {
+                    let k: BooleanArray = match rows {
+                        Some(ix) => take(k, ix, None)?.as_boolean().clone(),
+                        None => k.clone(),
+                    };
+                    args = args
+                        .iter()
+                        .map(|a| filter(a, &k))
+                        .collect::<std::result::Result<_, _>>()?;
+                    let g: Vec<u32> = gids
+                        .iter()
+                        .zip(k.values())
+                        .filter(|(_, k)| *k)
+                        .map(|(g, _)| *g)
+                        .collect();
+                    let r: Option<Vec<bool>> =
+                        retract.map(|r| r.iter().zip(k.values()).filter(|(_, k)| *k).map(|(r, _)| *r).collect());
+                    acc.update(&args, &g, r.as_deref(), capacity)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Merge group `src` of `other` into group `dst`.
+    pub fn merge_from(&mut self, dst: u32, other: &mut Aggregates, src: u32, capacity: usize) -> Result<()> {
+        grow(&mut self.rows, capacity, 0);
+        self.rows[dst as usize] += other.rows.get(src as usize).copied().unwrap_or(0);
+        for (a, b) in self.accs.iter_mut().zip(other.accs.iter_mut()) {
+            a.merge_from(dst, b.as_mut(), src, capacity)?;
+        }
+        Ok(())
+    }
+
+    /// Merge group `src` into group `dst` (sessions that merge); reset `src` afterwards.
+    pub fn merge_groups(&mut self, dst: u32, src: u32) -> Result<()> {
+        grow(&mut self.rows, dst.max(src) as usize + 1, 0);
+        self.rows[dst as usize] += self.rows[src as usize];
+        for a in &mut self.accs {
+            a.merge_within(dst, src)?;
+        }
+        Ok(())
+    }
+
+    /// Final values of every call for the given groups, one array per call.
+    pub fn evaluate(&mut self, gids: &[u32]) -> Result<Vec<ArrayRef>> {
+        self.accs
+            .iter_mut()
+            .zip(self.calls.iter())
+            .map(|(a, c)| a.evaluate(gids, &c.return_type))
+            .collect()
+    }
+
+    /// Rows currently in a group (inserts minus retractions).
+    pub fn rows(&self, gid: u32) -> i64 {
+        self.rows.get(gid as usize).copied().unwrap_or(0)
+    }
+
+    pub fn reset(&mut self, gid: u32) {
+        if let Some(r) = self.rows.get_mut(gid as usize) {
+            *r = 0;
+        }
+        for a in &mut self.accs {
+            a.reset(gid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::col;
+
+    fn batch(vals: &[Option<i64>]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vals.to_vec()))]).expect("batch")
+    }
+
+    fn call(kind: AggKind, distinct: bool, t: DataType) -> AggCall {
+        let schema = Schema::new(vec![Field::new("x", DataType::Int64, true)]);
+        AggCall {
+            display: format!("{kind:?}"),
+            args: if matches!(kind, AggKind::CountStar) {
+                vec![]
+            } else {
+                vec![col("x", &schema).expect("col")]
+            },
+            kind,
+            filter: None,
+            distinct,
+            return_type: t,
+        }
+    }
+
+    #[test]
+    fn retractions_undo_inserts() {
+        let calls: Arc<[AggCall]> = vec![
+            call(AggKind::CountStar, false, DataType::Int64),
+            call(AggKind::Count, false, DataType::Int64),
+            call(AggKind::Sum, false, DataType::Int64),
+            call(AggKind::Avg, false, DataType::Float64),
+            call(AggKind::Min, false, DataType::Int64),
+            call(AggKind::Max, false, DataType::Int64),
+            call(AggKind::Count, true, DataType::Int64),
+        ]
+        .into();
+        let mut a = Aggregates::new(&calls, true).expect("aggs");
+        let b = batch(&[Some(5), Some(1), None, Some(5), Some(9)]);
+        let ev = Aggregates::evaluate_args(&calls, &b).expect("args");
+        a.update(&ev, None, &[0, 0, 0, 0, 1], None, 2).expect("update");
+        let out = a.evaluate(&[0, 1]).expect("eval");
+        let ints = |i: usize| out[i].as_primitive::<Int64Type>().iter().collect::<Vec<_>>();
+        assert_eq!(ints(0), vec![Some(4), Some(1)]);
+        assert_eq!(ints(1), vec![Some(3), Some(1)]);
+        assert_eq!(ints(2), vec![Some(11), Some(9)]);
+        assert_eq!(ints(4), vec![Some(1), Some(9)]);
+        assert_eq!(ints(5), vec![Some(5), Some(9)]);
+        assert_eq!(ints(6), vec![Some(2), Some(1)]);
+        // Retract the 1 and one 5 from group 0, the 9 from group 1.
+        let b = batch(&[Some(1), Some(5), Some(9)]);
+        let ev = Aggregates::evaluate_args(&calls, &b).expect("args");
+        a.update(&ev, None, &[0, 0, 1], Some(&[true, true, true]), 2)
+            .expect("retract");
+        let out = a.evaluate(&[0, 1]).expect("eval");
+        let ints = |i: usize| out[i].as_primitive::<Int64Type>().iter().collect::<Vec<_>>();
+        assert_eq!(ints(2), vec![Some(5), None], "an empty SUM is NULL");
+        assert_eq!(ints(4), vec![Some(5), None]);
+        assert_eq!(ints(6), vec![Some(1), Some(0)]);
+        assert_eq!(a.rows(1), 0);
+        assert_eq!(out[3].as_primitive::<Float64Type>().value(0), 5.0);
+    }
+
+    #[test]
+    fn merges_groups_of_two_states() {
+        let calls: Arc<[AggCall]> = vec![
+            call(AggKind::Sum, false, DataType::Int64),
+            call(AggKind::Max, false, DataType::Int64),
+            call(AggKind::Count, true, DataType::Int64),
+        ]
+        .into();
+        let mut a = Aggregates::new(&calls, false).expect("aggs");
+        let mut b = Aggregates::new(&calls, false).expect("aggs");
+        let ev = Aggregates::evaluate_args(&calls, &batch(&[Some(1), Some(2)])).expect("args");
+        a.update(&ev, None, &[0, 0], None, 1).expect("a");
+        let ev = Aggregates::evaluate_args(&calls, &batch(&[Some(2), Some(7)])).expect("args");
+        b.update(&ev, None, &[3, 3], None, 4).expect("b");
+        a.merge_from(0, &mut b, 3, 1).expect("merge");
+        let out = a.evaluate(&[0]).expect("eval");
+        assert_eq!(out[0].as_primitive::<Int64Type>().value(0), 12);
+        assert_eq!(out[1].as_primitive::<Int64Type>().value(0), 7);
+        assert_eq!(out[2].as_primitive::<Int64Type>().value(0), 3);
+        assert_eq!(a.rows(0), 4);
+    }
+}

@@ -1,0 +1,406 @@
+//! SESSION window aggregate: per group key, sessions that grow and merge.
+//!
+//! A row at time `t` is the session `[t, t + gap)`; sessions of one key that overlap or touch merge
+//! (Flink's rule: `[t, t+gap)` and `[t+gap, …)` are one session). A session fires once, when the
+//! watermark reaches its end; it is append-only output.
+//!
+//! Rows are taken in arrival order: a session that had ended at the watermark a row arrived under is
+//! closed for it (as if it had fired already), so the row opens a new session instead of reviving
+//! the old one — the same result whatever the micro-batch size. A row whose own session `[t, t+gap)`
+//! had ended is late.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::acc::{AggCall, Aggregates};
+use super::groups::GroupTable;
+use super::window::millis;
+use super::window_agg::OutCol;
+use super::{ChangeBatch, Context, Operator};
+use crate::error::{Error, Result};
+
+pub struct Config {
+    pub gap: i64,
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub key_types: Vec<DataType>,
+    /// Evaluates to each row's event time (minus `time_shift` ms).
+    pub time: Arc<dyn PhysicalExpr>,
+    pub time_shift: i64,
+    pub columns: Vec<OutCol>,
+    pub calls: Arc<[AggCall]>,
+    pub schema: SchemaRef,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    start: i64,
+    end: i64,
+    gid: u32,
+}
+
+pub struct SessionAgg {
+    cfg: Config,
+    keys: GroupTable,
+    /// Open sessions per key id, by start.
+    sessions: HashMap<u32, Vec<Session>>,
+    /// (end, gid, key id) of every open session, to fire in order.
+    by_end: BTreeSet<(i64, u32, u32)>,
+    aggs: Aggregates,
+    next_gid: u32,
+    free: Vec<u32>,
+    wm: i64,
+}
+
+impl SessionAgg {
+    pub fn new(cfg: Config) -> Result<SessionAgg> {
+        Ok(SessionAgg {
+            keys: GroupTable::new(&cfg.key_types)?,
+            aggs: Aggregates::new(&cfg.calls, false)?,
+            cfg,
+            sessions: HashMap::new(),
+            by_end: BTreeSet::new(),
+            next_gid: 0,
+            free: Vec::new(),
+            wm: i64::MIN,
+        })
+    }
+}
+
+/// Follow merges to the surviving session.
+fn resolve(redirect: &HashMap<u32, u32>, mut g: u32) -> u32 {
+    while let Some(n) = redirect.get(&g) {
+        g = *n;
+    }
+    g
+}
+
+impl Operator for SessionAgg {
+    fn process(&mut self, _port: usize, input: ChangeBatch, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let n = input.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if input.retractions().is_some() {
+            return Err(Error::Internal("a session window aggregate got a changelog".into()));
+        }
+        let b = &input.batch;
+        let ts = millis(&self.cfg.time.evaluate(b)?.into_array(n)?)?;
+        let key_cols: Vec<ArrayRef> = self
+            .cfg
+            .keys
+            .iter()
+            .map(|e| e.evaluate(b).and_then(|v| v.into_array(n)))
+            .collect::<std::result::Result<_, _>>()?;
+        let kids = self.keys.intern(&key_cols, n)?;
+        let gap = self.cfg.gap;
+        let wms = input.wm.values();
+        let mut assigned: Vec<u32> = Vec::with_capacity(n);
+        let mut rows: Vec<u32> = Vec::with_capacity(n);
+        let mut late: Vec<u32> = Vec::new();
+        let mut redirect: HashMap<u32, u32> = HashMap::new();
+        let mut merges: Vec<(u32, u32)> = Vec::new();
+        let mut retired: Vec<u32> = Vec::new();
+        for i in 0..n {
+            if ts.is_null(i) {
+                return Err(Error::Internal("a session's time is NULL".into()));
+            }
+            let t = ts.value(i) - self.cfg.time_shift;
+            let w = wms[i];
+            if t.saturating_add(gap) <= w {
+                late.push(i as u32);
+                continue;
+            }
+            let (start, end) = (t, t.saturating_add(gap));
+            let list = self.sessions.entry(kids[i]).or_default();
+            // Open sessions (not ended at this row's watermark) that overlap or touch the row's.
+            let hits: Vec<usize> = list
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.end > w && s.start <= end && s.end >= start)
+                .map(|(j, _)| j)
+                .collect();
+            let gid = match hits.first() {
+                None => {
+                    let gid = self.free.pop().unwrap_or_else(|| {
+                        self.next_gid += 1;
+                        self.next_gid - 1
+                    });
+                    let at = list.partition_point(|s| s.start < start);
+                    list.insert(at, Session { start, end, gid });
+                    self.by_end.insert((end, gid, kids[i]));
+                    gid
+                }
+                Some(&first) => {
+                    let keep = list[first];
+                    let mut merged = Session {
+                        start: keep.start.min(start),
+                        end: keep.end.max(end),
+                        gid: keep.gid,
+                    };
+                    self.by_end.remove(&(keep.end, keep.gid, kids[i]));
+                    for &j in hits[1..].iter() {
+                        let other = list[j];
+                        merged.start = merged.start.min(other.start);
+                        merged.end = merged.end.max(other.end);
+                        self.by_end.remove(&(other.end, other.gid, kids[i]));
+                        redirect.insert(other.gid, keep.gid);
+                        merges.push((keep.gid, other.gid));
+                        retired.push(other.gid);
+                    }
+                    for &j in hits[1..].iter().rev() {
+                        list.remove(j);
+                    }
+                    list[first] = merged;
+                    self.by_end.insert((merged.end, merged.gid, kids[i]));
+                    merged.gid
+                }
+            };
+            assigned.push(gid);
+            rows.push(i as u32);
+        }
+        if !late.is_empty() {
+            let idx = UInt32Array::from(late);
+            cx.late(
+                datafusion::arrow::compute::take_record_batch(b, &idx)?,
+                "late: the row's session had ended at the watermark it arrived under",
+            );
+        }
+        // State merges first (in the order they happened), then this batch's rows, once.
+        for (dst, src) in merges {
+            self.aggs.merge_groups(dst, src)?;
+        }
+        let gids: Vec<u32> = assigned.iter().map(|g| resolve(&redirect, *g)).collect();
+        if !gids.is_empty() {
+            let ev = Aggregates::evaluate_args(&self.cfg.calls, b)?;
+            let sel = UInt32Array::from(rows);
+            let all = sel.len() == n;
+            self.aggs
+                .update(&ev, (!all).then_some(&sel), &gids, None, self.next_gid as usize)?;
+        }
+        for g in retired {
+            self.aggs.reset(g);
+            self.free.push(g);
+        }
+        Ok(Vec::new())
+    }
+
+    fn advance(&mut self, wm: i64, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let mut closing: Vec<(i64, u32, u32)> = Vec::new();
+        while let Some(first) = self.by_end.first().copied() {
+            if first.0 > wm {
+                break;
+            }
+            self.by_end.pop_first();
+            closing.push(first);
+        }
+        let prev = self.wm;
+        self.wm = self.wm.max(wm);
+        if closing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut starts = Vec::with_capacity(closing.len());
+        let mut gids = Vec::with_capacity(closing.len());
+        let mut kids = Vec::with_capacity(closing.len());
+        for (end, gid, kid) in &closing {
+            let list = self.sessions.entry(*kid).or_default();
+            let at = list
+                .iter()
+                .position(|s| s.gid == *gid)
+                .ok_or_else(|| Error::Internal("a closing session is missing".into()))?;
+            let s = list.remove(at);
+            debug_assert_eq!(s.end, *end);
+            starts.push(s.start);
+            gids.push(*gid);
+            kids.push(*kid);
+        }
+        let keys = self.keys.keys_of(&kids)?;
+        let vals = self.aggs.evaluate(&gids)?;
+        let n = gids.len();
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.cfg.schema.fields().len());
+        for c in &self.cfg.columns {
+            cols.push(match c {
+                OutCol::Key(i) => keys
+                    .get(*i)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal("session key column".into()))?,
+                OutCol::Start => Arc::new(TimestampMillisecondArray::from(starts.clone())),
+                OutCol::End => Arc::new(TimestampMillisecondArray::from_iter_values(closing.iter().map(|c| c.0))),
+                OutCol::Time => Arc::new(TimestampMillisecondArray::from_iter_values(
+                    closing.iter().map(|c| c.0 - 1),
+                )),
+            });
+        }
+        cols.extend(vals);
+        let cols = cols
+            .into_iter()
+            .zip(self.cfg.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    cast(&c, f.data_type())
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let batch = RecordBatch::try_new_with_options(
+            self.cfg.schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        for (g, k) in gids.iter().zip(&kids) {
+            self.aggs.reset(*g);
+            self.free.push(*g);
+            if self.sessions.get(k).is_some_and(Vec::is_empty) {
+                self.sessions.remove(k);
+                self.keys.remove(*k);
+            }
+        }
+        Ok(vec![ChangeBatch::append(batch, prev)])
+    }
+
+    fn low_water(&self) -> i64 {
+        self.sessions
+            .values()
+            .flat_map(|l| l.iter().map(|s| s.start))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    fn state_size(&self) -> usize {
+        self.by_end.len()
+    }
+}
+
+impl SessionAgg {
+    /// Sessions open now (for tests and metrics).
+    pub fn open_sessions(&self) -> usize {
+        self.by_end.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::acc::AggKind;
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType};
+    use datafusion::physical_expr::expressions::col;
+
+    fn input_schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]))
+    }
+
+    fn rows(keys: &[&str], ts: &[i64], wms: &[i64]) -> ChangeBatch {
+        let b = RecordBatch::try_new(
+            input_schema(),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(TimestampMillisecondArray::from(ts.to_vec())),
+            ],
+        )
+        .expect("batch");
+        let mut c = ChangeBatch::append(b, 0);
+        c.wm = Int64Array::from(wms.to_vec());
+        c
+    }
+
+    fn op(gap: i64) -> SessionAgg {
+        let s = input_schema();
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        SessionAgg::new(Config {
+            gap,
+            keys: vec![col("k", &s).expect("k")],
+            key_types: vec![DataType::Utf8],
+            time: col("t", &s).expect("t"),
+            time_shift: 0,
+            columns: vec![OutCol::Key(0), OutCol::Start, OutCol::End],
+            calls: vec![AggCall {
+                display: "count(*)".into(),
+                kind: AggKind::CountStar,
+                args: vec![],
+                filter: None,
+                distinct: false,
+                return_type: DataType::Int64,
+            }]
+            .into(),
+            schema: Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, false),
+                Field::new("window_start", ts.clone(), false),
+                Field::new("window_end", ts, false),
+                Field::new("n", DataType::Int64, false),
+            ])),
+        })
+        .expect("op")
+    }
+
+    fn collect(out: &[ChangeBatch]) -> Vec<(String, i64, i64, i64)> {
+        let mut v = Vec::new();
+        for c in out {
+            let b = &c.batch;
+            for i in 0..b.num_rows() {
+                v.push((
+                    b.column(0).as_string::<i32>().value(i).to_string(),
+                    b.column(1).as_primitive::<TimestampMillisecondType>().value(i),
+                    b.column(2).as_primitive::<TimestampMillisecondType>().value(i),
+                    b.column(3).as_primitive::<Int64Type>().value(i),
+                ));
+            }
+        }
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn sessions_merge_when_they_touch_and_a_bridge_joins_two() {
+        let mut s = op(1_000);
+        let mut cx = Context::default();
+        // u: 0 and 1000 touch ([0,1000) and [1000,2000)); 5000 alone; then, in a later batch, 3000
+        // opens a session, 2000 bridges it to [0, 2000) and 4000 bridges all to [5000, 6000).
+        s.process(
+            0,
+            rows(&["u", "u", "u", "v"], &[0, 1_000, 5_000, 0], &[0, 0, 0, 0]),
+            &mut cx,
+        )
+        .expect("p");
+        assert_eq!(s.open_sessions(), 3);
+        s.process(0, rows(&["u", "u", "u"], &[3_000, 2_000, 4_000], &[0, 0, 0]), &mut cx)
+            .expect("p");
+        assert_eq!(s.open_sessions(), 2);
+        let out = s.advance(i64::MAX, &mut cx).expect("a");
+        assert_eq!(
+            collect(&out),
+            vec![("u".into(), 0, 6_000, 6), ("v".into(), 0, 1_000, 1)]
+        );
+        assert_eq!(s.state_size(), 0);
+    }
+
+    #[test]
+    fn a_row_after_its_key_session_ended_opens_a_new_one() {
+        let mut s = op(1_000);
+        let mut cx = Context::default();
+        // The session [0, 1000) has ended at watermark 1500 when the row at 900 arrives: that row's
+        // own session [900, 1900) is open, and separate.
+        s.process(0, rows(&["u", "u", "u"], &[0, 2_600, 900], &[0, 0, 1_500]), &mut cx)
+            .expect("p");
+        let out = s.advance(i64::MAX, &mut cx).expect("a");
+        assert_eq!(
+            collect(&out),
+            vec![
+                ("u".into(), 0, 1_000, 1),
+                ("u".into(), 900, 1_900, 1),
+                ("u".into(), 2_600, 3_600, 1)
+            ]
+        );
+        s.process(0, rows(&["u"], &[100], &[5_000]), &mut cx).expect("p");
+        assert_eq!(cx.late.len(), 1);
+    }
+}
