@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod operator;
+pub mod plan;
 pub mod print;
 pub mod repl;
 pub mod server;

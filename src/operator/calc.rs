@@ -26,15 +26,56 @@ pub enum Step {
     },
 }
 
+/// A compiled Calc.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub steps: Vec<Step>,
+    /// The input is an upsert stream: filtered-out rows become deletes of their key.
+    pub upsert: bool,
+    /// The steps as SQL, for EXPLAIN.
+    pub text: Vec<String>,
+}
+
+impl Config {
+    pub fn describe(&self) -> String {
+        self.text.join(" → ")
+    }
+}
+
 pub struct Calc {
     steps: Vec<Step>,
-    /// The input is an upsert stream: filtered-out rows become deletes of their key.
     upsert: bool,
 }
 
+/// A projection of columns by index (a source's columns that the query uses).
+pub struct Project;
+
+impl Project {
+    pub fn columns(projection: Option<Vec<usize>>, schema: SchemaRef) -> Calc {
+        let steps = match projection {
+            None => Vec::new(),
+            Some(p) => vec![Step::Project {
+                exprs: p
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(i, f)| {
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(f.name(), *i))
+                            as Arc<dyn PhysicalExpr>
+                    })
+                    .collect(),
+                schema,
+            }],
+        };
+        Calc { steps, upsert: false }
+    }
+}
+
 impl Calc {
-    pub fn new(steps: Vec<Step>, upsert: bool) -> Calc {
-        Calc { steps, upsert }
+    pub fn new(cfg: Config) -> Calc {
+        Calc {
+            steps: cfg.steps,
+            upsert: cfg.upsert,
+        }
     }
 
     /// Run the steps over one batch.
@@ -136,7 +177,12 @@ mod tests {
             },
         ];
         let input = ChangeBatch::changes(b, vec![RowKind::Insert, RowKind::UpdateAfter, RowKind::Delete], 0);
-        let out = Calc::new(steps.clone(), false).apply(input.clone()).expect("calc");
+        let cfg = |upsert| Config {
+            steps: steps.clone(),
+            upsert,
+            text: vec![],
+        };
+        let out = Calc::new(cfg(false)).apply(input.clone()).expect("calc");
         assert_eq!(out.num_rows(), 2);
         assert_eq!(
             out.batch
@@ -146,7 +192,7 @@ mod tests {
             18
         );
         assert_eq!((out.kind(0), out.kind(1)), (RowKind::UpdateAfter, RowKind::Delete));
-        let out = Calc::new(steps, true).apply(input).expect("calc");
+        let out = Calc::new(cfg(true)).apply(input).expect("calc");
         assert_eq!(out.num_rows(), 3);
         assert_eq!(
             out.kind(0),

@@ -19,9 +19,11 @@ pub mod acc;
 pub mod calc;
 pub mod groups;
 pub mod session_agg;
+pub mod union;
 pub mod updating_agg;
 pub mod window;
 pub mod window_agg;
+pub mod window_tvf;
 
 use std::sync::Arc;
 

@@ -25,9 +25,12 @@ use super::window_agg::OutCol;
 use super::{ChangeBatch, Context, Operator};
 use crate::error::{Error, Result};
 
+#[derive(Clone)]
 pub struct Config {
     pub gap: i64,
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Names of the keys (EXPLAIN).
+    pub key_names: Vec<String>,
     pub key_types: Vec<DataType>,
     /// Evaluates to each row's event time (minus `time_shift` ms).
     pub time: Arc<dyn PhysicalExpr>,
@@ -319,6 +322,7 @@ mod tests {
         SessionAgg::new(Config {
             gap,
             keys: vec![col("k", &s).expect("k")],
+            key_names: vec!["k".into()],
             key_types: vec![DataType::Utf8],
             time: col("t", &s).expect("t"),
             time_shift: 0,

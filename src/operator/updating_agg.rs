@@ -22,8 +22,11 @@ use super::groups::GroupTable;
 use super::{ChangeBatch, Context, Operator, RowKind};
 use crate::error::{Error, Result};
 
+#[derive(Clone)]
 pub struct Config {
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Names of the keys (EXPLAIN).
+    pub key_names: Vec<String>,
     pub key_types: Vec<DataType>,
     pub calls: Arc<[AggCall]>,
     /// Output: the keys, then one column per call.
@@ -217,6 +220,7 @@ mod tests {
         ]));
         let mut op = UpdatingAgg::new(Config {
             keys: vec![col("k", &in_schema).expect("k")],
+            key_names: vec!["k".into()],
             key_types: vec![DataType::Utf8],
             calls: vec![AggCall {
                 display: "sum(x)".into(),

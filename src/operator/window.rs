@@ -11,12 +11,15 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
 pub enum WindowSpec {
     Tumble { size: i64 },
     Hop { slide: i64, size: i64 },
     Cumulate { step: i64, size: i64 },
     Session { gap: i64 },
+    /// Windows the input already carries (a window aggregate over the result of a HOP aggregate):
+    /// a row's window starts at its `window_start` and is `size` long.
+    Windowed { size: i64 },
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -30,7 +33,7 @@ impl WindowSpec {
             WindowSpec::Tumble { size } => size,
             WindowSpec::Hop { slide, size } => gcd(slide, size),
             WindowSpec::Cumulate { step, .. } => step,
-            WindowSpec::Session { .. } => 1,
+            WindowSpec::Session { .. } | WindowSpec::Windowed { .. } => 1,
         }
     }
 
@@ -63,6 +66,7 @@ impl WindowSpec {
                     .collect()
             }
             WindowSpec::Session { gap } => vec![(p, p + gap)],
+            WindowSpec::Windowed { size } => vec![(p, p + size)],
         }
     }
 
@@ -88,7 +92,7 @@ impl WindowSpec {
             WindowSpec::Tumble { size } => size,
             WindowSpec::Hop { slide, .. } => slide,
             WindowSpec::Cumulate { step, .. } => step,
-            WindowSpec::Session { .. } => return Vec::new(),
+            WindowSpec::Session { .. } | WindowSpec::Windowed { .. } => return Vec::new(),
         };
         let size = match *self {
             WindowSpec::Tumble { size } | WindowSpec::Hop { size, .. } => size,
@@ -122,6 +126,7 @@ impl WindowSpec {
             ),
             WindowSpec::Cumulate { step, size } => format!("CUMULATE(step {}, size {})", dur(*step), dur(*size)),
             WindowSpec::Session { gap } => format!("SESSION(gap {})", dur(*gap)),
+            WindowSpec::Windowed { size } => format!("the input's windows ({})", dur(*size)),
         }
     }
 }

@@ -39,10 +39,13 @@ pub enum OutCol {
 }
 
 /// A compiled window aggregate.
+#[derive(Clone)]
 pub struct Config {
     pub window: WindowSpec,
     /// Group keys other than the window columns.
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Names of the keys (EXPLAIN).
+    pub key_names: Vec<String>,
     pub key_types: Vec<datafusion::arrow::datatypes::DataType>,
     /// Evaluates to each row's pane (or, for sessions, event time) as a TIMESTAMP, minus `pane_shift` ms.
     pub pane: Arc<dyn PhysicalExpr>,
@@ -84,7 +87,7 @@ impl WindowAgg {
     }
 
     fn merges_panes(&self) -> bool {
-        !matches!(self.cfg.window, WindowSpec::Tumble { .. })
+        !matches!(self.cfg.window, WindowSpec::Tumble { .. } | WindowSpec::Windowed { .. })
     }
 
     /// Pane start of each row.
@@ -400,6 +403,7 @@ mod tests {
         WindowAgg::new(Config {
             window,
             keys: vec![col("k", &s).expect("k")],
+            key_names: vec!["k".into()],
             key_types: vec![DataType::Utf8],
             pane: col("t", &s).expect("t"),
             pane_shift: 0,

@@ -475,28 +475,28 @@ pub fn literal_text(e: &Expr) -> Option<String> {
     }
 }
 
-/// `INTERVAL '5' SECOND`, `INTERVAL '5 seconds'`, `INTERVAL '1' MINUTE` → milliseconds.
+/// `INTERVAL '5' SECOND`, `INTERVAL '5 seconds'`, `INTERVAL '5 m'`, `INTERVAL '1' MINUTE` →
+/// milliseconds, read exactly as DataFusion reads interval literals (arrow's interval parser, a bare
+/// number in seconds). `None` for what is not a fixed-length, non-negative interval (months vary).
 pub fn interval_ms(e: &Expr) -> Option<i64> {
+    use datafusion::arrow::compute::kernels::cast_utils::{
+        IntervalParseConfig, IntervalUnit, parse_interval_month_day_nano_config,
+    };
     let Expr::Interval(iv) = e else { return None };
+    if iv.last_field.is_some() || iv.leading_precision.is_some() {
+        return None;
+    }
     let text = literal_text(&iv.value)?;
-    let mut parts = text.split_whitespace();
-    let n: f64 = parts.next()?.parse().ok()?;
-    let unit = match (&iv.leading_field, parts.next()) {
-        (Some(f), None) => f.to_string(),
-        (None, Some(u)) => u.to_string(),
-        (None, None) => "SECOND".to_string(),
-        _ => return None,
+    let text = match &iv.leading_field {
+        Some(f) => format!("{text} {f}"),
+        None => text,
     };
-    let mult = match unit.to_ascii_uppercase().trim_end_matches('S') {
-        "MILLISECOND" | "M" => 1.0,
-        "SECOND" | "SEC" => 1000.0,
-        "MINUTE" | "MIN" => 60_000.0,
-        "HOUR" => 3_600_000.0,
-        "DAY" => 86_400_000.0,
-        _ => return None,
-    };
-    let ms = n * mult;
-    (ms.is_finite() && ms >= 0.0).then_some(ms.round() as i64)
+    let v = parse_interval_month_day_nano_config(&text, IntervalParseConfig::new(IntervalUnit::Second)).ok()?;
+    if v.months != 0 {
+        return None;
+    }
+    let ms = i128::from(v.days) * 86_400_000 + i128::from(v.nanoseconds) / 1_000_000;
+    (ms >= 0 && ms <= i128::from(i64::MAX)).then_some(ms as i64)
 }
 
 fn watermark_delay(column: &str, e: &Expr) -> std::result::Result<i64, String> {
@@ -626,6 +626,10 @@ SHOW SOURCES; describe course_events; DROP SINK IF EXISTS out;
         assert_eq!(q("INTERVAL '1' MINUTE"), Some(60_000));
         assert_eq!(q("INTERVAL '10 seconds'"), Some(10_000));
         assert_eq!(q("INTERVAL '250' MILLISECOND"), Some(250));
+        assert_eq!(q("INTERVAL '5 m'"), Some(300_000), "'m' is minutes, as in DataFusion");
+        assert_eq!(q("INTERVAL '1 hour 30 minutes'"), Some(5_400_000));
+        assert_eq!(q("INTERVAL '2' DAY"), Some(172_800_000));
+        assert_eq!(q("INTERVAL '1' MONTH"), None, "months have no fixed length");
         assert_eq!(q("5"), None);
     }
 }
