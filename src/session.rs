@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::connector::memory::{MemorySink, MemoryTable};
 use crate::connector::{self, Sink};
-use crate::engine::plan::{self, Compiled, Inputs, Kind};
-use crate::engine::query::{self, EngineConfig, Metrics, QueryRuntime, QueryTask, Report, SystemTables, context_for};
+use crate::engine::query::{EngineConfig, Metrics, QueryRuntime, QueryTask, Report, SystemTables};
+use crate::plan::{self, Accepts, Compiled};
 use crate::error::{Error, Result};
 use crate::sql::catalog::{Catalog, MaterializedViewDef, Object, SinkDef, ViewDef};
 use crate::sql::parser::{ObjectKind, ShowKind, SourceKind, Statement};
@@ -283,15 +283,18 @@ impl Session {
             Some(Object::MaterializedView(m)) => (m.query.clone(), None),
             _ => return Err(Error::plan(format!("'{name}' is not a sink or materialized view"))),
         };
-        let compiled = self.compile(&query)?;
+        let compiled = self.compile(&query).await?;
         let mut table = None;
         let (metrics, bounded, stop, handle) = match sink_options {
             Some(opts) => {
-                self.start(name, &compiled, |schema| connector::open_sink(&opts, schema))
-                    .await?
+                let what = sink_label(name, &opts);
+                self.start(name, &compiled, connector::sink_accepts(&opts), &what, |schema| {
+                    connector::open_sink(&opts, schema)
+                })
+                .await?
             }
             None => {
-                self.start(name, &compiled, |schema| {
+                self.start(name, &compiled, Accepts::Upsert, name, |schema| {
                     let t = MemoryTable::new(schema);
                     table = Some(t.clone());
                     Ok(Box::new(MemorySink(t)))
@@ -343,39 +346,20 @@ impl Session {
             .ok_or_else(|| Error::plan(format!("no continuous query '{name}'")))
     }
 
-    fn compile(&self, q: &Query) -> Result<Compiled> {
-        use datafusion::execution::FunctionRegistry;
-        let probe = datafusion::prelude::SessionContext::new();
-        plan::compile(q, &self.catalog, &|name| probe.udaf(name).is_ok())
-    }
-
-    /// What DataFusion plans against. In plan-only mode lookup tables are not read: they stand in as
-    /// empty tables of their declared schema, as streams do.
-    fn planning_inputs(&self, inputs: &Inputs) -> Inputs {
-        let mut inputs = inputs.clone();
-        if self.plan_only {
-            let tables = std::mem::take(&mut inputs.tables);
-            inputs.streams.extend(tables);
-        }
-        inputs
-    }
-
-    /// The output schema of a compiled query; planning only.
-    async fn planned_schema(&self, compiled: &Compiled) -> Result<SchemaRef> {
-        let mut planning = compiled.clone();
-        planning.inputs = self.planning_inputs(&compiled.inputs);
-        query::output_schema(&planning, &self.catalog, &self.system).await
+    async fn compile(&self, q: &Query) -> Result<Compiled> {
+        plan::compile(q, &self.catalog, &self.system, !self.plan_only).await
     }
 
     /// Plan-only stand-in for [`Self::start`]: the checks it and the query runtime make before
     /// anything runs, with nothing opened. Returns the output schema.
-    async fn plan_continuous(&self, name: &str, compiled: &Compiled) -> Result<SchemaRef> {
+    fn plan_continuous(&self, name: &str, compiled: &Compiled, accepts: Accepts, sink: &str) -> Result<SchemaRef> {
         needs_a_stream(name, compiled)?;
-        let schema = self.planned_schema(compiled).await?;
-        if !matches!(compiled.kind, Kind::Stateless { .. })
-            && let Some(s) = compiled
-                .inputs
-                .streams
+        let mut c = compiled.clone();
+        plan::finalize(&mut c, accepts, sink)?;
+        if c.graph.needs_watermark()
+            && let Some(s) = c
+                .graph
+                .sources()
                 .iter()
                 .find(|s| self.catalog.source(s).is_some_and(|d| d.watermark.is_none()))
         {
@@ -384,25 +368,21 @@ impl Session {
                 "source '{s}' has no WATERMARK; windows need one: WATERMARK FOR col AS col - INTERVAL '5' SECOND"
             )));
         }
-        Ok(schema)
+        Ok(c.schema)
     }
 
     async fn start(
         &mut self,
         name: &str,
         compiled: &Compiled,
+        accepts: Accepts,
+        sink: &str,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<(Arc<Metrics>, bool, watch::Sender<bool>, QueryTask)> {
         needs_a_stream(name, compiled)?;
-        let rt = QueryRuntime::new(
-            name,
-            compiled,
-            &self.catalog,
-            self.system.clone(),
-            self.config.clone(),
-            make_sink,
-        )
-        .await?;
+        let mut c = compiled.clone();
+        plan::finalize(&mut c, accepts, sink)?;
+        let rt = QueryRuntime::new(name, &c, &self.catalog, self.system.clone(), self.config.clone(), make_sink).await?;
         let metrics = rt.metrics();
         let bounded = rt.bounded();
         let (tx, rx) = watch::channel(false);
@@ -502,6 +482,11 @@ impl Session {
                 sql,
             } => {
                 plan::inputs_of(query, &self.catalog)?;
+                // Plan it now, so a mistake shows where the view is defined.
+                plan::context::PlanContext::new(&self.catalog, &self.system, false, &Default::default())
+                    .await?
+                    .plan_query(query)
+                    .await?;
                 self.catalog.add(
                     name,
                     Object::View(ViewDef {
@@ -521,14 +506,17 @@ impl Session {
                 if self.catalog.get(name).is_some() {
                     return Err(Error::plan(format!("'{name}' already exists")));
                 }
-                let compiled = self.compile(query)?;
+                let compiled = self.compile(query).await?;
                 let hold = self.hold.get(name).cloned();
                 let (table, running) = if self.plan_only || hold.is_some() {
-                    (MemoryTable::new(self.plan_continuous(name, &compiled).await?), None)
+                    (
+                        MemoryTable::new(self.plan_continuous(name, &compiled, Accepts::Upsert, name)?),
+                        None,
+                    )
                 } else {
                     let mut table = None;
                     let running = self
-                        .start(name, &compiled, |schema| {
+                        .start(name, &compiled, Accepts::Upsert, name, |schema| {
                             let t = MemoryTable::new(schema);
                             table = Some(t.clone());
                             Ok(Box::new(MemorySink(t)))
@@ -558,19 +546,21 @@ impl Session {
                     return Err(Error::plan(format!("'{name}' already exists")));
                 }
                 connector::validate_sink(options)?;
-                let compiled = self.compile(query)?;
+                let compiled = self.compile(query).await?;
                 if !compiled.presentation.is_empty() {
                     return Err(Error::plan("ORDER BY and LIMIT have no meaning for a sink; drop them"));
                 }
                 let hold = self.hold.get(name).cloned();
+                let accepts = connector::sink_accepts(options);
+                let what = sink_label(name, options);
                 let running = if self.plan_only || hold.is_some() {
-                    let schema = self.plan_continuous(name, &compiled).await?;
+                    let schema = self.plan_continuous(name, &compiled, accepts, &what)?;
                     connector::validate_sink_schema(options, &schema)?;
                     None
                 } else {
                     let opts = options.clone();
                     Some(
-                        self.start(name, &compiled, |schema| connector::open_sink(&opts, schema))
+                        self.start(name, &compiled, accepts, &what, |schema| connector::open_sink(&opts, schema))
                             .await?,
                     )
                 };
@@ -736,78 +726,57 @@ impl Session {
     }
 
     async fn output_schema(&self, q: &Query) -> Result<SchemaRef> {
-        self.planned_schema(&self.compile(q)?).await
+        Ok(plan::compile(q, &self.catalog, &self.system, false).await?.schema)
     }
 
     async fn explain(&self, q: &Query) -> Result<String> {
-        let compiled = self.compile(q)?;
+        let mut compiled = plan::compile(q, &self.catalog, &self.system, false).await?;
         let mut out = String::new();
         let i = &compiled.inputs;
         let list = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
+        if compiled.bounded() {
+            out.push_str("a bounded query: it runs once, in batch (DataFusion)\n");
+            let mut pc = plan::context::PlanContext::new(&self.catalog, &self.system, false, i).await?;
+            let plan = pc.plan_query(q).await?;
+            out.push_str(&plan.display_indent().to_string());
+            out.push_str(&format!("\noutput: {}\n", compiled.schema));
+            return Ok(out);
+        }
         out.push_str(&format!("streams: {}\n", list(&i.streams)));
         if !i.tables.is_empty() {
             out.push_str(&format!("lookup tables: {}\n", list(&i.tables)));
         }
-        let (ctx, _) = context_for(&self.catalog, &self.planning_inputs(&compiled.inputs), &self.system).await?;
-        let main_sql = match &compiled.kind {
-            Kind::Stateless { sql } => {
-                out.push_str("plan: stateless, per micro-batch (append)\n");
-                sql.clone()
-            }
-            Kind::WindowAgg {
-                spec,
-                pre_sql,
-                post_sql,
-                kinds,
-                ..
-            } => {
-                out.push_str(&format!("plan: incremental window aggregate, {}\n", spec.describe()));
-                out.push_str(&format!("state: partial aggregates {kinds:?} per (group key, pane)\n"));
-                out.push_str(&format!("per micro-batch (DataFusion): {pre_sql}\n"));
-                out.push_str(&format!("per emitted window: {post_sql}\n"));
-                pre_sql.clone()
-            }
-            Kind::Buffered { size, feeds, sql } => {
-                out.push_str(&format!(
-                    "plan: buffered TUMBLE({size} ms): rows kept per window, query runs when it closes\n"
-                ));
-                for (slot, feed) in feeds {
-                    out.push_str(&format!("feed {slot}: {feed}\n"));
-                }
-                out.push_str(&format!("per closed window: {sql}\n"));
-                feeds.first().map(|f| f.1.clone()).unwrap_or_default()
-            }
-        };
-        let df = ctx.sql(&main_sql).await?;
-        out.push_str("\nDataFusion plan (per micro-batch):\n");
-        out.push_str(&df.into_optimized_plan()?.display_indent().to_string());
-        out.push_str(&format!("\noutput: {}\n", self.planned_schema(&compiled).await?));
+        // As a live SELECT (or a materialized view) would run it: into an upsert table.
+        plan::finalize(&mut compiled, Accepts::Upsert, "a live SELECT")?;
+        out.push_str("operators (each reads the ones indented below it; ⇒ what its output carries):\n");
+        out.push_str(&compiled.graph.explain());
+        out.push_str(&format!("output: {}\n", compiled.schema));
         Ok(out)
     }
 
     async fn select(&mut self, q: &Query) -> Result<Outcome> {
-        let compiled = self.compile(q)?;
-        if compiled.inputs.streams.is_empty() {
+        let compiled = self.compile(q).await?;
+        if compiled.bounded() {
             if self.wait_for_bounded {
                 self.wait_bounded().await;
             }
-            let (ctx, _) = context_for(&self.catalog, &self.planning_inputs(&compiled.inputs), &self.system).await?;
-            let df = ctx.sql(&q.to_string()).await?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let mut pc = plan::context::PlanContext::new(&self.catalog, &self.system, !self.plan_only, &compiled.inputs).await?;
+            let plan = pc.plan_query(q).await?;
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             if self.plan_only {
                 return Ok(Outcome::Rows(Vec::new(), schema));
             }
-            return Ok(Outcome::Rows(df.collect().await?, schema));
+            return Ok(Outcome::Rows(pc.ctx.execute_logical_plan(plan).await?.collect().await?, schema));
         }
         if self.plan_only {
-            self.plan_continuous("SELECT", &compiled).await?;
+            self.plan_continuous("SELECT", &compiled, Accepts::Upsert, "a live SELECT")?;
             return Ok(Outcome::Done("planned a continuous SELECT".into()));
         }
         self.live_seq += 1;
         let name = format!("live-{}", self.live_seq);
         let mut table = None;
         let (metrics, _bounded, stop, handle) = self
-            .start(&name, &compiled, |schema| {
+            .start(&name, &compiled, Accepts::Upsert, "a live SELECT", |schema| {
                 let t = MemoryTable::new(schema);
                 table = Some(t.clone());
                 Ok(Box::new(MemorySink(t)))
@@ -822,6 +791,11 @@ impl Session {
             handle,
         }))
     }
+}
+
+/// A sink as messages name it: `sink 'x' (parquet)`.
+fn sink_label(name: &str, options: &crate::sql::parser::Options) -> String {
+    format!("sink '{name}' ({})", options.get("connector").unwrap_or_default())
 }
 
 fn needs_a_stream(name: &str, compiled: &Compiled) -> Result<()> {

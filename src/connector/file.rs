@@ -147,10 +147,12 @@ impl Source for FileSource {
 pub struct JsonLinesSink {
     out: Box<dyn Write + Send>,
     path: String,
+    /// Each row with its kind in an `op` field (`format = 'changelog'`).
+    changelog: bool,
 }
 
 impl JsonLinesSink {
-    pub fn file(path: &str) -> Result<Self> {
+    pub fn file(path: &str, changelog: bool) -> Result<Self> {
         let p = PathBuf::from(path);
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -163,6 +165,7 @@ impl JsonLinesSink {
         Ok(JsonLinesSink {
             out: Box::new(BufWriter::new(f)),
             path: path.to_string(),
+            changelog,
         })
     }
 
@@ -170,6 +173,7 @@ impl JsonLinesSink {
         JsonLinesSink {
             out: Box::new(std::io::stdout()),
             path: "<stdout>".into(),
+            changelog: false,
         }
     }
 }
@@ -179,7 +183,11 @@ impl Sink for JsonLinesSink {
         SinkMode::Append
     }
     fn write(&mut self, out: &Output) -> Result<()> {
-        let bytes = to_json_lines(&out.batch)?;
+        let bytes = if self.changelog || !out.inserts_only() {
+            to_json_lines(&out.with_op_column()?)?
+        } else {
+            to_json_lines(&out.batch)?
+        };
         self.out.write_all(&bytes).map_err(|e| Error::io(&self.path, e))
     }
     fn commit(&mut self) -> Result<()> {

@@ -8,7 +8,7 @@
 //! are batched (`batch_rows`); on failure the sink reconnects and retries with backoff, blocking the
 //! query (backpressure) until HBase is back — nothing is dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -387,11 +387,22 @@ impl Sink for HBaseSink {
 
     fn write(&mut self, out: &Output) -> Result<()> {
         let b = &out.batch;
+        // A changelog applies by row key: within one write, the last change of a key wins (a `-U`
+        // followed by its `+U` is one put; a final `-D` deletes the row's cells).
+        let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut order: Vec<Vec<u8>> = Vec::new();
         for r in 0..b.num_rows() {
             let mut key = Vec::new();
             for i in &self.key_idx {
                 encode_key(&mut key, &ScalarValue::try_from_array(b.column(*i), r)?)?;
             }
+            if last.insert(key.clone(), r).is_none() {
+                order.push(key);
+            }
+        }
+        for key in order {
+            let r = last[&key];
+            let delete = !out.kind(r).is_add();
             let ts = match self.ts_idx {
                 Some(i) => match ScalarValue::try_from_array(b.column(i), r)? {
                     ScalarValue::TimestampMillisecond(Some(t), _) | ScalarValue::Int64(Some(t)) => t,
@@ -402,10 +413,11 @@ impl Sink for HBaseSink {
             let mut mutations = Vec::with_capacity(self.columns.len());
             for (i, col) in &self.columns {
                 let v = ScalarValue::try_from_array(b.column(*i), r)?;
+                let is_delete = delete || v.is_null();
                 mutations.push(Mutation {
-                    is_delete: Some(v.is_null()),
+                    is_delete: Some(is_delete),
                     column: Some(col.clone()),
-                    value: Some(if v.is_null() {
+                    value: Some(if is_delete {
                         Vec::new()
                     } else {
                         encode_value(&v, self.opts.value_format)

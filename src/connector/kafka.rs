@@ -557,6 +557,8 @@ pub struct KafkaSink {
     producer: BaseProducer<DeliveryErrors>,
     topic: String,
     key_cols: Vec<usize>,
+    /// Each row with its kind in an `op` field (`format = 'changelog'`).
+    changelog: bool,
 }
 
 impl KafkaSink {
@@ -590,6 +592,7 @@ impl KafkaSink {
             producer: producer(o.required("bootstrap_servers", "connector 'kafka'")?, &props)?,
             topic: o.required("topic", "connector 'kafka'")?.to_string(),
             key_cols,
+            changelog: o.get("format") == Some("changelog"),
         })
     }
 }
@@ -610,7 +613,11 @@ impl Sink for KafkaSink {
 
     fn write(&mut self, out: &Output) -> Result<()> {
         let b = &out.batch;
-        let json = to_json_lines(b)?;
+        let json = if self.changelog || !out.inserts_only() {
+            to_json_lines(&out.with_op_column()?)?
+        } else {
+            to_json_lines(b)?
+        };
         let opts = FormatOptions::default();
         let fmts: Vec<ArrayFormatter> = self
             .key_cols

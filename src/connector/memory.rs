@@ -1,5 +1,7 @@
 //! In-memory result tables: what a `CREATE MATERIALIZED VIEW` maintains and a plain `SELECT` reads.
-//! Rows with an identity (window results) are upserted by it; rows without one are appended.
+//! A changelog is applied by key: `+I`/`+U` insert or replace the row with that key, `-U`/`-D`
+//! remove it. Without a key (an append-only result, or a changelog whose key was projected away) the
+//! whole row is its identity: inserts add a row, retractions remove one equal row.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,21 +9,34 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::array::{ArrayRef, new_empty_array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 
 use super::{Output, Sink, SinkMode};
 use crate::error::Result;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Rows {
-    rows: Vec<Vec<ScalarValue>>,
-    index: HashMap<String, usize>,
+    /// Rows (with their identity) in arrival order; `None` where a row was removed.
+    rows: Vec<Option<(Box<[u8]>, Vec<ScalarValue>)>>,
+    live: usize,
+    /// Identity bytes → positions of the rows with it (one for keyed rows).
+    index: HashMap<Box<[u8]>, Vec<usize>>,
+    /// The key columns the index was built for (`None`: the whole row).
+    key: Option<Arc<[usize]>>,
+    converter: Option<RowConverter>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MemoryTable {
     schema: SchemaRef,
     rows: Arc<Mutex<Rows>>,
+}
+
+impl std::fmt::Debug for MemoryTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryTable({} rows)", self.len())
+    }
 }
 
 impl MemoryTable {
@@ -37,7 +52,7 @@ impl MemoryTable {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().rows.len()
+        self.lock().live
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,24 +65,81 @@ impl MemoryTable {
 
     pub fn apply(&self, out: &Output) -> Result<()> {
         let b = &out.batch;
+        if b.num_rows() == 0 {
+            return Ok(());
+        }
         let mut rows = self.lock();
-        for r in 0..b.num_rows() {
-            let row: Vec<ScalarValue> = b
-                .columns()
-                .iter()
-                .map(|c| ScalarValue::try_from_array(c, r))
-                .collect::<Result<_, _>>()?;
-            match out.ids.as_ref().and_then(|ids| ids.get(r)) {
-                Some(id) => match rows.index.get(id) {
-                    Some(&i) => rows.rows[i] = row,
-                    None => {
-                        let i = rows.rows.len();
-                        rows.rows.push(row);
-                        rows.index.insert(id.clone(), i);
-                    }
-                },
-                None => rows.rows.push(row),
+        if rows.converter.is_none() || rows.key != out.key {
+            let cols: Vec<usize> = match &out.key {
+                Some(k) => k.to_vec(),
+                None => (0..b.num_columns()).collect(),
+            };
+            rows.converter = Some(RowConverter::new(
+                cols.iter()
+                    .map(|i| SortField::new(b.schema().field(*i).data_type().clone()))
+                    .collect(),
+            )?);
+            if rows.key != out.key {
+                // Re-index what is held under the new identity (only happens on a restart).
+                rows.key = out.key.clone();
+                rows.index.clear();
             }
+        }
+        let key_cols: Vec<ArrayRef> = match &out.key {
+            Some(k) => k.iter().map(|i| b.column(*i).clone()).collect(),
+            None => b.columns().to_vec(),
+        };
+        let ids = rows
+            .converter
+            .as_ref()
+            .map(|c| c.convert_columns(&key_cols))
+            .transpose()?;
+        let Some(ids) = ids else { return Ok(()) };
+        let keyed = out.key.is_some();
+        for r in 0..b.num_rows() {
+            let id: Box<[u8]> = ids.row(r).as_ref().into();
+            if out.kind(r).is_add() {
+                let row: Vec<ScalarValue> = b
+                    .columns()
+                    .iter()
+                    .map(|c| ScalarValue::try_from_array(c, r))
+                    .collect::<Result<_, _>>()?;
+                let existing = if keyed {
+                    rows.index.get(&id).and_then(|v| v.first().copied())
+                } else {
+                    None
+                };
+                match existing {
+                    Some(at) => rows.rows[at] = Some((id, row)),
+                    None => {
+                        let at = rows.rows.len();
+                        rows.rows.push(Some((id.clone(), row)));
+                        rows.live += 1;
+                        rows.index.entry(id).or_default().push(at);
+                    }
+                }
+            } else if let Some(list) = rows.index.get_mut(&id) {
+                if let Some(at) = list.pop() {
+                    if list.is_empty() {
+                        rows.index.remove(&id);
+                    }
+                    if rows.rows[at].take().is_some() {
+                        rows.live -= 1;
+                    }
+                }
+            }
+        }
+        // Compact when most slots are empty.
+        if rows.rows.len() > 1024 && rows.live * 2 < rows.rows.len() {
+            let kept: Vec<Option<(Box<[u8]>, Vec<ScalarValue>)>> = rows.rows.drain(..).filter(Option::is_some).collect();
+            let mut index: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+            for (at, r) in kept.iter().enumerate() {
+                if let Some((id, _)) = r {
+                    index.entry(id.clone()).or_default().push(at);
+                }
+            }
+            rows.rows = kept;
+            rows.index = index;
         }
         Ok(())
     }
@@ -77,18 +149,32 @@ impl MemoryTable {
         *self.lock() = Rows::default();
     }
 
+    fn to_batch(schema: &SchemaRef, rows: &[Option<(Box<[u8]>, Vec<ScalarValue>)>]) -> Result<RecordBatch> {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        let live: Vec<&Vec<ScalarValue>> = rows.iter().flatten().map(|(_, r)| r).collect();
+        for (i, f) in schema.fields().iter().enumerate() {
+            if live.is_empty() {
+                cols.push(new_empty_array(f.data_type()));
+            } else {
+                let a = ScalarValue::iter_to_array(live.iter().map(|r| r[i].clone()))?;
+                cols.push(if a.data_type() == f.data_type() {
+                    a
+                } else {
+                    datafusion::arrow::compute::cast(&a, f.data_type())?
+                });
+            }
+        }
+        Ok(RecordBatch::try_new_with_options(
+            schema.clone(),
+            cols,
+            &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(live.len())),
+        )?)
+    }
+
     /// The current contents as one batch.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         let rows = self.lock();
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        for (i, f) in self.schema.fields().iter().enumerate() {
-            if rows.rows.is_empty() {
-                cols.push(new_empty_array(f.data_type()));
-            } else {
-                cols.push(ScalarValue::iter_to_array(rows.rows.iter().map(|r| r[i].clone()))?);
-            }
-        }
-        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+        Self::to_batch(&self.schema, &rows.rows)
     }
 }
 
@@ -104,5 +190,47 @@ impl Sink for MemorySink {
     }
     fn commit(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::RowKind;
+    use datafusion::arrow::array::{AsArray, Int8Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    fn out(keys: &[&str], vals: &[i64], kinds: &[RowKind], key: Option<Vec<usize>>) -> Output {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        Output {
+            batch: RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from(keys.to_vec())),
+                    Arc::new(Int64Array::from(vals.to_vec())),
+                ],
+            )
+            .expect("b"),
+            kinds: Some(Int8Array::from_iter_values(kinds.iter().map(|k| *k as i8))),
+            key: key.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn applies_a_changelog_by_key_or_by_row() {
+        use RowKind::*;
+        let keyed = out(&["a", "b", "a", "a", "b"], &[1, 2, 1, 5, 2], &[Insert, Insert, UpdateBefore, UpdateAfter, Delete], Some(vec![0]));
+        let t = MemoryTable::new(keyed.batch.schema());
+        t.apply(&keyed).expect("apply");
+        let s = t.snapshot().expect("snap");
+        assert_eq!(s.num_rows(), 1);
+        assert_eq!(s.column(1).as_primitive::<Int64Type>().value(0), 5);
+        let rows = out(&["x", "x", "x"], &[1, 1, 1], &[Insert, Insert, Delete], None);
+        let t = MemoryTable::new(rows.batch.schema());
+        t.apply(&rows).expect("apply");
+        assert_eq!(t.len(), 1, "a retraction removes one equal row");
     }
 }

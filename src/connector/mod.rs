@@ -12,13 +12,17 @@ pub mod testing;
 
 pub use prefetch::Prefetch;
 
-use datafusion::arrow::array::ArrayRef;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int8Array, StringArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
 use crate::format::BadRecord;
+use crate::operator::RowKind;
+use crate::plan::Accepts;
 use crate::sql::parser::{Options, SourceDef};
 
 /// What a source has for the engine right now.
@@ -64,11 +68,60 @@ pub enum SinkMode {
     Upsert,
 }
 
-/// Rows for a sink; `ids` (upsert identities, one per row) are set when rows update earlier ones.
+/// Rows for a sink: an append-only batch, or a changelog with each row's kind and the columns that
+/// identify a row.
 #[derive(Debug, Clone)]
 pub struct Output {
     pub batch: RecordBatch,
-    pub ids: Option<Vec<String>>,
+    /// Row kinds ([`RowKind`] as `i8`); `None`: every row is an insert.
+    pub kinds: Option<Int8Array>,
+    /// Columns that identify a row (what an update replaces, a delete removes); `None`: the whole row.
+    pub key: Option<Arc<[usize]>>,
+}
+
+impl Output {
+    /// Inserts only.
+    pub fn append(batch: RecordBatch) -> Output {
+        Output {
+            batch,
+            kinds: None,
+            key: None,
+        }
+    }
+
+    pub fn kind(&self, row: usize) -> RowKind {
+        match &self.kinds {
+            None => RowKind::Insert,
+            Some(k) => RowKind::from_i8(k.value(row)),
+        }
+    }
+
+    /// Whether every row is an insert.
+    pub fn inserts_only(&self) -> bool {
+        self.kinds
+            .as_ref()
+            .is_none_or(|k| k.values().iter().all(|v| *v == RowKind::Insert as i8))
+    }
+
+    /// The rows with a leading `op` column holding each row's kind (`+I`, `-U`, `+U`, `-D`): the
+    /// changelog written as rows, which replayed in order gives the final result.
+    pub fn with_op_column(&self) -> Result<RecordBatch> {
+        let ops: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..self.batch.num_rows()).map(|i| self.kind(i).short()),
+        ));
+        let mut fields = vec![Arc::new(Field::new("op", DataType::Utf8, false))];
+        fields.extend(self.batch.schema().fields().iter().cloned());
+        let mut cols = vec![ops];
+        cols.extend(self.batch.columns().iter().cloned());
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    }
+}
+
+/// The schema of a changelog written as rows: `op`, then the query's columns.
+pub fn changelog_schema(schema: &SchemaRef) -> SchemaRef {
+    let mut fields = vec![Arc::new(Field::new("op", DataType::Utf8, false))];
+    fields.extend(schema.fields().iter().cloned());
+    Arc::new(Schema::new(fields))
 }
 
 pub trait Sink: Send {
@@ -276,6 +329,16 @@ pub fn sink_mode(options: &Options) -> SinkMode {
     }
 }
 
+/// What a sink accepts, from its options: HBase a keyed changelog, a sink with `format =
+/// 'changelog'` any changelog (with an `op` column), the others inserts only.
+pub fn sink_accepts(options: &Options) -> Accepts {
+    match (options.get("connector").unwrap_or_default(), options.get("format")) {
+        ("hbase", _) => Accepts::Upsert,
+        (_, Some("changelog")) => Accepts::Changelog,
+        _ => Accepts::Append,
+    }
+}
+
 pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> {
     validate_sink(options)?;
     validate_sink_schema(options, &schema)?;
@@ -286,6 +349,7 @@ pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> 
         ))),
         "file" => Ok(Box::new(file::JsonLinesSink::file(
             options.required("path", "connector 'file'")?,
+            options.get("format") == Some("changelog"),
         )?)),
         "console" => Ok(Box::new(file::JsonLinesSink::stdout())),
         "kafka" => Ok(Box::new(kafka::KafkaSink::open(options, schema)?)),
@@ -294,13 +358,13 @@ pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> 
     }
 }
 
-/// Sinks that write JSON rows accept `format = 'json'` (the default) and nothing else yet.
+/// Sinks that write JSON rows accept `format = 'json'` (the default) or `'changelog'` (an `op` field).
 pub fn json_only(options: &Options) -> Result<()> {
     match options.get("format").unwrap_or("json") {
-        "json" => Ok(()),
+        "json" | "changelog" => Ok(()),
         other => Err(Error::option(
             "format",
-            format!("unknown sink format '{other}'; valid: json"),
+            format!("unknown sink format '{other}'; valid: json, changelog (JSON with each row's kind in an 'op' field)"),
         )),
     }
 }

@@ -21,14 +21,27 @@ pub struct ParquetOptions {
     pub path: PathBuf,
     pub rollover_rows: usize,
     pub rollover_seconds: u64,
+    /// `format = 'changelog'`: every row with its kind in a leading `op` column (`+I`, `-U`, `+U`,
+    /// `-D`), so an updating result can be archived and replayed.
+    pub changelog: bool,
 }
 
 impl ParquetOptions {
     pub fn parse(o: &Options) -> Result<Self> {
         o.check_keys(
             "connector 'parquet'",
-            &["connector", "path", "rollover_rows", "rollover_seconds"],
+            &["connector", "path", "rollover_rows", "rollover_seconds", "format"],
         )?;
+        let changelog = match o.get("format").unwrap_or("parquet") {
+            "parquet" => false,
+            "changelog" => true,
+            other => {
+                return Err(Error::option(
+                    "format",
+                    format!("unknown format '{other}' for connector 'parquet'; valid: parquet, changelog"),
+                ));
+            }
+        };
         let rollover_rows = o.parse_or("rollover_rows", 1_000_000usize)?;
         if rollover_rows == 0 {
             return Err(Error::option("rollover_rows", "must be > 0"));
@@ -37,6 +50,7 @@ impl ParquetOptions {
             path: PathBuf::from(o.required("path", "connector 'parquet'")?),
             rollover_rows,
             rollover_seconds: o.parse_or("rollover_seconds", 60u64)?,
+            changelog,
         })
     }
 }
@@ -63,6 +77,11 @@ impl ParquetSink {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
+        let schema = if opts.changelog {
+            super::changelog_schema(&schema)
+        } else {
+            schema
+        };
         ParquetSink {
             opts,
             schema,
@@ -125,11 +144,12 @@ impl Sink for ParquetSink {
         if out.batch.num_rows() == 0 {
             return Ok(());
         }
-        let batch = out
-            .batch
-            .clone()
-            .with_schema(self.schema.clone())
-            .unwrap_or_else(|_| out.batch.clone());
+        let batch = if self.opts.changelog {
+            out.with_op_column()?
+        } else {
+            out.batch.clone()
+        };
+        let batch = batch.clone().with_schema(self.schema.clone()).unwrap_or(batch);
         let max_rows = self.opts.rollover_rows;
         let f = self.open()?;
         f.writer
@@ -164,12 +184,11 @@ mod tests {
             path: dir.path().join("out"),
             rollover_rows: 3,
             rollover_seconds: 3600,
+            changelog: false,
         };
         let mut sink = ParquetSink::new(opts, schema.clone());
-        let batch = |v: Vec<i64>| Output {
-            batch: RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("b"),
-            ids: None,
-        };
+        let batch =
+            |v: Vec<i64>| Output::append(RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("b"));
         sink.write(&batch(vec![1, 2])).expect("w");
         let visible = |d: &std::path::Path| {
             std::fs::read_dir(d)

@@ -326,13 +326,8 @@ impl Sink for CaptureSink {
             .held
             .get_or_insert_with(|| MemoryTable::new(out.batch.schema()))
             .clone();
-        match mode {
-            SinkMode::Upsert => held.apply(out)?,
-            SinkMode::Append => held.apply(&Output {
-                batch: out.batch.clone(),
-                ids: None,
-            })?,
-        }
+        let _ = mode;
+        held.apply(out)?;
         st.current.push(out.batch.clone());
         Ok(())
     }

@@ -1,8 +1,7 @@
-//! The streaming engine: planning continuous queries ([`plan`]), window state ([`window`]), and the
-//! micro-batch loop that drives sources, DataFusion and sinks ([`query`]).
+//! The streaming engine: the micro-batch loop that drives sources, the operator graph and sinks
+//! ([`query`]), and lookup tables ([`lookup`]). Planning is in [`crate::plan`], the operators in
+//! [`crate::operator`].
 
 pub mod lookup;
-pub mod plan;
 pub mod query;
 pub mod slot;
-pub mod window;

@@ -1,33 +1,31 @@
 //! A running continuous query: the micro-batch loop.
 //!
-//! Each turn polls every source for up to `batch_size` rows, splits off late rows (event time below the
-//! query's watermark) to `_late`, runs the planned SQL over the batch in DataFusion, merges results into
-//! window state, advances the watermark (the minimum over the query's sources; +∞ for a source that is
-//! exhausted), and hands the sink what the emit rule says: changed rows for upsert sinks, closed windows
-//! for append sinks. When every source is exhausted all windows close, the sink commits and the loop ends.
+//! Each turn polls every source for up to `batch_size` rows, sends rows with a NULL event time to
+//! `_errors`, gives every row the watermark in force when it arrived (the query's watermark, with the
+//! row's own source advanced by the rows before it), pushes the rows through the operator graph
+//! ([`crate::plan::graph`]), advances every operator to the new watermark (the minimum over the
+//! query's sources; +∞ for a source that is exhausted), and writes what reaches the root to the sink.
+//! Operators set late rows aside for `_late`. When every source is exhausted all windows close, the
+//! sink commits and the loop ends.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::compute::{filter_record_batch, not};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::TableReference;
-use datafusion::datasource::MemTable;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::sync::watch;
 
-use super::plan::{Compiled, Inputs, Kind, quote};
-use super::slot::SlotTable;
-use super::window::{WindowAggState, WindowRow, agg_schema, rows_to_batch};
 use crate::connector::{self, Output, Poll, Sink, SinkMode, Source};
+use crate::operator::{ChangeBatch, Context, Operator};
+use crate::plan::graph::{Graph, Mode, Op};
+use crate::plan::Compiled;
 use crate::error::{Error, Result};
 use crate::format::{BadRecord, to_json_lines};
-use crate::sql::catalog::{Catalog, Object};
+use crate::sql::catalog::Catalog;
 use crate::sql::parser::SourceDef;
 
 #[derive(Debug, Clone)]
@@ -221,112 +219,33 @@ impl SystemTables {
     }
 }
 
-/// A SessionContext for running `inputs`: stream sources as swappable slots, tables loaded, views
-/// registered, materialized views and system tables as snapshots.
-pub async fn context_for(
-    catalog: &Catalog,
-    inputs: &Inputs,
-    system: &SystemTables,
-) -> Result<(SessionContext, BTreeMap<String, SlotTable>)> {
-    let config = SessionConfig::new()
-        .with_target_partitions(1)
-        .with_information_schema(false);
-    let ctx = SessionContext::new_with_config(config);
-    let mut slots = BTreeMap::new();
-    for name in &inputs.streams {
-        let def = catalog
-            .source(name)
-            .ok_or_else(|| Error::plan(format!("source '{name}' not found")))?;
-        let slot = SlotTable::new(def.schema.clone());
-        ctx.register_table(TableReference::bare(name.as_str()), Arc::new(slot.clone()))?;
-        slots.insert(name.clone(), slot);
-    }
-    for name in &inputs.tables {
-        let def = catalog
-            .source(name)
-            .ok_or_else(|| Error::plan(format!("table '{name}' not found")))?;
-        ctx.register_table(
-            TableReference::bare(name.as_str()),
-            Arc::new(super::lookup::LookupTable::load(def)?),
-        )?;
-    }
-    for name in &inputs.mviews {
-        if let Some(Object::MaterializedView(mv)) = catalog.get(name) {
-            let snap = mv.table.snapshot()?;
-            ctx.register_table(
-                TableReference::bare(name.as_str()),
-                Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?),
-            )?;
-        }
-    }
-    for name in &inputs.system {
-        let snap = system.snapshot(name)?;
-        ctx.register_table(
-            TableReference::bare(name.as_str()),
-            Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?),
-        )?;
-    }
-    for (name, obj) in catalog.ordered() {
-        if let Object::View(v) = obj
-            && inputs.views.contains(name)
-        {
-            ctx.sql(&format!("CREATE VIEW {} AS {}", quote(name), v.query)).await?;
-        }
-    }
-    Ok((ctx, slots))
-}
-
-async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
-    Ok(ctx.state().create_logical_plan(sql).await?)
-}
-
-async fn run_plan(ctx: &SessionContext, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
-    Ok(ctx.execute_logical_plan(plan.clone()).await?.collect().await?)
-}
-
-fn nullable_schema(plan: &LogicalPlan, drop_last: bool) -> SchemaRef {
-    let arrow = plan.schema().as_arrow();
-    let n = arrow.fields().len() - usize::from(drop_last);
-    Arc::new(Schema::new(
-        arrow
-            .fields()
-            .iter()
-            .take(n)
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-enum Exec {
-    Stateless {
-        plan: LogicalPlan,
-    },
-    WindowAgg {
-        pre: LogicalPlan,
-        post: LogicalPlan,
-        agg: SlotTable,
-        agg_schema: SchemaRef,
-        state: Box<WindowAggState>,
-        session: bool,
-    },
-    Buffered {
-        size: i64,
-        feeds: Vec<(SlotTable, LogicalPlan)>,
-        plan: LogicalPlan,
-        buffers: BTreeMap<i64, Vec<Vec<RecordBatch>>>,
-    },
-}
-
 struct SourceRt {
     name: String,
     source: Box<dyn Source>,
-    slot: SlotTable,
+    /// Graph nodes reading this source.
+    nodes: Vec<usize>,
     time_idx: Option<usize>,
     delay: i64,
     max_ts: i64,
     exhausted: bool,
     /// The source's watermark is held at this or above (manual drive only; `i64::MIN` otherwise).
     floor: i64,
+}
+
+impl SourceRt {
+    /// This source's watermark now.
+    fn watermark(&self) -> i64 {
+        let w = if self.exhausted {
+            i64::MAX
+        } else if let Some(w) = self.source.watermark() {
+            w
+        } else if self.max_ts == i64::MIN || self.time_idx.is_none() {
+            i64::MIN
+        } else {
+            self.max_ts - self.delay
+        };
+        w.max(self.floor)
+    }
 }
 
 /// What a finished (or stopped) query did.
@@ -342,10 +261,15 @@ pub struct Report {
 
 pub struct QueryRuntime {
     name: String,
-    ctx: SessionContext,
     sources: Vec<SourceRt>,
-    exec: Exec,
+    graph: Graph,
+    ops: Vec<Box<dyn Operator>>,
+    /// Per node: the nodes reading it.
+    consumers: Vec<Vec<usize>>,
+    root: usize,
     sink: Box<dyn Sink>,
+    /// Columns that identify a result row (for upsert sinks).
+    sink_key: Option<Arc<[usize]>>,
     metrics: Arc<Metrics>,
     system: Arc<SystemTables>,
     config: EngineConfig,
@@ -355,82 +279,19 @@ pub struct QueryRuntime {
     /// their rows, so they are not emitted again.
     emit_floor: i64,
     output_schema: SchemaRef,
-    /// Event times of the on-time rows of the current micro-batch (for the latency histogram).
+    /// Event times of the rows of the current micro-batch (for the latency histogram).
     batch_times: Vec<i64>,
+    track_latency: bool,
 }
 
 /// The output schema of a compiled query (planning only, nothing runs).
-pub async fn output_schema(compiled: &Compiled, catalog: &Catalog, system: &SystemTables) -> Result<SchemaRef> {
-    let (ctx, _) = context_for(catalog, &compiled.inputs, system).await?;
-    let (_, schema) = build_exec(&ctx, compiled).await?;
-    Ok(schema)
-}
-
-async fn build_exec(ctx: &SessionContext, compiled: &Compiled) -> Result<(Exec, SchemaRef)> {
-    Ok(match &compiled.kind {
-        Kind::Stateless { sql } => {
-            let p = plan(ctx, sql).await?;
-            let schema = nullable_schema(&p, false);
-            (Exec::Stateless { plan: p }, schema)
-        }
-        Kind::WindowAgg {
-            spec,
-            pre_sql,
-            post_sql,
-            nkeys,
-            kinds,
-        } => {
-            let pre = plan(ctx, pre_sql).await?;
-            let pre_schema = pre.schema().as_arrow().clone();
-            if pre_schema.field(*nkeys).data_type() != &DataType::Int64 {
-                return Err(Error::plan("the window's time column must be a TIMESTAMP"));
-            }
-            let state = WindowAggState::new(*spec, *nkeys, kinds.clone(), &pre_schema)?;
-            let key_types: Vec<DataType> = (0..*nkeys).map(|i| pre_schema.field(i).data_type().clone()).collect();
-            let agg_schema = agg_schema(&key_types, &state.final_types(&pre_schema));
-            let agg = SlotTable::new(agg_schema.clone());
-            ctx.register_table(TableReference::bare("__agg"), Arc::new(agg.clone()))?;
-            let post = plan(ctx, post_sql).await?;
-            let schema = nullable_schema(&post, true);
-            let session = matches!(spec, super::window::WindowSpec::Session { .. });
-            (
-                Exec::WindowAgg {
-                    pre,
-                    post,
-                    agg,
-                    agg_schema,
-                    state: Box::new(state),
-                    session,
-                },
-                schema,
-            )
-        }
-        Kind::Buffered { size, feeds, sql } => {
-            let mut fs = Vec::new();
-            for (slot_name, feed_sql) in feeds {
-                let feed = plan(ctx, feed_sql).await?;
-                let slot = SlotTable::new(Arc::new(feed.schema().as_arrow().clone()));
-                ctx.register_table(TableReference::bare(slot_name.as_str()), Arc::new(slot.clone()))?;
-                fs.push((slot, feed));
-            }
-            let p = plan(ctx, sql).await?;
-            let schema = nullable_schema(&p, false);
-            (
-                Exec::Buffered {
-                    size: *size,
-                    feeds: fs,
-                    plan: p,
-                    buffers: BTreeMap::new(),
-                },
-                schema,
-            )
-        }
-    })
+pub fn output_schema(compiled: &Compiled) -> SchemaRef {
+    compiled.schema.clone()
 }
 
 impl QueryRuntime {
-    /// Plan `compiled` and open its sources (each decoded ahead on its own thread, see
-    /// [`connector::Prefetch`]). `make_sink` receives the output schema.
+    /// Build the operators of `compiled` and open its sources (each decoded ahead on its own thread,
+    /// see [`connector::Prefetch`]). `make_sink` receives the output schema.
     pub async fn new(
         name: &str,
         compiled: &Compiled,
@@ -460,11 +321,11 @@ impl QueryRuntime {
         mut open: impl FnMut(&SourceDef) -> Result<Box<dyn Source>>,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
-        let (ctx, slots) = context_for(catalog, &compiled.inputs, &system).await?;
-        let (mut exec, output_schema) = build_exec(&ctx, compiled).await?;
-        let needs_watermark = !matches!(exec, Exec::Stateless { .. });
+        let graph = compiled.graph.clone();
+        let root = graph.root()?;
+        let needs_watermark = graph.needs_watermark();
         let mut sources = Vec::new();
-        for (sname, slot) in slots {
+        for sname in graph.sources() {
             let def = catalog
                 .source(&sname)
                 .ok_or_else(|| Error::plan(format!("source '{sname}' not found")))?;
@@ -477,10 +338,17 @@ impl QueryRuntime {
                 }
                 None => (None, 0),
             };
+            let nodes = graph
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| matches!(&n.op, Op::Source { name, .. } if *name == sname))
+                .map(|(i, _)| i)
+                .collect();
             sources.push(SourceRt {
-                name: sname,
+                name: sname.clone(),
                 source: open(def)?,
-                slot,
+                nodes,
                 time_idx,
                 delay,
                 max_ts: i64::MIN,
@@ -488,10 +356,15 @@ impl QueryRuntime {
                 floor: i64::MIN,
             });
         }
+        let ops = graph.build()?;
+        let consumers = (0..graph.nodes.len()).map(|i| graph.consumers(i)).collect();
+        let output_schema = compiled.schema.clone();
         let sink = make_sink(output_schema.clone())?;
-        if let Exec::WindowAgg { state, session, .. } = &mut exec {
-            state.track_changes(sink.mode() == SinkMode::Upsert && !*session);
-        }
+        let sink_key: Option<Arc<[usize]>> = match graph.nodes[root].props.mode {
+            Mode::Append => None,
+            _ => graph.nodes[root].props.key.clone().map(Into::into),
+        };
+        let track_latency = sink.mode() == SinkMode::Upsert && graph.nodes[root].props.mode == Mode::Upsert;
         let metrics = Arc::new(Metrics::default());
         metrics.watermark.store(i64::MIN, Ordering::Relaxed);
         // Each stored watermark was true when written: the newest holds.
@@ -502,10 +375,13 @@ impl QueryRuntime {
             .unwrap_or(i64::MIN);
         Ok(QueryRuntime {
             name: name.to_string(),
-            ctx,
             sources,
-            exec,
+            graph,
+            ops,
+            consumers,
+            root,
             sink,
+            sink_key,
             metrics,
             system,
             config,
@@ -513,6 +389,7 @@ impl QueryRuntime {
             emit_floor,
             output_schema,
             batch_times: Vec::new(),
+            track_latency,
         })
     }
 
@@ -545,94 +422,79 @@ impl QueryRuntime {
         );
     }
 
-    /// Split off rows below the watermark; returns the on-time rows.
-    fn split_late(&mut self, i: usize, batch: RecordBatch) -> Result<RecordBatch> {
+    /// Rows whose event time is NULL cannot be placed in time: they go to `_errors`.
+    fn split_null_times(&mut self, i: usize, batch: RecordBatch) -> Result<RecordBatch> {
         let Some(ti) = self.sources[i].time_idx else {
             return Ok(batch);
         };
-        let wm = self.watermark;
-        let ts = batch
-            .column(ti)
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| Error::Internal("event time is not TIMESTAMP(ms)".into()))?;
-        let mut max = self.sources[i].max_ts;
-        let mut any_late = false;
-        let mask: BooleanArray = ts
-            .iter()
-            .map(|v| {
-                let late = v.is_some_and(|t| t < wm);
-                if let Some(t) = v
-                    && !late
-                {
-                    max = max.max(t);
-                }
-                any_late |= late;
-                Some(late)
-            })
-            .collect();
-        self.sources[i].max_ts = max;
-        if self.tracks_latency() {
-            let on_time = ts
-                .iter()
-                .zip(mask.iter())
-                .filter_map(|(t, late)| t.filter(|_| late != Some(true)));
-            self.batch_times.extend(on_time);
-        }
-        if !any_late {
+        let col = batch.column(ti);
+        if col.null_count() == 0 {
             return Ok(batch);
         }
-        let late = filter_record_batch(&batch, &mask)?;
-        let on_time = filter_record_batch(&batch, &not(&mask)?)?;
-        self.metrics.late.fetch_add(late.num_rows() as u64, Ordering::Relaxed);
-        let text = String::from_utf8_lossy(&to_json_lines(&late)?).into_owned();
-        let src = self.sources[i].name.clone();
-        let reason = format!("event time before the watermark {}", crate::time::format_ms(wm));
-        SystemTables::push(
-            &self.system.late,
-            text.lines().map(|l| SysRow {
-                query: self.name.clone(),
-                source: src.clone(),
-                position: String::new(),
-                raw: l.to_string(),
-                reason: reason.clone(),
-            }),
+        let valid = datafusion::arrow::compute::is_not_null(col)?;
+        let bad = filter_record_batch(&batch, &not(&valid)?)?;
+        let text = String::from_utf8_lossy(&to_json_lines(&bad)?).into_owned();
+        let name = self.sources[i].name.clone();
+        let column = batch.schema().field(ti).name().clone();
+        let n = bad.num_rows();
+        self.record_bad(
+            &name,
+            text.lines()
+                .map(|l| BadRecord {
+                    position: String::new(),
+                    raw: l.to_string(),
+                    reason: format!("event time column '{column}' is NULL"),
+                })
+                .collect(),
         );
-        Ok(on_time)
+        let _ = n;
+        Ok(filter_record_batch(&batch, &valid)?)
     }
 
-    /// Latency is measured where rows reach the sink in the micro-batch that carried them: upsert
-    /// sinks, except for session windows (written when they close).
-    fn tracks_latency(&self) -> bool {
-        self.sink.mode() == SinkMode::Upsert && !matches!(self.exec, Exec::WindowAgg { session: true, .. })
+    /// Per row, the watermark in force when it arrived: the query's watermark with this source's
+    /// advanced by the rows before it in the batch (the other sources as they were at its start).
+    /// Also advances the source's newest event time.
+    fn arrival_watermarks(&mut self, i: usize, batch: &RecordBatch) -> Result<Int64Array> {
+        let others = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| s.watermark())
+            .min()
+            .unwrap_or(i64::MAX);
+        let floor = self.watermark;
+        let s = &self.sources[i];
+        let n = batch.num_rows();
+        let own = s.source.watermark();
+        let (Some(ti), None) = (s.time_idx, own) else {
+            let w = floor.max(s.watermark().min(others));
+            return Ok(Int64Array::from_value(w, n));
+        };
+        let ts = crate::operator::window::millis(batch.column(ti))?;
+        let (delay, sfloor) = (s.delay, s.floor);
+        let mut max = s.max_ts;
+        let mut out = Vec::with_capacity(n);
+        for t in ts.values().iter() {
+            let mine = if max == i64::MIN { i64::MIN } else { max - delay }.max(sfloor);
+            out.push(floor.max(mine.min(others)));
+            max = max.max(*t);
+        }
+        if self.track_latency {
+            self.batch_times.extend(ts.values().iter().copied());
+        }
+        self.sources[i].max_ts = max;
+        Ok(Int64Array::from(out))
     }
 
     fn current_watermark(&self) -> i64 {
-        self.sources
-            .iter()
-            .map(|s| {
-                let w = if s.exhausted {
-                    i64::MAX
-                } else if let Some(w) = s.source.watermark() {
-                    w
-                } else if s.max_ts == i64::MIN {
-                    i64::MIN
-                } else {
-                    s.max_ts - s.delay
-                };
-                w.max(s.floor)
-            })
-            .min()
-            .unwrap_or(i64::MAX)
+        self.sources.iter().map(SourceRt::watermark).min().unwrap_or(i64::MAX)
     }
 
     /// The oldest event time still held in operator state: every event older than this has been
     /// emitted (or dropped as late).
     fn low_water(&self) -> i64 {
-        match &self.exec {
-            Exec::Stateless { .. } => i64::MAX,
-            Exec::WindowAgg { state, .. } => state.low_water(),
-            Exec::Buffered { buffers, .. } => buffers.keys().next().copied().unwrap_or(i64::MAX),
-        }
+        self.ops.iter().map(|o| o.low_water()).min().unwrap_or(i64::MAX)
     }
 
     /// Commit the sink, then let sources record progress up to what the sink now holds durably.
@@ -650,150 +512,95 @@ impl QueryRuntime {
         Ok(())
     }
 
-    async fn write_rows(&mut self, rows: Vec<WindowRow>) -> Result<()> {
-        let Exec::WindowAgg {
-            post, agg, agg_schema, ..
-        } = &self.exec
-        else {
-            return Ok(());
-        };
-        if rows.is_empty() {
-            return Ok(());
-        }
-        agg.set(vec![rows_to_batch(agg_schema, &rows)?]);
-        let out = run_plan(&self.ctx, post).await?;
-        agg.set(vec![]);
-        for b in out {
-            let n = b.num_columns() - 1;
-            let ids = b
-                .column(n)
-                .as_string::<i32>()
-                .iter()
-                .map(|s| s.unwrap_or_default().to_string())
-                .collect();
-            let batch = RecordBatch::try_new(self.output_schema.clone(), b.columns()[..n].to_vec())?;
-            self.emit(Output { batch, ids: Some(ids) })?;
+    fn late_rows(&self, cx: Context) -> Result<()> {
+        for l in cx.late {
+            self.metrics.late.fetch_add(l.rows.num_rows() as u64, Ordering::Relaxed);
+            let text = String::from_utf8_lossy(&to_json_lines(&l.rows)?).into_owned();
+            SystemTables::push(
+                &self.system.late,
+                text.lines().map(|line| SysRow {
+                    query: self.name.clone(),
+                    source: String::new(),
+                    position: String::new(),
+                    raw: line.to_string(),
+                    reason: l.reason.clone(),
+                }),
+            );
         }
         Ok(())
     }
 
-    fn emit(&mut self, out: Output) -> Result<()> {
-        if out.batch.num_rows() == 0 {
-            return Ok(());
-        }
-        self.metrics
-            .rows_out
-            .fetch_add(out.batch.num_rows() as u64, Ordering::Relaxed);
-        self.sink.write(&out)
-    }
-
-    fn conform_out(&self, b: RecordBatch) -> Result<RecordBatch> {
-        Ok(RecordBatch::try_new(self.output_schema.clone(), b.columns().to_vec())?)
-    }
-
-    /// Run one micro-batch over the rows now in the slots, then advance the watermark and emit.
-    async fn step(&mut self) -> Result<()> {
-        let upsert = self.sink.mode() == SinkMode::Upsert;
-        match &mut self.exec {
-            Exec::Stateless { plan } => {
-                let plan = plan.clone();
-                for b in run_plan(&self.ctx, &plan).await? {
-                    let b = self.conform_out(b)?;
-                    self.emit(Output { batch: b, ids: None })?;
-                }
-            }
-            Exec::WindowAgg { pre, state, .. } => {
-                for b in run_plan(&self.ctx, pre).await? {
-                    state.merge_batch(&b)?;
-                }
-            }
-            Exec::Buffered { feeds, buffers, .. } => {
-                let n = feeds.len();
-                for (i, (_, feed)) in feeds.iter().enumerate() {
-                    for b in run_plan(&self.ctx, feed).await? {
-                        let ws_idx = b.schema().index_of("window_start")?;
-                        let ws = datafusion::arrow::compute::cast(b.column(ws_idx), &DataType::Int64)?;
-                        let ws = ws.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                        let mut starts: Vec<i64> = ws.iter().flatten().collect();
-                        starts.sort_unstable();
-                        starts.dedup();
-                        for s in starts {
-                            let mask: BooleanArray = ws.iter().map(|v| Some(v == Some(s))).collect();
-                            let part = filter_record_batch(&b, &mask)?;
-                            buffers.entry(s).or_insert_with(|| vec![Vec::new(); n])[i].push(part);
-                        }
-                    }
-                }
+    /// Push the polled batches through the graph, then advance every operator to the new watermark
+    /// and write what reaches the root to the sink.
+    fn run_graph(&mut self, polled: Vec<(usize, ChangeBatch)>) -> Result<()> {
+        let n = self.ops.len();
+        let mut inbox: Vec<Vec<(usize, ChangeBatch)>> = (0..n).map(|_| Vec::new()).collect();
+        for (s, b) in polled {
+            for node in &self.sources[s].nodes {
+                inbox[*node].push((0, b.clone()));
             }
         }
-        for s in &self.sources {
-            s.slot.set(vec![]);
-        }
-        self.advance(upsert).await
-    }
-
-    async fn advance(&mut self, upsert: bool) -> Result<()> {
         let wm = self.current_watermark().max(self.watermark);
+        let mut cx = Context::default();
+        let mut out: Vec<ChangeBatch> = Vec::new();
+        for id in 0..n {
+            let mut produced = Vec::new();
+            for (port, b) in std::mem::take(&mut inbox[id]) {
+                produced.extend(self.ops[id].process(port, b, &mut cx)?);
+            }
+            produced.extend(self.ops[id].flush(&mut cx)?);
+            produced.extend(self.ops[id].advance(wm, &mut cx)?);
+            if id == self.root {
+                out.extend(produced);
+                continue;
+            }
+            for c in &self.consumers[id] {
+                let port = self.graph.nodes[*c].inputs.iter().position(|i| *i == id).unwrap_or(0);
+                for b in &produced {
+                    inbox[*c].push((port, b.clone()));
+                }
+            }
+        }
         self.watermark = wm;
         self.metrics.watermark.store(wm, Ordering::Relaxed);
-        let mut rows = Vec::new();
-        match &mut self.exec {
-            Exec::Stateless { .. } => {}
-            Exec::WindowAgg { state, session, .. } => {
-                if upsert && !*session {
-                    rows = state.take_changed()?;
-                    state.close(wm)?;
-                } else {
-                    rows = state.close(wm)?;
-                }
-                let floor = self.emit_floor;
-                rows.retain(|r| r.end > floor);
-                self.metrics.groups.store(state.groups() as u64, Ordering::Relaxed);
-            }
-            Exec::Buffered {
-                size,
-                feeds,
-                plan,
-                buffers,
-            } => {
-                let size = *size;
-                let closing: Vec<i64> = buffers
-                    .keys()
-                    .copied()
-                    .take_while(|s| s.saturating_add(size) <= wm)
-                    .collect();
-                // Windows emitted before a restart: drop what was read again of them.
-                let floor = self.emit_floor;
-                let closing: Vec<i64> = closing
-                    .into_iter()
-                    .filter(|s| {
-                        let emitted = s.saturating_add(size) <= floor;
-                        if emitted {
-                            buffers.remove(s);
-                        }
-                        !emitted
-                    })
-                    .collect();
-                let plan = plan.clone();
-                let mut outs = Vec::new();
-                for s in closing {
-                    if let Some(parts) = buffers.remove(&s) {
-                        for ((slot, _), rows) in feeds.iter().zip(parts) {
-                            slot.set(rows);
-                        }
-                        outs.extend(run_plan(&self.ctx, &plan).await?);
-                    }
-                }
-                for (slot, _) in feeds.iter() {
-                    slot.set(vec![]);
-                }
-                for b in outs {
-                    let b = self.conform_out(b)?;
-                    self.emit(Output { batch: b, ids: None })?;
-                }
-            }
+        self.metrics.groups.store(
+            self.ops.iter().map(|o| o.state_size() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        self.late_rows(cx)?;
+        for b in out {
+            self.emit(b)?;
         }
-        self.write_rows(rows).await
+        Ok(())
+    }
+
+    fn emit(&mut self, b: ChangeBatch) -> Result<()> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        // Windows that ended at or before the restart floor were emitted completely before it.
+        let b = match (self.emit_floor, self.graph.nodes[self.root].props.window) {
+            (f, Some(w)) if f > i64::MIN && w.end.is_some() => {
+                let end = crate::operator::window::millis(b.batch.column(w.end.unwrap_or_default()))?;
+                let keep: BooleanArray = end.iter().map(|e| Some(e.is_none_or(|e| e > f))).collect();
+                b.filter(&keep)?
+            }
+            _ => b,
+        };
+        if b.is_empty() {
+            return Ok(());
+        }
+        self.metrics.rows_out.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+        let batch = RecordBatch::try_new_with_options(
+            self.output_schema.clone(),
+            b.batch.columns().to_vec(),
+            &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+        )?;
+        self.sink.write(&Output {
+            batch,
+            kinds: b.ops,
+            key: self.sink_key.clone(),
+        })
     }
 
     /// One turn of the micro-batch loop: poll every source once and, if any had something (rows, bad
@@ -801,6 +608,7 @@ impl QueryRuntime {
     async fn turn(&mut self) -> Result<bool> {
         let started = Instant::now();
         let mut got = false;
+        let mut polled = Vec::new();
         for i in 0..self.sources.len() {
             if self.sources[i].exhausted {
                 continue;
@@ -817,14 +625,15 @@ impl QueryRuntime {
                     got = true;
                     if let Some(b) = batch {
                         self.metrics.rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                        let b = self.split_late(i, b)?;
-                        self.sources[i].slot.set(vec![b]);
+                        let b = self.split_null_times(i, b)?;
+                        let wm = self.arrival_watermarks(i, &b)?;
+                        polled.push((i, ChangeBatch { batch: b, ops: None, wm }));
                     }
                 }
             }
         }
         if got {
-            self.step().await?;
+            self.run_graph(polled)?;
             if !self.batch_times.is_empty() {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -888,8 +697,7 @@ impl QueryRuntime {
     /// and emit what that closes.
     pub async fn step_manually(&mut self) -> Result<()> {
         if !self.turn().await? {
-            let upsert = self.sink.mode() == SinkMode::Upsert;
-            self.advance(upsert).await?;
+            self.run_graph(Vec::new())?;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::connector::SinkMode;
 use crate::connector::memory::MemorySink;
 use crate::connector::testing::{Capture, Chunk, Feed, Feeds, StandIn};
-use crate::engine::plan::{self, Compiled};
+use crate::plan::{self, Compiled};
 use crate::engine::query::{EngineConfig, QueryRuntime};
 use crate::error::Error;
 use crate::format::{Format, LineDecoder};
@@ -326,10 +326,8 @@ fn validate_under_test(def: &SourceDef) -> crate::Result<()> {
     }
 }
 
-fn compile(session: &Session, q: &datafusion::sql::sqlparser::ast::Query) -> crate::Result<Compiled> {
-    use datafusion::execution::FunctionRegistry;
-    let probe = datafusion::prelude::SessionContext::new();
-    plan::compile(q, &session.catalog, &|name| probe.udaf(name).is_ok())
+async fn compile(session: &Session, q: &datafusion::sql::sqlparser::ast::Query) -> crate::Result<Compiled> {
+    plan::compile(q, &session.catalog, &session.system, true).await
 }
 
 impl Runner {
@@ -543,7 +541,7 @@ impl Runner {
     }
 
     async fn bounded_select(&mut self, q: &datafusion::sql::sqlparser::ast::Query) -> R<(Vec<RecordBatch>, SchemaRef)> {
-        let compiled = compile(&self.session, q).map_err(err)?;
+        let compiled = compile(&self.session, q).await.map_err(err)?;
         if !compiled.inputs.streams.is_empty() {
             return Err(
                 "a SELECT over a stream runs forever; make it a CREATE MATERIALIZED VIEW and check that with `contents`"
@@ -596,20 +594,26 @@ impl Runner {
 
     /// Start the continuous query of the sink or materialized view `name` (just added to the catalog).
     async fn start(&mut self, name: &str) -> crate::Result<()> {
-        let (query, kind, sink): (_, _, Box<dyn crate::connector::Sink>) = match self.session.catalog.get(name) {
-            Some(Object::Sink(s)) => (
-                s.query.clone(),
-                ObjectKind::Sink,
-                Box::new(StandIn(crate::connector::sink_mode(&s.options))),
-            ),
-            Some(Object::MaterializedView(m)) => (
-                m.query.clone(),
-                ObjectKind::MaterializedView,
-                Box::new(MemorySink(m.table.clone())),
-            ),
-            _ => return Err(Error::Internal(format!("'{name}' is not a continuous query"))),
-        };
-        let compiled = compile(&self.session, &query)?;
+        let (query, kind, sink, accepts, label): (_, _, Box<dyn crate::connector::Sink>, _, _) =
+            match self.session.catalog.get(name) {
+                Some(Object::Sink(s)) => (
+                    s.query.clone(),
+                    ObjectKind::Sink,
+                    Box::new(StandIn(crate::connector::sink_mode(&s.options))),
+                    crate::connector::sink_accepts(&s.options),
+                    format!("sink '{name}' ({})", s.options.get("connector").unwrap_or_default()),
+                ),
+                Some(Object::MaterializedView(m)) => (
+                    m.query.clone(),
+                    ObjectKind::MaterializedView,
+                    Box::new(MemorySink(m.table.clone())),
+                    plan::Accepts::Upsert,
+                    name.to_string(),
+                ),
+                _ => return Err(Error::Internal(format!("'{name}' is not a continuous query"))),
+            };
+        let mut compiled = compile(&self.session, &query).await?;
+        plan::finalize(&mut compiled, accepts, &label)?;
         let capture = Capture::new(sink);
         let mut feeds = BTreeMap::new();
         let rt = self.build(name, &compiled, &mut feeds, &capture).await?;
