@@ -299,6 +299,10 @@ impl Stmt<'_> {
             other => other.to_string(),
         };
         let at = match &e {
+            Error::Sql { line, col, .. } => Some(Location {
+                line: *line,
+                column: *col,
+            }),
             Error::Option { key, message } => self.option_position(key, message),
             Error::Io { path, .. } => {
                 let path = path.display().to_string();

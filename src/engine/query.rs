@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, UInt64Array};
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -282,6 +282,8 @@ pub struct QueryRuntime {
     /// Event times of the rows of the current micro-batch (for the latency histogram).
     batch_times: Vec<i64>,
     track_latency: bool,
+    /// This micro-batch's rows by source (late rows are reported as the records that arrived).
+    arrived: Vec<Option<RecordBatch>>,
 }
 
 /// The output schema of a compiled query (planning only, nothing runs).
@@ -390,6 +392,7 @@ impl QueryRuntime {
             output_schema,
             batch_times: Vec::new(),
             track_latency,
+            arrived: Vec::new(),
         })
     }
 
@@ -515,14 +518,34 @@ impl QueryRuntime {
     fn late_rows(&self, cx: Context) -> Result<()> {
         for l in cx.late {
             self.metrics.late.fetch_add(l.rows.num_rows() as u64, Ordering::Relaxed);
-            let text = String::from_utf8_lossy(&to_json_lines(&l.rows)?).into_owned();
+            let mut rows = Vec::with_capacity(l.rows.num_rows());
+            match &l.origin {
+                // As the records arrived, with their source.
+                Some(origin) => {
+                    for o in origin.values().iter() {
+                        let (s, r) = ((o >> 32) as usize, (o & 0xffff_ffff) as usize);
+                        let raw = match self.arrived.get(s).and_then(Option::as_ref) {
+                            Some(b) if r < b.num_rows() => {
+                                String::from_utf8_lossy(&to_json_lines(&b.slice(r, 1))?).trim_end().to_string()
+                            }
+                            _ => String::new(),
+                        };
+                        let source = self.sources.get(s).map(|x| x.name.clone()).unwrap_or_default();
+                        rows.push((source, raw));
+                    }
+                }
+                None => {
+                    let text = String::from_utf8_lossy(&to_json_lines(&l.rows)?).into_owned();
+                    rows.extend(text.lines().map(|t| (String::new(), t.to_string())));
+                }
+            }
             SystemTables::push(
                 &self.system.late,
-                text.lines().map(|line| SysRow {
+                rows.into_iter().map(|(source, raw)| SysRow {
                     query: self.name.clone(),
-                    source: String::new(),
+                    source,
                     position: String::new(),
-                    raw: line.to_string(),
+                    raw,
                     reason: l.reason.clone(),
                 }),
             );
@@ -609,6 +632,7 @@ impl QueryRuntime {
         let started = Instant::now();
         let mut got = false;
         let mut polled = Vec::new();
+        self.arrived = vec![None; self.sources.len()];
         for i in 0..self.sources.len() {
             if self.sources[i].exhausted {
                 continue;
@@ -627,7 +651,19 @@ impl QueryRuntime {
                         self.metrics.rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
                         let b = self.split_null_times(i, b)?;
                         let wm = self.arrival_watermarks(i, &b)?;
-                        polled.push((i, ChangeBatch { batch: b, ops: None, wm }));
+                        let origin = Some(UInt64Array::from_iter_values(
+                            (0..b.num_rows() as u64).map(|r| ((i as u64) << 32) | r),
+                        ));
+                        self.arrived[i] = Some(b.clone());
+                        polled.push((
+                            i,
+                            ChangeBatch {
+                                batch: b,
+                                ops: None,
+                                wm,
+                                origin,
+                            },
+                        ));
                     }
                 }
             }

@@ -143,6 +143,7 @@ fn to_deletes(cur: &ChangeBatch, keep: &BooleanArray) -> Result<ChangeBatch> {
         batch: cur.batch.clone(),
         ops: Some(ops),
         wm: cur.wm.clone(),
+        origin: cur.origin.clone(),
     })
 }
 

@@ -18,16 +18,22 @@
 pub mod acc;
 pub mod calc;
 pub mod groups;
+pub mod interval_join;
+pub mod lookup_join;
+pub mod over_agg;
 pub mod session_agg;
+pub mod stream_join;
+pub mod top_n;
 pub mod union;
 pub mod updating_agg;
 pub mod window;
 pub mod window_agg;
+pub mod window_join;
 pub mod window_tvf;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, Int64Array, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, Int64Array, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{concat, concat_batches, filter, filter_record_batch, take, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -79,6 +85,10 @@ pub struct ChangeBatch {
     /// The watermark in force when each row arrived (ms); rows are late for windows ending at or
     /// before it.
     pub wm: Int64Array,
+    /// Where each row came from (`source index << 32 | row` in the micro-batch's source batch), while
+    /// rows are still source rows (through filters, projections and window assignment): a late row is
+    /// reported as the record that arrived.
+    pub origin: Option<UInt64Array>,
 }
 
 impl ChangeBatch {
@@ -89,6 +99,7 @@ impl ChangeBatch {
             batch,
             ops: None,
             wm: Int64Array::from_value(wm, n),
+            origin: None,
         }
     }
 
@@ -100,6 +111,7 @@ impl ChangeBatch {
             batch,
             ops: (!all_inserts).then(|| Int8Array::from_iter_values(ops.into_iter().map(|k| k as i8))),
             wm: Int64Array::from_value(wm, n),
+            origin: None,
         }
     }
 
@@ -136,6 +148,7 @@ impl ChangeBatch {
             batch,
             ops: self.ops.clone(),
             wm: self.wm.clone(),
+            origin: self.origin.clone(),
         }
     }
 
@@ -147,6 +160,10 @@ impl ChangeBatch {
                 None => None,
             },
             wm: as_i64(&filter(&self.wm, mask)?)?,
+            origin: match &self.origin {
+                Some(o) => Some(as_u64(&filter(o, mask)?)?),
+                None => None,
+            },
         })
     }
 
@@ -158,6 +175,10 @@ impl ChangeBatch {
                 None => None,
             },
             wm: as_i64(&take(&self.wm, indices, None)?)?,
+            origin: match &self.origin {
+                Some(o) => Some(as_u64(&take(o, indices, None)?)?),
+                None => None,
+            },
         })
     }
 
@@ -182,10 +203,17 @@ impl ChangeBatch {
                     Some(as_i8(&concat(&refs)?)?)
                 };
                 let wms: Vec<&dyn Array> = parts.iter().map(|p| &p.wm as &dyn Array).collect();
+                let origin = if parts.iter().all(|p| p.origin.is_some()) {
+                    let o: Vec<&dyn Array> = parts.iter().filter_map(|p| p.origin.as_ref()).map(|o| o as &dyn Array).collect();
+                    Some(as_u64(&concat(&o)?)?)
+                } else {
+                    None
+                };
                 Ok(ChangeBatch {
                     batch,
                     ops,
                     wm: as_i64(&concat(&wms)?)?,
+                    origin,
                 })
             }
         }
@@ -199,6 +227,13 @@ fn as_i8(a: &ArrayRef) -> Result<Int8Array> {
         .ok_or_else(|| Error::Internal("row kinds are not Int8".into()))
 }
 
+fn as_u64(a: &ArrayRef) -> Result<UInt64Array> {
+    a.as_any()
+        .downcast_ref::<UInt64Array>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("row origins are not UInt64".into()))
+}
+
 fn as_i64(a: &ArrayRef) -> Result<Int64Array> {
     a.as_any()
         .downcast_ref::<Int64Array>()
@@ -206,10 +241,12 @@ fn as_i64(a: &ArrayRef) -> Result<Int64Array> {
         .ok_or_else(|| Error::Internal("row watermarks are not Int64".into()))
 }
 
-/// A row an operator set aside as late, for the `_late` stream.
+/// Rows an operator set aside as late, for the `_late` stream.
 #[derive(Debug, Clone)]
 pub struct LateRows {
     pub rows: RecordBatch,
+    /// Where they came from (see [`ChangeBatch::origin`]).
+    pub origin: Option<UInt64Array>,
     pub reason: String,
 }
 
@@ -221,13 +258,18 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn late(&mut self, rows: RecordBatch, reason: impl Into<String>) {
-        if rows.num_rows() > 0 {
-            self.late.push(LateRows {
-                rows,
-                reason: reason.into(),
-            });
+    /// Set rows `idx` of `input` aside as late.
+    pub fn late(&mut self, input: &ChangeBatch, idx: &UInt32Array, reason: impl Into<String>) -> Result<()> {
+        if idx.is_empty() {
+            return Ok(());
         }
+        let part = input.take(idx)?;
+        self.late.push(LateRows {
+            rows: part.batch,
+            origin: part.origin,
+            reason: reason.into(),
+        });
+        Ok(())
     }
 }
 

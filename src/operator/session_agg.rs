@@ -169,10 +169,15 @@ impl Operator for SessionAgg {
         }
         if !late.is_empty() {
             let idx = UInt32Array::from(late);
+            let wm = idx.values().iter().map(|i| wms[*i as usize]).min().unwrap_or(i64::MIN);
             cx.late(
-                datafusion::arrow::compute::take_record_batch(b, &idx)?,
-                "late: the row's session had ended at the watermark it arrived under",
-            );
+                &input,
+                &idx,
+                format!(
+                    "late: its session window had ended at the watermark {}",
+                    crate::time::format_ms(wm)
+                ),
+            )?;
         }
         // State merges first (in the order they happened), then this batch's rows, once.
         for (dst, src) in merges {

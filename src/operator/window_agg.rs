@@ -130,12 +130,13 @@ impl WindowAgg {
             let idx = UInt32Array::from(late);
             let wm = idx.values().iter().map(|i| wms[*i as usize]).min().unwrap_or(i64::MIN);
             cx.late(
-                datafusion::arrow::compute::take_record_batch(&input.batch, &idx)?,
+                input,
+                &idx,
                 format!(
-                    "late: every window of the row had ended at the watermark {}",
+                    "late: its window had ended at the watermark {}",
                     crate::time::format_ms(wm)
                 ),
-            );
+            )?;
         }
         let ev = Aggregates::evaluate_args(&self.cfg.calls, &input.batch)?;
         let keys: Vec<ArrayRef> = self

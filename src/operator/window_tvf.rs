@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
@@ -108,10 +107,15 @@ impl Operator for WindowTvf {
             }
         }
         if !late.is_empty() {
+            let wm = late.iter().map(|i| wms[*i as usize]).min().unwrap_or(i64::MIN);
             cx.late(
-                take_record_batch(&input.batch, &UInt32Array::from(late))?,
-                "late: every window of the row had ended at the watermark it arrived under",
-            );
+                &input,
+                &UInt32Array::from(late),
+                format!(
+                    "late: its window had ended at the watermark {}",
+                    crate::time::format_ms(wm)
+                ),
+            )?;
         }
         let taken = input.take(&UInt32Array::from(idx))?;
         let b = with_windows(&self.cfg.schema, &taken.batch, starts, ends)?;

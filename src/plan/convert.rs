@@ -33,6 +33,8 @@ pub struct Converter<'a> {
     uses_window: HashSet<usize>,
     /// Joins converted so far (to locate the n-th).
     pub joins_seen: usize,
+    /// Stream sources read that have no WATERMARK.
+    no_watermark: Vec<String>,
 }
 
 /// The innermost expression under aliases.
@@ -71,6 +73,7 @@ impl<'a> Converter<'a> {
             props: ExecutionProps::new(),
             uses_window: HashSet::new(),
             joins_seen: 0,
+            no_watermark: Vec::new(),
         }
     }
 
@@ -108,6 +111,9 @@ impl<'a> Converter<'a> {
                         return Err(self.locate.refuse(Site::Limit, "LIMIT on a stream has no end; refused"));
                     }
                     let schema = arrow(&scan.projected_schema);
+                    if st.rowtime.is_none() {
+                        self.no_watermark.push(st.name.clone());
+                    }
                     let rowtime = match &scan.projection {
                         None => st.rowtime,
                         Some(p) => st.rowtime.and_then(|t| p.iter().position(|i| *i == t)),
@@ -295,6 +301,13 @@ impl<'a> Converter<'a> {
                 call.function,
                 call.input,
                 in_props.mode.name()
+            )));
+        }
+        if in_props.rowtime.is_none()
+            && let Some(s) = self.no_watermark.first()
+        {
+            return Err(Error::plan(format!(
+                "source '{s}' has no WATERMARK; windows need one: WATERMARK FOR col AS col - INTERVAL '5' SECOND"
             )));
         }
         if in_props.rowtime != Some(t) {

@@ -292,8 +292,13 @@ pub fn tvf_call(tf: &TableFactor) -> Result<Option<TvfCall>> {
                     line: p.line,
                     col: p.column,
                     message: format!(
-                        "{}: expected a positive INTERVAL of fixed length, found {e}",
-                        f.to_uppercase()
+                        "{}: expected a positive INTERVAL, found {e}{}",
+                        f.to_uppercase(),
+                        if e.to_string().to_ascii_uppercase().contains("MONTH") || e.to_string().to_ascii_uppercase().contains("YEAR") {
+                            " (months and years have no fixed length)"
+                        } else {
+                            ""
+                        }
                     ),
                 })
             }

@@ -3,6 +3,8 @@
 mod bad_input;
 mod cli;
 mod collector;
+mod joins;
+mod over;
 mod oracle;
 mod restart;
 mod server;

@@ -1,4 +1,4 @@
--- expect: 10:29: expected a positive INTERVAL, found INTERVAL '0' MINUTE
+-- expect: 10:38: TUMBLE: expected a positive INTERVAL, found INTERVAL '0' MINUTE
 CREATE SOURCE ev (
     user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR, purchased BOOLEAN,
     event_time TIMESTAMP NOT NULL,

@@ -1,0 +1,1 @@
+//! Joins against batch oracles (to be written).

@@ -1,0 +1,1 @@
+//! Top-N, deduplication and OVER aggregates against batch oracles (to be written).
