@@ -16,6 +16,7 @@ pub mod context;
 pub mod convert;
 pub mod graph;
 pub mod join;
+pub mod join_time;
 pub mod locate;
 pub mod over;
 pub mod tvf;

@@ -10,3 +10,4 @@ mod restart;
 mod server;
 mod services;
 mod support;
+mod time_joins;

@@ -1,0 +1,1 @@
+//! Window joins and interval joins against batch oracles (to be written).
