@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use crate::connector::memory::{MemorySink, MemoryTable};
 use crate::connector::{self, Sink};
 use crate::engine::query::{EngineConfig, Metrics, QueryRuntime, QueryTask, Report, SystemTables};
-use crate::plan::{self, Accepts, Compiled};
 use crate::error::{Error, Result};
+use crate::plan::{self, Accepts, Compiled};
 use crate::sql::catalog::{Catalog, MaterializedViewDef, Object, SinkDef, ViewDef};
 use crate::sql::parser::{ObjectKind, ShowKind, SourceKind, Statement};
 
@@ -382,7 +382,15 @@ impl Session {
         needs_a_stream(name, compiled)?;
         let mut c = compiled.clone();
         plan::finalize(&mut c, accepts, sink)?;
-        let rt = QueryRuntime::new(name, &c, &self.catalog, self.system.clone(), self.config.clone(), make_sink).await?;
+        let rt = QueryRuntime::new(
+            name,
+            &c,
+            &self.catalog,
+            self.system.clone(),
+            self.config.clone(),
+            make_sink,
+        )
+        .await?;
         let metrics = rt.metrics();
         let bounded = rt.bounded();
         let (tx, rx) = watch::channel(false);
@@ -560,8 +568,10 @@ impl Session {
                 } else {
                     let opts = options.clone();
                     Some(
-                        self.start(name, &compiled, accepts, &what, |schema| connector::open_sink(&opts, schema))
-                            .await?,
+                        self.start(name, &compiled, accepts, &what, |schema| {
+                            connector::open_sink(&opts, schema)
+                        })
+                        .await?,
                     )
                 };
                 self.catalog.add(
@@ -760,13 +770,17 @@ impl Session {
             if self.wait_for_bounded {
                 self.wait_bounded().await;
             }
-            let mut pc = plan::context::PlanContext::new(&self.catalog, &self.system, !self.plan_only, &compiled.inputs).await?;
+            let mut pc =
+                plan::context::PlanContext::new(&self.catalog, &self.system, !self.plan_only, &compiled.inputs).await?;
             let plan = pc.plan_query(q).await?;
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             if self.plan_only {
                 return Ok(Outcome::Rows(Vec::new(), schema));
             }
-            return Ok(Outcome::Rows(pc.ctx.execute_logical_plan(plan).await?.collect().await?, schema));
+            return Ok(Outcome::Rows(
+                pc.ctx.execute_logical_plan(plan).await?.collect().await?,
+                schema,
+            ));
         }
         if self.plan_only {
             self.plan_continuous("SELECT", &compiled, Accepts::Upsert, "a live SELECT")?;

@@ -131,7 +131,8 @@ impl MemoryTable {
         }
         // Compact when most slots are empty.
         if rows.rows.len() > 1024 && rows.live * 2 < rows.rows.len() {
-            let kept: Vec<Option<(Box<[u8]>, Vec<ScalarValue>)>> = rows.rows.drain(..).filter(Option::is_some).collect();
+            let kept: Vec<Option<(Box<[u8]>, Vec<ScalarValue>)>> =
+                rows.rows.drain(..).filter(Option::is_some).collect();
             let mut index: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
             for (at, r) in kept.iter().enumerate() {
                 if let Some((id, _)) = r {
@@ -222,7 +223,12 @@ mod tests {
     #[test]
     fn applies_a_changelog_by_key_or_by_row() {
         use RowKind::*;
-        let keyed = out(&["a", "b", "a", "a", "b"], &[1, 2, 1, 5, 2], &[Insert, Insert, UpdateBefore, UpdateAfter, Delete], Some(vec![0]));
+        let keyed = out(
+            &["a", "b", "a", "a", "b"],
+            &[1, 2, 1, 5, 2],
+            &[Insert, Insert, UpdateBefore, UpdateAfter, Delete],
+            Some(vec![0]),
+        );
         let t = MemoryTable::new(keyed.batch.schema());
         t.apply(&keyed).expect("apply");
         let s = t.snapshot().expect("snap");

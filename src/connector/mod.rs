@@ -364,7 +364,9 @@ pub fn json_only(options: &Options) -> Result<()> {
         "json" | "changelog" => Ok(()),
         other => Err(Error::option(
             "format",
-            format!("unknown sink format '{other}'; valid: json, changelog (JSON with each row's kind in an 'op' field)"),
+            format!(
+                "unknown sink format '{other}'; valid: json, changelog (JSON with each row's kind in an 'op' field)"
+            ),
         )),
     }
 }

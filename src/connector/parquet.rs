@@ -187,8 +187,9 @@ mod tests {
             changelog: false,
         };
         let mut sink = ParquetSink::new(opts, schema.clone());
-        let batch =
-            |v: Vec<i64>| Output::append(RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("b"));
+        let batch = |v: Vec<i64>| {
+            Output::append(RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("b"))
+        };
         sink.write(&batch(vec![1, 2])).expect("w");
         let visible = |d: &std::path::Path| {
             std::fs::read_dir(d)

@@ -13,18 +13,18 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt64Array};
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::watch;
 
 use crate::connector::{self, Output, Poll, Sink, SinkMode, Source};
-use crate::operator::{ChangeBatch, Context, Operator};
-use crate::plan::graph::{Graph, Mode, Op};
-use crate::plan::Compiled;
 use crate::error::{Error, Result};
 use crate::format::{BadRecord, to_json_lines};
+use crate::operator::{ChangeBatch, Context, Operator};
+use crate::plan::Compiled;
+use crate::plan::graph::{Graph, Mode, Op};
 use crate::sql::catalog::Catalog;
 use crate::sql::parser::SourceDef;
 
@@ -358,7 +358,7 @@ impl QueryRuntime {
                 floor: i64::MIN,
             });
         }
-        let ops = graph.build()?;
+        let mut ops = graph.build()?;
         let consumers = (0..graph.nodes.len()).map(|i| graph.consumers(i)).collect();
         let output_schema = compiled.schema.clone();
         let sink = make_sink(output_schema.clone())?;
@@ -375,6 +375,9 @@ impl QueryRuntime {
             .filter_map(|s| s.source.resumed_watermark())
             .max()
             .unwrap_or(i64::MIN);
+        for op in &mut ops {
+            op.set_emit_floor(emit_floor);
+        }
         Ok(QueryRuntime {
             name: name.to_string(),
             sources,
@@ -525,9 +528,9 @@ impl QueryRuntime {
                     for o in origin.values().iter() {
                         let (s, r) = ((o >> 32) as usize, (o & 0xffff_ffff) as usize);
                         let raw = match self.arrived.get(s).and_then(Option::as_ref) {
-                            Some(b) if r < b.num_rows() => {
-                                String::from_utf8_lossy(&to_json_lines(&b.slice(r, 1))?).trim_end().to_string()
-                            }
+                            Some(b) if r < b.num_rows() => String::from_utf8_lossy(&to_json_lines(&b.slice(r, 1))?)
+                                .trim_end()
+                                .to_string(),
                             _ => String::new(),
                         };
                         let source = self.sources.get(s).map(|x| x.name.clone()).unwrap_or_default();
@@ -586,10 +589,9 @@ impl QueryRuntime {
         }
         self.watermark = wm;
         self.metrics.watermark.store(wm, Ordering::Relaxed);
-        self.metrics.groups.store(
-            self.ops.iter().map(|o| o.state_size() as u64).sum(),
-            Ordering::Relaxed,
-        );
+        self.metrics
+            .groups
+            .store(self.ops.iter().map(|o| o.state_size() as u64).sum(), Ordering::Relaxed);
         self.late_rows(cx)?;
         for b in out {
             self.emit(b)?;
@@ -598,18 +600,6 @@ impl QueryRuntime {
     }
 
     fn emit(&mut self, b: ChangeBatch) -> Result<()> {
-        if b.is_empty() {
-            return Ok(());
-        }
-        // Windows that ended at or before the restart floor were emitted completely before it.
-        let b = match (self.emit_floor, self.graph.nodes[self.root].props.window) {
-            (f, Some(w)) if f > i64::MIN && w.end.is_some() => {
-                let end = crate::operator::window::millis(b.batch.column(w.end.unwrap_or_default()))?;
-                let keep: BooleanArray = end.iter().map(|e| Some(e.is_none_or(|e| e > f))).collect();
-                b.filter(&keep)?
-            }
-            _ => b,
-        };
         if b.is_empty() {
             return Ok(());
         }

@@ -204,7 +204,11 @@ impl ChangeBatch {
                 };
                 let wms: Vec<&dyn Array> = parts.iter().map(|p| &p.wm as &dyn Array).collect();
                 let origin = if parts.iter().all(|p| p.origin.is_some()) {
-                    let o: Vec<&dyn Array> = parts.iter().filter_map(|p| p.origin.as_ref()).map(|o| o as &dyn Array).collect();
+                    let o: Vec<&dyn Array> = parts
+                        .iter()
+                        .filter_map(|p| p.origin.as_ref())
+                        .map(|o| o as &dyn Array)
+                        .collect();
                     Some(as_u64(&concat(&o)?)?)
                 } else {
                     None
@@ -299,6 +303,10 @@ pub trait Operator: Send {
     fn state_size(&self) -> usize {
         0
     }
+
+    /// Windows ending at or before `floor` were emitted completely before a restart (without
+    /// checkpoints, sources re-read rows of them): an operator that emits windows skips them.
+    fn set_emit_floor(&mut self, _floor: i64) {}
 }
 
 /// A batch of rows that arrived under different watermarks, split into the parts processed before

@@ -58,6 +58,8 @@ pub struct SessionAgg {
     next_gid: u32,
     free: Vec<u32>,
     wm: i64,
+    /// Sessions ending at or before this are not emitted (see [`Operator::set_emit_floor`]).
+    emit_floor: i64,
 }
 
 impl SessionAgg {
@@ -71,6 +73,7 @@ impl SessionAgg {
             next_gid: 0,
             free: Vec::new(),
             wm: i64::MIN,
+            emit_floor: i64::MIN,
         })
     }
 }
@@ -209,6 +212,17 @@ impl Operator for SessionAgg {
         }
         let prev = self.wm;
         self.wm = self.wm.max(wm);
+        // Sessions emitted before a restart: drop what was read again of them.
+        let floor = self.emit_floor;
+        let (skip, keep): (Vec<_>, Vec<_>) = closing.into_iter().partition(|c| c.0 <= floor);
+        for (_, gid, kid) in skip {
+            if let Some(list) = self.sessions.get_mut(&kid) {
+                list.retain(|s| s.gid != gid);
+            }
+            self.aggs.reset(gid);
+            self.free.push(gid);
+        }
+        let closing = keep;
         if closing.is_empty() {
             return Ok(Vec::new());
         }
@@ -282,6 +296,10 @@ impl Operator for SessionAgg {
 
     fn state_size(&self) -> usize {
         self.by_end.len()
+    }
+
+    fn set_emit_floor(&mut self, floor: i64) {
+        self.emit_floor = floor;
     }
 }
 

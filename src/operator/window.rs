@@ -13,13 +13,25 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
 pub enum WindowSpec {
-    Tumble { size: i64 },
-    Hop { slide: i64, size: i64 },
-    Cumulate { step: i64, size: i64 },
-    Session { gap: i64 },
+    Tumble {
+        size: i64,
+    },
+    Hop {
+        slide: i64,
+        size: i64,
+    },
+    Cumulate {
+        step: i64,
+        size: i64,
+    },
+    Session {
+        gap: i64,
+    },
     /// Windows the input already carries (a window aggregate over the result of a HOP aggregate):
     /// a row's window starts at its `window_start` and is `size` long.
-    Windowed { size: i64 },
+    Windowed {
+        size: i64,
+    },
 }
 
 fn gcd(a: i64, b: i64) -> i64 {

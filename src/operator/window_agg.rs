@@ -71,6 +71,8 @@ pub struct WindowAgg {
     fired: i64,
     /// The watermark before the current micro-batch's advance (carried by emitted rows).
     wm: i64,
+    /// Windows ending at or before this are not emitted (see [`Operator::set_emit_floor`]).
+    emit_floor: i64,
 }
 
 impl WindowAgg {
@@ -83,6 +85,7 @@ impl WindowAgg {
             panes: BTreeMap::new(),
             fired: i64::MIN,
             wm: i64::MIN,
+            emit_floor: i64::MIN,
         })
     }
 
@@ -174,6 +177,9 @@ impl WindowAgg {
 
     /// Output rows of window `[s, e)`; with `only`, just those groups (by key bytes).
     fn window_batch(&mut self, s: i64, e: i64, only: Option<&HashSet<Box<[u8]>>>) -> Result<Option<RecordBatch>> {
+        if e <= self.emit_floor {
+            return Ok(None);
+        }
         let (keys, vals, n) = if !self.merges_panes() {
             let Some(pane) = self.panes.get_mut(&s) else {
                 return Ok(None);
@@ -366,6 +372,10 @@ impl Operator for WindowAgg {
 
     fn state_size(&self) -> usize {
         self.panes.values().map(|p| p.table.len()).sum()
+    }
+
+    fn set_emit_floor(&mut self, floor: i64) {
+        self.emit_floor = floor;
     }
 }
 

@@ -96,7 +96,12 @@ pub struct PlanContext {
 }
 
 impl PlanContext {
-    pub async fn new(catalog: &Catalog, system: &SystemTables, load: bool, wanted: &super::Inputs) -> Result<PlanContext> {
+    pub async fn new(
+        catalog: &Catalog,
+        system: &SystemTables,
+        load: bool,
+        wanted: &super::Inputs,
+    ) -> Result<PlanContext> {
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
@@ -117,10 +122,7 @@ impl PlanContext {
         for (name, obj) in catalog.ordered() {
             match obj {
                 Object::Source(def) if def.kind == SourceKind::Stream => {
-                    let rowtime = def
-                        .watermark
-                        .as_ref()
-                        .and_then(|w| def.schema.index_of(&w.column).ok());
+                    let rowtime = def.watermark.as_ref().and_then(|w| def.schema.index_of(&w.column).ok());
                     pc.register(
                         name,
                         Arc::new(StreamTable {

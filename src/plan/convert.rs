@@ -90,7 +90,14 @@ impl<'a> Converter<'a> {
         self.graph.nodes[id].props.clone()
     }
 
-    pub fn add(&mut self, op: Op, inputs: Vec<usize>, schema: SchemaRef, props: Props, note: impl Into<String>) -> usize {
+    pub fn add(
+        &mut self,
+        op: Op,
+        inputs: Vec<usize>,
+        schema: SchemaRef,
+        props: Props,
+        note: impl Into<String>,
+    ) -> usize {
         self.graph.add(Node {
             op,
             inputs,
@@ -254,7 +261,15 @@ impl<'a> Converter<'a> {
     }
 
     /// Append a Calc step, merging into the input when it is a Calc already.
-    fn calc(&mut self, input: usize, step: Step, text: String, schema: SchemaRef, props: Props, uses_window: bool) -> usize {
+    fn calc(
+        &mut self,
+        input: usize,
+        step: Step,
+        text: String,
+        schema: SchemaRef,
+        props: Props,
+        uses_window: bool,
+    ) -> usize {
         let id = if let Op::Calc(c) = &mut self.graph.nodes[input].op {
             c.steps.push(step);
             c.text.push(text);
@@ -293,7 +308,12 @@ impl<'a> Converter<'a> {
             .fields()
             .iter()
             .position(|f| *f.name() == call.time_col)
-            .ok_or_else(|| err(format!("{}: '{}' has no column {}", call.function, call.input, call.time_col)))?;
+            .ok_or_else(|| {
+                err(format!(
+                    "{}: '{}' has no column {}",
+                    call.function, call.input, call.time_col
+                ))
+            })?;
         let in_props = self.props(input);
         if in_props.mode != Mode::Append {
             return Err(err(format!(
@@ -409,7 +429,10 @@ impl<'a> Converter<'a> {
 
     fn aggregate(&mut self, a: &Aggregate) -> Result<usize> {
         if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
-            return Err(self.locate.refuse(Site::GroupBy, "GROUPING SETS, CUBE and ROLLUP are not supported in a continuous query"));
+            return Err(self.locate.refuse(
+                Site::GroupBy,
+                "GROUPING SETS, CUBE and ROLLUP are not supported in a continuous query",
+            ));
         }
         let input = self.convert(&a.input)?;
         let in_props = self.props(input);
@@ -432,8 +455,10 @@ impl<'a> Converter<'a> {
             };
             cols.push(c);
         }
-        let key_exprs: Vec<Arc<dyn PhysicalExpr>> =
-            keys.iter().map(|e| self.physical(e, in_schema)).collect::<Result<_>>()?;
+        let key_exprs: Vec<Arc<dyn PhysicalExpr>> = keys
+            .iter()
+            .map(|e| self.physical(e, in_schema))
+            .collect::<Result<_>>()?;
         let key_types: Vec<DataType> = cols
             .iter()
             .enumerate()
@@ -473,7 +498,11 @@ impl<'a> Converter<'a> {
                 rowtime: None,
                 window: None,
             };
-            let note = if calls.is_empty() { "DISTINCT / GROUP BY without aggregates" } else { "" };
+            let note = if calls.is_empty() {
+                "DISTINCT / GROUP BY without aggregates"
+            } else {
+                ""
+            };
             return Ok(self.add(
                 Op::UpdatingAgg(updating_agg::Config {
                     keys: key_exprs,
@@ -489,7 +518,9 @@ impl<'a> Converter<'a> {
                 note,
             ));
         }
-        let w = in_props.window.ok_or_else(|| Error::Internal("window columns without a window".into()))?;
+        let w = in_props
+            .window
+            .ok_or_else(|| Error::Internal("window columns without a window".into()))?;
         if in_props.mode != Mode::Append {
             return Err(self.locate.refuse(
                 Site::GroupBy,
@@ -532,7 +563,10 @@ impl<'a> Converter<'a> {
             }
             None => false,
         };
-        let merges = matches!(w.spec, WindowSpec::Hop { .. } | WindowSpec::Cumulate { .. } | WindowSpec::Session { .. });
+        let merges = matches!(
+            w.spec,
+            WindowSpec::Hop { .. } | WindowSpec::Cumulate { .. } | WindowSpec::Session { .. }
+        );
         if let Some(tvf) = w.assigned_by {
             if panes_ok {
                 if let Op::WindowTvf(c) = &mut self.graph.nodes[tvf].op {
@@ -572,7 +606,10 @@ impl<'a> Converter<'a> {
                 let part = self.session_partition(tvf);
                 if !part.is_empty() {
                     let mut a: Vec<String> = part.clone();
-                    let mut b: Vec<String> = key_names.iter().map(|k| k.rsplit('.').next().unwrap_or(k).to_string()).collect();
+                    let mut b: Vec<String> = key_names
+                        .iter()
+                        .map(|k| k.rsplit('.').next().unwrap_or(k).to_string())
+                        .collect();
                     a.sort();
                     b.sort();
                     if a != b {
@@ -651,7 +688,8 @@ fn agg_name(c: &AggCall) -> String {
 }
 
 fn is_non_null_literal(e: &Expr) -> bool {
-    matches!(unalias(e), Expr::Literal(v, _) if !v.is_null()) && !matches!(unalias(e), Expr::Literal(ScalarValue::Null, _))
+    matches!(unalias(e), Expr::Literal(v, _) if !v.is_null())
+        && !matches!(unalias(e), Expr::Literal(ScalarValue::Null, _))
 }
 
 fn has_subquery(e: &Expr) -> bool {
@@ -678,9 +716,31 @@ use datafusion::common::tree_node::TreeNode;
 /// Props through a projection: `map[i]` is where input column `i` went (if passed on as is).
 pub fn map_props(p: &Props, map: &[Option<usize>]) -> Props {
     let m = |i: usize| map.get(i).copied().flatten();
+    // Within a key, a window's start and end determine each other (a key's sessions do not overlap;
+    // fixed-size windows have one end per start); only CUMULATE windows share starts.
+    let substitute = |i: usize| -> Option<usize> {
+        m(i).or_else(|| {
+            let w = p.window?;
+            if w.start == Some(i) && !matches!(w.spec, WindowSpec::Cumulate { .. }) {
+                w.end.and_then(m)
+            } else if w.end == Some(i) && !matches!(w.spec, WindowSpec::Cumulate { .. }) {
+                w.start.and_then(m)
+            } else if w.start == Some(i) {
+                w.end.and_then(m)
+            } else {
+                None
+            }
+        })
+    };
+    let key = p.key.as_ref().and_then(|k| {
+        let mut v: Vec<usize> = k.iter().map(|i| substitute(*i)).collect::<Option<Vec<_>>>()?;
+        v.sort_unstable();
+        v.dedup();
+        Some(v)
+    });
     Props {
         mode: p.mode,
-        key: p.key.as_ref().and_then(|k| k.iter().map(|i| m(*i)).collect::<Option<Vec<_>>>()),
+        key,
         rowtime: p.rowtime.and_then(m),
         window: p.window.and_then(|w| {
             let start = w.start.and_then(m);

@@ -75,7 +75,10 @@ impl Props {
 /// What a node runs.
 pub enum Op {
     /// Rows of a stream source (`projection`: the columns used, by index in the source's schema).
-    Source { name: String, projection: Option<Vec<usize>> },
+    Source {
+        name: String,
+        projection: Option<Vec<usize>>,
+    },
     Calc(operator::calc::Config),
     WindowTvf(operator::window_tvf::Config),
     WindowAgg(operator::window_agg::Config),
@@ -168,10 +171,8 @@ impl Graph {
     /// Whether any operator keeps state bounded by the watermark (needs sources with watermarks).
     pub fn needs_watermark(&self) -> bool {
         self.nodes.iter().any(|n| {
-            matches!(
-                n.op,
-                Op::WindowAgg(_) | Op::SessionAgg(_) | Op::WindowTvf(_)
-            ) || matches!(&n.op, Op::Custom(f) if f.state().contains("watermark"))
+            matches!(n.op, Op::WindowAgg(_) | Op::SessionAgg(_) | Op::WindowTvf(_))
+                || matches!(&n.op, Op::Custom(f) if f.state().contains("watermark"))
         })
     }
 
@@ -197,7 +198,11 @@ impl Graph {
         out.push('\n');
         let mut edge = format!("{pad}  ⇒ {}", n.props.mode.name());
         if let Some(k) = &n.props.key {
-            let _ = write!(edge, ", key ({})", k.iter().map(|i| name(*i)).collect::<Vec<_>>().join(", "));
+            let _ = write!(
+                edge,
+                ", key ({})",
+                k.iter().map(|i| name(*i)).collect::<Vec<_>>().join(", ")
+            );
         }
         if let Some(t) = n.props.rowtime {
             let _ = write!(edge, ", time attribute {}", name(t));
@@ -228,10 +233,9 @@ impl Graph {
             .iter()
             .map(|n| -> Result<Box<dyn Operator>> {
                 Ok(match &n.op {
-                    Op::Source { projection, .. } => Box::new(operator::calc::Project::columns(
-                        projection.clone(),
-                        n.schema.clone(),
-                    )),
+                    Op::Source { projection, .. } => {
+                        Box::new(operator::calc::Project::columns(projection.clone(), n.schema.clone()))
+                    }
                     Op::Calc(c) => Box::new(operator::calc::Calc::new(c.clone())),
                     Op::WindowTvf(c) => Box::new(operator::window_tvf::WindowTvf::new(c.clone())),
                     Op::WindowAgg(c) => Box::new(operator::window_agg::WindowAgg::new(c.clone())?),

@@ -13,6 +13,11 @@ pub fn try_window_join(_conv: &mut Converter<'_>, _join: &Join, _left: usize, _r
 }
 
 /// An interval join of the converted inputs `left` and `right`, if `join` is one.
-pub fn try_interval_join(_conv: &mut Converter<'_>, _join: &Join, _left: usize, _right: usize) -> Result<Option<usize>> {
+pub fn try_interval_join(
+    _conv: &mut Converter<'_>,
+    _join: &Join,
+    _left: usize,
+    _right: usize,
+) -> Result<Option<usize>> {
     Ok(None)
 }

@@ -90,14 +90,22 @@ impl Locator {
                 found
             }
             Site::Join(n) => {
-                let mut v = Joins { n: *n, seen: 0, found: None };
+                let mut v = Joins {
+                    n: *n,
+                    seen: 0,
+                    found: None,
+                };
                 let _ = self.query.visit(&mut v);
                 v.found
             }
             Site::Relation(name) => {
                 let mut found = None;
                 let _ = ast::visit_relations(&self.query, |r| {
-                    if r.0.last().and_then(|p| p.as_ident()).is_some_and(|i| crate::sql::parser::normalize(i) == *name) {
+                    if r.0
+                        .last()
+                        .and_then(|p| p.as_ident())
+                        .is_some_and(|i| crate::sql::parser::normalize(i) == *name)
+                    {
                         found = pos(r.span());
                         return ControlFlow::Break(());
                     }
@@ -198,10 +206,9 @@ mod tests {
 
     #[test]
     fn finds_constructs() {
-        let Statement::Query(q) = parse_one(
-            "SELECT a, count(*)\nFROM t JOIN u ON t.a = u.a\nGROUP BY a\nORDER BY a LIMIT 3",
-        )
-        .expect("parse") else {
+        let Statement::Query(q) =
+            parse_one("SELECT a, count(*)\nFROM t JOIN u ON t.a = u.a\nGROUP BY a\nORDER BY a LIMIT 3").expect("parse")
+        else {
             panic!()
         };
         let l = Locator::new(&q);

@@ -81,7 +81,12 @@ pub fn quote(name: &str) -> String {
 /// A DataFusion message without its error-kind prefixes.
 pub fn clean(message: &str) -> String {
     let mut m = message.trim();
-    for p in ["Error during planning: ", "Schema error: ", "This feature is not implemented: ", "Optimizer rule"] {
+    for p in [
+        "Error during planning: ",
+        "Schema error: ",
+        "This feature is not implemented: ",
+        "Optimizer rule",
+    ] {
         if let Some(rest) = m.strip_prefix(p) {
             m = rest;
         }
@@ -244,7 +249,10 @@ pub fn finalize(c: &mut Compiled, accepts: Accepts, sink: &str) -> Result<()> {
                 .graph
                 .nodes
                 .iter()
-                .find(|n| n.props.mode != Mode::Append && n.inputs.iter().all(|i| c.graph.nodes[*i].props.mode == Mode::Append))
+                .find(|n| {
+                    n.props.mode != Mode::Append
+                        && n.inputs.iter().all(|i| c.graph.nodes[*i].props.mode == Mode::Append)
+                })
                 .map(|n| n.op_name())
                 .unwrap_or_else(|| "an updating operator".into());
             Err(Error::plan(format!(

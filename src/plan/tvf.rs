@@ -60,8 +60,7 @@ pub fn rewrite_table_args(sql: &str) -> String {
     let n = significant.len();
     let mut k = 0;
     while k + 2 < n {
-        let is_tvf = WINDOW_FUNCTIONS.iter().any(|f| word(k, f))
-            && tokens[significant[k + 1]].token == Token::LParen;
+        let is_tvf = WINDOW_FUNCTIONS.iter().any(|f| word(k, f)) && tokens[significant[k + 1]].token == Token::LParen;
         if !is_tvf {
             k += 1;
             continue;
@@ -156,10 +155,18 @@ pub struct TvfCall {
 
 fn usage(f: &str) -> &'static str {
     match f {
-        "tumble" => "TUMBLE(source, time_column, INTERVAL size) or TABLE(TUMBLE(TABLE source, DESCRIPTOR(time_column), INTERVAL size))",
-        "hop" => "HOP(source, time_column, INTERVAL slide, INTERVAL size) or TABLE(HOP(TABLE source, DESCRIPTOR(time_column), INTERVAL slide, INTERVAL size))",
-        "cumulate" => "CUMULATE(source, time_column, INTERVAL step, INTERVAL size) or TABLE(CUMULATE(TABLE source, DESCRIPTOR(time_column), INTERVAL step, INTERVAL size))",
-        _ => "SESSION(source, time_column, INTERVAL gap) or TABLE(SESSION(TABLE source [PARTITION BY key], DESCRIPTOR(time_column), INTERVAL gap))",
+        "tumble" => {
+            "TUMBLE(source, time_column, INTERVAL size) or TABLE(TUMBLE(TABLE source, DESCRIPTOR(time_column), INTERVAL size))"
+        }
+        "hop" => {
+            "HOP(source, time_column, INTERVAL slide, INTERVAL size) or TABLE(HOP(TABLE source, DESCRIPTOR(time_column), INTERVAL slide, INTERVAL size))"
+        }
+        "cumulate" => {
+            "CUMULATE(source, time_column, INTERVAL step, INTERVAL size) or TABLE(CUMULATE(TABLE source, DESCRIPTOR(time_column), INTERVAL step, INTERVAL size))"
+        }
+        _ => {
+            "SESSION(source, time_column, INTERVAL gap) or TABLE(SESSION(TABLE source [PARTITION BY key], DESCRIPTOR(time_column), INTERVAL gap))"
+        }
     }
 }
 
@@ -264,10 +271,12 @@ pub fn tvf_call(tf: &TableFactor) -> Result<Option<TvfCall>> {
             f.to_uppercase()
         )));
     }
-    let input = slots[0]
-        .as_ref()
-        .and_then(ident_of)
-        .ok_or_else(|| err(format!("{}: the first argument must be a source, view or CTE name", f.to_uppercase())))?;
+    let input = slots[0].as_ref().and_then(ident_of).ok_or_else(|| {
+        err(format!(
+            "{}: the first argument must be a source, view or CTE name",
+            f.to_uppercase()
+        ))
+    })?;
     let time_col = match slots[1].as_ref() {
         Some(ast::Expr::Function(d)) if d.name.to_string().eq_ignore_ascii_case("descriptor") => match &d.args {
             FunctionArguments::List(l) if l.args.len() == 1 => match &l.args[0] {
@@ -279,7 +288,12 @@ pub fn tvf_call(tf: &TableFactor) -> Result<Option<TvfCall>> {
         Some(e) => ident_of(e),
         None => None,
     }
-    .ok_or_else(|| err(format!("{}: the second argument must be a column, or DESCRIPTOR(column)", f.to_uppercase())))?;
+    .ok_or_else(|| {
+        err(format!(
+            "{}: the second argument must be a column, or DESCRIPTOR(column)",
+            f.to_uppercase()
+        ))
+    })?;
     let iv = |i: usize| -> Result<i64> {
         let e = slots[i]
             .as_ref()
@@ -294,7 +308,9 @@ pub fn tvf_call(tf: &TableFactor) -> Result<Option<TvfCall>> {
                     message: format!(
                         "{}: expected a positive INTERVAL, found {e}{}",
                         f.to_uppercase(),
-                        if e.to_string().to_ascii_uppercase().contains("MONTH") || e.to_string().to_ascii_uppercase().contains("YEAR") {
+                        if e.to_string().to_ascii_uppercase().contains("MONTH")
+                            || e.to_string().to_ascii_uppercase().contains("YEAR")
+                        {
                             " (months and years have no fixed length)"
                         } else {
                             ""
@@ -323,7 +339,10 @@ pub fn tvf_call(tf: &TableFactor) -> Result<Option<TvfCall>> {
         _ => WindowSpec::Session { gap: iv(2)? },
     };
     if !partition.is_empty() && !spec.is_session() {
-        return Err(err(format!("{}: PARTITION BY is for SESSION windows", f.to_uppercase())));
+        return Err(err(format!(
+            "{}: PARTITION BY is for SESSION windows",
+            f.to_uppercase()
+        )));
     }
     Ok(Some(TvfCall {
         function: f.to_uppercase(),
@@ -419,10 +438,8 @@ impl WindowTvfNode {
                 });
             }
         }
-        let mut fields: Vec<(Option<datafusion::common::TableReference>, Arc<Field>)> = in_schema
-            .iter()
-            .map(|(q, f)| (q.cloned(), f.clone()))
-            .collect();
+        let mut fields: Vec<(Option<datafusion::common::TableReference>, Arc<Field>)> =
+            in_schema.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
         for c in WINDOW_COLUMNS {
             fields.push((None, Arc::new(Field::new(c, ts.clone(), false))));
@@ -471,10 +488,20 @@ impl UserDefinedLogicalNodeCore for WindowTvfNode {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} over {}({})", self.call.spec.describe(), self.call.input, self.call.time_col)
+        write!(
+            f,
+            "{} over {}({})",
+            self.call.spec.describe(),
+            self.call.input,
+            self.call.time_col
+        )
     }
 
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> datafusion::error::Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> datafusion::error::Result<Self> {
         let input = inputs.pop().unwrap_or_else(|| self.input.clone());
         WindowTvfNode::new(self.id, self.call.clone(), input)
             .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))
@@ -567,21 +594,37 @@ mod tests {
             "SELECT * FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND))",
         )
         .expect("flink");
-        assert_eq!(b.spec, WindowSpec::Hop { slide: 2_000, size: 10_000 });
+        assert_eq!(
+            b.spec,
+            WindowSpec::Hop {
+                slide: 2_000,
+                size: 10_000
+            }
+        );
         assert_eq!(b.time_col, "datetime");
         let c = first_call(
             "SELECT * FROM TABLE(CUMULATE(DATA => TABLE bid, TIMECOL => DESCRIPTOR(t), STEP => INTERVAL '1' MINUTE, SIZE => INTERVAL '5 m'))",
         )
         .expect("named");
-        assert_eq!(c.spec, WindowSpec::Cumulate { step: 60_000, size: 300_000 });
+        assert_eq!(
+            c.spec,
+            WindowSpec::Cumulate {
+                step: 60_000,
+                size: 300_000
+            }
+        );
         let d = first_call(
             "SELECT * FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, auction, DESCRIPTOR(t), INTERVAL '10' SECOND))",
         )
         .expect("session");
         assert_eq!(d.partition, vec!["bidder".to_string(), "auction".to_string()]);
         let e = first_call("SELECT * FROM TUMBLE(ev, event_time, INTERVAL '0' MINUTE)").expect_err("zero");
-        assert!(e.to_string().starts_with("1:47: TUMBLE: expected a positive INTERVAL"), "{e}");
-        let e = first_call("SELECT * FROM\n  HOP(ev, t, INTERVAL '10' SECOND, INTERVAL '2' SECOND)").expect_err("slide");
+        assert!(
+            e.to_string().starts_with("1:47: TUMBLE: expected a positive INTERVAL"),
+            "{e}"
+        );
+        let e =
+            first_call("SELECT * FROM\n  HOP(ev, t, INTERVAL '10' SECOND, INTERVAL '2' SECOND)").expect_err("slide");
         assert!(e.to_string().starts_with("2:3: HOP: the slide"), "{e}");
     }
 }

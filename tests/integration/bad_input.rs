@@ -72,7 +72,7 @@ async fn late_records_go_to_late_and_are_counted() {
     assert!(late > 300, "about 2% of 30000 are late, got {late}");
     assert_eq!(counted + late, 30_000, "every event is either counted or in _late");
     let reasons = sorted_rows(&exec(&mut s, "SELECT DISTINCT substr(reason, 1, 31) FROM _late;").await);
-    assert_eq!(reasons, vec!["event time before the watermark"]);
+    assert_eq!(reasons, vec!["late: its window had ended at t"]);
 }
 
 async fn error_of(sql: &str) -> String {
@@ -149,7 +149,7 @@ async fn show_describe_explain_and_drop() {
     );
     let plan = match s
         .execute(&freshet::sql::parser::parse_one(
-            "EXPLAIN SELECT course_id, COUNT(*) FROM HOP(buys, event_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+            "EXPLAIN SELECT course_id, window_start, COUNT(*) FROM HOP(buys, event_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
              GROUP BY course_id, window_start, window_end",
         )
         .expect("parse"))
@@ -160,11 +160,26 @@ async fn show_describe_explain_and_drop() {
         _ => panic!("EXPLAIN gives text"),
     };
     assert!(
-        plan.contains("incremental window aggregate, HOP(slide 2000 ms, size 10000 ms, panes of 2000 ms)"),
+        plan.contains("WindowAggregate HOP(slide 2s, size 10s; panes of 2s)"),
         "{plan}"
     );
     assert!(plan.contains("streams: ev"), "{plan}");
-    assert!(plan.contains("Aggregate"), "DataFusion's plan is shown: {plan}");
+    assert!(
+        plan.contains("WindowAssign HOP(slide 2s, size 10s; panes of 2s) on event_time (panes"),
+        "the window function hands out panes: {plan}"
+    );
+    assert!(
+        plan.contains("⇒ upsert, key (course_id, window_start)"),
+        "each edge's kind and key: {plan}"
+    );
+    assert!(
+        plan.contains("state: per pane (2s)"),
+        "the state each operator keeps: {plan}"
+    );
+    assert!(
+        plan.contains("filter ev.purchased") || plan.contains("filter purchased"),
+        "{plan}"
+    );
     let e = s
         .execute(&freshet::sql::parser::parse_one("DROP SOURCE ev").expect("parse"))
         .await
