@@ -142,6 +142,7 @@ fn defined_name(s: &Statement) -> Option<String> {
     match s {
         Statement::CreateSource(def) => Some(def.name.clone()),
         Statement::CreateSink { name, .. } | Statement::CreateView { name, .. } => Some(name.clone()),
+        Statement::Insert { table, .. } => Some(format!("insert_into_{table}")),
         _ => None,
     }
 }

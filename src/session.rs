@@ -639,8 +639,88 @@ impl Session {
                 }
             }
             Statement::Explain(query) => Ok(Outcome::Text(self.explain(query).await?)),
+            Statement::Insert { .. } => {
+                let sink = self.insert_as_sink(stmt)?;
+                Box::pin(self.execute_statement(&sink)).await
+            }
             Statement::Query(query) => self.select(query).await,
         }
+    }
+
+    /// `INSERT INTO t …` as the sink it starts: named `insert_into_t` (`_2`, … if taken), writing to
+    /// the table's connector, the query's columns cast to the table's by position (Flink's rule).
+    pub fn insert_as_sink(&self, stmt: &Statement) -> Result<Statement> {
+        let Statement::Insert {
+            table,
+            columns,
+            query,
+            sql,
+        } = stmt
+        else {
+            return Err(Error::Internal("not an INSERT".into()));
+        };
+        let def = match self.catalog.get(table) {
+            Some(Object::Source(d)) => d.clone(),
+            Some(o) => {
+                return Err(Error::plan(format!(
+                    "INSERT INTO {table}: '{table}' is a {}, not a table",
+                    o.kind()
+                )));
+            }
+            None => return Err(Error::plan(format!("INSERT INTO {table}: table '{table}' not found"))),
+        };
+        let options = crate::connector::table_as_sink(&def)?;
+        let target: Vec<usize> = if columns.is_empty() {
+            (0..def.schema.fields().len()).collect()
+        } else {
+            columns
+                .iter()
+                .map(|c| {
+                    def.schema
+                        .index_of(c)
+                        .map_err(|_| Error::plan(format!("INSERT INTO {table}: no column '{c}' in '{table}'")))
+                })
+                .collect::<Result<_>>()?
+        };
+        let n = target.len();
+        let aliases: Vec<String> = (0..n).map(|i| format!("__c{i}")).collect();
+        let items: Vec<String> = def
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let t = sql_type(f.data_type());
+                match target.iter().position(|x| *x == i) {
+                    Some(j) => format!("CAST(\"__c{j}\" AS {t}) AS {}", plan::quote(f.name())),
+                    None => format!("CAST(NULL AS {t}) AS {}", plan::quote(f.name())),
+                }
+            })
+            .collect();
+        let wrapped = format!(
+            "SELECT {} FROM ({query}) AS \"__insert\"({})",
+            items.join(", "),
+            aliases
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let Statement::Query(q) = crate::sql::parser::parse_one(&wrapped)? else {
+            return Err(Error::Internal("INSERT wrapper".into()));
+        };
+        let mut name = format!("insert_into_{table}");
+        let mut k = 1;
+        while self.catalog.get(&name).is_some() {
+            k += 1;
+            name = format!("insert_into_{table}_{k}");
+        }
+        Ok(Statement::CreateSink {
+            name,
+            options,
+            query: q,
+            sql: sql.clone(),
+        })
     }
 
     fn show(&self, kind: ShowKind) -> Result<Outcome> {
@@ -804,6 +884,23 @@ impl Session {
             stop,
             handle,
         }))
+    }
+}
+
+/// SQL for a column type (to cast into a table's columns).
+fn sql_type(t: &DataType) -> String {
+    match t {
+        DataType::Int64 => "BIGINT".into(),
+        DataType::Int32 => "INT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Float32 => "REAL".into(),
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Date32 => "DATE".into(),
+        DataType::Utf8 => "VARCHAR".into(),
+        DataType::Timestamp(_, _) => "TIMESTAMP(3)".into(),
+        other => other.to_string(),
     }
 }
 

@@ -138,6 +138,11 @@ pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "blackhole"
 pub fn validate_source(def: &SourceDef) -> Result<()> {
     match def.options.get("connector").unwrap_or_default() {
         "generator" => generator_options(def).map(|_| ()),
+        "file" if def.lazy_path => file::FileOptions::parse(&def.options).map(|_| ()),
+        // A table only written to (`INSERT INTO`), as Flink declares sinks.
+        "parquet" | "console" | "blackhole" if def.kind == crate::sql::parser::SourceKind::Table => {
+            validate_sink(&def.options)
+        }
         "file" => file::FileOptions::parse(&def.options).and_then(|o| o.check_exists()),
         "kafka" => kafka::KafkaSourceOptions::parse(&def.options, &def.name).map(|_| ()),
         "hbase" if def.kind == crate::sql::parser::SourceKind::Table => {
@@ -327,6 +332,38 @@ pub fn sink_mode(options: &Options) -> SinkMode {
         "hbase" => SinkMode::Upsert,
         _ => SinkMode::Append,
     }
+}
+
+/// The sink options of a table (`INSERT INTO t` writes to where `CREATE TABLE t … WITH (…)` says):
+/// a source's reading options are dropped, the rest must be valid for the sink.
+pub fn table_as_sink(def: &SourceDef) -> Result<Options> {
+    let mut o = def.options.clone();
+    let connector = o.get("connector").unwrap_or_default().to_string();
+    let read_only: &[&str] = match connector.as_str() {
+        "kafka" => &[
+            "group_id",
+            "startup",
+            "header",
+            "delimiter",
+            "bounded",
+            "idle_timeout_ms",
+        ],
+        "file" => &["header", "delimiter", "refresh_interval_ms"],
+        "hbase" => &["refresh_interval_ms"],
+        "parquet" | "console" | "blackhole" => &[],
+        other => {
+            return Err(Error::plan(format!(
+                "INSERT INTO {}: connector '{other}' cannot be written to; sinks: {}",
+                def.name,
+                SINK_CONNECTORS.join(", ")
+            )));
+        }
+    };
+    for k in read_only {
+        o.0.remove(*k);
+    }
+    validate_sink(&o).map_err(|e| Error::plan(format!("INSERT INTO {}: {e}", def.name)))?;
+    Ok(o)
 }
 
 /// What a sink accepts, from its options: HBase a keyed changelog, a sink with `format =

@@ -82,6 +82,9 @@ pub struct SourceDef {
     pub watermark: Option<Watermark>,
     pub options: Options,
     pub sql: String,
+    /// Declared in Flink's style (`'connector' = 'filesystem'`): as in Flink, the declaration alone
+    /// checks nothing about the path (the table may be written by an INSERT INTO first).
+    pub lazy_path: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +141,14 @@ pub enum Statement {
     },
     Explain(Box<Query>),
     Query(Box<Query>),
+    /// `INSERT INTO table [(columns)] query`: a continuous query writing into a table declared with
+    /// `CREATE TABLE … WITH (connector …)` (Flink's way to declare a sink).
+    Insert {
+        table: String,
+        columns: Vec<String>,
+        query: Box<Query>,
+        sql: String,
+    },
 }
 
 /// A statement with the line where it starts (1-based) in its script.
@@ -149,7 +160,10 @@ pub struct Located {
 
 pub fn parse_script(sql: &str) -> Result<Vec<Located>> {
     let dialect = GenericDialect {};
-    let mut p = Parser::new(&dialect).try_with_sql(sql)?;
+    // Flink's `TUMBLE(TABLE t, …)`: the keyword blanked, same length, so positions and the
+    // statements' text (taken from `sql`) stay as written.
+    let rewritten = crate::plan::tvf::rewrite_table_args(sql);
+    let mut p = Parser::new(&dialect).try_with_sql(&rewritten)?;
     let mut out = Vec::new();
     loop {
         while p.consume_token(&Token::SemiColon) {}
@@ -332,6 +346,27 @@ fn parse_statement(p: &mut Parser, sql: &str, start: Location) -> Result<Stateme
             if_exists,
         });
     }
+    if p.parse_keyword(Keyword::INSERT) {
+        p.expect_keyword(Keyword::INTO)?;
+        let table = ident(p)?;
+        let mut columns = Vec::new();
+        if p.consume_token(&Token::LParen) {
+            loop {
+                columns.push(ident(p)?);
+                if !p.consume_token(&Token::Comma) {
+                    p.expect_token(&Token::RParen)?;
+                    break;
+                }
+            }
+        }
+        let query = p.parse_query()?;
+        return Ok(Statement::Insert {
+            table,
+            columns,
+            query,
+            sql: text_since(p, sql, start),
+        });
+    }
     if p.parse_keyword(Keyword::EXPLAIN) {
         return Ok(Statement::Explain(p.parse_query()?));
     }
@@ -342,7 +377,7 @@ fn parse_statement(p: &mut Parser, sql: &str, start: Location) -> Result<Stateme
     }
     error_here(
         p,
-        "expected CREATE SOURCE|TABLE|SINK|VIEW|MATERIALIZED VIEW, SELECT, SHOW, DESCRIBE, DROP or EXPLAIN",
+        "expected CREATE SOURCE|TABLE|SINK|VIEW|MATERIALIZED VIEW, SELECT, INSERT INTO, SHOW, DESCRIBE, DROP or EXPLAIN",
     )
 }
 
@@ -399,6 +434,19 @@ fn parse_create_source(p: &mut Parser, sql: &str, start: Location, kind: SourceK
     if options.get("connector").is_none() {
         return error_here(p, "missing WITH (connector = '…', …)");
     }
+    let lazy_path = options.get("connector") == Some("filesystem");
+    let options = flink_options(options);
+    // Flink's `CREATE TABLE` declares streams too: one with a WATERMARK, or over an unbounded
+    // connector, is a source; the others are bounded tables (lookup joins).
+    let kind = match kind {
+        SourceKind::Table if watermark.is_some() => SourceKind::Stream,
+        SourceKind::Table => match options.get("connector") {
+            Some("kafka") => SourceKind::Stream,
+            Some("generator") if options.get("events").is_none() => SourceKind::Stream,
+            _ => SourceKind::Table,
+        },
+        k => k,
+    };
     let schema = Arc::new(Schema::new(fields));
     Ok(Statement::CreateSource(SourceDef {
         name,
@@ -407,7 +455,47 @@ fn parse_create_source(p: &mut Parser, sql: &str, start: Location, kind: SourceK
         watermark,
         options,
         sql: text_since(p, sql, start),
+        lazy_path,
     }))
+}
+
+/// Flink's option names as Freshet's: `properties.bootstrap.servers` → `bootstrap_servers`,
+/// `properties.group.id` → `group_id`, `scan.startup.mode` → `startup`, `connector = 'filesystem'`
+/// → `file` (or `parquet` for Parquet), `print` → `console`, `value.format` → `format`. Freshet's own
+/// names pass unchanged, so a Flink SQL file needs only its connector options checked.
+pub fn flink_options(o: Options) -> Options {
+    let mut m = o.0;
+    let mut rename = |from: &str, to: &str| {
+        if let Some(v) = m.remove(from) {
+            m.entry(to.to_string()).or_insert(v);
+        }
+    };
+    rename("properties.bootstrap.servers", "bootstrap_servers");
+    rename("properties.group.id", "group_id");
+    rename("value.format", "format");
+    rename("scan.startup.mode", "startup");
+    if let Some(mode) = m.get_mut("startup") {
+        *mode = match mode.as_str() {
+            "earliest-offset" => "earliest".into(),
+            "latest-offset" => "latest".into(),
+            "group-offsets" => "group".into(),
+            other => other.to_string(),
+        };
+    }
+    match m.get("connector").map(String::as_str) {
+        Some("filesystem") => {
+            let parquet = m.get("format").is_some_and(|f| f == "parquet");
+            m.insert("connector".into(), if parquet { "parquet" } else { "file" }.into());
+            if parquet {
+                m.remove("format");
+            }
+        }
+        Some("print") => {
+            m.insert("connector".into(), "console".into());
+        }
+        _ => {}
+    }
+    Options(m)
 }
 
 /// `WITH (key = value, …)`; a key is a name, a dotted name (`properties.fetch.max.bytes`) or a quoted
@@ -598,6 +686,34 @@ SHOW SOURCES; describe course_events; DROP SINK IF EXISTS out;
                 if_exists: true
             }
         );
+    }
+
+    #[test]
+    fn flink_ddl_declares_sources_and_insert_into() {
+        let Statement::CreateSource(k) = parse_one(
+            "CREATE TABLE bid (auction BIGINT, date_time TIMESTAMP, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+             WITH ('connector' = 'kafka', 'topic' = 'bid', 'properties.bootstrap.servers' = 'k:9092',
+                   'scan.startup.mode' = 'earliest-offset', 'format' = 'json')",
+        )
+        .expect("parse") else {
+            panic!()
+        };
+        assert_eq!(k.kind, SourceKind::Stream);
+        assert_eq!(k.options.get("bootstrap_servers"), Some("k:9092"));
+        assert_eq!(k.options.get("startup"), Some("earliest"));
+        let Statement::CreateSource(t) = parse_one(
+            "CREATE TABLE c (id BIGINT) WITH ('connector' = 'filesystem', 'path' = 'c.csv', 'format' = 'csv')",
+        )
+        .expect("parse") else {
+            panic!()
+        };
+        assert_eq!(t.kind, SourceKind::Table, "a bounded table for lookups");
+        assert_eq!(t.options.get("connector"), Some("file"));
+        let Statement::Insert { table, columns, .. } = parse_one("INSERT INTO out (a, b) SELECT 1, 2").expect("parse")
+        else {
+            panic!()
+        };
+        assert_eq!((table.as_str(), columns.len()), ("out", 2));
     }
 
     #[test]

@@ -519,6 +519,10 @@ impl Runner {
             Statement::Query(q) => {
                 self.bounded_select(q).await?;
             }
+            Statement::Insert { .. } => {
+                let sink = self.session.insert_as_sink(st).map_err(err)?;
+                Box::pin(self.statement(&sink)).await?;
+            }
             _ => {
                 self.session.execute(st).await.map_err(err)?;
             }
