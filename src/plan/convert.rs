@@ -31,10 +31,15 @@ pub struct Converter<'a> {
     props: ExecutionProps,
     /// Calc nodes that compute from window columns (not just pass them on).
     uses_window: HashSet<usize>,
+    /// Nodes besides Calcs that take each row on its own and pass its window columns on untouched
+    /// (lookup joins not reading them): a window function below them can still hand out panes.
+    pub row_wise: HashSet<usize>,
     /// Joins converted so far (to locate the n-th).
     pub joins_seen: usize,
     /// Stream sources read that have no WATERMARK.
     no_watermark: Vec<String>,
+    /// Window function nodes, with where the call is.
+    pub tvfs: Vec<(usize, (u64, u64))>,
 }
 
 /// The innermost expression under aliases.
@@ -72,8 +77,10 @@ impl<'a> Converter<'a> {
             locate,
             props: ExecutionProps::new(),
             uses_window: HashSet::new(),
+            row_wise: HashSet::new(),
             joins_seen: 0,
             no_watermark: Vec::new(),
+            tvfs: Vec::new(),
         }
     }
 
@@ -343,6 +350,7 @@ impl<'a> Converter<'a> {
         let n = in_schema.fields().len();
         let schema = arrow(&node.schema);
         let id = self.graph.nodes.len();
+        self.tvfs.push((id, call.at));
         let props = Props {
             mode: Mode::Append,
             key: None,
@@ -369,6 +377,24 @@ impl<'a> Converter<'a> {
             props,
             format!("{} over {}", call.function, call.input),
         ))
+    }
+
+    /// Checks once every node is converted: a SESSION window function must feed an aggregate (its
+    /// windows exist only by merging rows).
+    pub fn finish(&self) -> Result<()> {
+        for (id, (line, col)) in &self.tvfs {
+            if let Op::WindowTvf(c) = &self.graph.nodes[*id].op
+                && c.window.is_session()
+                && !c.panes
+            {
+                return Err(Error::Sql {
+                    line: *line,
+                    col: *col,
+                    message: "SESSION windows need an aggregate over them: GROUP BY …, window_start, window_end".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Compile an aggregate call.
@@ -555,12 +581,7 @@ impl<'a> Converter<'a> {
         ));
         // Can the window function above hand out panes (rows unexploded)?
         let panes_ok = match w.assigned_by {
-            Some(tvf) => {
-                input == tvf
-                    || (matches!(self.graph.nodes[input].op, Op::Calc(_))
-                        && self.graph.nodes[input].inputs == [tvf]
-                        && !self.uses_window.contains(&input))
-            }
+            Some(tvf) => self.passes_panes(input, tvf),
             None => false,
         };
         let merges = matches!(
@@ -672,6 +693,20 @@ impl<'a> Converter<'a> {
             props,
             "",
         ))
+    }
+
+    /// Whether rows reach node `id` from window function node `tvf` only through Calcs that do not
+    /// compute from the window columns and [`Self::row_wise`] nodes.
+    fn passes_panes(&self, mut id: usize, tvf: usize) -> bool {
+        while id != tvf {
+            let n = &self.graph.nodes[id];
+            let row_wise = matches!(n.op, Op::Calc(_)) || self.row_wise.contains(&id);
+            if !row_wise || self.uses_window.contains(&id) || n.inputs.len() != 1 {
+                return false;
+            }
+            id = n.inputs[0];
+        }
+        true
     }
 
     /// The PARTITION BY columns of the SESSION call that made window function node `tvf`.

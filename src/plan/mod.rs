@@ -203,6 +203,10 @@ pub async fn compile(query: &Query, catalog: &Catalog, system: &SystemTables, lo
     let locator = locate::Locator::new(query);
     let mut conv = convert::Converter::new(&locator);
     let root = conv.convert(&plan)?;
+    conv.finish()?;
+    if root + 1 != conv.graph.nodes.len() {
+        return Err(Error::Internal("the operator graph's root is not its last node".into()));
+    }
     let graph = conv.graph;
     let schema = graph.nodes[root].schema.clone();
     Ok(Compiled {
