@@ -303,6 +303,7 @@ impl Session {
             }
         };
         if let (Some(t), Some(Object::MaterializedView(m))) = (table, self.catalog.get_mut(name)) {
+            t.set_bounded(bounded);
             m.table = t;
         }
         let q = self.query_mut(name)?;
@@ -347,7 +348,7 @@ impl Session {
     }
 
     async fn compile(&self, q: &Query) -> Result<Compiled> {
-        plan::compile(q, &self.catalog, &self.system, !self.plan_only).await
+        plan::compile(q, &self.catalog, &self.system, !self.plan_only, plan::Reads::Continuous).await
     }
 
     /// Plan-only stand-in for [`Self::start`]: the checks it and the query runtime make before
@@ -530,7 +531,9 @@ impl Session {
                             Ok(Box::new(MemorySink(t)))
                         })
                         .await?;
-                    (table.ok_or_else(|| Error::Internal("no table".into()))?, Some(running))
+                    let table = table.ok_or_else(|| Error::Internal("no table".into()))?;
+                    table.set_bounded(running.1);
+                    (table, Some(running))
                 };
                 self.catalog.add(
                     name,
@@ -816,11 +819,15 @@ impl Session {
     }
 
     async fn output_schema(&self, q: &Query) -> Result<SchemaRef> {
-        Ok(plan::compile(q, &self.catalog, &self.system, false).await?.schema)
+        Ok(
+            plan::compile(q, &self.catalog, &self.system, false, plan::Reads::Continuous)
+                .await?
+                .schema,
+        )
     }
 
     async fn explain(&self, q: &Query) -> Result<String> {
-        let mut compiled = plan::compile(q, &self.catalog, &self.system, false).await?;
+        let mut compiled = plan::compile(q, &self.catalog, &self.system, false, plan::Reads::Interactive).await?;
         let mut out = String::new();
         let i = &compiled.inputs;
         let list = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
@@ -845,7 +852,14 @@ impl Session {
     }
 
     async fn select(&mut self, q: &Query) -> Result<Outcome> {
-        let compiled = self.compile(q).await?;
+        let compiled = plan::compile(
+            q,
+            &self.catalog,
+            &self.system,
+            !self.plan_only,
+            plan::Reads::Interactive,
+        )
+        .await?;
         if compiled.bounded() {
             if self.wait_for_bounded {
                 self.wait_bounded().await;
@@ -910,7 +924,7 @@ fn sink_label(name: &str, options: &crate::sql::parser::Options) -> String {
 }
 
 fn needs_a_stream(name: &str, compiled: &Compiled) -> Result<()> {
-    if compiled.inputs.streams.is_empty() {
+    if compiled.bounded() {
         return Err(Error::plan(format!(
             "'{name}' reads no source: a continuous query needs a CREATE SOURCE input"
         )));

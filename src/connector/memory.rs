@@ -2,18 +2,24 @@
 //! A changelog is applied by key: `+I`/`+U` insert or replace the row with that key, `-U`/`-D`
 //! remove it. Without a key (an append-only result, or a changelog whose key was projected away) the
 //! whole row is its identity: inserts add a row, retractions remove one equal row.
+//!
+//! Later continuous queries read a materialized view as a changelog stream ([`MvSource`]): its rows
+//! when they start, then every change as a full changelog (`+I`, `-U`/`+U` with the replaced row,
+//! `-D` with the removed row), whatever form the view's own query wrote it in.
 
 use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, new_empty_array};
+use datafusion::arrow::array::{ArrayRef, Int8Array, new_empty_array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 
-use super::{Output, Sink, SinkMode};
+use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::Result;
+use crate::operator::RowKind;
 
 #[derive(Default)]
 struct Rows {
@@ -25,6 +31,18 @@ struct Rows {
     /// The key columns the index was built for (`None`: the whole row).
     key: Option<Arc<[usize]>>,
     converter: Option<RowConverter>,
+    /// Queries reading this table as a stream.
+    subscribers: Vec<Sender<Change>>,
+    /// The query writing it ended (its input was bounded).
+    closed: bool,
+    /// The query writing it ends by itself.
+    bounded: bool,
+}
+
+/// Changes applied to a table, as a full changelog.
+pub struct Change {
+    pub batch: RecordBatch,
+    pub kinds: Int8Array,
 }
 
 #[derive(Clone)]
@@ -96,6 +114,8 @@ impl MemoryTable {
             .transpose()?;
         let Some(ids) = ids else { return Ok(()) };
         let keyed = out.key.is_some();
+        let tell = !rows.subscribers.is_empty();
+        let mut changes: Vec<(RowKind, Vec<ScalarValue>)> = Vec::new();
         for r in 0..b.num_rows() {
             let id: Box<[u8]> = ids.row(r).as_ref().into();
             if out.kind(r).is_add() {
@@ -110,9 +130,18 @@ impl MemoryTable {
                     None
                 };
                 match existing {
-                    Some(at) => rows.rows[at] = Some((id, row)),
+                    Some(at) => {
+                        let old = rows.rows[at].replace((id, row.clone()));
+                        if tell && let Some((_, old)) = old {
+                            changes.push((RowKind::UpdateBefore, old));
+                            changes.push((RowKind::UpdateAfter, row));
+                        }
+                    }
                     None => {
                         let at = rows.rows.len();
+                        if tell {
+                            changes.push((RowKind::Insert, row.clone()));
+                        }
                         rows.rows.push(Some((id.clone(), row)));
                         rows.live += 1;
                         rows.index.entry(id).or_default().push(at);
@@ -123,11 +152,25 @@ impl MemoryTable {
                     if list.is_empty() {
                         rows.index.remove(&id);
                     }
-                    if rows.rows[at].take().is_some() {
+                    if let Some((_, old)) = rows.rows[at].take() {
                         rows.live -= 1;
+                        if tell {
+                            changes.push((RowKind::Delete, old));
+                        }
                     }
                 }
             }
+        }
+        if tell && !changes.is_empty() {
+            let kinds = Int8Array::from_iter_values(changes.iter().map(|(k, _)| *k as i8));
+            let batch = Self::rows_batch(&self.schema, changes.iter().map(|(_, r)| r))?;
+            rows.subscribers.retain(|s| {
+                s.send(Change {
+                    batch: batch.clone(),
+                    kinds: kinds.clone(),
+                })
+                .is_ok()
+            });
         }
         // Compact when most slots are empty.
         if rows.rows.len() > 1024 && rows.live * 2 < rows.rows.len() {
@@ -147,12 +190,22 @@ impl MemoryTable {
 
     /// Forget every row (a restarted process starts with empty in-memory tables).
     pub fn clear(&self) {
-        *self.lock() = Rows::default();
+        let mut r = self.lock();
+        r.rows.clear();
+        r.index.clear();
+        r.live = 0;
+        r.key = None;
+        r.converter = None;
+        r.closed = false;
     }
 
     fn to_batch(schema: &SchemaRef, rows: &[Option<(Box<[u8]>, Vec<ScalarValue>)>]) -> Result<RecordBatch> {
+        Self::rows_batch(schema, rows.iter().flatten().map(|(_, r)| r))
+    }
+
+    fn rows_batch<'a>(schema: &SchemaRef, rows: impl Iterator<Item = &'a Vec<ScalarValue>>) -> Result<RecordBatch> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        let live: Vec<&Vec<ScalarValue>> = rows.iter().flatten().map(|(_, r)| r).collect();
+        let live: Vec<&Vec<ScalarValue>> = rows.collect();
         for (i, f) in schema.fields().iter().enumerate() {
             if live.is_empty() {
                 cols.push(new_empty_array(f.data_type()));
@@ -177,6 +230,60 @@ impl MemoryTable {
         let rows = self.lock();
         Self::to_batch(&self.schema, &rows.rows)
     }
+
+    /// Read this table as a stream: its rows now, then its changes.
+    pub fn subscribe(&self) -> Result<MvSource> {
+        let (tx, rx) = channel();
+        let mut rows = self.lock();
+        let first = Self::to_batch(&self.schema, &rows.rows)?;
+        rows.subscribers.push(tx);
+        Ok(MvSource {
+            table: self.clone(),
+            first: (first.num_rows() > 0).then_some(first),
+            rx,
+        })
+    }
+
+    /// The query writing this table ends by itself (so do the streams read from it).
+    pub fn set_bounded(&self, bounded: bool) {
+        self.lock().bounded = bounded;
+    }
+
+    /// The query writing this table has ended.
+    pub fn close(&self) {
+        self.lock().closed = true;
+    }
+}
+
+/// A materialized view read as a changelog stream (see the module doc).
+pub struct MvSource {
+    table: MemoryTable,
+    first: Option<RecordBatch>,
+    rx: Receiver<Change>,
+}
+
+impl Source for MvSource {
+    fn poll(&mut self, _max: usize) -> Result<Poll> {
+        if let Some(b) = self.first.take() {
+            return Ok(Poll::Ready(Some(b), Vec::new()));
+        }
+        match self.rx.try_recv() {
+            Ok(c) => Ok(Poll::Changes(c.batch, c.kinds)),
+            Err(TryRecvError::Empty) if self.table.lock().closed => {
+                // Closed after its last change was sent: drained.
+                match self.rx.try_recv() {
+                    Ok(c) => Ok(Poll::Changes(c.batch, c.kinds)),
+                    Err(_) => Ok(Poll::Exhausted),
+                }
+            }
+            Err(TryRecvError::Empty) => Ok(Poll::Pending),
+            Err(TryRecvError::Disconnected) => Ok(Poll::Exhausted),
+        }
+    }
+
+    fn bounded(&self) -> bool {
+        self.table.lock().bounded
+    }
 }
 
 /// The sink side of a materialized view (or a live REPL query).
@@ -190,6 +297,10 @@ impl Sink for MemorySink {
         self.0.apply(out)
     }
     fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn close(&mut self) -> Result<()> {
+        self.0.close();
         Ok(())
     }
 }

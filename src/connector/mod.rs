@@ -6,6 +6,7 @@ pub mod generator;
 pub mod hbase;
 pub mod kafka;
 pub mod memory;
+pub mod nexmark;
 pub mod parquet;
 pub mod prefetch;
 pub mod testing;
@@ -33,6 +34,8 @@ pub enum Poll {
     Pending,
     /// A bounded source has been read to its end.
     Exhausted,
+    /// Rows of a changelog (a materialized view read as a stream), with their kinds.
+    Changes(RecordBatch, Int8Array),
 }
 
 pub trait Source: Send {
@@ -129,6 +132,10 @@ pub trait Sink: Send {
     fn write(&mut self, out: &Output) -> Result<()>;
     /// Make everything written so far durable and visible (e.g. rename Parquet temp files).
     fn commit(&mut self) -> Result<()>;
+    /// The query ended by itself (its sources were read to their end): nothing more will come.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub const SOURCE_CONNECTORS: &[&str] = &["generator", "file", "kafka", "hbase (tables)"];
@@ -137,6 +144,7 @@ pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "blackhole"
 /// Check a source definition's options without opening it.
 pub fn validate_source(def: &SourceDef) -> Result<()> {
     match def.options.get("connector").unwrap_or_default() {
+        "generator" if def.options.get("kind") == Some("nexmark") => nexmark::source_options(def).map(|_| ()),
         "generator" => generator_options(def).map(|_| ()),
         "file" if def.lazy_path => file::FileOptions::parse(&def.options).map(|_| ()),
         // A table only written to (`INSERT INTO`), as Flink declares sinks.
@@ -188,7 +196,7 @@ fn generator_options(def: &SourceDef) -> Result<generator::GenOptions> {
         other => {
             return Err(Error::option(
                 "kind",
-                format!("unknown generator kind '{other}'; valid: courses"),
+                format!("unknown generator kind '{other}'; valid: courses, nexmark"),
             ));
         }
     }
@@ -224,6 +232,10 @@ fn generator_options(def: &SourceDef) -> Result<generator::GenOptions> {
 pub fn open_source(def: &SourceDef) -> Result<Box<dyn Source>> {
     validate_source(def)?;
     match def.options.get("connector").unwrap_or_default() {
+        "generator" if def.options.get("kind") == Some("nexmark") => {
+            let (opts, stream) = nexmark::source_options(def)?;
+            Ok(Box::new(nexmark::NexmarkSource::new(opts, stream, def.schema.clone())))
+        }
         "generator" => Ok(Box::new(generator::GeneratorSource::new(
             generator_options(def)?,
             def.schema.clone(),
@@ -265,6 +277,7 @@ pub fn load_table(def: &SourceDef) -> Result<Vec<RecordBatch>> {
             }
             Poll::Pending => std::thread::sleep(std::time::Duration::from_millis(5)),
             Poll::Exhausted => return Ok(out),
+            Poll::Changes(..) => return Err(Error::plan(format!("table '{}' is a changelog", def.name))),
         }
     }
 }

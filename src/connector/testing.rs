@@ -337,6 +337,10 @@ impl Sink for CaptureSink {
         st.commits += 1;
         st.inner.commit()
     }
+
+    fn close(&mut self) -> Result<()> {
+        self.0.lock().inner.close()
+    }
 }
 
 #[cfg(test)]

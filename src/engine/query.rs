@@ -230,12 +230,14 @@ struct SourceRt {
     exhausted: bool,
     /// The source's watermark is held at this or above (manual drive only; `i64::MIN` otherwise).
     floor: i64,
+    /// A changelog without event time (a materialized view): it never holds the watermark back.
+    timeless: bool,
 }
 
 impl SourceRt {
     /// This source's watermark now.
     fn watermark(&self) -> i64 {
-        let w = if self.exhausted {
+        let w = if self.exhausted || self.timeless {
             i64::MAX
         } else if let Some(w) = self.source.watermark() {
             w
@@ -328,6 +330,27 @@ impl QueryRuntime {
         let needs_watermark = graph.needs_watermark();
         let mut sources = Vec::new();
         for sname in graph.sources() {
+            let nodes: Vec<usize> = graph
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| matches!(&n.op, Op::Source { name, .. } if *name == sname))
+                .map(|(i, _)| i)
+                .collect();
+            if let Some(crate::sql::catalog::Object::MaterializedView(mv)) = catalog.get(&sname) {
+                sources.push(SourceRt {
+                    name: sname.clone(),
+                    source: Box::new(mv.table.subscribe()?),
+                    nodes,
+                    time_idx: None,
+                    delay: 0,
+                    max_ts: i64::MIN,
+                    exhausted: false,
+                    floor: i64::MIN,
+                    timeless: true,
+                });
+                continue;
+            }
             let def = catalog
                 .source(&sname)
                 .ok_or_else(|| Error::plan(format!("source '{sname}' not found")))?;
@@ -340,13 +363,6 @@ impl QueryRuntime {
                 }
                 None => (None, 0),
             };
-            let nodes = graph
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| matches!(&n.op, Op::Source { name, .. } if *name == sname))
-                .map(|(i, _)| i)
-                .collect();
             sources.push(SourceRt {
                 name: sname.clone(),
                 source: open(def)?,
@@ -356,6 +372,7 @@ impl QueryRuntime {
                 max_ts: i64::MIN,
                 exhausted: false,
                 floor: i64::MIN,
+                timeless: false,
             });
         }
         let mut ops = graph.build()?;
@@ -633,6 +650,20 @@ impl QueryRuntime {
                     got = true;
                 }
                 Poll::Pending => {}
+                Poll::Changes(b, kinds) => {
+                    got = true;
+                    self.metrics.rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                    let wm = Int64Array::from_value(self.watermark, b.num_rows());
+                    polled.push((
+                        i,
+                        ChangeBatch {
+                            batch: b,
+                            ops: Some(kinds),
+                            wm,
+                            origin: None,
+                        },
+                    ));
+                }
                 Poll::Ready(batch, bad) => {
                     let name = self.sources[i].name.clone();
                     self.record_bad(&name, bad);
@@ -689,6 +720,7 @@ impl QueryRuntime {
             }
             let got = self.turn().await?;
             if self.sources.iter().all(|s| s.exhausted) {
+                self.sink.close()?;
                 break;
             }
             if last_commit.elapsed() >= self.config.commit_interval {

@@ -30,6 +30,8 @@ pub struct StreamTable {
     pub schema: SchemaRef,
     /// The WATERMARK FOR column.
     pub rowtime: Option<usize>,
+    /// A materialized view read as a stream: a changelog.
+    pub changelog: bool,
 }
 
 #[async_trait]
@@ -102,6 +104,18 @@ impl PlanContext {
         load: bool,
         wanted: &super::Inputs,
     ) -> Result<PlanContext> {
+        Self::with_views_as_streams(catalog, system, load, wanted, false).await
+    }
+
+    /// [`Self::new`]; with `mv_streams`, materialized views are read as changelog streams (a
+    /// continuous query), not as snapshots (a bounded query).
+    pub async fn with_views_as_streams(
+        catalog: &Catalog,
+        system: &SystemTables,
+        load: bool,
+        wanted: &super::Inputs,
+        mv_streams: bool,
+    ) -> Result<PlanContext> {
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
@@ -129,6 +143,7 @@ impl PlanContext {
                             name: name.to_string(),
                             schema: def.schema.clone(),
                             rowtime,
+                            changelog: false,
                         }),
                     )?;
                 }
@@ -144,6 +159,17 @@ impl PlanContext {
                             name: name.to_string(),
                             schema: def.schema.clone(),
                             inner,
+                        }),
+                    )?;
+                }
+                Object::MaterializedView(mv) if mv_streams => {
+                    pc.register(
+                        name,
+                        Arc::new(StreamTable {
+                            name: name.to_string(),
+                            schema: mv.table.schema(),
+                            rowtime: None,
+                            changelog: true,
                         }),
                     )?;
                 }

@@ -125,7 +125,7 @@ impl<'a> Converter<'a> {
                         return Err(self.locate.refuse(Site::Limit, "LIMIT on a stream has no end; refused"));
                     }
                     let schema = arrow(&scan.projected_schema);
-                    if st.rowtime.is_none() {
+                    if st.rowtime.is_none() && !st.changelog {
                         self.no_watermark.push(st.name.clone());
                     }
                     let rowtime = match &scan.projection {
@@ -133,7 +133,7 @@ impl<'a> Converter<'a> {
                         Some(p) => st.rowtime.and_then(|t| p.iter().position(|i| *i == t)),
                     };
                     let props = Props {
-                        mode: Mode::Append,
+                        mode: if st.changelog { Mode::Retract } else { Mode::Append },
                         key: None,
                         rowtime,
                         window: None,

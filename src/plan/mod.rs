@@ -54,13 +54,26 @@ pub struct Compiled {
     pub presentation: String,
     /// The result's columns.
     pub schema: SchemaRef,
+    /// The query reads no stream: it runs once, in batch.
+    pub bounded: bool,
 }
 
 impl Compiled {
     /// Whether the query reads no stream (it runs once, in batch).
     pub fn bounded(&self) -> bool {
-        self.inputs.streams.is_empty()
+        self.bounded
     }
+}
+
+/// How a query is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// `CREATE SINK`, `CREATE MATERIALIZED VIEW`, `INSERT INTO`: materialized views it reads are
+    /// changelog streams.
+    Continuous,
+    /// A `SELECT`: over tables and materialized views only, a snapshot in batch; with a stream,
+    /// continuous.
+    Interactive,
 }
 
 /// What a sink takes.
@@ -182,14 +195,22 @@ fn presentation(q: &Query) -> String {
 
 /// Plan `query` over `catalog`. With `load`, bounded tables are read now (to run the query); without,
 /// only their schemas are used (checking, EXPLAIN). A query that reads no stream gets no graph.
-pub async fn compile(query: &Query, catalog: &Catalog, system: &SystemTables, load: bool) -> Result<Compiled> {
+pub async fn compile(
+    query: &Query,
+    catalog: &Catalog,
+    system: &SystemTables,
+    load: bool,
+    reads: Reads,
+) -> Result<Compiled> {
     let inputs = inputs_of(query, catalog)?;
     let presentation = presentation(query);
     let mut q = query.clone();
     q.order_by = None;
     q.limit_clause = None;
-    let mut pc = context::PlanContext::new(catalog, system, load && !inputs.streams.is_empty(), &inputs).await?;
-    if inputs.streams.is_empty() {
+    let streaming = !inputs.streams.is_empty() || (reads == Reads::Continuous && !inputs.mviews.is_empty());
+    let mut pc =
+        context::PlanContext::with_views_as_streams(catalog, system, load && streaming, &inputs, streaming).await?;
+    if !streaming {
         // Bounded: the session runs it in batch; only the schema is needed here.
         let plan = pc.plan_query(query).await?;
         return Ok(Compiled {
@@ -197,6 +218,7 @@ pub async fn compile(query: &Query, catalog: &Catalog, system: &SystemTables, lo
             inputs,
             presentation,
             schema: std::sync::Arc::new(plan.schema().as_arrow().clone()),
+            bounded: true,
         });
     }
     let plan = pc.plan_query(&q).await?;
@@ -214,6 +236,7 @@ pub async fn compile(query: &Query, catalog: &Catalog, system: &SystemTables, lo
         inputs,
         presentation,
         schema,
+        bounded: false,
     })
 }
 

@@ -327,7 +327,7 @@ fn validate_under_test(def: &SourceDef) -> crate::Result<()> {
 }
 
 async fn compile(session: &Session, q: &datafusion::sql::sqlparser::ast::Query) -> crate::Result<Compiled> {
-    plan::compile(q, &session.catalog, &session.system, true).await
+    plan::compile(q, &session.catalog, &session.system, true, plan::Reads::Continuous).await
 }
 
 impl Runner {
@@ -545,8 +545,16 @@ impl Runner {
     }
 
     async fn bounded_select(&mut self, q: &datafusion::sql::sqlparser::ast::Query) -> R<(Vec<RecordBatch>, SchemaRef)> {
-        let compiled = compile(&self.session, q).await.map_err(err)?;
-        if !compiled.inputs.streams.is_empty() {
+        let compiled = plan::compile(
+            q,
+            &self.session.catalog,
+            &self.session.system,
+            true,
+            plan::Reads::Interactive,
+        )
+        .await
+        .map_err(err)?;
+        if !compiled.bounded() {
             return Err(
                 "a SELECT over a stream runs forever; make it a CREATE MATERIALIZED VIEW and check that with `contents`"
                     .into(),

@@ -158,6 +158,14 @@ fn shapes() -> Vec<Shape> {
             ),
         },
         Shape {
+            name: "a materialized view read as a changelog by a later query",
+            setup: "CREATE MATERIALIZED VIEW per_course AS SELECT course_id, COUNT(*) AS n FROM ev GROUP BY course_id;",
+            query: "SELECT n / 10 AS bucket, COUNT(*) AS courses, SUM(n) AS events FROM per_course GROUP BY n / 10",
+            expect: Batch(
+                "SELECT n / 10, COUNT(*), SUM(n) FROM (SELECT course_id, COUNT(*) AS n FROM ev GROUP BY course_id) GROUP BY n / 10",
+            ),
+        },
+        Shape {
             name: "ORDER BY … LIMIT inside a subquery",
             setup: "",
             query: "SELECT * FROM (SELECT user_id FROM ev ORDER BY user_id LIMIT 5)",
