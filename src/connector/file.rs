@@ -149,10 +149,12 @@ pub struct JsonLinesSink {
     path: String,
     /// Each row with its kind in an `op` field (`format = 'changelog'`).
     changelog: bool,
+    /// Debezium-style JSON (`format = 'debezium-json'`).
+    debezium: bool,
 }
 
 impl JsonLinesSink {
-    pub fn file(path: &str, changelog: bool) -> Result<Self> {
+    pub fn file(path: &str, format: Option<&str>) -> Result<Self> {
         let p = PathBuf::from(path);
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -165,7 +167,8 @@ impl JsonLinesSink {
         Ok(JsonLinesSink {
             out: Box::new(BufWriter::new(f)),
             path: path.to_string(),
-            changelog,
+            changelog: format == Some("changelog"),
+            debezium: format == Some("debezium-json"),
         })
     }
 
@@ -174,6 +177,7 @@ impl JsonLinesSink {
             out: Box::new(std::io::stdout()),
             path: "<stdout>".into(),
             changelog: false,
+            debezium: false,
         }
     }
 }
@@ -183,7 +187,9 @@ impl Sink for JsonLinesSink {
         SinkMode::Append
     }
     fn write(&mut self, out: &Output) -> Result<()> {
-        let bytes = if self.changelog || !out.inserts_only() {
+        let bytes = if self.debezium {
+            out.to_debezium_json()?
+        } else if self.changelog || !out.inserts_only() {
             to_json_lines(&out.with_op_column()?)?
         } else {
             to_json_lines(&out.batch)?

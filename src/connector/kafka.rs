@@ -559,6 +559,8 @@ pub struct KafkaSink {
     key_cols: Vec<usize>,
     /// Each row with its kind in an `op` field (`format = 'changelog'`).
     changelog: bool,
+    /// Debezium-style JSON (`format = 'debezium-json'`).
+    debezium: bool,
 }
 
 impl KafkaSink {
@@ -593,6 +595,7 @@ impl KafkaSink {
             topic: o.required("topic", "connector 'kafka'")?.to_string(),
             key_cols,
             changelog: o.get("format") == Some("changelog"),
+            debezium: o.get("format") == Some("debezium-json"),
         })
     }
 }
@@ -613,7 +616,9 @@ impl Sink for KafkaSink {
 
     fn write(&mut self, out: &Output) -> Result<()> {
         let b = &out.batch;
-        let json = if self.changelog || !out.inserts_only() {
+        let json = if self.debezium {
+            out.to_debezium_json()?
+        } else if self.changelog || !out.inserts_only() {
             to_json_lines(&out.with_op_column()?)?
         } else {
             to_json_lines(b)?

@@ -120,6 +120,28 @@ impl Output {
     }
 }
 
+impl Output {
+    /// The rows as Debezium-style JSON lines (`{"before": …, "after": …, "op": "c" | "d"}`, as
+    /// Flink's `debezium-json` writes a changelog: an insert or update-after is a create of its row,
+    /// a delete or update-before a delete of it).
+    pub fn to_debezium_json(&self) -> Result<Vec<u8>> {
+        let rows = crate::format::to_json_lines(&self.batch)?;
+        let mut out = Vec::with_capacity(rows.len() + 40 * self.batch.num_rows());
+        for (i, line) in rows.split(|c| *c == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            if self.kind(i).is_add() {
+                out.extend_from_slice(b"{\"before\":null,\"after\":");
+                out.extend_from_slice(line);
+                out.extend_from_slice(b",\"op\":\"c\"}\n");
+            } else {
+                out.extend_from_slice(b"{\"before\":");
+                out.extend_from_slice(line);
+                out.extend_from_slice(b",\"after\":null,\"op\":\"d\"}\n");
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The schema of a changelog written as rows: `op`, then the query's columns.
 pub fn changelog_schema(schema: &SchemaRef) -> SchemaRef {
     let mut fields = vec![Arc::new(Field::new("op", DataType::Utf8, false))];
@@ -384,7 +406,7 @@ pub fn table_as_sink(def: &SourceDef) -> Result<Options> {
 pub fn sink_accepts(options: &Options) -> Accepts {
     match (options.get("connector").unwrap_or_default(), options.get("format")) {
         ("hbase", _) => Accepts::Upsert,
-        (_, Some("changelog")) => Accepts::Changelog,
+        (_, Some("changelog" | "debezium-json")) => Accepts::Changelog,
         _ => Accepts::Append,
     }
 }
@@ -399,7 +421,7 @@ pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> 
         ))),
         "file" => Ok(Box::new(file::JsonLinesSink::file(
             options.required("path", "connector 'file'")?,
-            options.get("format") == Some("changelog"),
+            options.get("format"),
         )?)),
         "console" => Ok(Box::new(file::JsonLinesSink::stdout())),
         "kafka" => Ok(Box::new(kafka::KafkaSink::open(options, schema)?)),
@@ -411,11 +433,11 @@ pub fn open_sink(options: &Options, schema: SchemaRef) -> Result<Box<dyn Sink>> 
 /// Sinks that write JSON rows accept `format = 'json'` (the default) or `'changelog'` (an `op` field).
 pub fn json_only(options: &Options) -> Result<()> {
     match options.get("format").unwrap_or("json") {
-        "json" | "changelog" => Ok(()),
+        "json" | "changelog" | "debezium-json" => Ok(()),
         other => Err(Error::option(
             "format",
             format!(
-                "unknown sink format '{other}'; valid: json, changelog (JSON with each row's kind in an 'op' field)"
+                "unknown sink format '{other}'; valid: json, changelog (JSON with each row's kind in an 'op' field), debezium-json"
             ),
         )),
     }

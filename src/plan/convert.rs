@@ -245,9 +245,12 @@ impl<'a> Converter<'a> {
             }
             LogicalPlan::Join(j) => super::join::plan_join(self, j),
             LogicalPlan::Window(w) => super::over::plan_window(self, w),
-            LogicalPlan::Sort(_) => Err(self.locate.refuse(
+            LogicalPlan::Sort(sort) => Err(self.locate.refuse(
                 Site::OrderBy,
-                "ORDER BY inside a continuous query has no meaning on an unbounded stream; refused (ORDER BY … LIMIT on a live SELECT only orders what is shown; for a Top-N write ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) … WHERE rn <= N)",
+                format!(
+                    "{} inside a continuous query has no meaning on an unbounded stream; refused (ORDER BY … LIMIT on a live SELECT only orders what is shown; for a Top-N write ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) … WHERE rn <= N)",
+                    if sort.fetch.is_some() { "ORDER BY … LIMIT" } else { "ORDER BY" }
+                ),
             )),
             LogicalPlan::Limit(_) => Err(self.locate.refuse(
                 Site::Limit,

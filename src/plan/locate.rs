@@ -50,8 +50,14 @@ impl Locator {
     pub fn find(&self, site: &Site) -> Option<(u64, u64)> {
         match site {
             Site::Query => pos(self.query.span()),
-            Site::OrderBy => self.query.order_by.as_ref().and_then(|o| pos(o.span())),
-            Site::Limit => self.query.limit_clause.as_ref().and_then(|l| pos(l.span())),
+            Site::OrderBy | Site::Limit => {
+                let mut v = Clauses {
+                    limit: matches!(site, Site::Limit),
+                    found: None,
+                };
+                let _ = self.query.visit(&mut v);
+                v.found
+            }
             Site::Function(name) => {
                 let mut found = None;
                 let _ = ast::visit_expressions(&self.query, |e| {
@@ -130,6 +136,28 @@ impl Locator {
         match self.find(&site) {
             Some((line, col)) => Error::Sql { line, col, message },
             None => Error::Plan(message),
+        }
+    }
+}
+
+/// The first ORDER BY (or LIMIT) in the query or its subqueries.
+struct Clauses {
+    limit: bool,
+    found: Option<(u64, u64)>,
+}
+
+impl Visitor for Clauses {
+    type Break = ();
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        self.found = if self.limit {
+            q.limit_clause.as_ref().and_then(|l| pos(l.span()))
+        } else {
+            q.order_by.as_ref().and_then(|o| pos(o.span()))
+        };
+        if self.found.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
     }
 }
