@@ -230,7 +230,16 @@ pub async fn compile(
         return Err(Error::Internal("the operator graph's root is not its last node".into()));
     }
     let graph = conv.graph;
-    let schema = graph.nodes[root].schema.clone();
+    // Results are written with every column nullable: an outer join pads, a sink or view may see
+    // NULLs a source declared NOT NULL never had.
+    let schema = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
+        graph.nodes[root]
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
     Ok(Compiled {
         graph,
         inputs,
