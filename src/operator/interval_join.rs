@@ -1,1 +1,571 @@
-//! (to be written)
+//! Interval join (Flink's "Interval Join"): rows of two append-only streams that match on their keys
+//! and whose time attributes lie within a bounded distance, e.g.
+//! `p.t BETWEEN v.t AND v.t + INTERVAL '10' MINUTE`.
+//!
+//! Each side keeps its rows, indexed by key. A row arriving on one side is matched against the
+//! rows the other side holds (the pairs go out at once), then kept for the other side's future
+//! rows. The condition's time bounds say how long that is: with `r.t - l.t` within `[lo, hi]`, a
+//! future right row (time ≥ watermark `w`, else it is late) can only match a left row while
+//! `l.t + hi ≥ w`, and a future left row can only match a right row while `r.t - lo ≥ w`. Once the
+//! watermark passes that, the row goes — and for an outer (or ANTI) side a row that never matched
+//! is emitted then, NULL-padded, so outer interval joins stay append-only. A row whose time is
+//! below the watermark it arrived under is late (Flink's rule): rows it should have matched may be
+//! gone already.
+//!
+//! The bounds are only used to find candidates and to know when a row can go (the planner widens
+//! them a little, so they never cut a true match); whether a pair matches is decided by the join
+//! condition itself, as the batch join decides it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use datafusion::arrow::array::{Array, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take;
+
+use super::groups::GroupTable;
+use super::window::millis;
+use super::window_join::{JoinRows, LEFT, RIGHT, gather};
+use super::{ChangeBatch, Context, Operator};
+use crate::error::{Error, Result};
+use crate::plan::graph::OpFactory;
+
+/// A compiled interval join.
+#[derive(Clone)]
+pub struct Config {
+    pub rows: JoinRows,
+    /// The time attribute's column per side.
+    pub time: [usize; 2],
+    /// Every match has `right.t - left.t` within `[lo, hi]` (ms; a little wider than the condition).
+    pub lo: i64,
+    pub hi: i64,
+    /// The join as SQL, for EXPLAIN.
+    pub text: String,
+}
+
+impl OpFactory for Config {
+    fn build(&self) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(IntervalJoin::new(self.clone())?))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "IntervalJoin {} {}, right time - left time within [{}, {}]",
+            self.rows.type_name(),
+            self.text,
+            crate::operator::window::dur(self.lo),
+            crate::operator::window::dur(self.hi)
+        )
+    }
+
+    fn state(&self) -> String {
+        "per input: rows by key, each until the watermark passes its time plus the interval".into()
+    }
+
+    fn clone_box(&self) -> Box<dyn OpFactory> {
+        Box::new(self.clone())
+    }
+}
+
+/// A row held: which stored batch, which row, its time.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    chunk: u64,
+    row: u32,
+    t: i64,
+}
+
+/// Rows that arrived together, held while any of them is alive.
+struct Chunk {
+    batch: RecordBatch,
+    matched: Vec<bool>,
+    alive: Vec<bool>,
+    live: usize,
+}
+
+/// What one side holds.
+struct Side {
+    chunks: HashMap<u64, Chunk>,
+    next_chunk: u64,
+    keys: GroupTable,
+    /// Rows by key group id; entries of rows that are gone are dropped lazily (`stale` counts them).
+    by_key: Vec<Vec<Slot>>,
+    /// Live rows by time, to expire in order.
+    expiry: BTreeSet<(i64, u64, u32)>,
+    stale: usize,
+}
+
+impl Side {
+    fn new(rows: &JoinRows) -> Result<Side> {
+        Ok(Side {
+            chunks: HashMap::new(),
+            next_chunk: 0,
+            keys: GroupTable::new(&rows.key_types)?,
+            by_key: Vec::new(),
+            expiry: BTreeSet::new(),
+            stale: 0,
+        })
+    }
+
+    fn is_alive(&self, s: &Slot) -> bool {
+        self.chunks.get(&s.chunk).is_some_and(|c| c.alive[s.row as usize])
+    }
+
+    /// Drop index entries of rows that are gone, and keys with no rows left.
+    fn sweep(&mut self) {
+        let chunks = &self.chunks;
+        for g in 0..self.by_key.len() {
+            let list = &mut self.by_key[g];
+            if list.is_empty() {
+                continue;
+            }
+            list.retain(|s| chunks.get(&s.chunk).is_some_and(|c| c.alive[s.row as usize]));
+            if list.is_empty() {
+                self.keys.remove(g as u32);
+            }
+        }
+        self.stale = 0;
+    }
+}
+
+pub struct IntervalJoin {
+    cfg: Config,
+    sides: [Side; 2],
+    /// The watermark before the current micro-batch's advance (carried by padded rows).
+    wm: i64,
+}
+
+impl IntervalJoin {
+    pub fn new(cfg: Config) -> Result<IntervalJoin> {
+        let sides = [Side::new(&cfg.rows)?, Side::new(&cfg.rows)?];
+        Ok(IntervalJoin {
+            cfg,
+            sides,
+            wm: i64::MIN,
+        })
+    }
+
+    /// The range of times of the `other` side's rows that a row of `side` at time `t` can match.
+    fn partner_range(&self, side: usize, t: i64) -> (i64, i64) {
+        let (lo, hi) = (self.cfg.lo, self.cfg.hi);
+        if side == LEFT {
+            (t.saturating_add(lo), t.saturating_add(hi))
+        } else {
+            (t.saturating_sub(hi), t.saturating_sub(lo))
+        }
+    }
+
+    /// Rows of `side` whose time is below this can go once the watermark is `wm`.
+    fn expiry_threshold(&self, side: usize, wm: i64) -> i64 {
+        if wm == i64::MAX {
+            return i64::MAX;
+        }
+        if side == LEFT {
+            wm.saturating_sub(self.cfg.hi)
+        } else {
+            wm.saturating_add(self.cfg.lo)
+        }
+    }
+}
+
+fn take_wm(wm: &Int64Array, idx: &UInt32Array) -> Result<Int64Array> {
+    take(wm, idx, None)?
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("row watermarks are not Int64".into()))
+}
+
+fn out_batch(batch: RecordBatch, wm: Int64Array) -> ChangeBatch {
+    ChangeBatch {
+        batch,
+        ops: None,
+        wm,
+        origin: None,
+    }
+}
+
+impl Operator for IntervalJoin {
+    fn process(&mut self, port: usize, input: ChangeBatch, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        if port > RIGHT {
+            return Err(Error::Internal(format!("an interval join has no input {port}")));
+        }
+        let n = input.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if input.retractions().is_some() {
+            return Err(Error::Internal("an interval join got a changelog".into()));
+        }
+        let (side, other) = (port, 1 - port);
+        let rows = &self.cfg.rows;
+        let times = millis(input.batch.column(self.cfg.time[side]))?;
+        let wms = input.wm.values();
+        let (keys, key_ok) = rows.keys(side, &input.batch)?;
+        let partner_gids = self.sides[other].keys.lookup(&keys, n)?;
+
+        // Late rows, rows that can never match (NULL key or time), and candidate pairs.
+        let mut late = Vec::new();
+        let mut keep = Vec::with_capacity(n);
+        let mut never = Vec::new();
+        let (mut mine, mut theirs): (Vec<u32>, Vec<Slot>) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            if times.is_null(i) || !key_ok[i] {
+                never.push(i as u32);
+                continue;
+            }
+            let t = times.value(i);
+            if t < wms[i] {
+                late.push(i as u32);
+                continue;
+            }
+            keep.push(i as u32);
+            let Some(g) = partner_gids[i] else { continue };
+            let (from, to) = self.partner_range(side, t);
+            let o = &self.sides[other];
+            for s in &o.by_key[g as usize] {
+                if s.t >= from && s.t <= to && o.is_alive(s) {
+                    mine.push(i as u32);
+                    theirs.push(*s);
+                }
+            }
+        }
+        if !late.is_empty() {
+            let wm = late.iter().map(|i| wms[*i as usize]).min().unwrap_or(i64::MIN);
+            cx.late(
+                &input,
+                &UInt32Array::from(late),
+                format!(
+                    "late: its time is before the watermark {} it arrived under",
+                    crate::time::format_ms(wm)
+                ),
+            )?;
+        }
+
+        // Pairs: this side's rows with the other side's candidates, checked by the join condition.
+        let mut out = Vec::new();
+        let mine = UInt32Array::from(mine);
+        let (chunk_ids, mut batches): (Vec<u64>, Vec<&RecordBatch>) = (Vec::new(), Vec::new());
+        let mut chunk_pos: HashMap<u64, usize> = HashMap::new();
+        let mut idx = Vec::with_capacity(theirs.len());
+        let mut chunk_ids = chunk_ids;
+        for s in &theirs {
+            let p = match chunk_pos.get(&s.chunk) {
+                Some(p) => *p,
+                None => {
+                    let c = self.sides[other]
+                        .chunks
+                        .get(&s.chunk)
+                        .ok_or_else(|| Error::Internal("an interval join lost a stored batch".into()))?;
+                    batches.push(&c.batch);
+                    chunk_ids.push(s.chunk);
+                    chunk_pos.insert(s.chunk, batches.len() - 1);
+                    batches.len() - 1
+                }
+            };
+            idx.push((p, s.row as usize));
+        }
+        let here = datafusion::arrow::compute::take_record_batch(&input.batch, &mine)?;
+        let there = gather(&rows.inputs[other], &batches, &idx)?;
+        let (pairs, ok) = if side == LEFT {
+            rows.check_pairs(&here, &there)?
+        } else {
+            rows.check_pairs(&there, &here)?
+        };
+        let pair_wm = take_wm(&input.wm, &mine)?;
+        if let Some(b) = rows.joined(&pairs, &ok)? {
+            let kept = datafusion::arrow::compute::filter(&pair_wm, &ok)?;
+            let wm = kept
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .cloned()
+                .ok_or_else(|| Error::Internal("row watermarks are not Int64".into()))?;
+            out.push(out_batch(b, wm));
+        }
+
+        // Matches: flags of the other side's rows (a SEMI row of theirs goes out on its first match)
+        // and of this side's rows.
+        let mut matched = vec![false; n];
+        let mut first: Vec<(usize, usize)> = Vec::new();
+        let mut first_wm: Vec<i64> = Vec::new();
+        let emit_first = rows.emits_matched(other);
+        for k in 0..ok.len() {
+            if !ok.value(k) {
+                continue;
+            }
+            let i = mine.value(k) as usize;
+            matched[i] = true;
+            let s = theirs[k];
+            if let Some(c) = self.sides[other].chunks.get_mut(&s.chunk)
+                && !c.matched[s.row as usize]
+            {
+                c.matched[s.row as usize] = true;
+                if emit_first {
+                    first.push((chunk_pos.get(&s.chunk).copied().unwrap_or_default(), s.row as usize));
+                    first_wm.push(wms[i]);
+                }
+            }
+        }
+        if !first.is_empty() {
+            let batches: Vec<&RecordBatch> = chunk_ids
+                .iter()
+                .filter_map(|c| self.sides[other].chunks.get(c).map(|c| &c.batch))
+                .collect();
+            let b = gather(&rows.inputs[other], &batches, &first)?;
+            out.push(out_batch(rows.side_rows(other, &b)?, Int64Array::from(first_wm)));
+        }
+        if rows.emits_matched(side) {
+            let idx: UInt32Array = keep.iter().copied().filter(|i| matched[*i as usize]).collect();
+            if !idx.is_empty() {
+                let b = datafusion::arrow::compute::take_record_batch(&input.batch, &idx)?;
+                out.push(out_batch(rows.side_rows(side, &b)?, take_wm(&input.wm, &idx)?));
+            }
+        }
+        // Rows that can never match are final now.
+        if rows.emits_unmatched(side) && !never.is_empty() {
+            let idx = UInt32Array::from(never);
+            let b = datafusion::arrow::compute::take_record_batch(&input.batch, &idx)?;
+            out.push(out_batch(rows.side_rows(side, &b)?, take_wm(&input.wm, &idx)?));
+        }
+
+        // Keep this side's on-time rows for the other side's future rows.
+        if !keep.is_empty() {
+            let keep = UInt32Array::from(keep);
+            let batch = datafusion::arrow::compute::take_record_batch(&input.batch, &keep)?;
+            let key_cols = keys
+                .iter()
+                .map(|k| take(k, &keep, None))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let s = &mut self.sides[side];
+            let gids = s.keys.intern(&key_cols, keep.len())?;
+            if s.by_key.len() < s.keys.capacity() {
+                s.by_key.resize_with(s.keys.capacity(), Vec::new);
+            }
+            let id = s.next_chunk;
+            s.next_chunk += 1;
+            for (row, (i, g)) in keep.values().iter().zip(&gids).enumerate() {
+                let t = times.value(*i as usize);
+                s.by_key[*g as usize].push(Slot {
+                    chunk: id,
+                    row: row as u32,
+                    t,
+                });
+                s.expiry.insert((t, id, row as u32));
+            }
+            let m = keep.len();
+            s.chunks.insert(
+                id,
+                Chunk {
+                    batch,
+                    matched: keep.values().iter().map(|i| matched[*i as usize]).collect(),
+                    alive: vec![true; m],
+                    live: m,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn advance(&mut self, wm: i64, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let mut out = Vec::new();
+        for side in [LEFT, RIGHT] {
+            let threshold = self.expiry_threshold(side, wm);
+            let pad = self.cfg.rows.emits_unmatched(side);
+            let s = &mut self.sides[side];
+            let rest = s.expiry.split_off(&(threshold, 0, 0));
+            let gone = std::mem::replace(&mut s.expiry, rest);
+            if gone.is_empty() {
+                continue;
+            }
+            let mut unmatched: Vec<(u64, u32)> = Vec::new();
+            for (_, chunk, row) in &gone {
+                if let Some(c) = s.chunks.get_mut(chunk) {
+                    c.alive[*row as usize] = false;
+                    c.live -= 1;
+                    if pad && !c.matched[*row as usize] {
+                        unmatched.push((*chunk, *row));
+                    }
+                }
+            }
+            s.stale += gone.len();
+            if !unmatched.is_empty() {
+                let mut pos: HashMap<u64, usize> = HashMap::new();
+                let mut batches: Vec<&RecordBatch> = Vec::new();
+                let mut idx = Vec::with_capacity(unmatched.len());
+                for (chunk, row) in &unmatched {
+                    let p = match pos.get(chunk) {
+                        Some(p) => *p,
+                        None => {
+                            let c = s
+                                .chunks
+                                .get(chunk)
+                                .ok_or_else(|| Error::Internal("an interval join lost a stored batch".into()))?;
+                            batches.push(&c.batch);
+                            pos.insert(*chunk, batches.len() - 1);
+                            batches.len() - 1
+                        }
+                    };
+                    idx.push((p, *row as usize));
+                }
+                let b = gather(&self.cfg.rows.inputs[side], &batches, &idx)?;
+                out.push(ChangeBatch::append(self.cfg.rows.side_rows(side, &b)?, self.wm));
+            }
+            s.chunks.retain(|_, c| c.live > 0);
+            if s.stale > s.expiry.len() + 1024 {
+                s.sweep();
+            }
+        }
+        self.wm = self.wm.max(wm);
+        Ok(out)
+    }
+
+    fn low_water(&self) -> i64 {
+        self.sides
+            .iter()
+            .filter_map(|s| s.expiry.first().map(|e| e.0))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    fn state_size(&self) -> usize {
+        self.sides.iter().map(|s| s.expiry.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::window_join::tests::{join_rows, lines, rows_of};
+    use datafusion::logical_expr::JoinType;
+
+    /// `l.k = r.k AND l.v <> r.v`, `r.t - l.t` within `[0, 1000]`.
+    fn op(join_type: JoinType) -> IntervalJoin {
+        IntervalJoin::new(Config {
+            rows: join_rows(join_type, true),
+            time: [2, 2],
+            lo: 0,
+            hi: 1_000,
+            text: String::new(),
+        })
+        .expect("op")
+    }
+
+    #[test]
+    fn left_outer_interval_join_matches_across_batches_and_pads_on_expiry() {
+        let mut j = op(JoinType::Left);
+        let (l, r) = (j.cfg.rows.inputs[LEFT].clone(), j.cfg.rows.inputs[RIGHT].clone());
+        let mut cx = Context::default();
+        let out = j
+            .process(
+                LEFT,
+                rows_of(
+                    &l,
+                    &[Some(1), Some(1), None],
+                    &["a", "b", "c"],
+                    &[100, 3_000, 50],
+                    &[0; 3],
+                ),
+                &mut cx,
+            )
+            .expect("left");
+        assert_eq!(
+            lines(&out),
+            vec!["| | c | 1970-01-01T00:00:00.050 | | | |"],
+            "a NULL key never matches"
+        );
+        // 1/x at 900 matches 1/a at 100 (not b at 3000: too late for it).
+        let out = j
+            .process(
+                RIGHT,
+                rows_of(&r, &[Some(1), Some(1)], &["x", "a"], &[900, 1_000], &[0, 0]),
+                &mut cx,
+            )
+            .expect("right");
+        assert_eq!(
+            lines(&out),
+            vec!["| 1 | a | 1970-01-01T00:00:00.100 | 1 | x | 1970-01-01T00:00:00.900 |"],
+            "1/a at 1000 fails a <> a"
+        );
+        assert!(j.advance(1_100, &mut cx).expect("advance").is_empty());
+        assert_eq!(
+            j.state_size(),
+            2,
+            "the right rows have gone (no left row at or after 1100 can match them); a at 100 stays, as a right row at 1100 still could"
+        );
+        // A right row at 500 is late (watermark 1100); one at 3500 matches b.
+        let out = j
+            .process(
+                RIGHT,
+                rows_of(&r, &[Some(1), Some(1)], &["y", "z"], &[500, 3_500], &[1_100, 1_100]),
+                &mut cx,
+            )
+            .expect("right");
+        assert_eq!(cx.late.len(), 1);
+        assert_eq!(
+            lines(&out),
+            vec!["| 1 | b | 1970-01-01T00:00:03 | 1 | z | 1970-01-01T00:00:03.500 |"]
+        );
+        let out = j.advance(i64::MAX, &mut cx).expect("end");
+        assert!(out.is_empty());
+        assert_eq!((j.state_size(), j.low_water()), (0, i64::MAX));
+    }
+
+    #[test]
+    fn unmatched_rows_are_padded_once_the_watermark_passes_their_interval() {
+        let mut j = op(JoinType::Full);
+        let (l, r) = (j.cfg.rows.inputs[LEFT].clone(), j.cfg.rows.inputs[RIGHT].clone());
+        let mut cx = Context::default();
+        j.process(LEFT, rows_of(&l, &[Some(1)], &["a"], &[1_000], &[0]), &mut cx)
+            .expect("left");
+        j.process(RIGHT, rows_of(&r, &[Some(2)], &["b"], &[1_000], &[0]), &mut cx)
+            .expect("right");
+        assert_eq!(j.low_water(), 1_000);
+        let out = j.advance(1_500, &mut cx).expect("advance");
+        assert_eq!(
+            lines(&out),
+            vec!["| | | | 2 | b | 1970-01-01T00:00:01 |"],
+            "no left row at or after 1500 can match the right row at 1000"
+        );
+        assert!(
+            j.advance(2_000, &mut cx).expect("advance").is_empty(),
+            "a left row could still match at 2000"
+        );
+        let out = j.advance(2_001, &mut cx).expect("advance");
+        assert_eq!(lines(&out), vec!["| 1 | a | 1970-01-01T00:00:01 | | | |"]);
+        assert_eq!(
+            out[0].wm.value(0),
+            2_000,
+            "padded rows carry the watermark before the advance"
+        );
+    }
+
+    #[test]
+    fn semi_join_emits_a_row_on_its_first_match_and_anti_on_expiry() {
+        let mut semi = op(JoinType::LeftSemi);
+        let mut anti = op(JoinType::LeftAnti);
+        let (l, r) = (semi.cfg.rows.inputs[LEFT].clone(), semi.cfg.rows.inputs[RIGHT].clone());
+        let mut cx = Context::default();
+        for j in [&mut semi, &mut anti] {
+            let mut out = j
+                .process(
+                    LEFT,
+                    rows_of(&l, &[Some(1), Some(2)], &["a", "b"], &[0, 0], &[0; 2]),
+                    &mut cx,
+                )
+                .expect("left");
+            out.extend(
+                j.process(
+                    RIGHT,
+                    rows_of(&r, &[Some(1), Some(1)], &["x", "y"], &[10, 20], &[0; 2]),
+                    &mut cx,
+                )
+                .expect("right"),
+            );
+            out.extend(j.advance(i64::MAX, &mut cx).expect("end"));
+            let want = if j.cfg.rows.join_type == JoinType::LeftSemi {
+                "| 1 | a |"
+            } else {
+                "| 2 | b |"
+            };
+            assert_eq!(lines(&out), vec![format!("{want} 1970-01-01T00:00:00 |")]);
+        }
+    }
+}
