@@ -42,6 +42,11 @@ impl LookupTable {
         })
     }
 
+    /// How often the table is re-read (`refresh_interval_ms`), if it is.
+    pub fn refresh_interval(&self) -> Option<Duration> {
+        self.refresh
+    }
+
     /// Re-read the table if a refresh is due; a failed refresh keeps the previous rows.
     fn refresh_if_due(&self) {
         let Some(every) = self.refresh else { return };

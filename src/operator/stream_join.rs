@@ -1,1 +1,688 @@
-//! (to be written)
+//! Regular stream–stream join (Flink's `StreamingJoinOperator`): both inputs are kept, each row until
+//! it is retracted, because a row that arrives on one side may match any row ever seen on the other.
+//! There is no time bound, so the state is not bounded either: it is what a plain `JOIN` between two
+//! streams costs, and EXPLAIN says so. Window and interval joins (`plan::join_time`) are the bounded
+//! alternatives.
+//!
+//! **State.** Per side, the rows in Arrow's row format, grouped by join key ([`GroupTable`], one key
+//! space for both sides), each with its multiplicity and its number of matches on the other side (the
+//! rows with the same key that pass the residual condition, counted with multiplicity).
+//!
+//! **Changes.** Inputs may be changelogs (an updating aggregate below): a retraction takes back what
+//! its insert did. The match counts drive the rows that do not pair up: an outer side's row is shown
+//! NULL-padded while it has no match (retracted with `-D` when its first match arrives, shown again when
+//! its last match goes); a semi join shows a row while it has a match, an anti join while it has none.
+//! Rows are processed in arrival order, so the changelog is the same whatever the micro-batch size.
+//!
+//! NULL keys match nothing (unless the join says NULLs are equal); such rows are never stored: an
+//! outer or anti side shows them at once, and takes them back when they are retracted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int8Array, Int64Array, UInt32Array, new_null_array};
+use datafusion::arrow::compute::{cast, interleave, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::groups::GroupTable;
+use super::{ChangeBatch, Context, Operator, RowKind};
+use crate::error::{Error, Result};
+
+/// How a side's rows show in the output on their own (not paired with a row of the other side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    /// An outer side: the row, NULL-padded, while it has no match.
+    Padded,
+    /// A semi join's side: the row alone while it has a match.
+    Semi,
+    /// An anti join's side: the row alone while it has no match.
+    Anti,
+}
+
+impl Emit {
+    /// Whether a row with `matches` matches is shown.
+    pub fn shown(self, matches: u64) -> bool {
+        (matches > 0) == (self == Emit::Semi)
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    /// Emit matched pairs (every join but semi and anti joins).
+    pub pairs: bool,
+    /// Per side (left, right): how its rows show on their own, if they do.
+    pub emit: [Option<Emit>; 2],
+    /// Equi-join key expressions per side (left, right); empty for a join on a condition only.
+    pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    pub key_types: Vec<DataType>,
+    /// `NULL = NULL` matches (`IS NOT DISTINCT FROM` keys).
+    pub null_equal: bool,
+    /// The residual condition, over `pair_schema`.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Input schemas (left, right).
+    pub inputs: [SchemaRef; 2],
+    /// Left columns, then right columns.
+    pub pair_schema: SchemaRef,
+    /// The output: `pair_schema` (with outer sides nullable), or one side's columns for semi and anti
+    /// joins.
+    pub schema: SchemaRef,
+}
+
+/// The key columns of `batch` (as `types`) and, per row, whether it can match anything: a NULL in a
+/// key matches nothing unless NULLs are equal.
+pub fn eval_keys(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    types: &[DataType],
+    null_equal: bool,
+    batch: &RecordBatch,
+) -> Result<(Vec<ArrayRef>, Vec<bool>)> {
+    let n = batch.num_rows();
+    let mut cols = Vec::with_capacity(exprs.len());
+    let mut matchable = vec![true; n];
+    for (e, t) in exprs.iter().zip(types) {
+        let mut c = e.evaluate(batch)?.into_array(n)?;
+        if c.data_type() != t {
+            c = cast(&c, t)?;
+        }
+        if !null_equal && c.null_count() > 0 {
+            for (i, m) in matchable.iter_mut().enumerate() {
+                *m &= c.is_valid(i);
+            }
+        }
+        cols.push(c);
+    }
+    Ok((cols, matchable))
+}
+
+/// Where `filter` holds on the rows of `batch` (NULL is not true).
+pub fn filter_mask(filter: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Vec<bool>> {
+    let v = filter.evaluate(batch)?.into_array(batch.num_rows())?;
+    let b = v
+        .as_boolean_opt()
+        .ok_or_else(|| Error::plan("a join condition must be boolean"))?;
+    Ok((0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect())
+}
+
+/// A batch of `schema` with these columns and `n` rows (zero columns allowed).
+pub fn batch_of(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        cols,
+        &RecordBatchOptions::new().with_row_count(Some(n)),
+    )?)
+}
+
+/// The columns of a row of one side next to those of the other, left first.
+pub fn left_first(mine_is_left: bool, mine: Vec<ArrayRef>, other: Vec<ArrayRef>) -> Vec<ArrayRef> {
+    if mine_is_left {
+        mine.into_iter().chain(other).collect()
+    } else {
+        other.into_iter().chain(mine).collect()
+    }
+}
+
+/// A stored row: its bytes, key, multiplicity, and matches on the other side.
+struct Stored {
+    row: Box<[u8]>,
+    gid: u32,
+    count: u64,
+    matches: u64,
+    /// Position in its key's bucket.
+    at: usize,
+}
+
+/// One input's rows.
+struct Side {
+    conv: RowConverter,
+    slots: Vec<Option<Stored>>,
+    free: Vec<u32>,
+    by_row: HashMap<Box<[u8]>, u32>,
+    /// Key id → slots of the rows with that key.
+    buckets: HashMap<u32, Vec<u32>>,
+    /// Rows held, with multiplicity.
+    rows: u64,
+}
+
+impl Side {
+    fn new(schema: &SchemaRef) -> Result<Side> {
+        Ok(Side {
+            conv: RowConverter::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_row: HashMap::new(),
+            buckets: HashMap::new(),
+            rows: 0,
+        })
+    }
+
+    fn get(&self, slot: u32) -> Option<&Stored> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Stored> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    fn count(&self, slot: u32) -> u64 {
+        self.get(slot).map_or(0, |s| s.count)
+    }
+
+    fn bucket(&self, gid: u32) -> &[u32] {
+        self.buckets.get(&gid).map_or(&[], Vec::as_slice)
+    }
+
+    /// One more copy of `row` (key `gid`, `matches` matches on the other side).
+    fn insert(&mut self, row: &[u8], gid: u32, matches: u64) {
+        self.rows += 1;
+        if let Some(s) = self.by_row.get(row).copied().and_then(|s| self.get_mut(s)) {
+            s.count += 1;
+            return;
+        }
+        let bucket = self.buckets.entry(gid).or_default();
+        let stored = Stored {
+            row: row.into(),
+            gid,
+            count: 1,
+            matches,
+            at: bucket.len(),
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(stored);
+                s
+            }
+            None => {
+                self.slots.push(Some(stored));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        bucket.push(slot);
+        self.by_row.insert(row.into(), slot);
+    }
+
+    /// One copy fewer of the row in `slot`; the row goes when its last copy does.
+    fn remove_one(&mut self, slot: u32) {
+        let Some(s) = self.get_mut(slot) else { return };
+        s.count -= 1;
+        let gone = s.count == 0;
+        self.rows -= 1;
+        if !gone {
+            return;
+        }
+        let Some(s) = self.slots[slot as usize].take() else {
+            return;
+        };
+        self.by_row.remove(&s.row);
+        self.free.push(slot);
+        if let Some(bucket) = self.buckets.get_mut(&s.gid) {
+            bucket.swap_remove(s.at);
+            if let Some(moved) = bucket.get(s.at).copied()
+                && let Some(m) = self.slots[moved as usize].as_mut()
+            {
+                m.at = s.at;
+            }
+            if bucket.is_empty() {
+                self.buckets.remove(&s.gid);
+            }
+        }
+    }
+
+    /// The columns of the rows in `slots`, in order (each distinct row decoded once).
+    fn decode(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        let mut first: HashMap<u32, u32> = HashMap::new();
+        let mut distinct: Vec<u32> = Vec::new();
+        let idx: Vec<u32> = slots
+            .iter()
+            .map(|s| {
+                *first.entry(*s).or_insert_with(|| {
+                    distinct.push(*s);
+                    (distinct.len() - 1) as u32
+                })
+            })
+            .collect();
+        let parser = self.conv.parser();
+        let rows = distinct
+            .iter()
+            .map(|s| {
+                self.get(*s)
+                    .map(|st| parser.parse(&st.row))
+                    .ok_or_else(|| Error::Internal("a join row vanished from its state".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cols = self.conv.convert_rows(rows)?;
+        if distinct.len() == slots.len() {
+            return Ok(cols);
+        }
+        let idx = UInt32Array::from(idx);
+        Ok(cols
+            .iter()
+            .map(|c| take(c, &idx, None))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+/// Output rows of one input batch, by source: 0 = matched pairs, 1 = the input's rows on their own,
+/// 2 = the other side's stored rows on their own.
+#[derive(Default)]
+struct Out {
+    picks: Vec<(usize, usize)>,
+    kinds: Vec<i8>,
+    wms: Vec<i64>,
+    /// The other side's slots shown or taken back (source 2, in order).
+    others: Vec<u32>,
+}
+
+impl Out {
+    fn push(&mut self, src: usize, idx: usize, kind: RowKind, wm: i64, copies: u64) {
+        for _ in 0..copies {
+            self.picks.push((src, idx));
+            self.kinds.push(kind as i8);
+            self.wms.push(wm);
+        }
+    }
+}
+
+pub struct StreamJoin {
+    cfg: Config,
+    keys: GroupTable,
+    sides: [Side; 2],
+}
+
+impl StreamJoin {
+    pub fn new(cfg: Config) -> Result<StreamJoin> {
+        Ok(StreamJoin {
+            keys: GroupTable::new(&cfg.key_types)?,
+            sides: [Side::new(&cfg.inputs[0])?, Side::new(&cfg.inputs[1])?],
+            cfg,
+        })
+    }
+
+    /// Side `side`'s rows in the form they show on their own: padded with NULLs for the other
+    /// side's columns (outer joins), or alone (semi and anti joins).
+    fn alone(&self, side: usize, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch> {
+        let cols = match self.cfg.emit[side] {
+            Some(Emit::Padded) => {
+                let nulls: Vec<ArrayRef> = self.cfg.inputs[1 - side]
+                    .fields()
+                    .iter()
+                    .map(|f| new_null_array(f.data_type(), n))
+                    .collect();
+                left_first(side == 0, cols, nulls)
+            }
+            _ => cols,
+        };
+        batch_of(&self.cfg.schema, cols, n)
+    }
+}
+
+impl Operator for StreamJoin {
+    fn process(&mut self, port: usize, input: ChangeBatch, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let n = input.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let (a, b) = if port == 0 { (0, 1) } else { (1, 0) };
+        let (key_cols, matchable) = eval_keys(
+            &self.cfg.keys[a],
+            &self.cfg.key_types,
+            self.cfg.null_equal,
+            &input.batch,
+        )?;
+        let gids = self.keys.intern(&key_cols, n)?;
+        let rows = self.sides[a].conv.convert_columns(input.batch.columns())?;
+
+        // Candidate pairs: each row with the other side's rows of its key. The other side does not
+        // change while this batch is processed, so the residual condition is evaluated in one go.
+        let mut cand_row: Vec<u32> = Vec::new();
+        let mut cand_slot: Vec<u32> = Vec::new();
+        let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(n);
+        for i in 0..n {
+            let start = cand_row.len();
+            if matchable[i] {
+                for s in self.sides[b].bucket(gids[i]) {
+                    cand_row.push(i as u32);
+                    cand_slot.push(*s);
+                }
+            }
+            ranges.push((start, cand_row.len()));
+        }
+        let need_pairs = !cand_row.is_empty() && (self.cfg.pairs || self.cfg.filter.is_some());
+        let pairs = if need_pairs {
+            let idx = UInt32Array::from(cand_row.clone());
+            let mine: Vec<ArrayRef> = input
+                .batch
+                .columns()
+                .iter()
+                .map(|c| take(c, &idx, None))
+                .collect::<std::result::Result<_, _>>()?;
+            let other = self.sides[b].decode(&cand_slot)?;
+            Some(batch_of(
+                &self.cfg.pair_schema,
+                left_first(a == 0, mine, other),
+                cand_row.len(),
+            )?)
+        } else {
+            None
+        };
+        let ok: Vec<bool> = match (&self.cfg.filter, &pairs) {
+            (Some(f), Some(p)) => filter_mask(f, p)?,
+            _ => vec![true; cand_row.len()],
+        };
+
+        let mut out = Out::default();
+        let mut touched: Vec<u32> = Vec::new();
+        for i in 0..n {
+            let kind = input.kind(i);
+            let wm = input.wm.value(i);
+            let row = rows.row(i);
+            let held = self.sides[a].by_row.get(row.as_ref()).copied();
+            if !kind.is_add() && matchable[i] && held.is_none() {
+                // A retraction of a row never held (as Flink, ignore it).
+                continue;
+            }
+            let (s, e) = ranges[i];
+            let matched: Vec<usize> = (s..e).filter(|p| ok[*p]).collect();
+            let total: u64 = matched.iter().map(|p| self.sides[b].count(cand_slot[*p])).sum();
+            if kind.is_add() {
+                self.other_side_counts(b, &matched, &cand_slot, 1, wm, &mut out);
+            }
+            if self.cfg.pairs {
+                for p in &matched {
+                    out.push(0, *p, kind, wm, self.sides[b].count(cand_slot[*p]));
+                }
+            }
+            if let Some(emit) = self.cfg.emit[a]
+                && emit.shown(total)
+            {
+                out.push(1, i, kind, wm, 1);
+            }
+            if !kind.is_add() {
+                self.other_side_counts(b, &matched, &cand_slot, -1, wm, &mut out);
+            }
+            if matchable[i] {
+                if kind.is_add() {
+                    self.sides[a].insert(row.as_ref(), gids[i], total);
+                } else if let Some(slot) = held {
+                    self.sides[a].remove_one(slot);
+                }
+            }
+            touched.push(gids[i]);
+        }
+        // Keys no row holds any more.
+        touched.sort_unstable();
+        touched.dedup();
+        for g in touched {
+            if !self.sides[0].buckets.contains_key(&g) && !self.sides[1].buckets.contains_key(&g) {
+                self.keys.remove(g);
+            }
+        }
+        self.assemble(a, &input, pairs, out)
+    }
+
+    fn low_water(&self) -> i64 {
+        if self.state_size() > 0 { i64::MIN } else { i64::MAX }
+    }
+
+    fn state_size(&self) -> usize {
+        (self.sides[0].rows + self.sides[1].rows) as usize
+    }
+}
+
+impl StreamJoin {
+    /// A row of side `1 - b` arrived (`delta` 1) or was retracted (-1): the matched rows of side `b`
+    /// gain or lose a match, and those whose visibility flips are shown or taken back.
+    fn other_side_counts(
+        &mut self,
+        b: usize,
+        matched: &[usize],
+        cand_slot: &[u32],
+        delta: i64,
+        wm: i64,
+        out: &mut Out,
+    ) {
+        let emit = self.cfg.emit[b];
+        for p in matched {
+            let slot = cand_slot[*p];
+            let Some(s) = self.sides[b].get_mut(slot) else { continue };
+            let before = s.matches;
+            s.matches = if delta > 0 {
+                before + 1
+            } else {
+                before.saturating_sub(1)
+            };
+            let (after, copies) = (s.matches, s.count);
+            if let Some(e) = emit
+                && e.shown(before) != e.shown(after)
+            {
+                let kind = if e.shown(after) {
+                    RowKind::Insert
+                } else {
+                    RowKind::Delete
+                };
+                out.others.push(slot);
+                out.push(2, out.others.len() - 1, kind, wm, copies);
+            }
+        }
+    }
+
+    /// The output batch of the rows picked.
+    fn assemble(
+        &self,
+        a: usize,
+        input: &ChangeBatch,
+        pairs: Option<RecordBatch>,
+        out: Out,
+    ) -> Result<Vec<ChangeBatch>> {
+        if out.picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let used = |src: usize| out.picks.iter().any(|(s, _)| *s == src);
+        let empty = RecordBatch::new_empty(self.cfg.schema.clone());
+        let paired = match pairs {
+            Some(p) if used(0) => batch_of(&self.cfg.schema, p.columns().to_vec(), p.num_rows())?,
+            _ => empty.clone(),
+        };
+        let mine = if used(1) {
+            self.alone(a, input.batch.columns().to_vec(), input.num_rows())?
+        } else {
+            empty.clone()
+        };
+        let theirs = if used(2) {
+            let b = 1 - a;
+            self.alone(b, self.sides[b].decode(&out.others)?, out.others.len())?
+        } else {
+            empty
+        };
+        let m = out.picks.len();
+        let cols: Vec<ArrayRef> = (0..self.cfg.schema.fields().len())
+            .map(|c| {
+                interleave(
+                    &[
+                        paired.column(c).as_ref(),
+                        mine.column(c).as_ref(),
+                        theirs.column(c).as_ref(),
+                    ],
+                    &out.picks,
+                )
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let all_inserts = out.kinds.iter().all(|k| *k == RowKind::Insert as i8);
+        Ok(vec![ChangeBatch {
+            batch: batch_of(&self.cfg.schema, cols, m)?,
+            ops: (!all_inserts).then(|| Int8Array::from(out.kinds)),
+            wm: Int64Array::from(out.wms),
+            origin: None,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
+    use datafusion::physical_expr::expressions::col;
+
+    fn schema(names: &[&str], nullable: bool) -> SchemaRef {
+        Arc::new(Schema::new(
+            names
+                .iter()
+                .map(|n| Field::new(*n, DataType::Int64, nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// `l(k, a) ⋈ r(k, b) ON l.k = r.k`, emitting per side as given.
+    fn join(pairs: bool, emit: [Option<Emit>; 2]) -> StreamJoin {
+        let (l, r) = (schema(&["k", "a"], false), schema(&["k", "b"], false));
+        let out = match (pairs, emit) {
+            (false, [Some(_), _]) => l.clone(),
+            (false, _) => r.clone(),
+            _ => schema(&["k", "a", "k", "b"], true),
+        };
+        StreamJoin::new(Config {
+            pairs,
+            emit,
+            keys: [vec![col("k", &l).expect("k")], vec![col("k", &r).expect("k")]],
+            key_types: vec![DataType::Int64],
+            null_equal: false,
+            filter: None,
+            inputs: [l, r],
+            pair_schema: schema(&["k", "a", "k", "b"], false),
+            schema: out,
+        })
+        .expect("join")
+    }
+
+    fn rows(k: &[Option<i64>], v: &[i64], kinds: &[RowKind]) -> ChangeBatch {
+        let s = schema(&["k", "v"], true);
+        let b = RecordBatch::try_new(
+            s,
+            vec![
+                Arc::new(Int64Array::from(k.to_vec())),
+                Arc::new(Int64Array::from(v.to_vec())),
+            ],
+        )
+        .expect("batch");
+        ChangeBatch::changes(b, kinds.to_vec(), 0)
+    }
+
+    /// Output rows as `kind k,a,k,b` (NULL as `_`).
+    fn show(out: &[ChangeBatch]) -> Vec<String> {
+        let mut v = Vec::new();
+        for b in out {
+            for i in 0..b.num_rows() {
+                let cells: Vec<String> = b
+                    .batch
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        let c = c.as_primitive::<Int64Type>();
+                        if c.is_null(i) {
+                            "_".into()
+                        } else {
+                            c.value(i).to_string()
+                        }
+                    })
+                    .collect();
+                v.push(format!("{} {}", b.kind(i).short(), cells.join(",")));
+            }
+        }
+        v
+    }
+
+    use RowKind::{Delete as D, Insert as I};
+
+    #[test]
+    fn full_join_pads_and_unpads_as_matches_come_and_go() {
+        let mut j = join(true, [Some(Emit::Padded), Some(Emit::Padded)]);
+        let mut cx = Context::default();
+        let out = j
+            .process(0, rows(&[Some(1), None], &[10, 11], &[I, I]), &mut cx)
+            .expect("p");
+        assert_eq!(show(&out), ["+I 1,10,_,_", "+I _,11,_,_"]);
+        let out = j
+            .process(1, rows(&[Some(1), Some(1)], &[20, 21], &[I, I]), &mut cx)
+            .expect("p");
+        assert_eq!(show(&out), ["-D 1,10,_,_", "+I 1,10,1,20", "+I 1,10,1,21"]);
+        let out = j.process(0, rows(&[Some(1)], &[10], &[D]), &mut cx).expect("p");
+        assert_eq!(
+            show(&out),
+            ["-D 1,10,1,20", "-D 1,10,1,21", "+I _,_,1,20", "+I _,_,1,21"]
+        );
+        let out = j.process(0, rows(&[None], &[11], &[D]), &mut cx).expect("p");
+        assert_eq!(show(&out), ["-D _,11,_,_"]);
+        assert_eq!(j.state_size(), 2);
+        assert_eq!(j.low_water(), i64::MIN);
+        let out = j
+            .process(1, rows(&[Some(1), Some(1)], &[20, 21], &[D, D]), &mut cx)
+            .expect("p");
+        assert_eq!(show(&out), ["-D _,_,1,20", "-D _,_,1,21"]);
+        assert_eq!(j.state_size(), 0);
+        assert_eq!(j.low_water(), i64::MAX);
+        assert!(j.keys.is_empty(), "no key is held once every row is gone");
+    }
+
+    #[test]
+    fn duplicates_multiply_and_retractions_of_unknown_rows_are_ignored() {
+        let mut j = join(true, [None, None]);
+        let mut cx = Context::default();
+        j.process(0, rows(&[Some(1), Some(1)], &[10, 10], &[I, I]), &mut cx)
+            .expect("p");
+        let out = j.process(1, rows(&[Some(1)], &[20], &[I]), &mut cx).expect("p");
+        assert_eq!(show(&out), ["+I 1,10,1,20", "+I 1,10,1,20"]);
+        let out = j
+            .process(0, rows(&[Some(1), Some(2)], &[10, 99], &[D, D]), &mut cx)
+            .expect("p");
+        assert_eq!(show(&out), ["-D 1,10,1,20"]);
+        assert_eq!(j.state_size(), 2);
+    }
+
+    #[test]
+    fn semi_and_anti_show_rows_by_whether_they_match() {
+        let mut semi = join(false, [Some(Emit::Semi), None]);
+        let mut anti = join(false, [Some(Emit::Anti), None]);
+        let mut cx = Context::default();
+        let left = rows(&[Some(1), Some(2)], &[10, 20], &[I, I]);
+        assert!(semi.process(0, left.clone(), &mut cx).expect("p").is_empty());
+        assert_eq!(
+            show(&anti.process(0, left, &mut cx).expect("p")),
+            ["+I 1,10", "+I 2,20"]
+        );
+        let right = rows(&[Some(1), Some(1)], &[5, 6], &[I, I]);
+        assert_eq!(show(&semi.process(1, right.clone(), &mut cx).expect("p")), ["+I 1,10"]);
+        assert_eq!(show(&anti.process(1, right, &mut cx).expect("p")), ["-D 1,10"]);
+        let gone = rows(&[Some(1), Some(1)], &[5, 6], &[D, D]);
+        assert_eq!(show(&semi.process(1, gone.clone(), &mut cx).expect("p")), ["-D 1,10"]);
+        assert_eq!(show(&anti.process(1, gone, &mut cx).expect("p")), ["+I 1,10"]);
+    }
+
+    #[test]
+    fn keys_with_nulls_match_nothing() {
+        let l = schema(&["k", "a"], true);
+        let b = RecordBatch::try_new(
+            l.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .expect("b");
+        let e = vec![col("k", &l).expect("k")];
+        let (_, m) = eval_keys(&e, &[DataType::Int64], false, &b).expect("keys");
+        assert_eq!(m, vec![true, false]);
+        let (_, m) = eval_keys(&e, &[DataType::Int64], true, &b).expect("keys");
+        assert_eq!(m, vec![true, true]);
+        let s: ArrayRef = Arc::new(StringArray::from(vec!["x"]));
+        assert_eq!(s.len(), 1);
+    }
+}
