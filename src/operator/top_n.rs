@@ -1,1 +1,640 @@
-//! (to be written)
+//! Top-N and deduplication: `ROW_NUMBER()` / `RANK()` / `DENSE_RANK() OVER (PARTITION BY … ORDER BY …)`
+//! kept to a range of ranks (Flink's Rank and Deduplicate operators). The output is the input's
+//! columns and the rank.
+//!
+//! Rows of a partition are held in rank order as Arrow row-format bytes: the ORDER BY columns encoded
+//! so that bytes sort as the rows should, then an arrival number, so rows that tie on ORDER BY rank in
+//! arrival order as in Flink (the later arrival first when the order is the time attribute
+//! descending: Flink's keep-last deduplication). How results leave depends on what the planner chose:
+//!
+//! - [`Emit::Updates`]: after every micro-batch, the changes to each touched partition's visible rows
+//!   as a changelog. `ROW_NUMBER` results change by position (`-U`/`+U` of the row at rank k, keyed
+//!   by partition and rank), `RANK`/`DENSE_RANK` results as rows leaving (`-D`) and entering (`+I`).
+//!   Over an append-only input a partition keeps only rows that can still be visible (rank ≤ N);
+//!   over a changelog it keeps all of them, since a retraction can bring a lower row back.
+//! - [`Emit::FirstByTime`]: `rn = 1` ordered by the time attribute ascending over an append-only input
+//!   (keep the first row per key). The first row is final once the watermark passes its time, so it
+//!   is emitted then, once: an append-only result.
+//! - [`Emit::Window`]: the partition includes `window_start` and `window_end`: rows are kept per window
+//!   and its top N emitted once when the watermark reaches the window's end (append-only).
+//!
+//! Late rows follow Flink's rule, decided with each row's arrival watermark so that results do not
+//! depend on micro-batch boundaries: for a window Top-N, a row whose window had fired; for first-row
+//! deduplication, a row older than the first row its key had already settled on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Int8Array, UInt32Array, UInt64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::groups::GroupTable;
+use super::window::millis;
+use super::{ChangeBatch, Context, Operator, RowKind};
+use crate::error::{Error, Result};
+
+/// The ranking function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankFn {
+    RowNumber,
+    Rank,
+    DenseRank,
+}
+
+impl RankFn {
+    pub fn sql(self) -> &'static str {
+        match self {
+            RankFn::RowNumber => "ROW_NUMBER",
+            RankFn::Rank => "RANK",
+            RankFn::DenseRank => "DENSE_RANK",
+        }
+    }
+}
+
+/// When and how results leave (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    Updates,
+    /// `time`: the time attribute's column in the input.
+    FirstByTime {
+        time: usize,
+    },
+    /// `start`/`end`: the window columns in the input.
+    Window {
+        start: usize,
+        end: usize,
+    },
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub function: RankFn,
+    pub partition: Vec<Arc<dyn PhysicalExpr>>,
+    pub partition_types: Vec<DataType>,
+    pub order: Vec<Arc<dyn PhysicalExpr>>,
+    /// Type and direction of each ORDER BY item.
+    pub order_fields: Vec<SortField>,
+    /// Ranks kept: `lo..=hi`.
+    pub lo: u64,
+    pub hi: u64,
+    /// Rows that tie on ORDER BY rank the later arrival first (ORDER BY the time attribute DESC).
+    pub last_wins_ties: bool,
+    pub emit: Emit,
+    /// The input is a changelog.
+    pub retracting: bool,
+    /// The input's columns, then the rank.
+    pub schema: SchemaRef,
+}
+
+/// Arrow row-format bytes of a row (or of its ORDER BY values).
+type Bytes = Box<[u8]>;
+
+/// Where a row ranks: its ORDER BY bytes, then the tie-break.
+type RankKey = (Bytes, u64);
+
+/// One partition's rows in rank order.
+#[derive(Default)]
+struct Part {
+    rows: BTreeMap<RankKey, Bytes>,
+    /// Row bytes → tie-breaks of the rows with them (kept over a changelog, to find retracted rows).
+    index: HashMap<Bytes, Vec<u64>>,
+    /// [`Emit::Window`]: listed under its window.
+    registered: bool,
+}
+
+impl Part {
+    /// Rows with their rank, in rank order, ranks `lo..=hi`.
+    fn visible(&self, f: RankFn, lo: u64, hi: u64) -> Vec<(u64, &[u8])> {
+        ranked(&self.rows, f)
+            .take_while(|(r, _, _)| *r <= hi)
+            .filter(|(r, _, _)| *r >= lo)
+            .map(|(r, _, row)| (r, row))
+            .collect()
+    }
+
+    /// Drop rows ranked below `hi` (an append-only input never brings them back).
+    fn trim(&mut self, f: RankFn, hi: u64) {
+        let cut = ranked(&self.rows, f)
+            .find(|(r, _, _)| *r > hi)
+            .map(|(_, k, _)| k.clone());
+        if let Some(k) = cut {
+            self.rows.split_off(&k);
+        }
+    }
+}
+
+/// Rows of a partition with their rank under `f` and their place, in rank order.
+fn ranked(rows: &BTreeMap<RankKey, Bytes>, f: RankFn) -> impl Iterator<Item = (u64, &RankKey, &[u8])> {
+    let mut pos = 0u64;
+    let mut rank = 0u64;
+    let mut dense = 0u64;
+    let mut prev: Option<&[u8]> = None;
+    rows.iter().map(move |(k, row)| {
+        pos += 1;
+        if prev != Some(k.0.as_ref()) {
+            rank = pos;
+            dense += 1;
+        }
+        prev = Some(k.0.as_ref());
+        let r = match f {
+            RankFn::RowNumber => pos,
+            RankFn::Rank => rank,
+            RankFn::DenseRank => dense,
+        };
+        (r, k, row.as_ref())
+    })
+}
+
+/// First-row deduplication state of one key.
+enum First {
+    /// The earliest row so far, not yet final.
+    Pending { time: i64, row: Bytes },
+    /// The first row was emitted; its time.
+    Emitted { time: i64 },
+}
+
+pub struct TopN {
+    cfg: Config,
+    sort: RowConverter,
+    /// Converts whole input rows (what is stored and emitted).
+    rows: RowConverter,
+    table: GroupTable,
+    /// By partition id.
+    parts: Vec<Part>,
+    seq: u64,
+    /// The watermark of the last advance (carried by emitted rows).
+    wm: i64,
+    /// [`Emit::Updates`]: partitions touched since the last flush, with the rows they showed then.
+    before: HashMap<u32, Vec<(u64, Bytes)>>,
+    touched: Vec<u32>,
+    /// [`Emit::FirstByTime`]: per partition id, and pending first rows by time.
+    first: Vec<Option<First>>,
+    due: BTreeSet<(i64, u32)>,
+    /// [`Emit::Window`]: partitions by window (end, start).
+    windows: BTreeMap<(i64, i64), Vec<u32>>,
+    emit_floor: i64,
+}
+
+impl TopN {
+    pub fn new(cfg: Config) -> Result<TopN> {
+        let nin = cfg.schema.fields().len().saturating_sub(1);
+        let row_fields: Vec<SortField> = cfg
+            .schema
+            .fields()
+            .iter()
+            .take(nin)
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(TopN {
+            sort: RowConverter::new(cfg.order_fields.clone())?,
+            rows: RowConverter::new(row_fields)?,
+            table: GroupTable::new(&cfg.partition_types)?,
+            parts: Vec::new(),
+            seq: 0,
+            wm: i64::MIN,
+            before: HashMap::new(),
+            touched: Vec::new(),
+            first: Vec::new(),
+            due: BTreeSet::new(),
+            windows: BTreeMap::new(),
+            emit_floor: i64::MIN,
+            cfg,
+        })
+    }
+
+    fn eval(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        let n = batch.num_rows();
+        Ok(exprs
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn part(&mut self, gid: u32) -> &mut Part {
+        let g = gid as usize;
+        if self.parts.len() <= g {
+            self.parts.resize_with(g + 1, Part::default);
+        }
+        &mut self.parts[g]
+    }
+
+    /// The tie-break of the next arriving row.
+    fn next_tie(&mut self) -> u64 {
+        self.seq += 1;
+        if self.cfg.last_wins_ties {
+            u64::MAX - self.seq
+        } else {
+            self.seq
+        }
+    }
+
+    /// Add row `i` to partition `gid` (over an append-only input, only if it can still be visible).
+    fn insert(&mut self, gid: u32, sort: &Rows, rows: &Rows, i: usize) {
+        let tie = self.next_tie();
+        let (f, hi, retracting) = (self.cfg.function, self.cfg.hi, self.cfg.retracting);
+        let sk = sort.row(i);
+        let part = self.part(gid);
+        if !retracting
+            && f != RankFn::DenseRank
+            && part.rows.len() as u64 >= hi
+            && let Some(((last_sk, last_tie), _)) = part.rows.last_key_value()
+        {
+            // Ranked after every kept row of a full partition: never visible.
+            let after = match f {
+                RankFn::RowNumber => (sk.as_ref(), tie) > (last_sk.as_ref(), *last_tie),
+                _ => sk.as_ref() > last_sk.as_ref(),
+            };
+            if after {
+                return;
+            }
+        }
+        let row: Box<[u8]> = rows.row(i).as_ref().into();
+        if retracting {
+            part.index.entry(row.clone()).or_default().push(tie);
+        }
+        part.rows.insert((sk.as_ref().into(), tie), row);
+        if !retracting && f == RankFn::RowNumber && part.rows.len() as u64 > hi {
+            part.rows.pop_last();
+        }
+    }
+
+    /// Remove one row equal to row `i` from partition `gid` (a retraction).
+    fn remove(&mut self, gid: u32, sort: &Rows, rows: &Rows, i: usize) {
+        let sk: Box<[u8]> = sort.row(i).as_ref().into();
+        let row = rows.row(i);
+        let part = self.part(gid);
+        let Some(ties) = part.index.get_mut(row.as_ref()) else {
+            // Never seen (or already retracted): nothing to take back.
+            return;
+        };
+        let tie = ties.pop();
+        if ties.is_empty() {
+            part.index.remove(row.as_ref());
+        }
+        if let Some(tie) = tie {
+            part.rows.remove(&(sk, tie));
+        }
+    }
+
+    /// Output rows: `(row bytes, rank, kind)`.
+    fn output(&self, rows: &[(&[u8], u64, RowKind)]) -> Result<ChangeBatch> {
+        let parser = self.rows.parser();
+        let n = rows.len();
+        let mut cols = self.rows.convert_rows(rows.iter().map(|(r, _, _)| parser.parse(r)))?;
+        let rank_field = self
+            .cfg
+            .schema
+            .fields()
+            .last()
+            .ok_or_else(|| Error::Internal("a Top-N without a rank column".into()))?;
+        let rank: ArrayRef = Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, r, _)| *r)));
+        cols.push(if rank_field.data_type() == &DataType::UInt64 {
+            rank
+        } else {
+            cast(&rank, rank_field.data_type())?
+        });
+        let batch = RecordBatch::try_new_with_options(
+            self.cfg.schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        let mut out = ChangeBatch::append(batch, self.wm);
+        if rows.iter().any(|(_, _, k)| *k != RowKind::Insert) {
+            out.ops = Some(Int8Array::from_iter_values(rows.iter().map(|(_, _, k)| *k as i8)));
+        }
+        Ok(out)
+    }
+
+    fn process_updates(&mut self, input: &ChangeBatch, gids: &[u32], sort: &Rows, rows: &Rows) -> Result<()> {
+        let retract = input.retractions();
+        if retract.is_some() && !self.cfg.retracting {
+            return Err(Error::Internal("a Top-N planned for inserts got a retraction".into()));
+        }
+        let (f, lo, hi) = (self.cfg.function, self.cfg.lo, self.cfg.hi);
+        for (i, gid) in gids.iter().enumerate() {
+            if !self.before.contains_key(gid) {
+                let shown = self.part(*gid).visible(f, lo, hi);
+                let shown = shown.into_iter().map(|(r, b)| (r, Bytes::from(b))).collect();
+                self.before.insert(*gid, shown);
+                self.touched.push(*gid);
+            }
+            if retract.as_ref().is_some_and(|r| r[i]) {
+                self.remove(*gid, sort, rows, i);
+            } else {
+                self.insert(*gid, sort, rows, i);
+            }
+        }
+        Ok(())
+    }
+
+    /// The changes of every touched partition since the last call.
+    fn emit_updates(&mut self) -> Result<Vec<ChangeBatch>> {
+        if self.touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (f, lo, hi) = (self.cfg.function, self.cfg.lo, self.cfg.hi);
+        let touched = std::mem::take(&mut self.touched);
+        let mut before = std::mem::take(&mut self.before);
+        if !self.cfg.retracting && f != RankFn::RowNumber {
+            for g in &touched {
+                self.part(*g).trim(f, hi);
+            }
+        }
+        let olds: Vec<Vec<(u64, Bytes)>> = touched.iter().map(|g| before.remove(g).unwrap_or_default()).collect();
+        let mut out: Vec<(&[u8], u64, RowKind)> = Vec::new();
+        let empty = Part::default();
+        for (g, old) in touched.iter().zip(&olds) {
+            let new = self.parts.get(*g as usize).unwrap_or(&empty).visible(f, lo, hi);
+            let old: Vec<(u64, &[u8])> = old.iter().map(|(r, b)| (*r, b.as_ref())).collect();
+            diff(f, &old, &new, &mut out);
+        }
+        let batch = if out.is_empty() { None } else { Some(self.output(&out)?) };
+        drop(out);
+        if self.cfg.retracting {
+            for g in touched {
+                if self.parts.get(g as usize).is_some_and(|p| p.rows.is_empty()) {
+                    self.parts[g as usize] = Part::default();
+                    self.table.remove(g);
+                }
+            }
+        }
+        Ok(batch.into_iter().collect())
+    }
+}
+
+/// What changed between a partition's visible rows `old` and `new` (each `(rank, row)` in rank
+/// order): `ROW_NUMBER` by position, the others as rows leaving and entering.
+fn diff<'a>(f: RankFn, old: &[(u64, &'a [u8])], new: &[(u64, &'a [u8])], out: &mut Vec<(&'a [u8], u64, RowKind)>) {
+    if f == RankFn::RowNumber {
+        // Both are ranks lo, lo+1, … in order: position i is the same rank in both.
+        for i in 0..old.len().max(new.len()) {
+            match (old.get(i), new.get(i)) {
+                (Some(o), Some(n)) if o.1 == n.1 => {}
+                (Some(o), Some(n)) => {
+                    out.push((o.1, o.0, RowKind::UpdateBefore));
+                    out.push((n.1, n.0, RowKind::UpdateAfter));
+                }
+                (Some(o), None) => out.push((o.1, o.0, RowKind::Delete)),
+                (None, Some(n)) => out.push((n.1, n.0, RowKind::Insert)),
+                (None, None) => {}
+            }
+        }
+        return;
+    }
+    let mut unmatched: HashMap<(u64, &[u8]), i64> = HashMap::new();
+    for (r, b) in new {
+        *unmatched.entry((*r, *b)).or_default() += 1;
+    }
+    for (r, b) in old {
+        match unmatched.get_mut(&(*r, *b)) {
+            Some(c) if *c > 0 => *c -= 1,
+            _ => out.push((b, *r, RowKind::Delete)),
+        }
+    }
+    for (r, b) in new {
+        if let Some(c) = unmatched.get_mut(&(*r, *b))
+            && *c > 0
+        {
+            *c -= 1;
+            out.push((b, *r, RowKind::Insert));
+        }
+    }
+}
+
+impl TopN {
+    fn process_first(
+        &mut self,
+        input: &ChangeBatch,
+        gids: &[u32],
+        rows: &Rows,
+        time: usize,
+        cx: &mut Context,
+    ) -> Result<()> {
+        let ts = millis(input.batch.column(time))?;
+        let wms = input.wm.values();
+        let mut late = Vec::new();
+        let mut reason = String::new();
+        for (i, g) in gids.iter().enumerate() {
+            let g = *g as usize;
+            if self.first.len() <= g {
+                self.first.resize_with(g + 1, || None);
+            }
+            if ts.is_null(i) {
+                late.push(i as u32);
+                continue;
+            }
+            let (t, w) = (ts.value(i), wms[i]);
+            // The time of the row the key had settled on when this row arrived, if it had.
+            let settled = match &self.first[g] {
+                Some(First::Emitted { time }) => Some(*time),
+                Some(First::Pending { time, .. }) if *time < w => Some(*time),
+                _ => None,
+            };
+            match (settled, &self.first[g]) {
+                (Some(first), _) => {
+                    if t < first {
+                        late.push(i as u32);
+                        if reason.is_empty() {
+                            reason = format!(
+                                "late: the first row of its key (at {}) was final at the watermark {}",
+                                crate::time::format_ms(first),
+                                crate::time::format_ms(w)
+                            );
+                        }
+                    }
+                }
+                (None, Some(First::Pending { time, .. })) => {
+                    // Ties keep the earlier arrival.
+                    if t < *time {
+                        self.due.remove(&(*time, g as u32));
+                        self.due.insert((t, g as u32));
+                        self.first[g] = Some(First::Pending {
+                            time: t,
+                            row: rows.row(i).as_ref().into(),
+                        });
+                    }
+                }
+                (None, _) => {
+                    self.due.insert((t, g as u32));
+                    self.first[g] = Some(First::Pending {
+                        time: t,
+                        row: rows.row(i).as_ref().into(),
+                    });
+                }
+            }
+        }
+        if reason.is_empty() {
+            reason = "its time is NULL".into();
+        }
+        cx.late(input, &UInt32Array::from(late), reason)
+    }
+
+    /// Emit the first rows the watermark `wm` made final.
+    fn fire_first(&mut self, wm: i64) -> Result<Vec<ChangeBatch>> {
+        let rest = self.due.split_off(&(wm, 0));
+        let ready = std::mem::replace(&mut self.due, rest);
+        let mut rows: Vec<Box<[u8]>> = Vec::new();
+        for (t, g) in ready {
+            let slot = &mut self.first[g as usize];
+            if let Some(First::Pending { row, .. }) = slot.take()
+                && t >= self.emit_floor
+            {
+                rows.push(row);
+            }
+            *slot = Some(First::Emitted { time: t });
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out: Vec<(&[u8], u64, RowKind)> = rows.iter().map(|r| (r.as_ref(), 1, RowKind::Insert)).collect();
+        Ok(vec![self.output(&out)?])
+    }
+
+    fn process_window(
+        &mut self,
+        input: &ChangeBatch,
+        gids: &[u32],
+        (sort, rows): (&Rows, &Rows),
+        (start, end): (usize, usize),
+        cx: &mut Context,
+    ) -> Result<()> {
+        let starts = millis(input.batch.column(start))?;
+        let ends = millis(input.batch.column(end))?;
+        let wms = input.wm.values();
+        let mut late = Vec::new();
+        for (i, g) in gids.iter().enumerate() {
+            let (s, e) = (starts.value(i), ends.value(i));
+            if ends.is_null(i) || e <= wms[i] {
+                late.push(i as u32);
+                continue;
+            }
+            let part = self.part(*g);
+            if !part.registered {
+                part.registered = true;
+                self.windows.entry((e, s)).or_default().push(*g);
+            }
+            self.insert(*g, sort, rows, i);
+        }
+        if !late.is_empty() {
+            let wm = late.iter().map(|i| wms[*i as usize]).min().unwrap_or(i64::MIN);
+            cx.late(
+                input,
+                &UInt32Array::from(late),
+                format!(
+                    "late: its window had ended at the watermark {}",
+                    crate::time::format_ms(wm)
+                ),
+            )?;
+        }
+        if self.cfg.function != RankFn::RowNumber {
+            let (f, hi) = (self.cfg.function, self.cfg.hi);
+            for g in gids {
+                self.part(*g).trim(f, hi);
+            }
+        }
+        Ok(())
+    }
+
+    /// Emit the top rows of every window ending at or before `wm`, and forget those windows.
+    fn fire_windows(&mut self, wm: i64) -> Result<Vec<ChangeBatch>> {
+        let rest = if wm == i64::MAX {
+            BTreeMap::new()
+        } else {
+            self.windows.split_off(&(wm + 1, i64::MIN))
+        };
+        let ready = std::mem::replace(&mut self.windows, rest);
+        if ready.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (f, lo, hi) = (self.cfg.function, self.cfg.lo, self.cfg.hi);
+        let mut out: Vec<(&[u8], u64, RowKind)> = Vec::new();
+        let empty = Part::default();
+        for ((e, _), gids) in &ready {
+            if *e <= self.emit_floor {
+                continue;
+            }
+            for g in gids {
+                let part = self.parts.get(*g as usize).unwrap_or(&empty);
+                out.extend(
+                    part.visible(f, lo, hi)
+                        .into_iter()
+                        .map(|(r, b)| (b, r, RowKind::Insert)),
+                );
+            }
+        }
+        let batch = if out.is_empty() { None } else { Some(self.output(&out)?) };
+        drop(out);
+        for g in ready.into_values().flatten() {
+            if let Some(p) = self.parts.get_mut(g as usize) {
+                *p = Part::default();
+            }
+            self.table.remove(g);
+        }
+        Ok(batch.into_iter().collect())
+    }
+}
+
+impl Operator for TopN {
+    fn process(&mut self, _port: usize, input: ChangeBatch, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let n = input.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let b = &input.batch;
+        let keys = Self::eval(&self.cfg.partition, b)?;
+        let gids = self.table.intern(&keys, n)?;
+        let rows = self.rows.convert_columns(b.columns())?;
+        match self.cfg.emit {
+            Emit::Updates => {
+                let sort = self.sort.convert_columns(&Self::eval(&self.cfg.order, b)?)?;
+                self.process_updates(&input, &gids, &sort, &rows)?;
+            }
+            Emit::FirstByTime { time } => self.process_first(&input, &gids, &rows, time, cx)?,
+            Emit::Window { start, end } => {
+                let sort = self.sort.convert_columns(&Self::eval(&self.cfg.order, b)?)?;
+                self.process_window(&input, &gids, (&sort, &rows), (start, end), cx)?;
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn flush(&mut self, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        match self.cfg.emit {
+            Emit::Updates => self.emit_updates(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn advance(&mut self, wm: i64, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let out = match self.cfg.emit {
+            Emit::Updates => Vec::new(),
+            Emit::FirstByTime { .. } => self.fire_first(wm)?,
+            Emit::Window { .. } => self.fire_windows(wm)?,
+        };
+        self.wm = self.wm.max(wm);
+        Ok(out)
+    }
+
+    fn low_water(&self) -> i64 {
+        match self.cfg.emit {
+            Emit::Window { .. } => self.windows.keys().map(|(_, s)| *s).min().unwrap_or(i64::MAX),
+            _ if self.table.is_empty() => i64::MAX,
+            _ => i64::MIN,
+        }
+    }
+
+    fn state_size(&self) -> usize {
+        match self.cfg.emit {
+            Emit::FirstByTime { .. } => self.table.len(),
+            _ => self.parts.iter().map(|p| p.rows.len()).sum(),
+        }
+    }
+
+    fn set_emit_floor(&mut self, floor: i64) {
+        self.emit_floor = floor;
+    }
+}
