@@ -34,7 +34,7 @@ pub enum Kind {
     Outer,
     /// The stream row if it has a match (`IN`, `EXISTS`).
     Semi,
-    /// The stream row if it has none (`NOT EXISTS`).
+    /// The stream row if it has none (`NOT EXISTS`, `NOT IN`).
     Anti,
 }
 
@@ -48,6 +48,9 @@ pub struct Config {
     pub key_types: Vec<DataType>,
     /// `NULL = NULL` matches.
     pub null_equal: bool,
+    /// `NOT IN` (an anti join without a residual condition): against a table that is not empty, a
+    /// NULL key on either side means "unknown", which is not true, so the row does not pass.
+    pub null_aware: bool,
     /// The residual condition, over `pair_schema`.
     pub filter: Option<Arc<dyn PhysicalExpr>>,
     /// Left columns, then right columns.
@@ -67,6 +70,8 @@ struct Table {
     keys: GroupTable,
     /// Key id → rows with that key.
     by_key: Vec<Vec<u32>>,
+    /// Some row's key has a NULL (it matches nothing).
+    null_keys: bool,
 }
 
 impl Table {
@@ -81,7 +86,13 @@ impl Table {
                 by_key[*g as usize].push(i as u32);
             }
         }
-        Ok(Table { rows, keys, by_key })
+        let null_keys = matchable.contains(&false);
+        Ok(Table {
+            rows,
+            keys,
+            by_key,
+            null_keys,
+        })
     }
 
     fn matches(&self, gid: Option<u32>) -> &[u32] {
@@ -201,7 +212,12 @@ impl LookupJoin {
             Kind::Inner => (rows, found.into_iter().map(Some).collect()),
             Kind::Semi | Kind::Anti => {
                 let want = self.cfg.kind == Kind::Semi;
-                let keep: Vec<u32> = (0..n as u32).filter(|i| (per_row[*i as usize] > 0) == want).collect();
+                // NOT IN a non-empty set: a NULL in it, or a NULL probe, is never "not in".
+                let unknown = self.cfg.null_aware && self.table.rows.num_rows() > 0;
+                let keep: Vec<u32> = (0..n as u32)
+                    .filter(|i| (per_row[*i as usize] > 0) == want)
+                    .filter(|i| !unknown || (!self.table.null_keys && matchable[*i as usize]))
+                    .collect();
                 let none = vec![None; keep.len()];
                 (keep, none)
             }

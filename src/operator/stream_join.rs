@@ -124,6 +124,15 @@ pub fn left_first(mine_is_left: bool, mine: Vec<ArrayRef>, other: Vec<ArrayRef>)
     }
 }
 
+/// The first column of `schema` that Arrow's row format (the join's state) cannot hold, if any.
+pub fn unstorable(schema: &SchemaRef) -> Option<String> {
+    schema
+        .fields()
+        .iter()
+        .find(|f| !RowConverter::supports_fields(&[SortField::new(f.data_type().clone())]))
+        .map(|f| format!("{} ({})", f.name(), f.data_type()))
+}
+
 /// A stored row: its bytes, key, multiplicity, and matches on the other side.
 struct Stored {
     row: Box<[u8]>,

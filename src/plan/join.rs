@@ -306,7 +306,11 @@ fn lookup(conv: &mut Converter<'_>, j: &Join, stream_left: bool) -> Result<usize
             ));
         }
     };
-    refuse_not_in(conv, j, &at)?;
+    // NOT IN against a table is decided per stream row; with a condition besides the key (a correlated
+    // NOT IN), which table rows count depends on the stream row: refused.
+    if kind != lookup_join::Kind::Anti || j.filter.is_some() {
+        refuse_not_in(conv, j, &at)?;
+    }
     let in_props = conv.props(input);
     if in_props.mode == Mode::Upsert {
         return Err(conv.locate.refuse(
@@ -339,6 +343,7 @@ fn lookup(conv: &mut Converter<'_>, j: &Join, stream_left: bool) -> Result<usize
         table_keys,
         key_types: k.types,
         null_equal: j.null_equality == NullEquality::NullEqualsNull,
+        null_aware: j.null_aware,
         filter,
         pair_schema: arrow(&pair),
         schema: arrow(&j.schema),
@@ -449,6 +454,13 @@ fn regular(conv: &mut Converter<'_>, j: &Join, inputs: [usize; 2], at: Site) -> 
     }
     let k = keys(conv, j, &at)?;
     let (filter, pair) = residual(conv, j)?;
+    let inputs_schemas = [arrow(j.left.schema()), arrow(j.right.schema())];
+    if let Some(c) = inputs_schemas.iter().find_map(stream_join::unstorable) {
+        return Err(conv.locate.refuse(
+            at,
+            format!("a stream–stream join keeps its inputs' rows, and column {c} cannot be kept; leave it out of the join's inputs"),
+        ));
+    }
     // Inserts only stay inserts: an inner join's pairs, and a semi join's rows (matches only grow).
     let only_grows = matches!(j.join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi);
     let mode = if only_grows && modes == [Mode::Append, Mode::Append] {
@@ -463,7 +475,7 @@ fn regular(conv: &mut Converter<'_>, j: &Join, inputs: [usize; 2], at: Site) -> 
         key_types: k.types,
         null_equal: j.null_equality == NullEquality::NullEqualsNull,
         filter,
-        inputs: [arrow(j.left.schema()), arrow(j.right.schema())],
+        inputs: inputs_schemas,
         pair_schema: arrow(&pair),
         schema: arrow(&j.schema),
     };
