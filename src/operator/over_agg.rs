@@ -411,3 +411,135 @@ impl Operator for OverAgg {
         self.emit_floor = floor;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::acc::AggKind;
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{Field, Int64Type, TimeUnit};
+    use datafusion::physical_expr::expressions::col;
+
+    fn input_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]))
+    }
+
+    /// SUM(v) and MAX(v) over `frame`, partitioned by `k`.
+    fn op(frame: Frame) -> OverAgg {
+        let s = input_schema();
+        let call = |kind: AggKind, name: &str| AggCall {
+            display: format!("{name}(v)"),
+            kind,
+            args: vec![col("v", &s).expect("v")],
+            filter: None,
+            distinct: false,
+            return_type: DataType::Int64,
+        };
+        let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("s", DataType::Int64, true));
+        fields.push(Field::new("m", DataType::Int64, true));
+        OverAgg::new(Config {
+            partition: vec![col("k", &s).expect("k")],
+            partition_types: vec![DataType::Utf8],
+            time: 2,
+            calls: vec![(call(AggKind::Sum, "sum"), frame), (call(AggKind::Max, "max"), frame)],
+            schema: Arc::new(Schema::new(fields)),
+        })
+        .expect("op")
+    }
+
+    fn rows(r: &[(&str, i64, i64)], wm: i64) -> ChangeBatch {
+        let b = RecordBatch::try_new(
+            input_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.0))),
+                Arc::new(Int64Array::from_iter_values(r.iter().map(|x| x.1))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(r.iter().map(|x| x.2))),
+            ],
+        )
+        .expect("batch");
+        ChangeBatch::append(b, wm)
+    }
+
+    /// Rows `(k, v, sum, max)` emitted by processing `input` and advancing to `wm`.
+    fn step(op: &mut OverAgg, input: ChangeBatch, wm: i64, cx: &mut Context) -> Vec<(String, i64, i64, i64)> {
+        let mut out = op.process(0, input, cx).expect("process");
+        out.extend(op.advance(wm, cx).expect("advance"));
+        let mut v = Vec::new();
+        for c in out {
+            let b = &c.batch;
+            for i in 0..b.num_rows() {
+                v.push((
+                    b.column(0).as_string::<i32>().value(i).to_string(),
+                    b.column(1).as_primitive::<Int64Type>().value(i),
+                    b.column(3).as_primitive::<Int64Type>().value(i),
+                    b.column(4).as_primitive::<Int64Type>().value(i),
+                ));
+            }
+        }
+        v
+    }
+
+    fn r(k: &str, v: i64, s: i64, m: i64) -> (String, i64, i64, i64) {
+        (k.to_string(), v, s, m)
+    }
+
+    #[test]
+    fn rows_frames_move_in_time_order_once_the_watermark_passes() {
+        let mut o = op(Frame::Rows(Some(1)));
+        let mut cx = Context::default();
+        // Out of order within a partition; nothing is final before the watermark passes it.
+        assert!(
+            step(
+                &mut o,
+                rows(&[("a", 5, 30), ("a", 1, 10), ("b", 7, 10), ("a", 2, 20)], 0),
+                10,
+                &mut cx
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            step(&mut o, rows(&[], 10), 31, &mut cx),
+            vec![r("a", 1, 1, 1), r("b", 7, 7, 7), r("a", 2, 3, 2), r("a", 5, 7, 5)]
+        );
+        // The previous row and this one: 5 and 4; MAX forgets the 5's predecessor.
+        assert_eq!(
+            step(&mut o, rows(&[("a", 4, 40)], 31), 41, &mut cx),
+            vec![r("a", 4, 9, 5)]
+        );
+        assert!(cx.late.is_empty());
+    }
+
+    #[test]
+    fn range_frames_share_results_among_peers_and_late_rows_follow_their_partition() {
+        let mut o = op(Frame::Range(Some(10)));
+        let mut cx = Context::default();
+        let out = step(
+            &mut o,
+            rows(&[("a", 1, 0), ("a", 2, 10), ("a", 3, 10), ("a", 4, 21)], 0),
+            100,
+            &mut cx,
+        );
+        assert_eq!(
+            out,
+            vec![r("a", 1, 1, 1), r("a", 2, 6, 3), r("a", 3, 6, 3), r("a", 4, 4, 4)],
+            "the rows at 10 see each other and the one at 0; at 21, the ones at 10 have left"
+        );
+        // Behind the watermark: a's row at 15 is older than a's last result (21), late; b had none.
+        let out = step(&mut o, rows(&[("a", 9, 15), ("b", 9, 15)], 100), 100, &mut cx);
+        assert_eq!(out, vec![r("b", 9, 9, 9)]);
+        assert_eq!(cx.late.len(), 1);
+        assert_eq!(cx.late[0].rows.num_rows(), 1);
+        // A row whose partition had a result for a later time by the time it arrived is late even
+        // within one micro-batch: the row at 150 was computed when the watermark reached 200.
+        let mut b = rows(&[("c", 1, 150), ("c", 2, 120)], 0);
+        b.wm = Int64Array::from(vec![100, 200]);
+        let out = step(&mut o, b, 300, &mut cx);
+        assert_eq!(out, vec![r("c", 1, 1, 1)]);
+        assert_eq!(cx.late.len(), 2);
+    }
+}

@@ -638,3 +638,232 @@ impl Operator for TopN {
         self.emit_floor = floor;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::compute::SortOptions;
+    use datafusion::arrow::datatypes::{Field, Int64Type, Schema, TimeUnit, UInt64Type};
+    use datafusion::physical_expr::expressions::col;
+
+    fn input_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]))
+    }
+
+    /// Top-N of `k` by `v` (descending) or, with `by_time`, by `t`.
+    fn op(function: RankFn, hi: u64, emit: Emit, retracting: bool, by_time: Option<bool>) -> TopN {
+        let s = input_schema();
+        let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("rn", DataType::UInt64, false));
+        let (order, desc) = match by_time {
+            Some(asc) => ("t", !asc),
+            None => ("v", true),
+        };
+        let order_type = s.field_with_name(order).expect("order").data_type().clone();
+        TopN::new(Config {
+            function,
+            partition: vec![col("k", &s).expect("k")],
+            partition_types: vec![DataType::Utf8],
+            order: vec![col(order, &s).expect("order")],
+            order_fields: vec![SortField::new_with_options(
+                order_type,
+                SortOptions {
+                    descending: desc,
+                    nulls_first: false,
+                },
+            )],
+            lo: 1,
+            hi,
+            last_wins_ties: by_time == Some(false),
+            emit,
+            retracting,
+            schema: Arc::new(Schema::new(fields)),
+        })
+        .expect("op")
+    }
+
+    /// Rows `(k, v, t)` arrived under watermarks `wms`, with kinds.
+    fn rows(r: &[(&str, i64, i64)], wms: &[i64], kinds: Option<Vec<RowKind>>) -> ChangeBatch {
+        let b = RecordBatch::try_new(
+            input_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.0))),
+                Arc::new(Int64Array::from_iter_values(r.iter().map(|x| x.1))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(r.iter().map(|x| x.2))),
+            ],
+        )
+        .expect("batch");
+        let mut c = match kinds {
+            Some(k) => ChangeBatch::changes(b, k, 0),
+            None => ChangeBatch::append(b, 0),
+        };
+        c.wm = Int64Array::from(wms.to_vec());
+        c
+    }
+
+    /// Output rows as `kind k v t rank`.
+    fn show(out: &[ChangeBatch]) -> Vec<String> {
+        let mut v = Vec::new();
+        for c in out {
+            let b = &c.batch;
+            for i in 0..b.num_rows() {
+                v.push(format!(
+                    "{} {} {} {} {}",
+                    c.kind(i).short(),
+                    b.column(0).as_string::<i32>().value(i),
+                    b.column(1).as_primitive::<Int64Type>().value(i),
+                    b.column(2)
+                        .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>()
+                        .value(i),
+                    b.column(3).as_primitive::<UInt64Type>().value(i)
+                ));
+            }
+        }
+        v
+    }
+
+    fn step(op: &mut TopN, input: ChangeBatch, wm: i64, cx: &mut Context) -> Vec<String> {
+        let mut out = op.process(0, input, cx).expect("process");
+        out.extend(op.flush(cx).expect("flush"));
+        out.extend(op.advance(wm, cx).expect("advance"));
+        show(&out)
+    }
+
+    #[test]
+    fn row_number_changes_by_position_and_ties_keep_arrival_order() {
+        let mut t = op(RankFn::RowNumber, 2, Emit::Updates, false, None);
+        let mut cx = Context::default();
+        assert_eq!(
+            step(
+                &mut t,
+                rows(&[("a", 5, 0), ("a", 7, 1), ("b", 1, 2)], &[0; 3], None),
+                0,
+                &mut cx
+            ),
+            vec!["+I a 7 1 1", "+I a 5 0 2", "+I b 1 2 1"]
+        );
+        assert_eq!(
+            step(&mut t, rows(&[("a", 6, 3)], &[0], None), 0, &mut cx),
+            vec!["-U a 5 0 2", "+U a 6 3 2"]
+        );
+        // Ties on v rank in arrival order: the second 7 ranks after the first.
+        assert_eq!(
+            step(&mut t, rows(&[("a", 7, 4)], &[0], None), 0, &mut cx),
+            vec!["-U a 6 3 2", "+U a 7 4 2"]
+        );
+        // Below the top 2: nothing; an append-only input keeps only what can still be visible.
+        assert!(step(&mut t, rows(&[("a", 1, 5)], &[0], None), 0, &mut cx).is_empty());
+        assert_eq!(t.state_size(), 3);
+    }
+
+    #[test]
+    fn over_a_changelog_a_retraction_brings_a_lower_row_back() {
+        let mut t = op(RankFn::Rank, 1, Emit::Updates, true, None);
+        let mut cx = Context::default();
+        let out = step(
+            &mut t,
+            rows(&[("a", 5, 0), ("a", 9, 1), ("a", 9, 2)], &[0; 3], None),
+            0,
+            &mut cx,
+        );
+        assert_eq!(out, vec!["+I a 9 1 1", "+I a 9 2 1"], "ties share rank 1");
+        let out = step(
+            &mut t,
+            rows(
+                &[("a", 9, 1), ("a", 9, 2)],
+                &[0; 2],
+                Some(vec![RowKind::UpdateBefore, RowKind::Delete]),
+            ),
+            0,
+            &mut cx,
+        );
+        assert_eq!(out, vec!["-D a 9 1 1", "-D a 9 2 1", "+I a 5 0 1"]);
+        let out = step(
+            &mut t,
+            rows(&[("a", 5, 0)], &[0], Some(vec![RowKind::Delete])),
+            0,
+            &mut cx,
+        );
+        assert_eq!(out, vec!["-D a 5 0 1"]);
+        assert_eq!((t.state_size(), t.table.len()), (0, 0), "an empty partition is dropped");
+    }
+
+    #[test]
+    fn last_row_by_time_wins_ties_by_arrival() {
+        let mut t = op(RankFn::RowNumber, 1, Emit::Updates, false, Some(false));
+        let mut cx = Context::default();
+        assert_eq!(
+            step(
+                &mut t,
+                rows(&[("a", 1, 10), ("a", 2, 10), ("a", 3, 5)], &[0; 3], None),
+                0,
+                &mut cx
+            ),
+            vec!["+I a 2 10 1"],
+            "of two rows at the newest time, the later arrival"
+        );
+        assert_eq!(
+            step(&mut t, rows(&[("a", 4, 10)], &[0], None), 0, &mut cx),
+            vec!["-U a 2 10 1", "+U a 4 10 1"]
+        );
+    }
+
+    #[test]
+    fn first_row_by_time_is_emitted_once_final_and_older_rows_after_that_are_late() {
+        let mut t = op(RankFn::RowNumber, 1, Emit::FirstByTime { time: 2 }, false, Some(true));
+        let mut cx = Context::default();
+        // b's row at 5 and a's row at 8 are final at watermark 9; a's at 3 is older than what a had
+        // settled on when it arrived (8, behind that row's watermark 9): late. Ties keep the first.
+        let out = step(
+            &mut t,
+            rows(&[("a", 1, 10), ("a", 2, 8), ("b", 3, 5), ("b", 4, 5)], &[0; 4], None),
+            9,
+            &mut cx,
+        );
+        assert_eq!(out, vec!["+I b 3 5 1", "+I a 2 8 1"]);
+        let out = step(
+            &mut t,
+            rows(&[("a", 5, 3), ("a", 6, 9), ("c", 7, 2)], &[9; 3], None),
+            20,
+            &mut cx,
+        );
+        assert_eq!(
+            out,
+            vec!["+I c 7 2 1"],
+            "behind the watermark, but c had no first row yet"
+        );
+        assert_eq!(cx.late.len(), 1);
+        assert_eq!(cx.late[0].rows.num_rows(), 1);
+        assert!(
+            cx.late[0].reason.starts_with("late: the first row of its key"),
+            "{}",
+            cx.late[0].reason
+        );
+    }
+
+    #[test]
+    fn window_top_n_fires_at_window_end_and_drops_late_rows() {
+        // `t` stands for both window_start and window_end here (the partition `k` holds one window).
+        let mut t = op(RankFn::RowNumber, 1, Emit::Window { start: 2, end: 2 }, false, None);
+        let mut cx = Context::default();
+        let out = step(
+            &mut t,
+            rows(&[("a", 1, 10), ("a", 3, 10), ("b", 2, 20)], &[0; 3], None),
+            5,
+            &mut cx,
+        );
+        assert!(out.is_empty(), "no window has ended");
+        let out = step(&mut t, rows(&[("a", 9, 10)], &[10], None), 10, &mut cx);
+        assert_eq!(out, vec!["+I a 3 10 1"], "the window ending at 10 fires without the 9");
+        assert_eq!(cx.late.len(), 1, "its window had ended when the 9 arrived");
+        assert_eq!(t.low_water(), 20);
+        let out = step(&mut t, rows(&[], &[], None), i64::MAX, &mut cx);
+        assert_eq!(out, vec!["+I b 2 20 1"]);
+        assert_eq!(t.state_size(), 0);
+    }
+}
