@@ -438,7 +438,7 @@ fn top_n_node(conv: &mut Converter<'_>, w: &Window, k: usize, lo: u64, hi: u64) 
     let rn = in_schema.fields().len();
     // A key: the partition (one row each when only rank 1 is kept), else the partition and rank.
     let key = match (&part_cols, func) {
-        (Some(cols), RankFn::RowNumber) if hi <= 1 => Some(cols.clone()),
+        (Some(cols), RankFn::RowNumber) if hi <= 1 && !cols.is_empty() => Some(cols.clone()),
         (Some(cols), RankFn::RowNumber) => Some(cols.iter().copied().chain([rn]).collect()),
         _ => None,
     };
@@ -471,7 +471,7 @@ fn top_n_node(conv: &mut Converter<'_>, w: &Window, k: usize, lo: u64, hi: u64) 
         Emit::FirstByTime { .. } => (
             Props {
                 mode: Mode::Append,
-                key: part_cols.clone(),
+                key: part_cols.clone().filter(|c| !c.is_empty()),
                 rowtime: in_props.rowtime,
                 window: in_props.window.map(|wc| WindowCols {
                     assigned_by: None,
@@ -796,6 +796,15 @@ mod tests {
         assert!(
             top.contains("filter (c > 1)"),
             "the rest of the condition applies to the Top-N's result: {top}"
+        );
+        let global = explain(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (ORDER BY c DESC) AS rn
+             FROM (SELECT course_id, COUNT(*) AS c FROM ev GROUP BY course_id)) WHERE rn <= 1",
+        )
+        .await;
+        assert!(
+            global.contains("⇒ changelog, key (rn)"),
+            "one row overall, keyed by its rank: {global}"
         );
         let window = explain(
             "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY c DESC) AS rn

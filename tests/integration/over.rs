@@ -168,6 +168,30 @@ async fn top_courses_per_window() {
 }
 
 #[tokio::test]
+async fn first_view_per_user_and_hop_window() {
+    // Window deduplication straight over a window function: each view is in two windows.
+    let known = without_tied_users(30).await;
+    matches_batch(
+        30,
+        &format!(
+            "SELECT window_start, user_id, course_id, event_time FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, user_id ORDER BY event_time) AS rn
+                FROM HOP(ev, event_time, INTERVAL '5' SECOND, INTERVAL '10' SECOND) WHERE {known})
+             WHERE rn = 1"
+        ),
+        Some(&format!(
+            "SELECT ws, user_id, course_id, event_time FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY ws, user_id ORDER BY event_time) AS rn FROM (
+                    SELECT user_id, course_id, event_time, to_timestamp_millis(
+                        (CAST(arrow_cast(event_time, 'Timestamp(Millisecond, None)') AS BIGINT) / 5000) * 5000 - k.i * 5000) AS ws
+                    FROM ev CROSS JOIN (VALUES (0), (1)) AS k(i) WHERE {known}))
+             WHERE rn = 1"
+        )),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn over_aggregates_with_rows_and_range_frames() {
     let known = without_tied_users(28).await;
     matches_batch(
