@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, IntervalUnit, SchemaRef, TimeUnit};
 use datafusion::common::{DFSchema, NullEquality, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Join, JoinType, Operator as BinOp};
@@ -356,16 +356,23 @@ fn linear(e: &Expr, times: (usize, usize), schema: &DFSchema) -> Option<Linear> 
     }
 }
 
-/// A cast between timestamp types keeps the instant, truncated to the target's unit.
+/// A cast between timestamp types keeps the instant, and one between durations and intervals (a
+/// difference of times compared with an interval) the length, truncated to the target's unit.
 fn cast_of(e: &Expr, to: &DataType, times: (usize, usize), schema: &DFSchema) -> Option<Linear> {
-    let DataType::Timestamp(unit, _) = to else { return None };
-    let mut v = linear(e, times, schema)?;
-    v.slack += match unit {
+    let unit = |u: &TimeUnit| match u {
         TimeUnit::Second => 1_000_000_000,
         TimeUnit::Millisecond => 1_000_000,
         TimeUnit::Microsecond => 1_000,
         TimeUnit::Nanosecond => 0,
     };
+    let slack = match to {
+        DataType::Timestamp(u, _) | DataType::Duration(u) => unit(u),
+        DataType::Interval(IntervalUnit::MonthDayNano) => 0,
+        DataType::Interval(IntervalUnit::DayTime) => 1_000_000,
+        _ => return None,
+    };
+    let mut v = linear(e, times, schema)?;
+    v.slack += slack;
     Some(v)
 }
 
@@ -461,6 +468,12 @@ mod tests {
                 p.clone().lt_eq(v.clone() + lit(ScalarValue::DurationSecond(Some(3))))
             ]),
             (Some(-1_002), Some(3_002), false)
+        );
+        // A difference of times cast to an interval (how DataFusion compares it with one).
+        let diff = cast(p.clone() - v.clone(), DataType::Interval(IntervalUnit::MonthDayNano));
+        assert_eq!(
+            bounds(&[diff.lt_eq(minutes(1)), p.clone().gt(v.clone())]),
+            (Some(-2), Some(60_002), false)
         );
         // Not bounds between the two times.
         assert_eq!(

@@ -24,9 +24,9 @@ use crate::support::*;
 const DELAY_MS: i64 = 5_000;
 /// Micro-batch sizes each join runs at.
 const SIZES: [usize; 4] = [1, 7, 4096, 65_536];
-/// Events per run (one every 20 ms: about 6.7 minutes of event time); fewer one row at a time.
-const EVENTS: u64 = 20_000;
-const SMALL: u64 = 3_000;
+/// Events per run (one every 20 ms: 4 minutes of event time); fewer one row at a time.
+const EVENTS: u64 = 12_000;
+const SMALL: u64 = 2_500;
 
 /// Rows late for a 1-minute TUMBLE window.
 const MINUTE: Late = Late::Window {
@@ -233,7 +233,8 @@ async fn window_join_full_outer_matches_batch() {
     check(
         "HOP ⟗ HOP",
         33,
-        "SELECT v.user_id, v.window_start, v.window_end, v.course_id, p.user_id, p.window_start, p.course_id
+        "SELECT v.user_id, v.window_start, v.window_end, v.course_id AS viewed, p.user_id AS buyer,
+                p.window_start AS bought_in, p.course_id AS bought
          FROM HOP(views, event_time, INTERVAL '30' SECOND, INTERVAL '1' MINUTE) AS v
          FULL JOIN HOP(purchases, event_time, INTERVAL '30' SECOND, INTERVAL '1' MINUTE) AS p
            ON v.user_id = p.user_id AND v.window_start = p.window_start AND v.window_end = p.window_end",
@@ -337,7 +338,8 @@ async fn interval_join_full_outer_with_a_short_interval_matches_batch() {
     check(
         "views ⟗ purchases from 2 s before to 5 s after, other courses",
         38,
-        "SELECT v.user_id, v.course_id, v.event_time, p.user_id, p.course_id, p.event_time
+        "SELECT v.user_id, v.course_id, v.event_time, p.user_id AS buyer, p.course_id AS bought,
+                p.event_time AS bought_at
          FROM views v FULL JOIN purchases p
            ON v.user_id = p.user_id AND p.event_time > v.event_time - INTERVAL '2' SECOND
           AND p.event_time - v.event_time <= INTERVAL '5' SECOND AND p.course_id <> v.course_id",
