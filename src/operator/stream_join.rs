@@ -24,7 +24,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int8Array, Int64Array, 
 use datafusion::arrow::compute::{cast, interleave, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::groups::GroupTable;
@@ -131,6 +131,11 @@ pub fn unstorable(schema: &SchemaRef) -> Option<String> {
         .iter()
         .find(|f| !RowConverter::supports_fields(&[SortField::new(f.data_type().clone())]))
         .map(|f| format!("{} ({})", f.name(), f.data_type()))
+}
+
+/// Row `i`'s bytes (a side without columns has no rows in Arrow's format: every row is the empty row).
+fn row_bytes(rows: &Rows, i: usize) -> &[u8] {
+    if i < rows.num_rows() { rows.row(i).data() } else { &[] }
 }
 
 /// A stored row: its bytes, key, multiplicity, and matches on the other side.
@@ -392,8 +397,8 @@ impl Operator for StreamJoin {
         for i in 0..n {
             let kind = input.kind(i);
             let wm = input.wm.value(i);
-            let row = rows.row(i);
-            let held = self.sides[a].by_row.get(row.as_ref()).copied();
+            let row = row_bytes(&rows, i);
+            let held = self.sides[a].by_row.get(row).copied();
             if !kind.is_add() && matchable[i] && held.is_none() {
                 // A retraction of a row never held (as Flink, ignore it).
                 continue;
@@ -419,7 +424,7 @@ impl Operator for StreamJoin {
             }
             if matchable[i] {
                 if kind.is_add() {
-                    self.sides[a].insert(row.as_ref(), gids[i], total);
+                    self.sides[a].insert(row, gids[i], total);
                 } else if let Some(slot) = held {
                     self.sides[a].remove_one(slot);
                 }
@@ -673,6 +678,35 @@ mod tests {
         let gone = rows(&[Some(1), Some(1)], &[5, 6], &[D, D]);
         assert_eq!(show(&semi.process(1, gone.clone(), &mut cx).expect("p")), ["-D 1,10"]);
         assert_eq!(show(&anti.process(1, gone, &mut cx).expect("p")), ["+I 1,10"]);
+    }
+
+    #[test]
+    fn sides_without_columns_count_rows() {
+        let none: SchemaRef = Arc::new(Schema::empty());
+        let mut j = StreamJoin::new(Config {
+            pairs: true,
+            emit: [None, Some(Emit::Padded)],
+            keys: [vec![], vec![]],
+            key_types: vec![],
+            null_equal: false,
+            filter: None,
+            inputs: [none.clone(), none.clone()],
+            pair_schema: none.clone(),
+            schema: none.clone(),
+        })
+        .expect("join");
+        let empty = |n: usize, kinds: Vec<RowKind>| {
+            let b = batch_of(&none, vec![], n).expect("batch");
+            ChangeBatch::changes(b, kinds, 0)
+        };
+        let mut cx = Context::default();
+        let out = j.process(1, empty(1, vec![I]), &mut cx).expect("p");
+        assert_eq!(show(&out), ["+I "]);
+        let out = j.process(0, empty(2, vec![I, I]), &mut cx).expect("p");
+        assert_eq!(show(&out), ["-D ", "+I ", "+I "]);
+        let out = j.process(0, empty(1, vec![D]), &mut cx).expect("p");
+        assert_eq!(show(&out), ["-D "]);
+        assert_eq!(j.state_size(), 2);
     }
 
     #[test]
