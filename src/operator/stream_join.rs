@@ -140,7 +140,8 @@ fn row_bytes(rows: &Rows, i: usize) -> &[u8] {
 
 /// A stored row: its bytes, key, multiplicity, and matches on the other side.
 struct Stored {
-    row: Box<[u8]>,
+    /// Shared with the index ([`Side::by_row`]): the bytes are held once.
+    row: Arc<[u8]>,
     gid: u32,
     count: u64,
     matches: u64,
@@ -153,7 +154,7 @@ struct Side {
     conv: RowConverter,
     slots: Vec<Option<Stored>>,
     free: Vec<u32>,
-    by_row: HashMap<Box<[u8]>, u32>,
+    by_row: HashMap<Arc<[u8]>, u32>,
     /// Key id → slots of the rows with that key.
     buckets: HashMap<u32, Vec<u32>>,
     /// Rows held, with multiplicity.
@@ -201,9 +202,10 @@ impl Side {
             s.count += 1;
             return;
         }
+        let bytes: Arc<[u8]> = row.into();
         let bucket = self.buckets.entry(gid).or_default();
         let stored = Stored {
-            row: row.into(),
+            row: bytes.clone(),
             gid,
             count: 1,
             matches,
@@ -220,7 +222,7 @@ impl Side {
             }
         };
         bucket.push(slot);
-        self.by_row.insert(row.into(), slot);
+        self.by_row.insert(bytes, slot);
     }
 
     /// One copy fewer of the row in `slot`; the row goes when its last copy does.
@@ -235,7 +237,7 @@ impl Side {
         let Some(s) = self.slots[slot as usize].take() else {
             return;
         };
-        self.by_row.remove(&s.row);
+        self.by_row.remove(&*s.row);
         self.free.push(slot);
         if let Some(bucket) = self.buckets.get_mut(&s.gid) {
             bucket.swap_remove(s.at);
