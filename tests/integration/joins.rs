@@ -65,11 +65,17 @@ async fn setup(
 /// Each query streamed into a materialized view at every batch size equals its batch answer (the
 /// same SQL run by DataFusion).
 async fn matches_batch(queries: &[&str]) {
+    let pairs: Vec<(&str, &str)> = queries.iter().map(|q| (*q, *q)).collect();
+    matches_batch_as(&pairs).await;
+}
+
+/// As [`matches_batch`], with the batch answer from its own SQL (for window functions).
+async fn matches_batch_as(queries: &[(&str, &str)]) {
     for bs in BATCH_SIZES {
         let (_d, mut s, ctx) = setup(bs).await;
-        for q in queries {
-            let want = batch_rows(&ctx, q).await;
-            assert!(!want.is_empty(), "the oracle returned no rows for {q}");
+        for (q, batch) in queries {
+            let want = batch_rows(&ctx, batch).await;
+            assert!(!want.is_empty(), "the oracle returned no rows for {batch}");
             let got = streamed(&mut s, q).await;
             assert_rows_eq(&got, &want, &format!("batch size {bs}: {q}"));
         }
@@ -90,6 +96,45 @@ async fn lookup_inner_and_left_joins_match_batch() {
         // Aggregated above the join.
         "SELECT c.category, COUNT(*) AS views, COUNT(DISTINCT e.user_id) AS viewers
          FROM ev e JOIN courses c ON e.course_id = c.course_id GROUP BY c.category",
+    ])
+    .await;
+}
+
+/// Window aggregates over a lookup join: the window function below the join hands out panes (HOP) or
+/// single-row sessions (SESSION) that the aggregate above merges.
+#[tokio::test]
+async fn window_aggregates_over_lookup_joins_match_batch() {
+    matches_batch_as(&[
+        (
+            "SELECT c.category, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT e.user_id) AS viewers
+             FROM HOP(ev, event_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS e
+             JOIN courses c ON e.course_id = c.course_id
+             GROUP BY c.category, window_start, window_end",
+            "SELECT c.category, ws, ws + INTERVAL '10 seconds', COUNT(*), COUNT(DISTINCT w.user_id) FROM (
+                SELECT user_id, course_id,
+                       to_timestamp_millis((CAST(arrow_cast(event_time, 'Timestamp(Millisecond, None)') AS BIGINT) / 2000) * 2000 - k.i * 2000) AS ws
+                FROM ev CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS k(i)) w
+             JOIN courses c ON w.course_id = c.course_id GROUP BY c.category, ws",
+        ),
+        (
+            "SELECT e.user_id, c.category, window_start, window_end, COUNT(*) AS views
+             FROM SESSION(ev, event_time, INTERVAL '20' SECOND) AS e
+             JOIN courses c ON e.course_id = c.course_id AND c.category <> 'web'
+             WHERE e.user_id % 7 = 0
+             GROUP BY e.user_id, c.category, window_start, window_end",
+            "WITH j AS (
+                SELECT e.user_id, c.category, e.event_time FROM ev e
+                JOIN courses c ON e.course_id = c.course_id AND c.category <> 'web' WHERE e.user_id % 7 = 0),
+             marked AS (
+                SELECT *, CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY user_id, category ORDER BY event_time)
+                                    < INTERVAL '20 seconds' THEN 0 ELSE 1 END AS new_session
+                FROM j),
+             numbered AS (
+                SELECT *, SUM(new_session) OVER (PARTITION BY user_id, category ORDER BY event_time ROWS UNBOUNDED PRECEDING) AS sid
+                FROM marked)
+             SELECT user_id, category, MIN(event_time), MAX(event_time) + INTERVAL '20 seconds', COUNT(*)
+             FROM numbered GROUP BY user_id, category, sid",
+        ),
     ])
     .await;
 }
