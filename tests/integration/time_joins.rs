@@ -15,7 +15,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use freshet::connector::generator::{CourseEvent, CourseGenerator, EPOCH_2026_MS, GenOptions};
-use freshet::session::Session;
+use freshet::connector::nexmark::{Nexmark, NexmarkOptions, Stream};
+use freshet::session::{Outcome, Session};
 use freshet::sql::parser::parse_script;
 
 use crate::support::*;
@@ -155,11 +156,22 @@ fn arrival_watermarks(evs: &[CourseEvent]) -> Vec<i64> {
         .collect()
 }
 
-/// Run `query` at every batch size and compare its final result with `oracle` (SQL over `ev`), and
-/// what went to `_late` with the events late by `late`.
-async fn check(name: &str, seed: u64, query: &str, oracle: &str, late: Late) {
+/// The operator graph of `query`, as EXPLAIN shows it.
+async fn explain(s: &mut Session, query: &str) -> String {
+    let st = parse_script(&format!("EXPLAIN {query};")).expect("parses").remove(0);
+    match s.execute(&st.statement).await.expect("explain") {
+        Outcome::Text(t) => t,
+        _ => panic!("EXPLAIN returned no text"),
+    }
+}
+
+/// Run `query` (planned as operator `op`) at every batch size and compare its final result with
+/// `oracle` (SQL over `ev`), and what went to `_late` with the events late by `late`.
+async fn check(name: &str, seed: u64, op: &str, query: &str, oracle: &str, late: Late) {
     let big = Data::new(EVENTS, seed).await;
     let small = Data::new(SMALL, seed).await;
+    let plan = explain(&mut small.session(1).await, query).await;
+    assert!(plan.contains(op), "{name}: not planned as {op}:\n{plan}");
     for size in SIZES {
         let data = if size == 1 { &small } else { &big };
         let want = batch_rows(&data.oracle, oracle).await;
@@ -196,6 +208,7 @@ async fn window_join_inner_matches_batch() {
     check(
         "TUMBLE ⋈ TUMBLE, INNER",
         31,
+        "WindowJoin",
         "SELECT v.user_id, v.window_start, v.window_end, v.course_id AS viewed, p.course_id AS bought
          FROM TUMBLE(views, event_time, INTERVAL '1' MINUTE) AS v
          JOIN TUMBLE(purchases, event_time, INTERVAL '1' MINUTE) AS p
@@ -214,6 +227,7 @@ async fn window_join_left_with_a_residual_condition_matches_batch() {
     check(
         "TUMBLE ⟕ TUMBLE",
         32,
+        "WindowJoin",
         "SELECT v.user_id, v.window_start, v.course_id AS viewed, p.course_id AS bought, p.event_time
          FROM TUMBLE(views, event_time, INTERVAL '1' MINUTE) AS v
          LEFT JOIN TUMBLE(purchases, event_time, INTERVAL '1' MINUTE) AS p
@@ -233,6 +247,7 @@ async fn window_join_full_outer_matches_batch() {
     check(
         "HOP ⟗ HOP",
         33,
+        "WindowJoin",
         "SELECT v.user_id, v.window_start, v.window_end, v.course_id AS viewed, p.user_id AS buyer,
                 p.window_start AS bought_in, p.course_id AS bought
          FROM HOP(views, event_time, INTERVAL '30' SECOND, INTERVAL '1' MINUTE) AS v
@@ -262,6 +277,7 @@ async fn window_join_of_two_window_aggregates_matches_batch() {
     check(
         "window aggregate ⋈ window aggregate",
         34,
+        "WindowJoin",
         "SELECT v.user_id, v.ws, v.n AS views, p.n AS buys, p.courses
          FROM (SELECT user_id, window_start AS ws, window_end AS we, COUNT(*) AS n
                FROM TUMBLE(views, event_time, INTERVAL '1' MINUTE) GROUP BY user_id, window_start, window_end) v
@@ -282,6 +298,7 @@ async fn window_aggregate_over_a_window_join_matches_batch() {
     check(
         "window aggregate over TUMBLE ⋈ TUMBLE",
         35,
+        "WindowJoin",
         "SELECT v.region, v.window_start, COUNT(*) AS pairs, COUNT(DISTINCT v.user_id) AS buyers
          FROM TUMBLE(views, event_time, INTERVAL '1' MINUTE) AS v
          JOIN TUMBLE(purchases, event_time, INTERVAL '1' MINUTE) AS p
@@ -301,6 +318,7 @@ async fn interval_join_inner_matches_batch() {
     check(
         "views ⋈ purchases within 10 minutes",
         36,
+        "IntervalJoin",
         "SELECT v.user_id, v.course_id, v.event_time, p.course_id AS bought, p.event_time AS bought_at
          FROM views v JOIN purchases p
            ON v.user_id = p.user_id AND p.event_time BETWEEN v.event_time AND v.event_time + INTERVAL '10' MINUTE",
@@ -319,6 +337,7 @@ async fn interval_join_left_matches_batch() {
     check(
         "views ⟕ purchases within 10 minutes",
         37,
+        "IntervalJoin",
         "SELECT v.user_id, v.course_id, v.event_time, p.course_id AS bought, p.event_time AS bought_at
          FROM views v LEFT JOIN purchases p
            ON v.user_id = p.user_id AND p.event_time BETWEEN v.event_time AND v.event_time + INTERVAL '10' MINUTE",
@@ -338,6 +357,7 @@ async fn interval_join_full_outer_with_a_short_interval_matches_batch() {
     check(
         "views ⟗ purchases from 2 s before to 5 s after, other courses",
         38,
+        "IntervalJoin",
         "SELECT v.user_id, v.course_id, v.event_time, p.user_id AS buyer, p.course_id AS bought,
                 p.event_time AS bought_at
          FROM views v FULL JOIN purchases p
@@ -359,6 +379,7 @@ async fn interval_join_semi_and_anti_match_batch() {
     check(
         "views with a purchase of the course within 30 s (EXISTS)",
         39,
+        "IntervalJoin",
         "SELECT v.user_id, v.course_id, v.event_time FROM views v
          WHERE EXISTS (SELECT 1 FROM purchases p WHERE p.user_id = v.user_id AND p.course_id = v.course_id
                          AND p.event_time BETWEEN v.event_time AND v.event_time + INTERVAL '30' SECOND)",
@@ -373,6 +394,7 @@ async fn interval_join_semi_and_anti_match_batch() {
     check(
         "views without a purchase within 30 s (NOT EXISTS)",
         40,
+        "IntervalJoin",
         "SELECT v.user_id, v.course_id, v.event_time FROM views v
          WHERE NOT EXISTS (SELECT 1 FROM purchases p WHERE p.user_id = v.user_id
                              AND p.event_time BETWEEN v.event_time AND v.event_time + INTERVAL '30' SECOND)",
@@ -415,4 +437,90 @@ JOIN TUMBLE(purchases, event_time, INTERVAL '30' SECOND) AS p
         e.starts_with("2:8: ") && e.contains("months") && e.contains("a month has no fixed length"),
         "{e}"
     );
+}
+
+/// Nexmark q7 (an interval join of bids with their window's highest price) and q8 (a window join of
+/// two window aggregates), as shipped in `queries/nexmark`, over generated streams.
+#[tokio::test]
+async fn nexmark_q7_and_q8_match_batch() {
+    let opts = NexmarkOptions {
+        seed: 77,
+        events: Some(100_000),
+        rate: 1_000.0,
+        out_of_order_ms: 2_000,
+    };
+    let g = Nexmark::new(opts.clone());
+    let oracle = SessionContext::new();
+    for stream in Stream::ALL {
+        let batches = g.all_batches(stream, 10_000).expect("events");
+        let table = MemTable::try_new(stream.schema(), vec![batches]).expect("memtable");
+        oracle.register_table(stream.name(), Arc::new(table)).expect("register");
+    }
+    let w10 = "date_bin(INTERVAL '10 seconds', date_time, TIMESTAMP '1970-01-01')";
+    let cases = [
+        (
+            7,
+            "IntervalJoin",
+            format!(
+                "WITH b1 AS (SELECT MAX(price) AS maxprice, {w10} + INTERVAL '10 seconds' AS dt FROM bid GROUP BY {w10})
+                 SELECT B.auction, B.price, B.bidder, B.date_time, B.extra FROM bid B JOIN b1 ON B.price = b1.maxprice
+                 WHERE B.date_time >= b1.dt - INTERVAL '10 seconds' AND B.date_time <= b1.dt"
+            ),
+        ),
+        (
+            8,
+            "WindowJoin",
+            format!(
+                "WITH P AS (SELECT DISTINCT id, name, {w10} AS starttime FROM person),
+                      A AS (SELECT DISTINCT seller, {w10} AS starttime FROM auction)
+                 SELECT P.id, P.name, P.starttime FROM P JOIN A ON P.id = A.seller AND P.starttime = A.starttime"
+            ),
+        ),
+    ];
+    for (q, op, oracle_sql) in cases {
+        let want = batch_rows(&oracle, &oracle_sql).await;
+        assert!(!want.is_empty(), "q{q}: the oracle returned no rows");
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("queries/nexmark/q{q}.sql"));
+        let script = std::fs::read_to_string(&file).expect("query file");
+        for size in [61, 65_536] {
+            // The file's sources, reading the generator instead of files; its sink's query into a view.
+            let mut s = session(size);
+            let mut query = None;
+            for chunk in script.split(';') {
+                let text: String = chunk
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if text.trim().is_empty() {
+                    continue;
+                }
+                if text.contains("CREATE SINK") {
+                    let at = text.find(" AS\n").expect("CREATE SINK … AS");
+                    query = Some(text[at + 4..].to_string());
+                    continue;
+                }
+                let stream = ["person", "auction", "bid"]
+                    .into_iter()
+                    .find(|n| text.contains(&format!("{n}.jsonl")))
+                    .expect("a source of the file");
+                let with = text.find("WITH (connector = 'file'").expect("a file source");
+                let def = format!(
+                    "{} WITH (connector = 'generator', kind = 'nexmark', stream = '{stream}', seed = '{}', events = '{}',
+                              rate = '{}', out_of_order_ms = '{}');",
+                    &text[..with],
+                    opts.seed,
+                    opts.events.unwrap_or_default(),
+                    opts.rate,
+                    opts.out_of_order_ms
+                );
+                exec(&mut s, &def).await;
+            }
+            let query = query.expect("the query of q{q}.sql");
+            let plan = explain(&mut s, &query).await;
+            assert!(plan.contains(op), "q{q} is not planned as {op}:\n{plan}");
+            let got = streamed(&mut s, &query).await;
+            assert_rows_eq(&got, &want, &format!("q{q}, batch size {size}"));
+        }
+    }
 }
