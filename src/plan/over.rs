@@ -73,16 +73,26 @@ fn ranking(e: &Expr) -> Option<(RankFn, &WindowFunction)> {
     }
 }
 
-/// An integer constant.
-fn int_literal(e: &Expr) -> Option<i64> {
+/// A numeric constant, as a float (ranks compared with `2.5` are bounded by 2 or 3 as the
+/// comparison says).
+fn number(e: &Expr) -> Option<f64> {
     match unalias(e) {
-        Expr::Literal(v, _) => match v.cast_to(&DataType::Int64).ok()? {
-            ScalarValue::Int64(Some(x)) => Some(x),
-            _ => None,
-        },
-        Expr::Cast(c) => int_literal(&c.expr),
-        Expr::TryCast(c) => int_literal(&c.expr),
+        Expr::Literal(v, _) if !v.is_null() && v.data_type().is_numeric() => {
+            match v.cast_to(&DataType::Float64).ok()? {
+                ScalarValue::Float64(Some(f)) if f.is_finite() => Some(f),
+                _ => None,
+            }
+        }
         _ => None,
+    }
+}
+
+/// `e` without casts to numbers (they keep the order of ranks; a cast to text would not).
+fn uncast(e: &Expr) -> &Expr {
+    match unalias(e) {
+        Expr::Cast(c) if c.field.data_type().is_numeric() => uncast(&c.expr),
+        Expr::TryCast(c) if c.field.data_type().is_numeric() => uncast(&c.expr),
+        other => other,
     }
 }
 
@@ -129,11 +139,12 @@ impl<'a> Levels<'a> {
         }
     }
 
-    /// Column `i` of the filter's input as a column of the `Window` node, if it is passed on as is.
+    /// Column `i` of the filter's input as a column of the `Window` node, if it is passed on as is
+    /// or cast to a number (common subexpressions: `CAST(rn AS DOUBLE) AS __common_expr_1`).
     fn down(&self, mut i: usize) -> Option<usize> {
         for l in &self.levels {
             if let LogicalPlan::Projection(p) = l {
-                i = column_index(p.expr.get(i)?, p.input.schema())?;
+                i = column_index(uncast(p.expr.get(i)?), p.input.schema())?;
             }
         }
         Some(i)
@@ -141,25 +152,20 @@ impl<'a> Levels<'a> {
 
     /// The window expression (index into `window_expr`) a ranking column `e` of the filter's input is.
     fn rank_column(&self, e: &Expr, schema: &DFSchema) -> Option<usize> {
-        let e = match unalias(e) {
-            Expr::Cast(c) => unalias(&c.expr),
-            Expr::TryCast(c) => unalias(&c.expr),
-            other => other,
-        };
-        let Expr::Column(c) = e else { return None };
+        let Expr::Column(c) = uncast(e) else { return None };
         let j = self.down(schema.maybe_index_of_column(c)?)?;
         let k = j.checked_sub(self.window.input.schema().fields().len())?;
         ranking(self.window.window_expr.get(k)?).map(|_| k)
     }
 
     /// A condition bounding a ranking column: which one, and how.
-    fn bound(&self, e: &Expr, schema: &DFSchema) -> Option<(usize, BinOp, i64)> {
+    fn bound(&self, e: &Expr, schema: &DFSchema) -> Option<(usize, BinOp, f64)> {
         match e {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                if let (Some(k), Some(v)) = (self.rank_column(left, schema), int_literal(right)) {
+                if let (Some(k), Some(v)) = (self.rank_column(left, schema), number(right)) {
                     return Some((k, *op, v));
                 }
-                let (k, v) = (self.rank_column(right, schema)?, int_literal(left)?);
+                let (k, v) = (self.rank_column(right, schema)?, number(left)?);
                 Some((k, op.swap()?, v))
             }
             _ => None,
@@ -184,21 +190,28 @@ pub fn plan_filter(conv: &mut Converter<'_>, filter: &Filter) -> Result<Option<u
                 negated: false,
                 low,
                 high,
-            }) => match (levels.rank_column(expr, fschema), int_literal(low), int_literal(high)) {
-                (Some(k), Some(l), Some(h)) => Some((k, Bounds { lo: l, hi: Some(h) })),
+            }) => match (levels.rank_column(expr, fschema), number(low), number(high)) {
+                (Some(k), Some(l), Some(h)) => Some((
+                    k,
+                    Bounds {
+                        lo: l.ceil() as i64,
+                        hi: Some(h.floor() as i64),
+                    },
+                )),
                 _ => None,
             },
             _ => levels.bound(c, fschema).and_then(|(k, op, v)| {
+                // Ranks are integers: `rn < v` is `rn <= ceil(v) - 1`, `rn > v` is `rn >= floor(v) + 1`.
                 let mut b = Bounds { lo: 1, hi: None };
                 match op {
-                    BinOp::Lt => b.at_most(v.saturating_sub(1)),
-                    BinOp::LtEq => b.at_most(v),
+                    BinOp::Lt => b.at_most((v.ceil() as i64).saturating_sub(1)),
+                    BinOp::LtEq => b.at_most(v.floor() as i64),
                     BinOp::Eq => {
-                        b.at_least(v);
-                        b.at_most(v);
+                        b.at_least(v.ceil() as i64);
+                        b.at_most(v.floor() as i64);
                     }
-                    BinOp::Gt => b.at_least(v.saturating_add(1)),
-                    BinOp::GtEq => b.at_least(v),
+                    BinOp::Gt => b.at_least((v.floor() as i64).saturating_add(1)),
+                    BinOp::GtEq => b.at_least(v.ceil() as i64),
                     _ => return None,
                 }
                 Some((k, b))
@@ -805,6 +818,15 @@ mod tests {
         assert!(
             global.contains("⇒ changelog, key (rn)"),
             "one row overall, keyed by its rank: {global}"
+        );
+        let fractional = explain(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY course_id) AS rn FROM ev)
+             WHERE rn < 2.5 AND 0.5 < rn",
+        )
+        .await;
+        assert!(
+            fractional.contains("ORDER BY [ev.course_id] ranks 1..2,"),
+            "{fractional}"
         );
         let window = explain(
             "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY c DESC) AS rn

@@ -10,7 +10,7 @@ use freshet::sql::parser::parse_one;
 use crate::support::*;
 
 /// (events, micro-batch size): one row per micro-batch over a small input, then larger inputs.
-const RUNS: [(u64, usize); 4] = [(3_000, 1), (20_000, 7), (60_000, 4096), (60_000, 65_536)];
+const RUNS: [(u64, usize); 4] = [(3_000, 1), (10_000, 7), (60_000, 4096), (60_000, 65_536)];
 
 async fn source(s: &mut Session, dir: &std::path::Path, events: u64, seed: u64) -> std::path::PathBuf {
     let path = dir.join(format!("events-{events}-{seed}.jsonl"));
