@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use datafusion::arrow::array::{Array, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
 
 use super::groups::GroupTable;
@@ -131,6 +131,8 @@ pub struct IntervalJoin {
     sides: [Side; 2],
     /// The watermark before the current micro-batch's advance (carried by padded rows).
     wm: i64,
+    /// The watermark stored before a restart (see [`Operator::set_emit_floor`]); `i64::MIN`: none.
+    emit_floor: i64,
 }
 
 impl IntervalJoin {
@@ -140,6 +142,7 @@ impl IntervalJoin {
             cfg,
             sides,
             wm: i64::MIN,
+            emit_floor: i64::MIN,
         })
     }
 
@@ -270,9 +273,18 @@ impl Operator for IntervalJoin {
         } else {
             rows.check_pairs(&there, &here)?
         };
+        // After a restart, a pair of rows both older than the stored watermark went out before it:
+        // both had arrived (on time) before the watermark passed them, and so before that commit.
+        let floor = self.emit_floor;
+        let fresh = |k: usize| floor == i64::MIN || times.value(mine.value(k) as usize).max(theirs[k].t) >= floor;
+        let emit: BooleanArray = if floor == i64::MIN {
+            ok.clone()
+        } else {
+            (0..ok.len()).map(|k| Some(ok.value(k) && fresh(k))).collect()
+        };
         let pair_wm = take_wm(&input.wm, &mine)?;
-        if let Some(b) = rows.joined(&pairs, &ok)? {
-            let kept = datafusion::arrow::compute::filter(&pair_wm, &ok)?;
+        if let Some(b) = rows.joined(&pairs, &emit)? {
+            let kept = datafusion::arrow::compute::filter(&pair_wm, &emit)?;
             let wm = kept
                 .as_any()
                 .downcast_ref::<Int64Array>()
@@ -284,6 +296,7 @@ impl Operator for IntervalJoin {
         // Matches: flags of the other side's rows (a SEMI row of theirs goes out on its first match)
         // and of this side's rows.
         let mut matched = vec![false; n];
+        let mut matched_before_restart = vec![false; n];
         let mut first: Vec<(usize, usize)> = Vec::new();
         let mut first_wm: Vec<i64> = Vec::new();
         let emit_first = rows.emits_matched(other);
@@ -293,12 +306,13 @@ impl Operator for IntervalJoin {
             }
             let i = mine.value(k) as usize;
             matched[i] = true;
+            matched_before_restart[i] |= !fresh(k);
             let s = theirs[k];
             if let Some(c) = self.sides[other].chunks.get_mut(&s.chunk)
                 && !c.matched[s.row as usize]
             {
                 c.matched[s.row as usize] = true;
-                if emit_first {
+                if emit_first && fresh(k) {
                     first.push((chunk_pos.get(&s.chunk).copied().unwrap_or_default(), s.row as usize));
                     first_wm.push(wms[i]);
                 }
@@ -313,13 +327,18 @@ impl Operator for IntervalJoin {
             out.push(out_batch(rows.side_rows(other, &b)?, Int64Array::from(first_wm)));
         }
         if rows.emits_matched(side) {
-            let idx: UInt32Array = keep.iter().copied().filter(|i| matched[*i as usize]).collect();
+            let idx: UInt32Array = keep
+                .iter()
+                .copied()
+                .filter(|i| matched[*i as usize] && !matched_before_restart[*i as usize])
+                .collect();
             if !idx.is_empty() {
                 let b = datafusion::arrow::compute::take_record_batch(&input.batch, &idx)?;
                 out.push(out_batch(rows.side_rows(side, &b)?, take_wm(&input.wm, &idx)?));
             }
         }
-        // Rows that can never match are final now.
+        // Rows that can never match are final now (and went out before a restart if older than it).
+        never.retain(|i| floor == i64::MIN || times.is_null(*i as usize) || times.value(*i as usize) >= floor);
         if rows.emits_unmatched(side) && !never.is_empty() {
             let idx = UInt32Array::from(never);
             let b = datafusion::arrow::compute::take_record_batch(&input.batch, &idx)?;
@@ -369,6 +388,12 @@ impl Operator for IntervalJoin {
         for side in [LEFT, RIGHT] {
             let threshold = self.expiry_threshold(side, wm);
             let pad = self.cfg.rows.emits_unmatched(side);
+            // Rows that had expired at the watermark stored before a restart went out before it.
+            let padded_before = if self.emit_floor == i64::MIN {
+                i64::MIN
+            } else {
+                self.expiry_threshold(side, self.emit_floor)
+            };
             let s = &mut self.sides[side];
             let rest = s.expiry.split_off(&(threshold, 0, 0));
             let gone = std::mem::replace(&mut s.expiry, rest);
@@ -376,11 +401,11 @@ impl Operator for IntervalJoin {
                 continue;
             }
             let mut unmatched: Vec<(u64, u32)> = Vec::new();
-            for (_, chunk, row) in &gone {
+            for (t, chunk, row) in &gone {
                 if let Some(c) = s.chunks.get_mut(chunk) {
                     c.alive[*row as usize] = false;
                     c.live -= 1;
-                    if pad && !c.matched[*row as usize] {
+                    if pad && !c.matched[*row as usize] && *t >= padded_before {
                         unmatched.push((*chunk, *row));
                     }
                 }
@@ -427,6 +452,10 @@ impl Operator for IntervalJoin {
 
     fn state_size(&self) -> usize {
         self.sides.iter().map(|s| s.expiry.len()).sum()
+    }
+
+    fn set_emit_floor(&mut self, floor: i64) {
+        self.emit_floor = floor;
     }
 }
 
@@ -535,6 +564,46 @@ mod tests {
             2_000,
             "padded rows carry the watermark before the advance"
         );
+    }
+
+    #[test]
+    fn after_a_restart_what_went_out_before_the_stored_watermark_is_not_emitted_again() {
+        let mut j = op(JoinType::Full);
+        j.set_emit_floor(5_000);
+        let (l, r) = (j.cfg.rows.inputs[LEFT].clone(), j.cfg.rows.inputs[RIGHT].clone());
+        let mut cx = Context::default();
+        // Re-read rows: a and x (both before 5000) matched before; b (at 4500) matches y (at 5200) now.
+        let out = j
+            .process(
+                LEFT,
+                rows_of(
+                    &l,
+                    &[Some(1), Some(2), Some(3), None],
+                    &["a", "b", "c", "n"],
+                    &[3_000, 4_500, 3_500, 100],
+                    &[0; 4],
+                ),
+                &mut cx,
+            )
+            .expect("left");
+        assert!(
+            out.is_empty(),
+            "the row with a NULL key (at 100) went out before the restart"
+        );
+        let out = j
+            .process(
+                RIGHT,
+                rows_of(&r, &[Some(1), Some(2)], &["x", "y"], &[3_500, 5_200], &[0; 2]),
+                &mut cx,
+            )
+            .expect("right");
+        assert_eq!(
+            lines(&out),
+            vec!["| 2 | b | 1970-01-01T00:00:04.500 | 2 | y | 1970-01-01T00:00:05.200 |"]
+        );
+        // c (at 3500, unmatched) expired at watermark 4501 < 5000: padded before the restart.
+        let out = j.advance(i64::MAX, &mut cx).expect("end");
+        assert!(out.is_empty(), "{:?}", lines(&out));
     }
 
     #[test]
