@@ -11,7 +11,10 @@
 //!   as a changelog. `ROW_NUMBER` results change by position (`-U`/`+U` of the row at rank k, keyed
 //!   by partition and rank), `RANK`/`DENSE_RANK` results as rows leaving (`-D`) and entering (`+I`).
 //!   Over an append-only input a partition keeps only rows that can still be visible (rank ≤ N);
-//!   over a changelog it keeps all of them, since a retraction can bring a lower row back.
+//!   over a changelog it keeps all of them, since a retraction can bring a lower row back. The rank
+//!   is always computed (the planner applies the projection above the Top-N afterwards): when a query
+//!   does not select it, a row whose rank changes arrives as a `-U`/`+U` pair of the same row, which
+//!   every sink applies as no change, where Flink would send nothing.
 //! - [`Emit::FirstByTime`]: `rn = 1` ordered by the time attribute ascending over an append-only input
 //!   (keep the first row per key). The first row is final once the watermark passes its time, so it
 //!   is emitted then, once: an append-only result.

@@ -645,7 +645,7 @@ pub fn plan_window(conv: &mut Converter<'_>, w: &Window) -> Result<usize> {
             return Err(conv.locate.refuse(
                 Site::Over,
                 format!(
-                    "{display} OVER (…) needs an append-only input; this one updates rows ({})",
+                    "{display} OVER (…) needs an append-only input (each row is computed once, in time order); this one updates rows ({}): apply the OVER aggregate before the operator that updates, or use GROUP BY",
                     in_props.mode.name()
                 ),
             ));
