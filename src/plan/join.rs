@@ -281,36 +281,7 @@ fn lookup(conv: &mut Converter<'_>, j: &Join, stream_left: bool) -> Result<usize
     } else {
         format!("table '{}'", tables.join("', '"))
     };
-    let kind = match (j.join_type, stream_left) {
-        (JoinType::Inner, _) => lookup_join::Kind::Inner,
-        (JoinType::Left, true) | (JoinType::Right, false) => lookup_join::Kind::Outer,
-        (JoinType::LeftSemi, true) | (JoinType::RightSemi, false) => lookup_join::Kind::Semi,
-        (JoinType::LeftAnti, true) | (JoinType::RightAnti, false) => lookup_join::Kind::Anti,
-        (JoinType::Full, _) | (JoinType::Left, false) | (JoinType::Right, true) => {
-            let keep = if stream_left { "LEFT" } else { "RIGHT" };
-            return Err(conv.locate.refuse(
-                at,
-                format!(
-                    "a {} JOIN of a stream and {table} is not supported in a continuous query: it keeps the table's rows that no stream row matches, and which those are changes with every stream row; keep the stream's rows only ({keep} JOIN with the stream on the {} side) or use an inner join",
-                    type_name(j.join_type),
-                    keep.to_lowercase()
-                ),
-            ));
-        }
-        _ => {
-            return Err(conv.locate.refuse(
-                at,
-                format!(
-                    "rows of {table} filtered by IN/EXISTS over a stream are not supported in a continuous query (which of them qualify changes with every stream row)"
-                ),
-            ));
-        }
-    };
-    // NOT IN against a table is decided per stream row; with a condition besides the key (a correlated
-    // NOT IN), which table rows count depends on the stream row: refused.
-    if kind != lookup_join::Kind::Anti || j.filter.is_some() {
-        refuse_not_in(conv, j, &at)?;
-    }
+    let kind = lookup_kind(conv, j, stream_left, &at, &table)?;
     let in_props = conv.props(input);
     if in_props.mode == Mode::Upsert {
         return Err(conv.locate.refuse(
@@ -325,17 +296,27 @@ fn lookup(conv: &mut Converter<'_>, j: &Join, stream_left: bool) -> Result<usize
     } else {
         (k.right, k.left)
     };
+    // Where the stream's columns start in the pairs the condition reads, and in the output.
+    let offset = if stream_left {
+        0
+    } else {
+        table_plan.schema().fields().len()
+    };
+    let out_offset = if matches!(kind, lookup_join::Kind::Semi | lookup_join::Kind::Anti) {
+        0
+    } else {
+        offset
+    };
     let stream_len = stream_plan.schema().fields().len();
-    let table_len = table_plan.schema().fields().len();
-    let alone = matches!(kind, lookup_join::Kind::Semi | lookup_join::Kind::Anti);
-    // Where each stream column lands in the output, and in the pairs the condition reads.
-    let offset = if stream_left { 0 } else { table_len };
-    let out_at: Vec<Option<usize>> = (0..stream_len)
-        .map(|i| Some(if alone { i } else { i + offset }))
-        .collect();
+    let out_at: Vec<Option<usize>> = (0..stream_len).map(|i| Some(i + out_offset)).collect();
     let mut props = map_props(&in_props, &out_at);
     // A stream row may meet several table rows: the stream's key does not identify output rows.
     props.key = None;
+    let window_cols: Vec<usize> = in_props
+        .window
+        .map(|w| [w.start, w.end, w.time].into_iter().flatten().collect())
+        .unwrap_or_default();
+    let reads_window = reads_columns(j, stream_left, &pair, offset, &window_cols);
     let cfg = lookup_join::Config {
         kind,
         stream_left,
@@ -360,23 +341,6 @@ fn lookup(conv: &mut Converter<'_>, j: &Join, stream_left: bool) -> Result<usize
         type_name(j.join_type),
         condition(j)
     );
-    // Rows pass one by one with their window columns as they were, unless the join reads them: then
-    // a window aggregate above may still take panes from the window function below.
-    let window_cols: Vec<usize> = in_props
-        .window
-        .map(|w| [w.start, w.end, w.time].into_iter().flatten().collect())
-        .unwrap_or_default();
-    let stream_schema = stream_plan.schema();
-    let reads_window =
-        j.on.iter()
-            .map(|(l, r)| if stream_left { l } else { r })
-            .any(|e| refs(e, stream_schema).iter().any(|i| window_cols.contains(i)))
-            || j.filter.as_ref().is_some_and(|f: &Expr| {
-                refs(f, &pair).iter().any(|i| {
-                    i.checked_sub(offset)
-                        .is_some_and(|s| s < stream_len && window_cols.contains(&s))
-                })
-            });
     let id = conv.add(
         Op::Custom(Box::new(LookupFactory { cfg, text })),
         vec![input],
@@ -384,10 +348,66 @@ fn lookup(conv: &mut Converter<'_>, j: &Join, stream_left: bool) -> Result<usize
         props,
         "",
     );
+    // Rows pass one by one with their window columns as they were: a window aggregate above may
+    // still take panes from the window function below, unless the join reads those columns.
     if !reads_window {
         conv.row_wise.insert(id);
     }
     Ok(id)
+}
+
+/// Which stream rows a lookup join emits, or the refusal of a join that would have to emit table
+/// rows no stream row matches.
+fn lookup_kind(conv: &Converter<'_>, j: &Join, stream_left: bool, at: &Site, table: &str) -> Result<lookup_join::Kind> {
+    let kind = match (j.join_type, stream_left) {
+        (JoinType::Inner, _) => lookup_join::Kind::Inner,
+        (JoinType::Left, true) | (JoinType::Right, false) => lookup_join::Kind::Outer,
+        (JoinType::LeftSemi, true) | (JoinType::RightSemi, false) => lookup_join::Kind::Semi,
+        (JoinType::LeftAnti, true) | (JoinType::RightAnti, false) => lookup_join::Kind::Anti,
+        (JoinType::Full, _) | (JoinType::Left, false) | (JoinType::Right, true) => {
+            let keep = if stream_left { "LEFT" } else { "RIGHT" };
+            return Err(conv.locate.refuse(
+                at.clone(),
+                format!(
+                    "a {} JOIN of a stream and {table} is not supported in a continuous query: it keeps the table's rows that no stream row matches, and which those are changes with every stream row; keep the stream's rows only ({keep} JOIN with the stream on the {} side) or use an inner join",
+                    type_name(j.join_type),
+                    keep.to_lowercase()
+                ),
+            ));
+        }
+        _ => {
+            return Err(conv.locate.refuse(
+                at.clone(),
+                format!(
+                    "rows of {table} filtered by IN/EXISTS over a stream are not supported in a continuous query (which of them qualify changes with every stream row)"
+                ),
+            ));
+        }
+    };
+    // NOT IN against a table is decided per stream row; with a condition besides the key (a correlated
+    // NOT IN), which table rows count depends on the stream row: refused.
+    if kind != lookup_join::Kind::Anti || j.filter.is_some() {
+        refuse_not_in(conv, j, at)?;
+    }
+    Ok(kind)
+}
+
+/// Whether a lookup join's keys or condition read any of the stream's columns `cols` (the stream's
+/// columns start at `offset` in `pair`, the schema the condition reads).
+fn reads_columns(j: &Join, stream_left: bool, pair: &DFSchema, offset: usize, cols: &[usize]) -> bool {
+    let stream_schema = if stream_left { j.left.schema() } else { j.right.schema() };
+    let stream_len = stream_schema.fields().len();
+    let in_keys =
+        j.on.iter()
+            .map(|(l, r)| if stream_left { l } else { r })
+            .any(|e| refs(e, stream_schema).iter().any(|i| cols.contains(i)));
+    let in_filter = j.filter.as_ref().is_some_and(|f: &Expr| {
+        refs(f, pair).iter().any(|i| {
+            i.checked_sub(offset)
+                .is_some_and(|s| s < stream_len && cols.contains(&s))
+        })
+    });
+    in_keys || in_filter
 }
 
 // ---------------------------------------------------------------------------------------------------
