@@ -21,10 +21,13 @@ use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::Result;
 use crate::operator::RowKind;
 
+/// A held row: its identity bytes and its values.
+type Held = (Box<[u8]>, Vec<ScalarValue>);
+
 #[derive(Default)]
 struct Rows {
     /// Rows (with their identity) in arrival order; `None` where a row was removed.
-    rows: Vec<Option<(Box<[u8]>, Vec<ScalarValue>)>>,
+    rows: Vec<Option<Held>>,
     live: usize,
     /// Identity bytes → positions of the rows with it (one for keyed rows).
     index: HashMap<Box<[u8]>, Vec<usize>>,
@@ -147,16 +150,16 @@ impl MemoryTable {
                         rows.index.entry(id).or_default().push(at);
                     }
                 }
-            } else if let Some(list) = rows.index.get_mut(&id) {
-                if let Some(at) = list.pop() {
-                    if list.is_empty() {
-                        rows.index.remove(&id);
-                    }
-                    if let Some((_, old)) = rows.rows[at].take() {
-                        rows.live -= 1;
-                        if tell {
-                            changes.push((RowKind::Delete, old));
-                        }
+            } else if let Some(list) = rows.index.get_mut(&id)
+                && let Some(at) = list.pop()
+            {
+                if list.is_empty() {
+                    rows.index.remove(&id);
+                }
+                if let Some((_, old)) = rows.rows[at].take() {
+                    rows.live -= 1;
+                    if tell {
+                        changes.push((RowKind::Delete, old));
                     }
                 }
             }
@@ -174,8 +177,7 @@ impl MemoryTable {
         }
         // Compact when most slots are empty.
         if rows.rows.len() > 1024 && rows.live * 2 < rows.rows.len() {
-            let kept: Vec<Option<(Box<[u8]>, Vec<ScalarValue>)>> =
-                rows.rows.drain(..).filter(Option::is_some).collect();
+            let kept: Vec<Option<Held>> = rows.rows.drain(..).filter(Option::is_some).collect();
             let mut index: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
             for (at, r) in kept.iter().enumerate() {
                 if let Some((id, _)) = r {
@@ -199,7 +201,7 @@ impl MemoryTable {
         r.closed = false;
     }
 
-    fn to_batch(schema: &SchemaRef, rows: &[Option<(Box<[u8]>, Vec<ScalarValue>)>]) -> Result<RecordBatch> {
+    fn to_batch(schema: &SchemaRef, rows: &[Option<Held>]) -> Result<RecordBatch> {
         Self::rows_batch(schema, rows.iter().flatten().map(|(_, r)| r))
     }
 

@@ -126,7 +126,7 @@ fn grow<T: Clone>(v: &mut Vec<T>, capacity: usize, fill: T) {
     }
 }
 
-fn downcast<'a, T: 'static>(other: &'a mut dyn Acc) -> Result<&'a mut T> {
+fn downcast<T: 'static>(other: &mut dyn Acc) -> Result<&mut T> {
     other
         .as_any_mut()
         .downcast_mut::<T>()
