@@ -86,7 +86,8 @@ struct Side {
     chunks: HashMap<u64, Chunk>,
     next_chunk: u64,
     keys: GroupTable,
-    /// Rows by key group id; entries of rows that are gone are dropped lazily (`stale` counts them).
+    /// Rows by key group id, by time (a probe looks at a time range); entries of rows that are gone
+    /// are dropped lazily (`stale` counts them).
     by_key: Vec<Vec<Slot>>,
     /// Live rows by time, to expire in order.
     expiry: BTreeSet<(i64, u64, u32)>,
@@ -224,8 +225,13 @@ impl Operator for IntervalJoin {
             let Some(g) = partner_gids[i] else { continue };
             let (from, to) = self.partner_range(side, t);
             let o = &self.sides[other];
-            for s in &o.by_key[g as usize] {
-                if s.t >= from && s.t <= to && o.is_alive(s) {
+            let list = &o.by_key[g as usize];
+            let (a, b) = (
+                list.partition_point(|s| s.t < from),
+                list.partition_point(|s| s.t <= to),
+            );
+            for s in list.get(a..b).unwrap_or_default() {
+                if o.is_alive(s) {
                     mine.push(i as u32);
                     theirs.push(*s);
                 }
@@ -300,14 +306,13 @@ impl Operator for IntervalJoin {
         let mut first: Vec<(usize, usize)> = Vec::new();
         let mut first_wm: Vec<i64> = Vec::new();
         let emit_first = rows.emits_matched(other);
-        for k in 0..ok.len() {
+        for (k, s) in theirs.iter().enumerate() {
             if !ok.value(k) {
                 continue;
             }
             let i = mine.value(k) as usize;
             matched[i] = true;
             matched_before_restart[i] |= !fresh(k);
-            let s = theirs[k];
             if let Some(c) = self.sides[other].chunks.get_mut(&s.chunk)
                 && !c.matched[s.row as usize]
             {
@@ -362,11 +367,17 @@ impl Operator for IntervalJoin {
             s.next_chunk += 1;
             for (row, (i, g)) in keep.values().iter().zip(&gids).enumerate() {
                 let t = times.value(*i as usize);
-                s.by_key[*g as usize].push(Slot {
-                    chunk: id,
-                    row: row as u32,
-                    t,
-                });
+                // Rows come nearly in time order: a late one goes in near the end.
+                let list = &mut s.by_key[*g as usize];
+                let at = list.len() - list.iter().rev().take_while(|x| x.t > t).count();
+                list.insert(
+                    at,
+                    Slot {
+                        chunk: id,
+                        row: row as u32,
+                        t,
+                    },
+                );
                 s.expiry.insert((t, id, row as u32));
             }
             let m = keep.len();
