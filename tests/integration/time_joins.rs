@@ -375,6 +375,24 @@ async fn interval_join_full_outer_with_a_short_interval_matches_batch() {
 }
 
 #[tokio::test]
+async fn interval_join_without_keys_matches_batch() {
+    check(
+        "purchases and the views of the 300 ms before them, anyone's",
+        42,
+        "IntervalJoin",
+        "SELECT v.user_id, v.event_time, p.user_id AS buyer, p.event_time AS bought_at
+         FROM views v JOIN purchases p
+           ON p.event_time BETWEEN v.event_time AND v.event_time + INTERVAL '300 milliseconds'",
+        "WITH ok AS (SELECT * FROM ev WHERE t_ms >= wm)
+         SELECT v.user_id, v.event_time, p.user_id, p.event_time
+         FROM ok v JOIN ok p ON p.event_time BETWEEN v.event_time AND v.event_time + INTERVAL '300 milliseconds'
+         WHERE NOT v.purchased AND p.purchased",
+        Late::Time,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn interval_join_semi_and_anti_match_batch() {
     check(
         "views with a purchase of the course within 30 s (EXISTS)",
@@ -424,6 +442,18 @@ JOIN TUMBLE(purchases, event_time, INTERVAL '30' SECOND) AS p
         e.starts_with("3:6: a window join needs the same windows on both sides")
             && e.contains("TUMBLE(size 1m)")
             && e.contains("TUMBLE(size 30s)"),
+        "{e}"
+    );
+    let e = refusal(
+        &mut s,
+        "CREATE MATERIALIZED VIEW bad AS SELECT v.user_id, p.course_id
+FROM CUMULATE(views, event_time, INTERVAL '10' SECOND, INTERVAL '1' MINUTE) AS v
+JOIN CUMULATE(purchases, event_time, INTERVAL '10' SECOND, INTERVAL '1' MINUTE) AS p
+  ON v.user_id = p.user_id AND v.window_start = p.window_start;",
+    )
+    .await;
+    assert!(
+        e.starts_with("3:6: a window join of CUMULATE windows must equate both window_start and window_end"),
         "{e}"
     );
     let e = refusal(
