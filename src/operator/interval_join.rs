@@ -12,9 +12,9 @@
 //! below the watermark it arrived under is late (Flink's rule): rows it should have matched may be
 //! gone already.
 //!
-//! The bounds are only used to find candidates and to know when a row can go (the planner widens
-//! them a little, so they never cut a true match); whether a pair matches is decided by the join
-//! condition itself, as the batch join decides it.
+//! The bounds are only used to find candidates and to know when a row can go (widened by a
+//! millisecond, as event times finer than that are truncated to it here, so they never cut a true
+//! match); whether a pair matches is decided by the join condition itself, as the batch join does.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -34,7 +34,7 @@ pub struct Config {
     pub rows: JoinRows,
     /// The time attribute's column per side.
     pub time: [usize; 2],
-    /// Every match has `right.t - left.t` within `[lo, hi]` (ms; a little wider than the condition).
+    /// Every match has `right.t - left.t` within `[lo, hi]` (ms, rounded outwards).
     pub lo: i64,
     pub hi: i64,
     /// The join as SQL, for EXPLAIN.
@@ -47,12 +47,19 @@ impl OpFactory for Config {
     }
 
     fn describe(&self) -> String {
+        let ms = |v: i64| {
+            if v == 0 {
+                "0".to_string()
+            } else {
+                crate::operator::window::dur(v)
+            }
+        };
         format!(
-            "IntervalJoin {} {}, right time - left time within [{}, {}]",
+            "IntervalJoin {} {}: right time - left time within [{}, {}]",
             self.rows.type_name(),
             self.text,
-            crate::operator::window::dur(self.lo),
-            crate::operator::window::dur(self.hi)
+            ms(self.lo),
+            ms(self.hi)
         )
     }
 
@@ -147,9 +154,14 @@ impl IntervalJoin {
         })
     }
 
+    /// The bounds, widened by what truncating event times to milliseconds can change a difference by.
+    fn bounds(&self) -> (i64, i64) {
+        (self.cfg.lo.saturating_sub(1), self.cfg.hi.saturating_add(1))
+    }
+
     /// The range of times of the `other` side's rows that a row of `side` at time `t` can match.
     fn partner_range(&self, side: usize, t: i64) -> (i64, i64) {
-        let (lo, hi) = (self.cfg.lo, self.cfg.hi);
+        let (lo, hi) = self.bounds();
         if side == LEFT {
             (t.saturating_add(lo), t.saturating_add(hi))
         } else {
@@ -162,10 +174,11 @@ impl IntervalJoin {
         if wm == i64::MAX {
             return i64::MAX;
         }
+        let (lo, hi) = self.bounds();
         if side == LEFT {
-            wm.saturating_sub(self.cfg.hi)
+            wm.saturating_sub(hi)
         } else {
-            wm.saturating_add(self.cfg.lo)
+            wm.saturating_add(lo)
         }
     }
 }
@@ -565,14 +578,14 @@ mod tests {
             "no left row at or after 1500 can match the right row at 1000"
         );
         assert!(
-            j.advance(2_000, &mut cx).expect("advance").is_empty(),
-            "a left row could still match at 2000"
+            j.advance(2_001, &mut cx).expect("advance").is_empty(),
+            "a right row at 2000 (or, with finer timestamps, 2000.9) could still match"
         );
-        let out = j.advance(2_001, &mut cx).expect("advance");
+        let out = j.advance(2_002, &mut cx).expect("advance");
         assert_eq!(lines(&out), vec!["| 1 | a | 1970-01-01T00:00:01 | | | |"]);
         assert_eq!(
             out[0].wm.value(0),
-            2_000,
+            2_001,
             "padded rows carry the watermark before the advance"
         );
     }
@@ -612,7 +625,7 @@ mod tests {
             lines(&out),
             vec!["| 2 | b | 1970-01-01T00:00:04.500 | 2 | y | 1970-01-01T00:00:05.200 |"]
         );
-        // c (at 3500, unmatched) expired at watermark 4501 < 5000: padded before the restart.
+        // c (at 3500, unmatched) expired at watermark 4502 < 5000: padded before the restart.
         let out = j.advance(i64::MAX, &mut cx).expect("end");
         assert!(out.is_empty(), "{:?}", lines(&out));
     }

@@ -114,7 +114,7 @@ pub fn try_window_join(conv: &mut Converter<'_>, join: &Join, left: usize, right
         rows,
         window: lw.spec,
         bounds: [(lw.start, lw.end), (rw.start, rw.end)],
-        text: text.clone(),
+        text,
     };
     let schema = cfg.rows.schema.clone();
     Ok(Some(conv.add(
@@ -122,7 +122,7 @@ pub fn try_window_join(conv: &mut Converter<'_>, join: &Join, left: usize, right
         vec![left, right],
         schema,
         props,
-        format!("window join {text}"),
+        "",
     )))
 }
 
@@ -178,7 +178,7 @@ pub fn try_interval_join(conv: &mut Converter<'_>, join: &Join, left: usize, rig
         time: [lt, rt],
         lo,
         hi,
-        text: text.clone(),
+        text,
     };
     let schema = cfg.rows.schema.clone();
     // A pair goes out when its second row arrives, and an unmatched row when the watermark passes its
@@ -189,7 +189,7 @@ pub fn try_interval_join(conv: &mut Converter<'_>, join: &Join, left: usize, rig
         vec![left, right],
         schema,
         Props::append(),
-        format!("interval join {text}"),
+        "",
     )))
 }
 
@@ -292,8 +292,8 @@ impl Linear {
         }
     }
 
-    /// `right.t - left.t` bounds (ms, widened to cover truncation) from `self op 0`, where `self` is
-    /// `±(right.t - left.t) + ns`.
+    /// `right.t - left.t` bounds from `self op 0`, where `self` is `±(right.t - left.t) + ns`: in
+    /// whole ms, rounded outwards (and widened by what casts truncate).
     fn bounds(self, op: BinOp) -> (Option<i64>, Option<i64>) {
         // Make it `right.t - left.t + ns op 0`.
         let (ns, op) = if self.r == 1 {
@@ -301,10 +301,10 @@ impl Linear {
         } else {
             (-self.ns, flip(op))
         };
-        // right.t - left.t op -ns. Event times are whole milliseconds of possibly finer timestamps.
+        // right.t - left.t op -ns.
         let v = -ns;
-        let lo = || i64::try_from((v - self.slack).div_euclid(NANOS_PER_MS) - 2).unwrap_or(i64::MIN);
-        let hi = || i64::try_from((v + self.slack + NANOS_PER_MS - 1).div_euclid(NANOS_PER_MS) + 2).unwrap_or(i64::MAX);
+        let lo = || i64::try_from((v - self.slack).div_euclid(NANOS_PER_MS)).unwrap_or(i64::MIN);
+        let hi = || i64::try_from((v + self.slack + NANOS_PER_MS - 1).div_euclid(NANOS_PER_MS)).unwrap_or(i64::MAX);
         match op {
             BinOp::Lt | BinOp::LtEq => (None, Some(hi())),
             BinOp::Gt | BinOp::GtEq => (Some(lo()), None),
@@ -443,14 +443,14 @@ mod tests {
         let (v, p) = (col("v.t"), col("p.t"));
         // p.t BETWEEN v.t AND v.t + 10 minutes
         let between = p.clone().between(v.clone(), v.clone() + minutes(10));
-        assert_eq!(bounds(&[between]), (Some(-2), Some(600_002), false));
+        assert_eq!(bounds(&[between]), (Some(0), Some(600_000), false));
         // v.t > p.t - 1 minute (p.t < v.t + 1 minute), p.t - v.t >= -(2 minutes)
         assert_eq!(
             bounds(&[
                 v.clone().gt(p.clone() - minutes(1)),
                 (p.clone() - v.clone()).gt_eq(Expr::Negative(Box::new(minutes(2)))),
             ]),
-            (Some(-120_002), Some(60_002), false)
+            (Some(-120_000), Some(60_000), false)
         );
         // The tightest of several bounds; equal times; a cast to seconds widens by a second.
         assert_eq!(
@@ -459,7 +459,7 @@ mod tests {
                 p.clone().lt(v.clone() + minutes(10)),
                 p.clone().eq(v.clone())
             ]),
-            (Some(-2), Some(2), false)
+            (Some(0), Some(0), false)
         );
         let secs = DataType::Timestamp(TimeUnit::Second, None);
         assert_eq!(
@@ -467,13 +467,13 @@ mod tests {
                 cast(p.clone(), secs).gt_eq(v.clone()),
                 p.clone().lt_eq(v.clone() + lit(ScalarValue::DurationSecond(Some(3))))
             ]),
-            (Some(-1_002), Some(3_002), false)
+            (Some(-1_000), Some(3_000), false)
         );
         // A difference of times cast to an interval (how DataFusion compares it with one).
         let diff = cast(p.clone() - v.clone(), DataType::Interval(IntervalUnit::MonthDayNano));
         assert_eq!(
             bounds(&[diff.lt_eq(minutes(1)), p.clone().gt(v.clone())]),
-            (Some(-2), Some(60_002), false)
+            (Some(0), Some(60_000), false)
         );
         // Not bounds between the two times.
         assert_eq!(
