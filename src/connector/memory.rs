@@ -110,17 +110,19 @@ impl MemoryTable {
             Some(k) => k.iter().map(|i| b.column(*i).clone()).collect(),
             None => b.columns().to_vec(),
         };
-        let ids = rows
-            .converter
-            .as_ref()
-            .map(|c| c.convert_columns(&key_cols))
-            .transpose()?;
-        let Some(ids) = ids else { return Ok(()) };
+        // An empty key (a global aggregate) identifies its one row: every row has the same identity.
+        let ids = match (&rows.converter, key_cols.is_empty()) {
+            (Some(c), false) => Some(c.convert_columns(&key_cols)?),
+            _ => None,
+        };
         let keyed = out.key.is_some();
         let tell = !rows.subscribers.is_empty();
         let mut changes: Vec<(RowKind, Vec<ScalarValue>)> = Vec::new();
         for r in 0..b.num_rows() {
-            let id: Box<[u8]> = ids.row(r).as_ref().into();
+            let id: Box<[u8]> = match &ids {
+                Some(ids) => ids.row(r).as_ref().into(),
+                None => Box::new([]),
+            };
             if out.kind(r).is_add() {
                 let row: Vec<ScalarValue> = b
                     .columns()

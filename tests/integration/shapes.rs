@@ -79,6 +79,12 @@ fn shapes() -> Vec<Shape> {
             ),
         },
         Shape {
+            name: "a global aggregate (no GROUP BY)",
+            setup: "",
+            query: "SELECT COUNT(*) AS n, COUNT(DISTINCT user_id) AS users, MAX(event_time) AS last FROM ev",
+            expect: Batch("SELECT COUNT(*), COUNT(DISTINCT user_id), MAX(event_time) FROM ev"),
+        },
+        Shape {
             name: "an aggregate of an aggregate (retractions flow)",
             setup: "",
             query: "SELECT n, COUNT(*) AS courses, MIN(course_id) AS first FROM
