@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::SchemaRef;
 
 use super::groups::GroupTable;
 use super::window::millis;
@@ -115,6 +116,29 @@ impl Side {
 
     fn is_alive(&self, s: &Slot) -> bool {
         self.chunks.get(&s.chunk).is_some_and(|c| c.alive[s.row as usize])
+    }
+
+    /// Rows held, by `(chunk, row)`, as one batch of `schema`.
+    fn rows(&self, schema: &SchemaRef, slots: &[(u64, u32)]) -> Result<RecordBatch> {
+        let mut pos: HashMap<u64, usize> = HashMap::new();
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let mut idx = Vec::with_capacity(slots.len());
+        for (chunk, row) in slots {
+            let p = match pos.get(chunk) {
+                Some(p) => *p,
+                None => {
+                    let c = self
+                        .chunks
+                        .get(chunk)
+                        .ok_or_else(|| Error::Internal("an interval join lost a stored batch".into()))?;
+                    batches.push(&c.batch);
+                    pos.insert(*chunk, batches.len() - 1);
+                    batches.len() - 1
+                }
+            };
+            idx.push((p, *row as usize));
+        }
+        gather(schema, &batches, &idx)
     }
 
     /// Drop index entries of rows that are gone, and keys with no rows left.
@@ -265,28 +289,9 @@ impl Operator for IntervalJoin {
         // Pairs: this side's rows with the other side's candidates, checked by the join condition.
         let mut out = Vec::new();
         let mine = UInt32Array::from(mine);
-        let (chunk_ids, mut batches): (Vec<u64>, Vec<&RecordBatch>) = (Vec::new(), Vec::new());
-        let mut chunk_pos: HashMap<u64, usize> = HashMap::new();
-        let mut idx = Vec::with_capacity(theirs.len());
-        let mut chunk_ids = chunk_ids;
-        for s in &theirs {
-            let p = match chunk_pos.get(&s.chunk) {
-                Some(p) => *p,
-                None => {
-                    let c = self.sides[other]
-                        .chunks
-                        .get(&s.chunk)
-                        .ok_or_else(|| Error::Internal("an interval join lost a stored batch".into()))?;
-                    batches.push(&c.batch);
-                    chunk_ids.push(s.chunk);
-                    chunk_pos.insert(s.chunk, batches.len() - 1);
-                    batches.len() - 1
-                }
-            };
-            idx.push((p, s.row as usize));
-        }
+        let slots: Vec<(u64, u32)> = theirs.iter().map(|s| (s.chunk, s.row)).collect();
         let here = datafusion::arrow::compute::take_record_batch(&input.batch, &mine)?;
-        let there = gather(&rows.inputs[other], &batches, &idx)?;
+        let there = self.sides[other].rows(&rows.inputs[other], &slots)?;
         let (pairs, ok) = if side == LEFT {
             rows.check_pairs(&here, &there)?
         } else {
@@ -316,7 +321,7 @@ impl Operator for IntervalJoin {
         // and of this side's rows.
         let mut matched = vec![false; n];
         let mut matched_before_restart = vec![false; n];
-        let mut first: Vec<(usize, usize)> = Vec::new();
+        let mut first: Vec<(u64, u32)> = Vec::new();
         let mut first_wm: Vec<i64> = Vec::new();
         let emit_first = rows.emits_matched(other);
         for (k, s) in theirs.iter().enumerate() {
@@ -331,17 +336,13 @@ impl Operator for IntervalJoin {
             {
                 c.matched[s.row as usize] = true;
                 if emit_first && fresh(k) {
-                    first.push((chunk_pos.get(&s.chunk).copied().unwrap_or_default(), s.row as usize));
+                    first.push((s.chunk, s.row));
                     first_wm.push(wms[i]);
                 }
             }
         }
         if !first.is_empty() {
-            let batches: Vec<&RecordBatch> = chunk_ids
-                .iter()
-                .filter_map(|c| self.sides[other].chunks.get(c).map(|c| &c.batch))
-                .collect();
-            let b = gather(&rows.inputs[other], &batches, &first)?;
+            let b = self.sides[other].rows(&rows.inputs[other], &first)?;
             out.push(out_batch(rows.side_rows(other, &b)?, Int64Array::from(first_wm)));
         }
         if rows.emits_matched(side) {
@@ -436,25 +437,7 @@ impl Operator for IntervalJoin {
             }
             s.stale += gone.len();
             if !unmatched.is_empty() {
-                let mut pos: HashMap<u64, usize> = HashMap::new();
-                let mut batches: Vec<&RecordBatch> = Vec::new();
-                let mut idx = Vec::with_capacity(unmatched.len());
-                for (chunk, row) in &unmatched {
-                    let p = match pos.get(chunk) {
-                        Some(p) => *p,
-                        None => {
-                            let c = s
-                                .chunks
-                                .get(chunk)
-                                .ok_or_else(|| Error::Internal("an interval join lost a stored batch".into()))?;
-                            batches.push(&c.batch);
-                            pos.insert(*chunk, batches.len() - 1);
-                            batches.len() - 1
-                        }
-                    };
-                    idx.push((p, *row as usize));
-                }
-                let b = gather(&self.cfg.rows.inputs[side], &batches, &idx)?;
+                let b = s.rows(&self.cfg.rows.inputs[side], &unmatched)?;
                 out.push(ChangeBatch::append(self.cfg.rows.side_rows(side, &b)?, self.wm));
             }
             s.chunks.retain(|_, c| c.live > 0);
