@@ -147,6 +147,9 @@ enum GenFormat {
 
 #[derive(Subcommand)]
 enum GenerateKind {
+    /// The Nexmark benchmark's events: person.jsonl, auction.jsonl and bid.jsonl (and q13's
+    /// side_input.csv) in one directory, or three Kafka topics.
+    Nexmark(NexmarkArgs),
     /// Course-page views on an online-education site.
     Courses {
         /// Number of events (default: unbounded).
@@ -183,6 +186,9 @@ enum GenerateKind {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate {
+            kind: GenerateKind::Nexmark(args),
+        } => generate_nexmark(args),
         Command::Generate { kind } => generate(kind),
         Command::Run {
             file,
@@ -342,7 +348,10 @@ fn generate(kind: GenerateKind) -> Result<()> {
         kafka,
         topic,
         partitions,
-    } = kind;
+    } = kind
+    else {
+        anyhow::bail!("not the courses generator");
+    };
     anyhow::ensure!(
         (0.0..=1.0).contains(&late_ratio),
         "--late-ratio must be between 0 and 1"
@@ -460,6 +469,121 @@ fn generate(kind: GenerateKind) -> Result<()> {
             " ".repeat(40)
         );
     }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct NexmarkArgs {
+    /// Events of all three streams together (1 person : 3 auctions : 46 bids).
+    #[arg(long)]
+    events: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Directory for person.jsonl, auction.jsonl, bid.jsonl and side_input.csv (created if missing).
+    #[arg(long, default_value = "data/nexmark")]
+    out: PathBuf,
+    /// Events per second of event time (not paced on the wall clock).
+    #[arg(long, default_value_t = freshet::connector::nexmark::DEFAULT_RATE)]
+    rate: f64,
+    /// Pull each event's time back by up to this much (disorder within a bound).
+    #[arg(long, default_value_t = 0)]
+    out_of_order_ms: u64,
+    /// Produce to Kafka at these bootstrap servers instead: topics PREFIXperson, PREFIXauction,
+    /// PREFIXbid (created if missing), keyed by person id, auction id and a bid's auction.
+    #[arg(long)]
+    kafka: Option<String>,
+    #[arg(long, default_value = "nexmark_")]
+    topic_prefix: String,
+    /// Partitions of topics that have to be created.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+}
+
+/// `freshet generate nexmark`: one pass over the event sequence, each event to its stream's file or topic.
+fn generate_nexmark(a: NexmarkArgs) -> Result<()> {
+    use freshet::connector::nexmark::{Nexmark, NexmarkOptions, Stream, side_input_csv};
+    anyhow::ensure!(a.rate.is_finite() && a.rate > 0.0, "--rate must be > 0");
+    let g = Nexmark::new(NexmarkOptions {
+        seed: a.seed,
+        events: Some(a.events),
+        rate: a.rate,
+        out_of_order_ms: a.out_of_order_ms,
+    });
+    let index = |s: Stream| Stream::ALL.iter().position(|x| *x == s).unwrap_or(0);
+    let mut kafka_out = None;
+    let mut files: Vec<Box<dyn Write>> = Vec::new();
+    match &a.kafka {
+        Some(brokers) => {
+            let rt = runtime()?;
+            let mut topics = Vec::new();
+            for s in Stream::ALL {
+                let topic = format!("{}{}", a.topic_prefix, s.name());
+                rt.block_on(kafka::ensure_topic(brokers, &topic, a.partitions))?;
+                topics.push(topic);
+            }
+            kafka_out = Some((kafka::producer(brokers, &[])?, topics));
+        }
+        None => {
+            std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+            for s in Stream::ALL {
+                let path = a.out.join(format!("{}.jsonl", s.name()));
+                let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                files.push(Box::new(std::io::BufWriter::with_capacity(1 << 20, f)));
+            }
+            let side = a.out.join("side_input.csv");
+            std::fs::write(&side, side_input_csv()).with_context(|| format!("writing {}", side.display()))?;
+        }
+    }
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t0 = std::time::Instant::now();
+    let mut last_report = t0;
+    let mut bufs = [String::new(), String::new(), String::new()];
+    for n in 0..a.events {
+        let e = g.event(n);
+        let i = index(e.stream());
+        e.write_json(&mut bufs[i]);
+        if let Some((producer, topics)) = &kafka_out {
+            let key = e.key().to_string();
+            kafka::send(
+                producer,
+                &topics[i],
+                Some(key.as_bytes()),
+                bufs[i].trim_end().as_bytes(),
+            )?;
+            bufs[i].clear();
+        } else if bufs[i].len() > 60_000 {
+            files[i].write_all(bufs[i].as_bytes())?;
+            bufs[i].clear();
+        }
+        if progress && n % 65_536 == 0 && last_report.elapsed() > Duration::from_millis(250) {
+            last_report = std::time::Instant::now();
+            eprint!(
+                "\r{n} of {} events ({:.0}%), {:.0} events/s   ",
+                a.events,
+                n as f64 * 100.0 / a.events.max(1) as f64,
+                n as f64 / t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    match &kafka_out {
+        Some((producer, _)) => kafka::flush(producer)?,
+        None => {
+            for (f, b) in files.iter_mut().zip(&bufs) {
+                f.write_all(b.as_bytes())?;
+                f.flush()?;
+            }
+        }
+    }
+    eprintln!(
+        "{}{} events in {:.1} s -> {}",
+        if progress { "\r" } else { "" },
+        a.events,
+        t0.elapsed().as_secs_f64(),
+        match &kafka_out {
+            Some((_, topics)) => format!("topics {}", topics.join(", ")),
+            None => format!("{}/{{person,auction,bid}}.jsonl", a.out.display()),
+        }
+    );
     Ok(())
 }
 
