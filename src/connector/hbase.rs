@@ -135,6 +135,8 @@ pub fn encode_key(out: &mut Vec<u8>, v: &ScalarValue) -> Result<()> {
         ScalarValue::UInt8(Some(i)) => int(out, *i as i64),
         ScalarValue::UInt16(Some(i)) => int(out, *i as i64),
         ScalarValue::UInt32(Some(i)) => int(out, *i as i64),
+        // ROW_NUMBER() and RANK() are unsigned; ranks fit in an i64 (and read back as BIGINT).
+        ScalarValue::UInt64(Some(i)) => int(out, i64::try_from(*i).unwrap_or(i64::MAX)),
         ScalarValue::TimestampMillisecond(Some(t), _) => int(out, *t),
         ScalarValue::TimestampSecond(Some(t), _) => int(out, t.saturating_mul(1000)),
         ScalarValue::TimestampMicrosecond(Some(t), _) => int(out, t.div_euclid(1000)),

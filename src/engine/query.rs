@@ -477,21 +477,21 @@ impl QueryRuntime {
     /// Per row, the watermark in force when it arrived: the query's watermark with this source's
     /// advanced by the rows before it in the batch (the other sources as they were at its start).
     /// Also advances the source's newest event time.
-    fn arrival_watermarks(&mut self, i: usize, batch: &RecordBatch) -> Result<Int64Array> {
-        let others = self
-            .sources
+    fn arrival_watermarks(&mut self, i: usize, batch: &RecordBatch, at_start: &[i64]) -> Result<Int64Array> {
+        let others = at_start
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, s)| s.watermark())
+            .map(|(_, w)| *w)
             .min()
             .unwrap_or(i64::MAX);
         let floor = self.watermark;
         let s = &self.sources[i];
         let n = batch.num_rows();
-        let own = s.source.watermark();
-        let (Some(ti), None) = (s.time_idx, own) else {
-            let w = floor.max(s.watermark().min(others));
+        // A source that computes its own watermark (Kafka: the minimum over its partitions) has
+        // already advanced it by these rows: they arrived under the one from before the poll.
+        let (Some(ti), None) = (s.time_idx, s.source.watermark()) else {
+            let w = floor.max(at_start[i].min(others));
             return Ok(Int64Array::from_value(w, n));
         };
         let ts = crate::operator::window::millis(batch.column(ti))?;
@@ -640,6 +640,8 @@ impl QueryRuntime {
         let mut got = false;
         let mut polled = Vec::new();
         self.arrived = vec![None; self.sources.len()];
+        // Every source's watermark before this turn's polls (rows arrive under these).
+        let at_start: Vec<i64> = self.sources.iter().map(SourceRt::watermark).collect();
         for i in 0..self.sources.len() {
             if self.sources[i].exhausted {
                 continue;
@@ -671,7 +673,7 @@ impl QueryRuntime {
                     if let Some(b) = batch {
                         self.metrics.rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
                         let b = self.split_null_times(i, b)?;
-                        let wm = self.arrival_watermarks(i, &b)?;
+                        let wm = self.arrival_watermarks(i, &b, &at_start)?;
                         let origin = Some(UInt64Array::from_iter_values(
                             (0..b.num_rows() as u64).map(|r| ((i as u64) << 32) | r),
                         ));

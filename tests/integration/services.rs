@@ -295,6 +295,31 @@ async fn hbase_outage_mid_run_blocks_the_sink_and_loses_nothing() {
     assert_rows_eq(&got, &want, "after the outage HBase holds the complete result");
 }
 
+/// The recommendation case in batch SQL over the generated events (`ev`): hesitations (sessions per
+/// user and course with a 30 s gap, merged when they touch, three or more views and no purchase), the
+/// regional top 3 of every 1-hour window sliding by a minute, and the hourly co-purchases.
+const RECOMMENDATION_CTES: &str = "
+WITH e AS (SELECT user_id, course_id, region, purchased,
+                  CAST(arrow_cast(event_time, 'Timestamp(Millisecond, None)') AS BIGINT) AS t FROM ev),
+marked AS (SELECT *, CASE WHEN t - LAG(t) OVER (PARTITION BY user_id, course_id, region ORDER BY t) <= 30000
+                          THEN 0 ELSE 1 END AS new_visit FROM e),
+numbered AS (SELECT *, SUM(new_visit) OVER (PARTITION BY user_id, course_id, region ORDER BY t
+                                            ROWS UNBOUNDED PRECEDING) AS visit FROM marked),
+visits AS (SELECT user_id, course_id, region, MIN(t) AS vs, MAX(t) + 30000 AS ve, COUNT(*) AS views,
+                  SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS buys
+           FROM numbered GROUP BY user_id, course_id, region, visit),
+hes AS (SELECT * FROM visits WHERE views >= 3 AND buys = 0),
+hop AS (SELECT region, course_id, (t / 60000) * 60000 - k.value * 60000 AS ws
+        FROM e CROSS JOIN generate_series(0, 59) AS k WHERE purchased),
+counted AS (SELECT region, course_id, ws, ws + 3600000 AS we, COUNT(*) AS buys FROM hop GROUP BY region, course_id, ws),
+best AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY region, ws ORDER BY buys DESC, course_id) AS rank
+                        FROM counted) WHERE rank <= 3),
+hv AS (SELECT DISTINCT user_id, course_id, (t / 3600000) * 3600000 AS hs FROM e WHERE NOT purchased),
+hb AS (SELECT DISTINCT user_id, course_id, (t / 3600000) * 3600000 AS hs FROM e WHERE purchased),
+co AS (SELECT v.course_id AS viewed, b.course_id AS bought, v.hs + 3600000 AS he, COUNT(*) AS buyers
+       FROM hv v JOIN hb b ON v.user_id = b.user_id AND v.hs = b.hs AND v.course_id <> b.course_id
+       GROUP BY v.course_id, b.course_id, v.hs)";
+
 #[tokio::test]
 async fn shipped_kafka_pipeline_fills_hbase_with_the_right_counts() {
     if !up("Kafka", KAFKA) || !up("HBase Thrift", THRIFT) {
@@ -302,10 +327,11 @@ async fn shipped_kafka_pipeline_fills_hbase_with_the_right_counts() {
     }
     let root = env!("CARGO_MANIFEST_DIR");
     let sql = std::fs::read_to_string(format!("{root}/queries/course_activity_kafka.sql")).expect("shipped query");
-    let (topic, views, recs) = (
+    let (topic, views, recs, similar) = (
         unique("course_events"),
         unique("course_views"),
         unique("recommendations"),
+        unique("similar_habits"),
     );
     let dir = tempfile::tempdir().expect("tmp");
     let sql = sql
@@ -316,10 +342,10 @@ async fn shipped_kafka_pipeline_fills_hbase_with_the_right_counts() {
         .replace("startup = 'group'", "startup = 'earliest'")
         .replace("table = 'course_views'", &format!("table = '{views}'"))
         .replace("table = 'recommendations'", &format!("table = '{recs}'"))
-        .replace("path = 'queries/", &format!("path = '{root}/queries/"))
+        .replace("table = 'similar_habits'", &format!("table = '{similar}'"))
         .replace("path = 'out/", &format!("path = '{}/", dir.path().display()));
     assert!(
-        sql.contains(&topic) && sql.contains(&views) && sql.contains(&recs),
+        sql.contains(&topic) && sql.contains(&views) && sql.contains(&recs) && sql.contains(&similar),
         "the shipped query names what the test replaces"
     );
     let opts = gen_opts(120_000, 24);
@@ -335,31 +361,86 @@ async fn shipped_kafka_pipeline_fills_hbase_with_the_right_counts() {
             q.outcome
         );
     }
+    let ctx = oracle_ctx(&opts, "ev");
     let want = batch_rows(
-        &oracle_ctx(&opts, "ev"),
+        &ctx,
         "SELECT course_id, date_bin(INTERVAL '1 minute', event_time, TIMESTAMP '1970-01-01'), COUNT(*), COUNT(DISTINCT user_id),
                 SUM(CASE WHEN purchased THEN 1 ELSE 0 END) FROM ev GROUP BY 1, 2",
     )
     .await;
     let got = hbase_rows(&mut s, &views, THRIFT).await;
     assert_rows_eq(&got, &want, "HBase course_views holds the per-minute counts");
-    let name = unique("recs");
+
+    // Recommendations from the region's bestsellers: exactly the batch answer.
+    let read = unique("recs");
     exec(
         &mut s,
         &format!(
-            "CREATE TABLE {name} (user_id BIGINT, hesitated_course BIGINT, window_start TIMESTAMP, suggestion BIGINT, views BIGINT, region VARCHAR)
-             WITH (connector = 'hbase', table = '{recs}', column_family = 'r', row_key = 'user_id, hesitated_course, window_start, suggestion');"
+            "CREATE TABLE {read} (user_id BIGINT, hesitated_course BIGINT, visit_start TIMESTAMP, suggestion BIGINT,
+                                  region VARCHAR, views BIGINT, rank BIGINT, buys BIGINT)
+             WITH (connector = 'hbase', table = '{recs}', column_family = 'r',
+                   row_key = 'user_id, hesitated_course, visit_start, suggestion');"
         ),
     )
     .await;
-    let recs = sorted_rows(&exec(&mut s, &format!("SELECT COUNT(*), MIN(views), SUM(CASE WHEN suggestion = hesitated_course THEN 1 ELSE 0 END) FROM {name};")).await);
-    let parts: Vec<i64> = recs[0].split('|').map(|v| v.parse().expect("number")).collect();
-    assert!(parts[0] > 10, "hesitations found: {recs:?}");
-    assert!(
-        parts[1] >= 3,
-        "each recommendation comes from three or more views: {recs:?}"
+    let got = sorted_rows(
+        &exec(
+            &mut s,
+            &format!(
+                "SELECT user_id, hesitated_course, visit_start, suggestion, region, views, rank, buys FROM {read};"
+            ),
+        )
+        .await,
     );
-    assert_eq!(parts[2], 0, "never suggest the course the user hesitates over");
+    let want = batch_rows(
+        &ctx,
+        &format!(
+            "{RECOMMENDATION_CTES}
+             SELECT h.user_id, h.course_id, to_timestamp_millis(h.vs), b.course_id, h.region, h.views, b.rank, b.buys
+             FROM hes h JOIN best b ON b.region = h.region AND b.course_id <> h.course_id
+              AND b.we >= h.ve AND b.we < h.ve + 60000"
+        ),
+    )
+    .await;
+    assert!(
+        want.len() > 10,
+        "the events have hesitations to recommend for: {}",
+        want.len()
+    );
+    assert_rows_eq(
+        &got,
+        &want,
+        "HBase recommendations hold the regional bestsellers of each hesitation",
+    );
+
+    // Suggestions from users with similar habits: the top 3 per hesitation, rows that fell out of the
+    // top 3 deleted from HBase.
+    let read = unique("similar");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE TABLE {read} (user_id BIGINT, hesitated_course BIGINT, visit_start TIMESTAMP, rank BIGINT,
+                                  suggestion BIGINT, buyers BIGINT)
+             WITH (connector = 'hbase', table = '{similar}', column_family = 's',
+                   row_key = 'user_id, hesitated_course, visit_start, rank');"
+        ),
+    )
+    .await;
+    let got = sorted_rows(&exec(&mut s, &format!("SELECT * FROM {read};")).await);
+    let want = batch_rows(
+        &ctx,
+        &format!(
+            "{RECOMMENDATION_CTES}
+             SELECT user_id, course_id, to_timestamp_millis(vs), rank, bought, buyers FROM (
+               SELECT h.user_id, h.course_id, h.vs, c.bought, c.buyers,
+                      ROW_NUMBER() OVER (PARTITION BY h.user_id, h.course_id, h.vs ORDER BY c.buyers DESC, c.bought) AS rank
+               FROM hes h JOIN co c ON c.viewed = h.course_id AND c.he > h.ve AND c.he <= h.ve + 3600000)
+             WHERE rank <= 3"
+        ),
+    )
+    .await;
+    assert!(want.len() > 10, "similar users bought something: {}", want.len());
+    assert_rows_eq(&got, &want, "HBase similar_habits holds the top 3 per hesitation");
 }
 
 #[tokio::test]
