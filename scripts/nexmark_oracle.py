@@ -223,7 +223,7 @@ def load_freshet(con, qdir):
     keep = ", ".join('"' + c.replace('"', '""') + '"' for c in cols[1:])
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE net AS
-            SELECT {keep}, sum(CASE WHEN op IN ('+I', '+U') THEN 1 ELSE -1 END) AS __n
+            SELECT {keep}, CAST(sum(CASE WHEN op IN ('+I', '+U') THEN 1 ELSE -1 END) AS BIGINT) AS __n
             FROM got_raw GROUP BY ALL"""
     )
     negative = con.execute("SELECT count(*) FROM net WHERE __n < 0").fetchone()[0]
