@@ -398,6 +398,10 @@ impl Source for KafkaSource {
         self.resumed
     }
 
+    fn partitioned(&self) -> bool {
+        true
+    }
+
     fn commit(&mut self, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {
         let upto = if polls == 0 { self.polls } else { polls };
         let mut tpl = TopicPartitionList::new();

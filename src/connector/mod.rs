@@ -48,6 +48,12 @@ pub trait Source: Send {
     fn watermark(&self) -> Option<i64> {
         None
     }
+    /// Whether rows come from several ordered parts (Kafka partitions) interleaved: then a row's
+    /// position in a batch says nothing about the watermark it arrived under, and the engine gives
+    /// every row of a batch the watermark from before the poll.
+    fn partitioned(&self) -> bool {
+        false
+    }
     /// Everything with event time below `safe_ts` among the first `polls` `Ready` results has reached
     /// the sink durably: the source may record its progress (e.g. commit Kafka offsets) up to there.
     /// `watermark` is the query's: every window ending at or before it has been emitted completely;

@@ -34,6 +34,7 @@ pub struct Prefetch {
     commits: Sender<(i64, u64, i64)>,
     bounded: bool,
     resumed: Option<i64>,
+    partitioned: bool,
     watermark: Option<i64>,
     polls: u64,
     stop: Arc<AtomicBool>,
@@ -44,6 +45,7 @@ impl Prefetch {
     pub fn spawn(mut inner: Box<dyn Source>, max: usize, interval: Duration) -> Self {
         let bounded = inner.bounded();
         let resumed = inner.resumed_watermark();
+        let partitioned = inner.partitioned();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Delivery>(2);
         let (commits, commit_rx) = std::sync::mpsc::channel::<(i64, u64, i64)>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -62,6 +64,7 @@ impl Prefetch {
             commits,
             bounded,
             resumed,
+            partitioned,
             watermark: None,
             polls: 0,
             stop,
@@ -194,6 +197,10 @@ impl Source for Prefetch {
     fn commit(&mut self, safe_ts: i64, _polls: u64, watermark: i64) -> Result<()> {
         let _ = self.commits.send((safe_ts, self.polls, watermark));
         Ok(())
+    }
+
+    fn partitioned(&self) -> bool {
+        self.partitioned
     }
 
     fn resumed_watermark(&self) -> Option<i64> {

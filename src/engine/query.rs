@@ -488,9 +488,10 @@ impl QueryRuntime {
         let floor = self.watermark;
         let s = &self.sources[i];
         let n = batch.num_rows();
-        // A source that computes its own watermark (Kafka: the minimum over its partitions) has
-        // already advanced it by these rows: they arrived under the one from before the poll.
-        let (Some(ti), None) = (s.time_idx, s.source.watermark()) else {
+        // Rows of a partitioned source (Kafka) interleave parts, each in its own order: they all
+        // arrived under the watermark from before the poll (the source's own, the minimum over its
+        // partitions, has already moved with them).
+        let (Some(ti), false) = (s.time_idx, s.source.partitioned()) else {
             let w = floor.max(at_start[i].min(others));
             return Ok(Int64Array::from_value(w, n));
         };
