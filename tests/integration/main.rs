@@ -9,7 +9,7 @@ mod oracle;
 mod over;
 mod restart;
 mod server;
-mod shapes;
 mod services;
+mod shapes;
 mod support;
 mod time_joins;
