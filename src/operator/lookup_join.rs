@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
@@ -21,8 +21,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::groups::GroupTable;
-use super::stream_join::{batch_of, eval_keys, filter_mask, left_first};
+use super::stream_join::{eval_keys, filter_mask, left_first};
 use super::{ChangeBatch, Context, Operator};
+use super::{batch_of, conformed_batch};
 use crate::error::{Error, Result};
 
 /// Which stream rows come out.
@@ -121,21 +122,7 @@ pub fn run_plan(plan: &LogicalPlan, schema: &SchemaRef) -> Result<RecordBatch> {
     // The plan's declared types (an execution may differ in nullability or view types).
     let conformed = batches
         .iter()
-        .map(|b| {
-            let cols: Vec<ArrayRef> = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c.clone())
-                    } else {
-                        cast(c, f.data_type())
-                    }
-                })
-                .collect::<std::result::Result<_, _>>()?;
-            batch_of(schema, cols, b.num_rows())
-        })
+        .map(|b| conformed_batch(schema, b.columns().to_vec(), b.num_rows()))
         .collect::<Result<Vec<_>>>()?;
     Ok(concat_batches(schema, &conformed)?)
 }

@@ -231,6 +231,32 @@ fn as_i8(a: &ArrayRef) -> Result<Int8Array> {
         .ok_or_else(|| Error::Internal("row kinds are not Int8".into()))
 }
 
+/// A batch of `schema` with these columns and `n` rows (zero columns allowed).
+pub fn batch_of(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        cols,
+        &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+    )?)
+}
+
+/// [`batch_of`], each column cast to the schema's type where it differs (keys and aggregates come
+/// back in the types their state keeps; an execution may differ in view types).
+pub fn conformed_batch(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch> {
+    let cols = cols
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                datafusion::arrow::compute::cast(&c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    batch_of(schema, cols, n)
+}
+
 fn as_u64(a: &ArrayRef) -> Result<UInt64Array> {
     a.as_any()
         .downcast_ref::<UInt64Array>()

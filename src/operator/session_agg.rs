@@ -13,16 +13,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
 use super::groups::GroupTable;
 use super::window::millis;
 use super::window_agg::OutCol;
-use super::{ChangeBatch, Context, Operator};
+use super::{ChangeBatch, Context, Operator, conformed_batch};
 use crate::error::{Error, Result};
 
 #[derive(Clone)]
@@ -259,22 +257,7 @@ impl Operator for SessionAgg {
             });
         }
         cols.extend(vals);
-        let cols = cols
-            .into_iter()
-            .zip(self.cfg.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let batch = RecordBatch::try_new_with_options(
-            self.cfg.schema.clone(),
-            cols,
-            &RecordBatchOptions::new().with_row_count(Some(n)),
-        )?;
+        let batch = conformed_batch(&self.cfg.schema, cols, n)?;
         for (g, k) in gids.iter().zip(&kids) {
             self.aggs.reset(*g);
             self.free.push(*g);

@@ -23,12 +23,12 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int8Array, Int64Array, UInt32Array, new_null_array};
 use datafusion::arrow::compute::{cast, interleave, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::groups::GroupTable;
-use super::{ChangeBatch, Context, Operator, RowKind};
+use super::{ChangeBatch, Context, Operator, RowKind, batch_of};
 use crate::error::{Error, Result};
 
 /// How a side's rows show in the output on their own (not paired with a row of the other side).
@@ -104,15 +104,6 @@ pub fn filter_mask(filter: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Resul
         .as_boolean_opt()
         .ok_or_else(|| Error::plan("a join condition must be boolean"))?;
     Ok((0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect())
-}
-
-/// A batch of `schema` with these columns and `n` rows (zero columns allowed).
-pub fn batch_of(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch> {
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        cols,
-        &RecordBatchOptions::new().with_row_count(Some(n)),
-    )?)
 }
 
 /// The columns of a row of one side next to those of the other, left first.

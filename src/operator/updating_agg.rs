@@ -11,15 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int8Array, RecordBatch};
-use datafusion::arrow::compute::{cast, interleave};
+use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatchOptions;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
 use super::groups::GroupTable;
-use super::{ChangeBatch, Context, Operator, RowKind};
+use super::{ChangeBatch, Context, Operator, RowKind, batch_of, conformed_batch};
 use crate::error::{Error, Result};
 
 #[derive(Clone)]
@@ -67,23 +66,8 @@ impl UpdatingAgg {
     fn rows_of(&mut self, gids: &[u32]) -> Result<(RecordBatch, Vec<ArrayRef>)> {
         let keys = self.table.keys_of(gids)?;
         let vals = self.aggs.evaluate(gids)?;
-        let cols: Vec<ArrayRef> = keys
-            .into_iter()
-            .chain(vals.iter().cloned())
-            .zip(self.cfg.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let batch = RecordBatch::try_new_with_options(
-            self.cfg.schema.clone(),
-            cols,
-            &RecordBatchOptions::new().with_row_count(Some(gids.len())),
-        )?;
+        let cols: Vec<ArrayRef> = keys.into_iter().chain(vals.iter().cloned()).collect();
+        let batch = conformed_batch(&self.cfg.schema, cols, gids.len())?;
         Ok((batch, vals))
     }
 }
@@ -180,11 +164,7 @@ impl Operator for UpdatingAgg {
             .map(|c| interleave(&[old.column(c).as_ref(), new.column(c).as_ref()], &pick))
             .collect::<std::result::Result<_, _>>()?;
         let m = pick.len();
-        let batch = RecordBatch::try_new_with_options(
-            self.cfg.schema.clone(),
-            cols,
-            &RecordBatchOptions::new().with_row_count(Some(m)),
-        )?;
+        let batch = batch_of(&self.cfg.schema, cols, m)?;
         let mut out = ChangeBatch::append(batch, self.wm);
         out.ops = Some(Int8Array::from(kinds));
         Ok(vec![out])

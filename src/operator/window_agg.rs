@@ -16,15 +16,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
 use super::groups::GroupTable;
 use super::window::{WindowSpec, group_rows, millis};
-use super::{ChangeBatch, Context, Operator, RowKind, split_by_watermark};
+use super::{ChangeBatch, Context, Operator, RowKind, conformed_batch, split_by_watermark};
 use crate::error::{Error, Result};
 
 /// What an output column of a window aggregate (a GROUP BY item) is.
@@ -230,22 +230,7 @@ impl WindowAgg {
             });
         }
         cols.extend(vals);
-        let cols = cols
-            .into_iter()
-            .zip(self.cfg.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Some(RecordBatch::try_new_with_options(
-            self.cfg.schema.clone(),
-            cols,
-            &RecordBatchOptions::new().with_row_count(Some(n)),
-        )?))
+        Ok(Some(conformed_batch(&self.cfg.schema, cols, n)?))
     }
 
     /// Early firing: the current value of every window changed since the last call.

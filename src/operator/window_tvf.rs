@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::record_batch::RecordBatch;
 
 use super::window::{WindowSpec, millis};
-use super::{ChangeBatch, Context, Operator};
+use super::{ChangeBatch, Context, Operator, batch_of};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -48,11 +48,7 @@ fn with_windows(schema: &SchemaRef, batch: &RecordBatch, starts: Vec<i64>, ends:
     cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
     cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
     cols.push(Arc::new(TimestampMillisecondArray::from(times)));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        cols,
-        &RecordBatchOptions::new().with_row_count(Some(n)),
-    )?)
+    batch_of(schema, cols, n)
 }
 
 impl Operator for WindowTvf {
