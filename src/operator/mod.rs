@@ -359,6 +359,40 @@ pub fn split_by_watermark(input: &ChangeBatch, points: &[i64]) -> Result<Vec<Cha
     idx.into_iter().map(|ix| input.take(&UInt32Array::from(ix))).collect()
 }
 
+/// Rows for operator tests: a key and an event time per row, each with its arrival watermark.
+#[cfg(test)]
+pub mod test_rows {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    use super::ChangeBatch;
+
+    /// `k VARCHAR, t TIMESTAMP(ms)`.
+    pub fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]))
+    }
+
+    pub fn rows(keys: &[&str], ts: &[i64], wms: &[i64]) -> ChangeBatch {
+        let b = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(TimestampMillisecondArray::from(ts.to_vec())),
+            ],
+        )
+        .expect("batch");
+        let mut c = ChangeBatch::append(b, 0);
+        c.wm = Int64Array::from(wms.to_vec());
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -368,33 +368,13 @@ impl Operator for WindowAgg {
 mod tests {
     use super::*;
     use crate::operator::acc::AggKind;
-    use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
+    use crate::operator::test_rows::rows;
+    use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
     use datafusion::physical_expr::expressions::col;
 
-    fn input_schema() -> Arc<Schema> {
-        Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, false),
-            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
-        ]))
-    }
-
-    fn rows(keys: &[&str], ts: &[i64], wms: &[i64]) -> ChangeBatch {
-        let b = RecordBatch::try_new(
-            input_schema(),
-            vec![
-                Arc::new(StringArray::from(keys.to_vec())),
-                Arc::new(TimestampMillisecondArray::from(ts.to_vec())),
-            ],
-        )
-        .expect("batch");
-        let mut c = ChangeBatch::append(b, 0);
-        c.wm = Int64Array::from(wms.to_vec());
-        c
-    }
-
     fn op(window: WindowSpec, early_fire: bool) -> WindowAgg {
-        let s = input_schema();
+        let s = crate::operator::test_rows::schema();
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
         WindowAgg::new(Config {
             window,
