@@ -56,6 +56,8 @@ pub struct Compiled {
     pub schema: SchemaRef,
     /// The query reads no stream: it runs once, in batch.
     pub bounded: bool,
+    /// The query as written (refusals name their position in it).
+    pub query: Box<Query>,
 }
 
 impl Compiled {
@@ -219,6 +221,7 @@ pub async fn compile(
             presentation,
             schema: std::sync::Arc::new(plan.schema().as_arrow().clone()),
             bounded: true,
+            query: Box::new(query.clone()),
         });
     }
     let plan = pc.plan_query(&q).await?;
@@ -246,6 +249,7 @@ pub async fn compile(
         presentation,
         schema,
         bounded: false,
+        query: Box::new(query.clone()),
     })
 }
 
@@ -281,19 +285,32 @@ pub fn finalize(c: &mut Compiled, accepts: Accepts, sink: &str) -> Result<()> {
             if mode == Mode::Append {
                 return Ok(());
             }
-            let why = c
-                .graph
-                .nodes
-                .iter()
-                .find(|n| {
-                    n.props.mode != Mode::Append
-                        && n.inputs.iter().all(|i| c.graph.nodes[*i].props.mode == Mode::Append)
-                })
+            let first = c.graph.nodes.iter().find(|n| {
+                n.props.mode != Mode::Append && n.inputs.iter().all(|i| c.graph.nodes[*i].props.mode == Mode::Append)
+            });
+            let why = first
                 .map(|n| n.op_name())
                 .unwrap_or_else(|| "an updating operator".into());
-            Err(Error::plan(format!(
-                "{sink} takes an append-only stream, but this query's result updates rows ({why}); write it to an upsert sink (a materialized view, HBase), ask for the changelog (format = 'changelog'), or use a window so rows are final when emitted"
-            )))
+            let site = match first.map(|n| &n.op) {
+                Some(Op::UpdatingAgg(cfg)) if cfg.calls.is_empty() => {
+                    let l = locate::Locator::new(&c.query);
+                    if l.find(&locate::Site::Distinct).is_some() {
+                        locate::Site::Distinct
+                    } else {
+                        locate::Site::GroupBy
+                    }
+                }
+                Some(Op::UpdatingAgg(_)) => locate::Site::GroupBy,
+                Some(Op::Custom(f)) if f.describe().contains("Join") => locate::Site::Join(0),
+                Some(Op::Custom(_)) => locate::Site::Over,
+                _ => locate::Site::Query,
+            };
+            Err(locate::Locator::new(&c.query).refuse(
+                site,
+                format!(
+                    "{sink} takes an append-only stream, but this query's result updates rows ({why}); write it to an upsert sink (a materialized view, HBase), ask for the changelog (format = 'changelog'), or use a window so rows are final when emitted"
+                ),
+            ))
         }
     }
 }
