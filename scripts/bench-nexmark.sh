@@ -4,7 +4,7 @@
 # (scripts/nexmark_oracle.py) and prints per query Freshet's events/s, DuckDB's time and whether
 # Freshet's result matched the oracle's. Queries Freshet refuses show the refusal.
 #
-#   scripts/bench-nexmark.sh               # 10 M events (about 2.6 GB of JSON, generated once, cached)
+#   scripts/bench-nexmark.sh               # 10 M events (2.8 GB of JSON, generated once, cached)
 #   scripts/bench-nexmark.sh 1000000       # 1 M events
 #   QUERIES="q0 q12" scripts/bench-nexmark.sh 1000000
 #

@@ -106,15 +106,17 @@ QUERIES = {
              WHERE rownum <= 1""",
     "q10": """SELECT auction, bidder, price, date_time, extra, strftime(date_time, '%Y-%m-%d'),
                      strftime(date_time, '%H:%M') FROM bid""",
-    "q11": """WITH marked AS (
-                SELECT bidder, date_time,
-                       CASE WHEN date_time - lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time)
-                                 < INTERVAL 10 SECOND THEN 0 ELSE 1 END AS new_session
-                FROM bid),
+    # Gaps and islands over each bidder's distinct times (with ties, LAG and the running SUM could
+    # order equal times differently and split a session).
+    "q11": """WITH t AS (SELECT bidder, date_time, count(*) AS n FROM bid GROUP BY bidder, date_time),
+             marked AS (
+                SELECT *, CASE WHEN date_time - lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time)
+                                    < INTERVAL 10 SECOND THEN 0 ELSE 1 END AS new_session
+                FROM t),
              numbered AS (
                 SELECT *, sum(new_session) OVER (PARTITION BY bidder ORDER BY date_time
                                                  ROWS UNBOUNDED PRECEDING) AS sid FROM marked)
-             SELECT bidder, count(*), min(date_time), max(date_time) + INTERVAL 10 SECOND
+             SELECT bidder, sum(n), min(date_time), max(date_time) + INTERVAL 10 SECOND
              FROM numbered GROUP BY bidder, sid""",
     "q12": f"""SELECT bidder, count(*), {W10}, {W10} + INTERVAL 10 SECOND FROM bid GROUP BY bidder, {W10}""",
     "q13": """SELECT B.auction, B.bidder, B.price, B.date_time, S.value FROM bid B JOIN side_input S

@@ -114,16 +114,18 @@ fn expect(q: u32) -> Expect {
             "SELECT auction, bidder, price, date_time, extra, to_char(date_time, '%Y-%m-%d'), to_char(date_time, '%H:%M')
              FROM bid",
         ),
+        // Gaps and islands over each bidder's distinct times (with ties, LAG and the running SUM
+        // could order equal times differently and split a session).
         11 => Match(
-            "WITH marked AS (
-                SELECT bidder, date_time,
-                       CASE WHEN date_time - LAG(date_time) OVER (PARTITION BY bidder ORDER BY date_time) < INTERVAL '10 seconds'
-                            THEN 0 ELSE 1 END AS new_session
-                FROM bid),
+            "WITH t AS (SELECT bidder, date_time, COUNT(*) AS n FROM bid GROUP BY bidder, date_time),
+             marked AS (
+                SELECT *, CASE WHEN date_time - LAG(date_time) OVER (PARTITION BY bidder ORDER BY date_time)
+                                    < INTERVAL '10 seconds' THEN 0 ELSE 1 END AS new_session
+                FROM t),
              numbered AS (
                 SELECT *, SUM(new_session) OVER (PARTITION BY bidder ORDER BY date_time ROWS UNBOUNDED PRECEDING) AS sid
                 FROM marked)
-             SELECT bidder, COUNT(*), MIN(date_time), MAX(date_time) + INTERVAL '10 seconds' FROM numbered
+             SELECT bidder, SUM(n), MIN(date_time), MAX(date_time) + INTERVAL '10 seconds' FROM numbered
              GROUP BY bidder, sid",
         ),
         12 => Match(
