@@ -6,7 +6,7 @@
 -- Output: out/nexmark/q0/part-*.parquet (append-only: every row final).
 -- Standard text: nexmark-flink's queries/q0.sql, with Freshet's snake_case column names.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -15,7 +15,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q0 WITH (connector = 'parquet', path = 'out/nexmark/q0') AS
 SELECT auction, bidder, price, date_time, extra FROM bid;

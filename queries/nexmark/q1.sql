@@ -7,7 +7,7 @@
 -- Standard text: nexmark-flink's queries/q1.sql, with Freshet's snake_case column names.
 -- Flink's price is DECIMAL(23, 3); DataFusion reads 0.908 as a DOUBLE, so price is a DOUBLE here.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -16,7 +16,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q1 WITH (connector = 'parquet', path = 'out/nexmark/q1') AS
 SELECT

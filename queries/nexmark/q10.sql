@@ -8,7 +8,7 @@
 -- Flink writes CSV files partitioned by (dt, hm); Freshet's Parquet sink does not partition, so the
 -- partition columns are ordinary columns. DATE_FORMAT(t, 'yyyy-MM-dd') is to_char(t, '%Y-%m-%d').
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -17,7 +17,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q10 WITH (connector = 'parquet', path = 'out/nexmark/q10') AS
 SELECT

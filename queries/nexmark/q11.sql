@@ -7,7 +7,7 @@
 -- Standard text: nexmark-flink's queries/q11.sql, with Freshet's snake_case column names.
 -- Flink's legacy GROUP BY SESSION(...) is written as the SESSION window function with PARTITION BY.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -16,7 +16,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q11 WITH (connector = 'parquet', path = 'out/nexmark/q11') AS
 SELECT

@@ -11,7 +11,7 @@
 -- writes data/nexmark/side_input.csv (key,value for keys 0-9999, as Flink's SideInputGenerator).
 -- MOD(B.auction, 10000) is written B.auction % 10000.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -20,10 +20,10 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE TABLE side_input (key BIGINT, value VARCHAR)
-WITH (connector = 'file', path = 'data/nexmark/side_input.csv', format = 'csv');
+WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/side_input.csv', 'format' = 'csv');
 
 CREATE SINK nexmark_q13 WITH (connector = 'parquet', path = 'out/nexmark/q13') AS
 SELECT

@@ -9,7 +9,7 @@
 -- length(extra) - length(replace(extra, 'c', '')). HOUR(t) is EXTRACT(HOUR FROM t). price is a
 -- DOUBLE (Flink: DECIMAL(23, 3)), as in q1.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -18,7 +18,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q14 WITH (connector = 'parquet', path = 'out/nexmark/q14') AS
 SELECT

@@ -9,7 +9,7 @@
 -- An unwindowed GROUP BY: each change of a group is written to the changelog.
 -- DATE_FORMAT(t, 'yyyy-MM-dd') is to_char(t, '%Y-%m-%d').
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -18,7 +18,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q15 WITH (connector = 'parquet', path = 'out/nexmark/q15', format = 'changelog') AS
 SELECT

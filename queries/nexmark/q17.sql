@@ -10,7 +10,7 @@
 -- DATE_FORMAT(t, 'yyyy-MM-dd') is to_char(t, '%Y-%m-%d').
 -- avg(price) is a DOUBLE (Flink's AVG of a BIGINT is a BIGINT).
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -19,7 +19,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q17 WITH (connector = 'parquet', path = 'out/nexmark/q17', format = 'changelog') AS
 SELECT

@@ -9,7 +9,7 @@
 -- ROW_NUMBER() ... ORDER BY date_time DESC ... <= 1 keeps the last row per key; of bids with the same
 -- time, the one that arrived last (Flink's rule).
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -18,7 +18,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q18 WITH (connector = 'parquet', path = 'out/nexmark/q18', format = 'changelog') AS
 SELECT auction, bidder, price, channel, url, date_time, extra

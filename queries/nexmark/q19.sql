@@ -8,7 +8,7 @@
 -- Standard text: nexmark-flink's queries/q19.sql, with Freshet's snake_case column names.
 -- A Top-N (ROW_NUMBER ... <= 10): rows enter and leave the top ten as bids arrive.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -17,7 +17,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q19 WITH (connector = 'parquet', path = 'out/nexmark/q19', format = 'changelog') AS
 SELECT * FROM

@@ -7,7 +7,7 @@
 -- Standard text: nexmark-flink's queries/q2.sql, with Freshet's snake_case column names.
 -- MOD(auction, 123) is written auction % 123.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -16,7 +16,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q2 WITH (connector = 'parquet', path = 'out/nexmark/q2') AS
 SELECT auction, price FROM bid WHERE auction % 123 = 0;

@@ -8,7 +8,7 @@
 -- Standard text: nexmark-flink's queries/q20.sql, with Freshet's snake_case column names.
 -- A regular inner join; the two date_time and extra columns are named as Flink's sink names them.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -17,9 +17,9 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
-CREATE SOURCE auction (
+CREATE TABLE auction (
     id          BIGINT,
     item_name   VARCHAR,
     description VARCHAR,
@@ -31,7 +31,7 @@ CREATE SOURCE auction (
     category    BIGINT,
     extra       VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/auction.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/auction.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q20 WITH (connector = 'parquet', path = 'out/nexmark/q20') AS
 SELECT

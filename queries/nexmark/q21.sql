@@ -9,7 +9,7 @@
 -- regexp_replace(url, '^.*?' || re || '.*$', '\2'): Freshet's DataFusion is built without the nested
 -- expressions that regexp_match(url, re)[2] needs.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -18,7 +18,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q21 WITH (connector = 'parquet', path = 'out/nexmark/q21') AS
 SELECT

@@ -7,7 +7,7 @@
 -- Standard text: nexmark-flink's queries/q22.sql, with Freshet's snake_case column names.
 -- SPLIT_INDEX(url, '/', i) counts from 0, split_part(url, '/', i + 1) from 1.
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -16,7 +16,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q22 WITH (connector = 'parquet', path = 'out/nexmark/q22') AS
 SELECT

@@ -9,7 +9,7 @@
 -- Standard text: nexmark-flink's queries/q4.sql, with Freshet's snake_case column names.
 -- A join, the winning bid of each auction, then an average per category: the result updates.
 
-CREATE SOURCE auction (
+CREATE TABLE auction (
     id          BIGINT,
     item_name   VARCHAR,
     description VARCHAR,
@@ -21,9 +21,9 @@ CREATE SOURCE auction (
     category    BIGINT,
     extra       VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/auction.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/auction.jsonl', 'format' = 'json');
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -32,7 +32,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q4 WITH (connector = 'parquet', path = 'out/nexmark/q4', format = 'changelog') AS
 SELECT

@@ -7,7 +7,7 @@
 -- Standard text: nexmark-flink's queries/q5.sql, with Freshet's snake_case column names.
 -- Two HOP aggregates joined on their window bounds (a window join).
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -16,7 +16,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q5 WITH (connector = 'parquet', path = 'out/nexmark/q5') AS
 SELECT AuctionBids.auction, AuctionBids.num

@@ -7,7 +7,7 @@
 -- Standard text: nexmark-flink's queries/q7.sql, with Freshet's snake_case column names.
 -- Bids joined with their window's maximum, the bid's time bounded by the window end (an interval join).
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -16,7 +16,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q7 WITH (connector = 'parquet', path = 'out/nexmark/q7') AS
 SELECT B.auction, B.price, B.bidder, B.date_time, B.extra

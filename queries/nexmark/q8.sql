@@ -8,7 +8,7 @@
 -- Standard text: nexmark-flink's queries/q8.sql, with Freshet's snake_case column names.
 -- Two TUMBLE aggregates joined on their window bounds (a window join).
 
-CREATE SOURCE person (
+CREATE TABLE person (
     id            BIGINT,
     name          VARCHAR,
     email_address VARCHAR,
@@ -18,9 +18,9 @@ CREATE SOURCE person (
     date_time     TIMESTAMP NOT NULL,
     extra         VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/person.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/person.jsonl', 'format' = 'json');
 
-CREATE SOURCE auction (
+CREATE TABLE auction (
     id          BIGINT,
     item_name   VARCHAR,
     description VARCHAR,
@@ -32,7 +32,7 @@ CREATE SOURCE auction (
     category    BIGINT,
     extra       VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/auction.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/auction.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q8 WITH (connector = 'parquet', path = 'out/nexmark/q8') AS
 SELECT P.id, P.name, P.starttime

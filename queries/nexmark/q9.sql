@@ -9,7 +9,7 @@
 -- Standard text: nexmark-flink's queries/q9.sql, with Freshet's snake_case column names.
 -- A join, then a Top-1 per auction (ROW_NUMBER ... <= 1): the result updates as higher bids arrive.
 
-CREATE SOURCE auction (
+CREATE TABLE auction (
     id          BIGINT,
     item_name   VARCHAR,
     description VARCHAR,
@@ -21,9 +21,9 @@ CREATE SOURCE auction (
     category    BIGINT,
     extra       VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/auction.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/auction.jsonl', 'format' = 'json');
 
-CREATE SOURCE bid (
+CREATE TABLE bid (
     auction   BIGINT,
     bidder    BIGINT,
     price     BIGINT,
@@ -32,7 +32,7 @@ CREATE SOURCE bid (
     date_time TIMESTAMP NOT NULL,
     extra     VARCHAR,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
-) WITH (connector = 'file', path = 'data/nexmark/bid.jsonl', format = 'json');
+) WITH ('connector' = 'filesystem', 'path' = 'data/nexmark/bid.jsonl', 'format' = 'json');
 
 CREATE SINK nexmark_q9 WITH (connector = 'parquet', path = 'out/nexmark/q9', format = 'changelog') AS
 SELECT
