@@ -383,6 +383,7 @@ impl Session {
         needs_a_stream(name, compiled)?;
         let mut c = compiled.clone();
         plan::finalize(&mut c, accepts, sink)?;
+        c.set_state_ttl(self.config.state_ttl);
         let rt = QueryRuntime::new(
             name,
             &c,
@@ -642,11 +643,37 @@ impl Session {
                 }
             }
             Statement::Explain(query) => Ok(Outcome::Text(self.explain(query).await?)),
+            Statement::Set { key, value } => self.set(key, value),
             Statement::Insert { .. } => {
                 let sink = self.insert_as_sink(stmt)?;
                 Box::pin(self.execute_statement(&sink)).await
             }
             Statement::Query(query) => self.select(query).await,
+        }
+    }
+
+    /// `SET key = value`, for the queries started after it.
+    fn set(&mut self, key: &str, value: &str) -> Result<Outcome> {
+        match key {
+            "table.exec.state.ttl" | "state_ttl" => {
+                let ttl = crate::sql::parser::duration_ms(value).ok_or_else(|| {
+                    Error::option(
+                        key,
+                        format!("'{value}' is not a duration (e.g. '1 h', '30 min', '0' for none)"),
+                    )
+                })?;
+                self.config.state_ttl = (ttl > 0).then(|| std::time::Duration::from_millis(ttl as u64));
+                Ok(Outcome::Done(match self.config.state_ttl {
+                    Some(_) => format!(
+                        "state ttl {value}: groups of a GROUP BY without a window are forgotten when unchanged that long"
+                    ),
+                    None => "state ttl off: groups are kept while they have rows".into(),
+                }))
+            }
+            other => Err(Error::option(
+                other,
+                "unknown setting; valid: 'table.exec.state.ttl' (or state_ttl)",
+            )),
         }
     }
 

@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub batch_interval: Duration,
     /// How often sinks commit and sources record their progress (e.g. Kafka offsets).
     pub commit_interval: Duration,
+    /// Forget a group of a GROUP BY without a window when it has not changed for this long
+    /// (processing time; Flink's `table.exec.state.ttl`). `None`: keep it while it has rows.
+    pub state_ttl: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             batch_size: 65_536,
             batch_interval: Duration::from_millis(200),
             commit_interval: Duration::from_secs(10),
+            state_ttl: None,
         }
     }
 }
@@ -491,11 +495,20 @@ impl QueryRuntime {
         // Rows of a partitioned source (Kafka) interleave parts, each in its own order: they all
         // arrived under the watermark from before the poll (the source's own, the minimum over its
         // partitions, has already moved with them).
-        let (Some(ti), false) = (s.time_idx, s.source.partitioned()) else {
+        let Some(ti) = s.time_idx else {
             let w = floor.max(at_start[i].min(others));
             return Ok(Int64Array::from_value(w, n));
         };
         let ts = crate::operator::window::millis(batch.column(ti))?;
+        if s.source.partitioned() {
+            let newest = ts.values().iter().copied().max().unwrap_or(i64::MIN);
+            if self.track_latency {
+                self.batch_times.extend(ts.values().iter().copied());
+            }
+            self.sources[i].max_ts = self.sources[i].max_ts.max(newest);
+            let w = floor.max(at_start[i].min(others));
+            return Ok(Int64Array::from_value(w, n));
+        }
         let (delay, sfloor) = (s.delay, s.floor);
         let mut max = s.max_ts;
         let mut out = Vec::with_capacity(n);

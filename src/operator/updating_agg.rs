@@ -3,9 +3,10 @@
 //! changed one `-U` old / `+U` new, a group whose last row was retracted `-D`. It takes a changelog
 //! too (retractions undo what their insert did), so aggregates nest.
 //!
-//! State is unbounded by time: a group lives until its rows are retracted. `state_ttl` (optional)
-//! forgets groups not updated for that long in event time, as Flink's `table.exec.state.ttl` does
-//! in processing time.
+//! State is unbounded by time: a group lives until its rows are retracted. With `state_ttl` (`SET
+//! 'table.exec.state.ttl' = '1 h'`, as in Flink, in processing time) a group unchanged that long is
+//! forgotten without a word: its result row stays where it was written, and a later row of its key
+//! starts the group afresh — the user trades exactness for bounded state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Config {
     pub schema: SchemaRef,
     /// The input is a changelog.
     pub retracting: bool,
+    /// Forget groups unchanged for this long (processing time).
+    pub state_ttl: Option<std::time::Duration>,
 }
 
 pub struct UpdatingAgg {
@@ -41,6 +44,9 @@ pub struct UpdatingAgg {
     /// Compares old and new values so unchanged groups emit nothing.
     values: Option<RowConverter>,
     wm: i64,
+    /// When each group last changed (with `state_ttl`).
+    changed: Vec<std::time::Instant>,
+    last_sweep: std::time::Instant,
 }
 
 impl UpdatingAgg {
@@ -60,7 +66,32 @@ impl UpdatingAgg {
             },
             cfg,
             wm: i64::MIN,
+            changed: Vec::new(),
+            last_sweep: std::time::Instant::now(),
         })
+    }
+
+    /// Forget the groups unchanged for longer than the TTL (at most every TTL / 4).
+    fn expire(&mut self) {
+        let Some(ttl) = self.cfg.state_ttl else { return };
+        let now = std::time::Instant::now();
+        if now.duration_since(self.last_sweep) < ttl / 4 {
+            return;
+        }
+        self.last_sweep = now;
+        let old: Vec<u32> = self
+            .table
+            .ids()
+            .filter(|g| {
+                self.changed
+                    .get(*g as usize)
+                    .is_none_or(|t| now.duration_since(*t) >= ttl)
+            })
+            .collect();
+        for g in old {
+            self.table.remove(g);
+            self.aggs.reset(g);
+        }
     }
 
     fn rows_of(&mut self, gids: &[u32]) -> Result<(RecordBatch, Vec<ArrayRef>)> {
@@ -86,6 +117,15 @@ impl Operator for UpdatingAgg {
             .map(|e| e.evaluate(b).and_then(|v| v.into_array(n)))
             .collect::<std::result::Result<_, _>>()?;
         let gids = self.table.intern(&keys, n)?;
+        if self.cfg.state_ttl.is_some() {
+            let now = std::time::Instant::now();
+            if self.changed.len() < self.table.capacity() {
+                self.changed.resize(self.table.capacity(), now);
+            }
+            for g in &gids {
+                self.changed[*g as usize] = now;
+            }
+        }
         let retract = input.retractions();
         if retract.is_some() && !self.cfg.retracting {
             return Err(Error::Internal(
@@ -172,6 +212,7 @@ impl Operator for UpdatingAgg {
 
     fn advance(&mut self, wm: i64, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
         self.wm = self.wm.max(wm);
+        self.expire();
         Ok(Vec::new())
     }
 
@@ -216,6 +257,7 @@ mod tests {
                 Field::new("s", DataType::Int64, true),
             ])),
             retracting: true,
+            state_ttl: None,
         })
         .expect("op");
         let batch = |k: Vec<&str>, x: Vec<i64>| {
@@ -256,5 +298,39 @@ mod tests {
             0,
         );
         assert!(op.process(0, noop, &mut cx).expect("p").is_empty());
+    }
+
+    #[test]
+    fn a_state_ttl_forgets_unchanged_groups() {
+        let in_schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
+        let mut op = UpdatingAgg::new(Config {
+            keys: vec![col("k", &in_schema).expect("k")],
+            key_names: vec!["k".into()],
+            key_types: vec![DataType::Utf8],
+            calls: vec![AggCall {
+                display: "count(*)".into(),
+                kind: AggKind::CountStar,
+                args: vec![],
+                filter: None,
+                distinct: false,
+                return_type: DataType::Int64,
+            }]
+            .into(),
+            schema: Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, false),
+                Field::new("n", DataType::Int64, false),
+            ])),
+            retracting: false,
+            state_ttl: Some(std::time::Duration::ZERO),
+        })
+        .expect("op");
+        let mut cx = Context::default();
+        let b = RecordBatch::try_new(in_schema.clone(), vec![Arc::new(StringArray::from(vec!["a", "a"]))]).expect("b");
+        op.process(0, ChangeBatch::append(b.clone(), 0), &mut cx).expect("p");
+        op.advance(0, &mut cx).expect("a");
+        assert_eq!(op.state_size(), 0, "forgotten");
+        let out = op.process(0, ChangeBatch::append(b, 0), &mut cx).expect("p");
+        assert_eq!(out[0].kind(0), RowKind::Insert, "the key starts afresh");
+        assert_eq!(out[0].batch.column(1).as_primitive::<Int64Type>().value(0), 2);
     }
 }

@@ -540,6 +540,7 @@ impl<'a> Converter<'a> {
                     calls,
                     schema: out_schema.clone(),
                     retracting: in_props.mode != Mode::Append,
+                    state_ttl: None,
                 }),
                 vec![input],
                 out_schema,

@@ -61,6 +61,15 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Forget groups of updating aggregates unchanged for `ttl` (see `EngineConfig::state_ttl`).
+    pub fn set_state_ttl(&mut self, ttl: Option<std::time::Duration>) {
+        for n in &mut self.graph.nodes {
+            if let Op::UpdatingAgg(c) = &mut n.op {
+                c.state_ttl = ttl;
+            }
+        }
+    }
+
     /// Whether the query reads no stream (it runs once, in batch).
     pub fn bounded(&self) -> bool {
         self.bounded

@@ -141,6 +141,12 @@ pub enum Statement {
     },
     Explain(Box<Query>),
     Query(Box<Query>),
+    /// `SET key = value` (Flink's `SET 'key' = 'value'` too): a setting for the queries started
+    /// after it in this session.
+    Set {
+        key: String,
+        value: String,
+    },
     /// `INSERT INTO table [(columns)] query`: a continuous query writing into a table declared with
     /// `CREATE TABLE … WITH (connector …)` (Flink's way to declare a sink).
     Insert {
@@ -346,6 +352,37 @@ fn parse_statement(p: &mut Parser, sql: &str, start: Location) -> Result<Stateme
             if_exists,
         });
     }
+    if p.parse_keyword(Keyword::SET) {
+        let at = p.peek_token().span.start;
+        let key = match p.next_token().token {
+            Token::SingleQuotedString(k) | Token::DoubleQuotedString(k) => k,
+            Token::Word(w) => {
+                let mut k = w.value;
+                while p.consume_token(&Token::Period) {
+                    k.push('.');
+                    k.push_str(&p.parse_identifier()?.value);
+                }
+                k
+            }
+            other => {
+                return Err(Error::Sql {
+                    line: at.line,
+                    col: at.column,
+                    message: format!("expected a setting name after SET, found {other}"),
+                });
+            }
+        };
+        if !p.consume_token(&Token::Eq) {
+            p.expect_keyword(Keyword::TO)?;
+        }
+        let value = p.parse_expr()?;
+        let value =
+            literal_text(&value).ok_or_else(|| Error::option(key.to_ascii_lowercase(), "value must be a literal"))?;
+        return Ok(Statement::Set {
+            key: key.to_ascii_lowercase(),
+            value,
+        });
+    }
     if p.parse_keyword(Keyword::INSERT) {
         p.expect_keyword(Keyword::INTO)?;
         let table = ident(p)?;
@@ -377,7 +414,7 @@ fn parse_statement(p: &mut Parser, sql: &str, start: Location) -> Result<Stateme
     }
     error_here(
         p,
-        "expected CREATE SOURCE|TABLE|SINK|VIEW|MATERIALIZED VIEW, SELECT, INSERT INTO, SHOW, DESCRIBE, DROP or EXPLAIN",
+        "expected CREATE SOURCE|TABLE|SINK|VIEW|MATERIALIZED VIEW, SELECT, INSERT INTO, SET, SHOW, DESCRIBE, DROP or EXPLAIN",
     )
 }
 
@@ -587,6 +624,17 @@ pub fn interval_ms(e: &Expr) -> Option<i64> {
     (ms >= 0 && ms <= i128::from(i64::MAX)).then_some(ms as i64)
 }
 
+/// A duration as text (`'1 h'`, `'30 min'`, `'250 ms'`, a bare number in seconds) → milliseconds,
+/// read as interval literals are.
+pub fn duration_ms(text: &str) -> Option<i64> {
+    use datafusion::arrow::compute::kernels::cast_utils::{
+        IntervalParseConfig, IntervalUnit, parse_interval_month_day_nano_config,
+    };
+    let v = parse_interval_month_day_nano_config(text.trim(), IntervalParseConfig::new(IntervalUnit::Second)).ok()?;
+    let ms = i128::from(v.days) * 86_400_000 + i128::from(v.nanoseconds) / 1_000_000;
+    (v.months == 0 && ms >= 0 && ms <= i128::from(i64::MAX)).then_some(ms as i64)
+}
+
 fn watermark_delay(column: &str, e: &Expr) -> std::result::Result<i64, String> {
     let bad = || format!("watermark must be `{column}` or `{column} - INTERVAL '…' unit`, found {e}");
     match e {
@@ -714,6 +762,13 @@ SHOW SOURCES; describe course_events; DROP SINK IF EXISTS out;
             panic!()
         };
         assert_eq!((table.as_str(), columns.len()), ("out", 2));
+        assert_eq!(
+            parse_one("SET 'table.exec.state.ttl' = '1 h'").expect("set"),
+            Statement::Set {
+                key: "table.exec.state.ttl".into(),
+                value: "1 h".into()
+            }
+        );
     }
 
     #[test]

@@ -626,6 +626,7 @@ impl Runner {
             };
         let mut compiled = compile(&self.session, &query).await?;
         plan::finalize(&mut compiled, accepts, &label)?;
+        compiled.set_state_ttl(self.session.config.state_ttl);
         let capture = Capture::new(sink);
         let mut feeds = BTreeMap::new();
         let rt = self.build(name, &compiled, &mut feeds, &capture).await?;

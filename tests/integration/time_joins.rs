@@ -534,7 +534,9 @@ async fn nexmark_q7_and_q8_match_batch() {
                     .into_iter()
                     .find(|n| text.contains(&format!("{n}.jsonl")))
                     .expect("a source of the file");
-                let with = text.find("WITH (connector = 'file'").expect("a file source");
+                let with = text
+                    .find("WITH ('connector' = 'filesystem'")
+                    .expect("a filesystem source in Flink's DDL");
                 let def = format!(
                     "{} WITH (connector = 'generator', kind = 'nexmark', stream = '{stream}', seed = '{}', events = '{}',
                               rate = '{}', out_of_order_ms = '{}');",
