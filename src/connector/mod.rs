@@ -67,6 +67,16 @@ pub trait Source: Send {
     fn resumed_watermark(&self) -> Option<i64> {
         None
     }
+    /// Where this source is, for a checkpoint: enough to read on from right after the last row
+    /// `poll` returned (Kafka: the next offset of each partition; a file: its byte offset; a
+    /// generator: the events made). `None`: this source cannot be checkpointed.
+    fn position(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Read on from `position` (what [`Source::position`] returned), before the first poll.
+    fn seek(&mut self, _position: &serde_json::Value) -> Result<()> {
+        Err(Error::plan("this source cannot resume from a checkpoint"))
+    }
 }
 
 /// Upsert sinks get the changed window rows after every micro-batch; append sinks get each window row
@@ -162,6 +172,25 @@ pub trait Sink: Send {
     fn commit(&mut self) -> Result<()>;
     /// The query ended by itself (its sources were read to their end): nothing more will come.
     fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Checkpoint, phase 1, before checkpoint `epoch` is written: make everything written since
+    /// the last epoch durable but not yet visible where publishing could show it twice (Parquet:
+    /// files closed under staged names). Returns what recovery needs to finish publishing it,
+    /// stored in the checkpoint. By default: [`Sink::commit`] (a sink whose writes are idempotent).
+    fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {
+        self.commit()?;
+        Ok(serde_json::Value::Null)
+    }
+    /// Checkpoint, phase 2: checkpoint `epoch` is durable; make its output (and that of every
+    /// earlier epoch not yet published) visible.
+    fn publish(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+    /// At start, before any write: the query resumes from checkpoint `epoch` (`None`: from
+    /// scratch), whose [`Sink::prepare`] returned `pending`. Publish that epoch's output if it was
+    /// not, and discard what later epochs left behind (they will be written again).
+    fn recover(&mut self, _epoch: Option<u64>, _pending: &serde_json::Value) -> Result<()> {
         Ok(())
     }
 }

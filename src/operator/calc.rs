@@ -148,6 +148,15 @@ fn to_deletes(cur: &ChangeBatch, keep: &BooleanArray) -> Result<ChangeBatch> {
 }
 
 impl Operator for Calc {
+    /// Stateless: nothing to checkpoint.
+    fn snapshot(&self) -> Result<super::state::OpState> {
+        Ok(super::state::OpState::new())
+    }
+
+    fn restore(&mut self, _state: super::state::OpState) -> Result<()> {
+        Ok(())
+    }
+
     fn process(&mut self, _port: usize, input: ChangeBatch, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
         let out = self.apply(input)?;
         Ok(if out.is_empty() { Vec::new() } else { vec![out] })

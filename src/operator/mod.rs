@@ -22,6 +22,7 @@ pub mod interval_join;
 pub mod lookup_join;
 pub mod over_agg;
 pub mod session_agg;
+pub mod state;
 pub mod stream_join;
 pub mod top_n;
 pub mod union;
@@ -333,6 +334,33 @@ pub trait Operator: Send {
     /// Windows ending at or before `floor` were emitted completely before a restart (without
     /// checkpoints, sources re-read rows of them): an operator that emits windows skips them.
     fn set_emit_floor(&mut self, _floor: i64) {}
+
+    /// Everything this operator holds, for a checkpoint (see [`state`]): restored into a fresh
+    /// operator of the same plan, it makes one that emits exactly what this one would. Taken
+    /// between micro-batches. A stateless operator returns an empty state.
+    fn snapshot(&self) -> Result<state::OpState> {
+        Err(Error::plan(format!(
+            "{} cannot be checkpointed yet",
+            std::any::type_name::<Self>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("this operator")
+        )))
+    }
+
+    /// Take the state [`Operator::snapshot`] wrote (on a fresh operator, before any input).
+    fn restore(&mut self, state: state::OpState) -> Result<()> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        Err(Error::plan(format!(
+            "{} cannot be restored from a checkpoint yet",
+            std::any::type_name::<Self>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("this operator")
+        )))
+    }
 }
 
 /// A batch of rows that arrived under different watermarks, split into the parts processed before

@@ -16,6 +16,15 @@ impl Union {
 }
 
 impl Operator for Union {
+    /// Stateless: nothing to checkpoint.
+    fn snapshot(&self) -> Result<super::state::OpState> {
+        Ok(super::state::OpState::new())
+    }
+
+    fn restore(&mut self, _state: super::state::OpState) -> Result<()> {
+        Ok(())
+    }
+
     fn process(&mut self, _port: usize, input: ChangeBatch, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
         if input.is_empty() {
             return Ok(Vec::new());

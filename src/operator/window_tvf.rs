@@ -52,6 +52,15 @@ fn with_windows(schema: &SchemaRef, batch: &RecordBatch, starts: Vec<i64>, ends:
 }
 
 impl Operator for WindowTvf {
+    /// Stateless: nothing to checkpoint.
+    fn snapshot(&self) -> Result<super::state::OpState> {
+        Ok(super::state::OpState::new())
+    }
+
+    fn restore(&mut self, _state: super::state::OpState) -> Result<()> {
+        Ok(())
+    }
+
     fn process(&mut self, _port: usize, input: ChangeBatch, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
         let n = input.num_rows();
         if n == 0 {

@@ -1,0 +1,216 @@
+//! Operator state at a checkpoint: named Arrow tables.
+//!
+//! Each stateful operator writes what it holds as one or more [`RecordBatch`]es ([`OpState`]) and
+//! can be rebuilt from them ([`super::Operator::restore`]): a fresh operator of the same plan,
+//! restored, then fed the same input, emits exactly what the original would have. Keyed tables
+//! start with a `key_group` column (`UInt16`, [`super::groups::key_group`] of the key's bytes in
+//! Arrow's row format) and a `key` column (`Binary`, those bytes), so a later scale-out can hand key
+//! groups to other processes by filtering rows. The checkpoint code ([`crate::state`]) writes each
+//! table as an Arrow IPC file; nothing here knows about files.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, UInt16Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+
+use super::groups::key_group;
+use crate::error::{Error, Result};
+
+/// An operator's state: named tables, in the order the operator wrote them.
+#[derive(Debug, Clone, Default)]
+pub struct OpState {
+    pub tables: Vec<(String, RecordBatch)>,
+}
+
+impl OpState {
+    pub fn new() -> OpState {
+        OpState::default()
+    }
+
+    /// Add table `name`.
+    pub fn put(&mut self, name: &str, table: RecordBatch) {
+        self.tables.push((name.to_string(), table));
+    }
+
+    /// Table `name` (removed from the state), or an error naming it.
+    pub fn take(&mut self, name: &str) -> Result<RecordBatch> {
+        match self.tables.iter().position(|(n, _)| n == name) {
+            Some(i) => Ok(self.tables.remove(i).1),
+            None => Err(Error::Internal(format!(
+                "operator state has no table '{name}' (it has: {})",
+                self.tables
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Rows over all tables.
+    pub fn num_rows(&self) -> usize {
+        self.tables.iter().map(|(_, t)| t.num_rows()).sum()
+    }
+}
+
+/// A keyed table: `key_group`, `key` (the key bytes), then `cols` (name, values), one row per key.
+pub fn keyed_table<'a>(keys: impl IntoIterator<Item = &'a [u8]>, cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+    let keys: Vec<&[u8]> = keys.into_iter().collect();
+    let groups = UInt16Array::from_iter_values(keys.iter().map(|k| key_group(k) as u16));
+    let mut fields = vec![
+        Field::new("key_group", DataType::UInt16, false),
+        Field::new("key", DataType::Binary, false),
+    ];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(groups), Arc::new(BinaryArray::from_vec(keys))];
+    for (name, a) in cols {
+        fields.push(Field::new(name, a.data_type().clone(), true));
+        arrays.push(a);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// A table of `cols` (name, values), not keyed (an operator's scalars: one row).
+pub fn plain_table(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = cols
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let arrays = cols.into_iter().map(|(_, a)| a).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// Column `name` of a state table as `T`, or an error naming the table's column and type.
+pub fn column<'a, T: Array + 'static>(table: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    let c = table
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("state table has no column '{name}'")))?;
+    c.as_any().downcast_ref::<T>().ok_or_else(|| {
+        Error::Internal(format!(
+            "state column '{name}' has type {}, not the one this operator writes",
+            c.data_type()
+        ))
+    })
+}
+
+/// The key bytes of a keyed table (see [`keyed_table`]).
+pub fn keys(table: &RecordBatch) -> Result<&BinaryArray> {
+    column::<BinaryArray>(table, "key")
+}
+
+/// A table as Arrow IPC file bytes.
+pub fn to_ipc(table: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut w = FileWriter::try_new(&mut out, &table.schema())?;
+        w.write(table)?;
+        w.finish()?;
+    }
+    Ok(out)
+}
+
+/// A table from Arrow IPC file bytes (several batches are concatenated).
+pub fn from_ipc(bytes: &[u8]) -> Result<RecordBatch> {
+    let r = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let schema = r.schema();
+    let batches = r.collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
+}
+
+/// Test support: does an operator restored from a snapshot behave as the original?
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use crate::operator::{ChangeBatch, Context, Operator};
+
+    /// One step of an operator's input.
+    #[derive(Clone)]
+    pub enum Step {
+        /// Rows on input `port`, then `flush`.
+        Rows(usize, ChangeBatch),
+        /// The watermark advanced.
+        Advance(i64),
+    }
+
+    fn run(op: &mut dyn Operator, steps: &[Step]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cx = Context::default();
+        for s in steps {
+            let produced = match s {
+                Step::Rows(port, b) => {
+                    let mut p = op.process(*port, b.clone(), &mut cx).expect("process");
+                    p.extend(op.flush(&mut cx).expect("flush"));
+                    p
+                }
+                Step::Advance(w) => op.advance(*w, &mut cx).expect("advance"),
+            };
+            for b in produced {
+                let text = datafusion::arrow::util::pretty::pretty_format_batches(std::slice::from_ref(&b.batch))
+                    .expect("format")
+                    .to_string();
+                let lines: Vec<&str> = text.lines().skip(3).filter(|l| !l.starts_with('+')).collect();
+                for (i, l) in lines.iter().enumerate() {
+                    out.push(format!("{} {l}", b.kind(i).short()));
+                }
+            }
+        }
+        for l in cx.late {
+            out.push(format!("late {} rows: {}", l.rows.num_rows(), l.reason));
+        }
+        out
+    }
+
+    /// Run `steps` through one operator; and through another that is snapshotted after `split`
+    /// steps, the snapshot written as Arrow IPC and read back, restored into a third (fresh)
+    /// operator that takes the rest. Both must emit the same rows after the split (the restored one
+    /// is compared with the original's output from the split on). Returns the rows compared.
+    pub fn assert_restores_identically(make: impl Fn() -> Box<dyn Operator>, steps: &[Step], split: usize) -> usize {
+        let mut whole = make();
+        let before = run(whole.as_mut(), &steps[..split]);
+        let after = run(whole.as_mut(), &steps[split..]);
+
+        let mut first = make();
+        assert_eq!(run(first.as_mut(), &steps[..split]), before);
+        let state = first.snapshot().expect("snapshot");
+        let mut copy = OpState::new();
+        for (name, t) in &state.tables {
+            let back = from_ipc(&to_ipc(t).expect("to ipc")).expect("from ipc");
+            assert_eq!(&back, t, "table '{name}' survives Arrow IPC");
+            copy.put(name, back);
+        }
+        let mut restored = make();
+        restored.restore(copy).expect("restore");
+        assert_eq!(restored.state_size(), first.state_size(), "state size after restore");
+        let got = run(restored.as_mut(), &steps[split..]);
+        assert_eq!(got, after, "the restored operator emits what the original did");
+        after.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    #[test]
+    fn keyed_tables_carry_key_groups_and_survive_ipc() {
+        let keys: Vec<&[u8]> = vec![b"a", b"bb"];
+        let t = keyed_table(
+            keys.clone(),
+            vec![("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)],
+        )
+        .expect("table");
+        let back = from_ipc(&to_ipc(&t).expect("ipc")).expect("read");
+        assert_eq!(back, t);
+        let g = column::<UInt16Array>(&back, "key_group").expect("groups");
+        assert_eq!(g.value(1) as u32, key_group(b"bb"));
+        assert_eq!(self::keys(&back).expect("keys").value(0), b"a");
+        assert!(column::<Int64Array>(&back, "missing").is_err());
+        assert!(column::<UInt16Array>(&back, "n").is_err(), "wrong type is an error");
+    }
+}
