@@ -29,6 +29,7 @@ pub mod repl;
 pub mod server;
 pub mod session;
 pub mod sql;
+pub mod state;
 pub mod store;
 pub mod test_runner;
 pub mod time;
