@@ -13,12 +13,15 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, UInt32Array, UInt64Array,
-    new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, ListArray, UInt32Array,
+    UInt64Array, new_null_array,
 };
-use datafusion::arrow::compute::{cast, filter, take};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::{cast, concat, filter, take};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int64Type, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -26,6 +29,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
+use super::state;
 use crate::error::{Error, Result};
 
 /// What an aggregate call computes.
@@ -118,6 +122,61 @@ pub trait Acc: Send {
     /// Forget a group (its id may be reused).
     fn reset(&mut self, gid: u32);
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The state of the given groups as named columns, one row per group (for a checkpoint).
+    fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>>;
+    /// Set groups `gids` (row `i` of `cols` → `gids[i]`) to the state [`Acc::state_columns`] wrote.
+    fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()>;
+}
+
+/// The columns of one aggregate call in a state table (named `a{call}_{column}`), read with the
+/// types checked.
+pub struct StateColumns<'a> {
+    table: &'a RecordBatch,
+    prefix: String,
+}
+
+impl<'a> StateColumns<'a> {
+    fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Column `name` as `T`, without NULLs.
+    fn get<T: Array + 'static>(&self, name: &str) -> Result<&'a T> {
+        let full = self.name(name);
+        let c = state::column::<T>(self.table, &full)?;
+        if c.null_count() > 0 {
+            return Err(Error::Internal(format!("state column '{full}' has NULLs")));
+        }
+        Ok(c)
+    }
+
+    /// Column `name`, any type.
+    fn array(&self, name: &str) -> Result<&'a ArrayRef> {
+        let full = self.name(name);
+        self.table
+            .column_by_name(&full)
+            .ok_or_else(|| Error::Internal(format!("state table has no column '{full}'")))
+    }
+
+    /// List column `name`: per row, the range of its flat values.
+    fn list(&self, name: &str) -> Result<&'a ListArray> {
+        self.get::<ListArray>(name)
+    }
+}
+
+/// A list column: one list per group, `lens[i]` values of the flat `values` each.
+fn list_column(values: ArrayRef, lens: impl IntoIterator<Item = usize>) -> ArrayRef {
+    let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+    Arc::new(ListArray::new(field, OffsetBuffer::from_lengths(lens), values, None))
+}
+
+/// The size a state vector must have for groups `gids`.
+fn capacity_of(gids: &[u32]) -> usize {
+    gids.iter().map(|g| *g as usize + 1).max().unwrap_or(0)
+}
+
+fn named(cols: Vec<(&str, ArrayRef)>) -> Vec<(String, ArrayRef)> {
+    cols.into_iter().map(|(n, a)| (n.to_string(), a)).collect()
 }
 
 fn grow<T: Clone>(v: &mut Vec<T>, capacity: usize, fill: T) {
@@ -187,6 +246,20 @@ impl Acc for Count {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+
+    fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        let n = Int64Array::from_iter_values(gids.iter().map(|g| self.n.get(*g as usize).copied().unwrap_or(0)));
+        Ok(named(vec![("n", Arc::new(n))]))
+    }
+
+    fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
+        let n = cols.get::<Int64Array>("n")?;
+        grow(&mut self.n, capacity_of(gids), 0);
+        for (i, g) in gids.iter().enumerate() {
+            self.n[*g as usize] = n.value(i);
+        }
+        Ok(())
     }
 }
 
@@ -360,6 +433,58 @@ impl Acc for Sum {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+
+    fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        fn at<T: Copy + Default>(v: &[T], g: &u32) -> T {
+            v.get(*g as usize).copied().unwrap_or_default()
+        }
+        let sum: ArrayRef = match &self.vals {
+            SumVals::I64(v) => Arc::new(Int64Array::from_iter_values(gids.iter().map(|g| at(v, g)))),
+            SumVals::U64(v) => Arc::new(UInt64Array::from_iter_values(gids.iter().map(|g| at(v, g)))),
+            SumVals::F64(v) => Arc::new(Float64Array::from_iter_values(gids.iter().map(|g| at(v, g)))),
+            // Unscaled: the sum's digits, whatever the result's scale.
+            SumVals::D128(v) => Arc::new(
+                Decimal128Array::from_iter_values(gids.iter().map(|g| at(v, g))).with_precision_and_scale(38, 0)?,
+            ),
+        };
+        let n = Int64Array::from_iter_values(gids.iter().map(|g| at(&self.n, g)));
+        Ok(named(vec![("sum", sum), ("n", Arc::new(n))]))
+    }
+
+    fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
+        let n = cols.get::<Int64Array>("n")?;
+        self.grow(capacity_of(gids));
+        match &mut self.vals {
+            SumVals::I64(v) => {
+                let s = cols.get::<Int64Array>("sum")?;
+                for (i, g) in gids.iter().enumerate() {
+                    v[*g as usize] = s.value(i);
+                }
+            }
+            SumVals::U64(v) => {
+                let s = cols.get::<UInt64Array>("sum")?;
+                for (i, g) in gids.iter().enumerate() {
+                    v[*g as usize] = s.value(i);
+                }
+            }
+            SumVals::F64(v) => {
+                let s = cols.get::<Float64Array>("sum")?;
+                for (i, g) in gids.iter().enumerate() {
+                    v[*g as usize] = s.value(i);
+                }
+            }
+            SumVals::D128(v) => {
+                let s = cols.get::<Decimal128Array>("sum")?;
+                for (i, g) in gids.iter().enumerate() {
+                    v[*g as usize] = s.value(i);
+                }
+            }
+        }
+        for (i, g) in gids.iter().enumerate() {
+            self.n[*g as usize] = n.value(i);
+        }
+        Ok(())
+    }
 }
 
 /// AVG over integers and floats (a DOUBLE result): sum and count.
@@ -429,9 +554,29 @@ impl Acc for Avg {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+
+    fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        let sum =
+            Float64Array::from_iter_values(gids.iter().map(|g| self.sum.get(*g as usize).copied().unwrap_or(0.0)));
+        let n = Int64Array::from_iter_values(gids.iter().map(|g| self.n.get(*g as usize).copied().unwrap_or(0)));
+        Ok(named(vec![("sum", Arc::new(sum)), ("n", Arc::new(n))]))
+    }
+
+    fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
+        let sum = cols.get::<Float64Array>("sum")?;
+        let n = cols.get::<Int64Array>("n")?;
+        grow(&mut self.sum, capacity_of(gids), 0.0);
+        grow(&mut self.n, capacity_of(gids), 0);
+        for (i, g) in gids.iter().enumerate() {
+            self.sum[*g as usize] = sum.value(i);
+            self.n[*g as usize] = n.value(i);
+        }
+        Ok(())
+    }
 }
 
 /// A single column's values in Arrow's row format, whose bytes sort as the values do.
+#[derive(Default)]
 struct ValueRows {
     converter: Option<RowConverter>,
     data_type: Option<DataType>,
@@ -448,6 +593,43 @@ impl ValueRows {
             .as_ref()
             .ok_or_else(|| Error::Internal("row converter".into()))?;
         Ok(c.convert_columns(std::slice::from_ref(a))?)
+    }
+
+    /// The values' type (`Null` before any value was seen): the type their state columns have.
+    fn state_type(&self) -> DataType {
+        self.data_type.clone().unwrap_or(DataType::Null)
+    }
+
+    /// Values (row bytes, `None` for NULL) as an array of [`ValueRows::state_type`].
+    fn state_values<'a>(&self, keys: impl Iterator<Item = Option<&'a [u8]>>) -> Result<ArrayRef> {
+        self.values(keys, &self.state_type())
+    }
+
+    /// Restoring: the values' type as a state column has it (`Null`: none seen yet).
+    fn restore_type(&mut self, t: &DataType) -> Result<()> {
+        match &self.data_type {
+            _ if *t == DataType::Null => Ok(()),
+            None => {
+                self.converter = Some(RowConverter::new(vec![SortField::new(t.clone())])?);
+                self.data_type = Some(t.clone());
+                Ok(())
+            }
+            Some(have) if have == t => Ok(()),
+            Some(have) => Err(Error::Internal(format!(
+                "state values have type {t}, this aggregate's are {have}"
+            ))),
+        }
+    }
+
+    /// Restoring: the row bytes of values read from a state column (of the restored type).
+    fn restore_rows(&self, a: &ArrayRef, what: &str) -> Result<datafusion::arrow::row::Rows> {
+        let Some(c) = &self.converter else {
+            return Err(Error::Internal(format!(
+                "state column '{what}' has values but no value type"
+            )));
+        };
+        c.convert_columns(std::slice::from_ref(a))
+            .map_err(|e| Error::Internal(format!("state column '{what}': {e}")))
     }
 
     fn values<'a>(&self, keys: impl Iterator<Item = Option<&'a [u8]>>, t: &DataType) -> Result<ArrayRef> {
@@ -474,6 +656,73 @@ impl ValueRows {
             .collect();
         conform(take(&vals, &idx, None)?, t)
     }
+}
+
+/// A count per value per group as two list columns, `values` (of the values' type) and `counts`.
+fn multiset_columns<'a, M>(rows: &ValueRows, sets: impl Iterator<Item = Option<M>>) -> Result<Vec<(String, ArrayRef)>>
+where
+    M: IntoIterator<Item = (&'a Box<[u8]>, &'a i64)>,
+{
+    let mut keys: Vec<Option<&[u8]>> = Vec::new();
+    let mut counts: Vec<i64> = Vec::new();
+    let mut lens: Vec<usize> = Vec::new();
+    for set in sets {
+        let before = counts.len();
+        for (k, n) in set.into_iter().flatten() {
+            keys.push(Some(k));
+            counts.push(*n);
+        }
+        lens.push(counts.len() - before);
+    }
+    let values = rows.state_values(keys.into_iter())?;
+    Ok(named(vec![
+        ("values", list_column(values, lens.iter().copied())),
+        ("counts", list_column(Arc::new(Int64Array::from(counts)), lens)),
+    ]))
+}
+
+/// Read what [`multiset_columns`] wrote: per row, (value bytes, count) pairs.
+fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Vec<Vec<(Box<[u8]>, i64)>>> {
+    let values = cols.list("values")?;
+    let counts = cols.list("counts")?;
+    if values.value_offsets() != counts.value_offsets() {
+        return Err(Error::Internal(format!(
+            "state columns '{}' and '{}' do not pair up",
+            cols.name("values"),
+            cols.name("counts")
+        )));
+    }
+    let n = counts
+        .values()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .filter(|n| n.null_count() == 0)
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "state column '{}' is not a list of counts",
+                cols.name("counts")
+            ))
+        })?;
+    let flat = values.values();
+    rows.restore_type(flat.data_type())?;
+    let bytes = if flat.is_empty() {
+        None
+    } else {
+        Some(rows.restore_rows(flat, &cols.name("values"))?)
+    };
+    let offsets = values.value_offsets();
+    let mut out = Vec::with_capacity(values.len());
+    for w in offsets.windows(2) {
+        let (a, b) = (w[0] as usize, w[1] as usize);
+        let mut set = Vec::with_capacity(b - a);
+        if let Some(r) = &bytes {
+            for j in a..b {
+                set.push((r.row(j).as_ref().into(), n.value(j)));
+            }
+        }
+        out.push(set);
+    }
+    Ok(out)
 }
 
 /// MIN/MAX of any type: the extreme value's row bytes per group, or, once a retraction is seen, a
@@ -630,12 +879,53 @@ impl Acc for MinMax {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+
+    /// `best` (the extreme value, of the argument's type; `Null` typed before any value), and over
+    /// a changelog the multiset as `values`/`counts` lists.
+    fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        let best = self.rows.state_values(
+            gids.iter()
+                .map(|g| self.best.get(*g as usize).and_then(|b| b.as_deref())),
+        )?;
+        let mut cols = named(vec![("best", best)]);
+        if let Some(m) = &self.multiset {
+            cols.extend(multiset_columns(&self.rows, gids.iter().map(|g| m.get(*g as usize)))?);
+        }
+        Ok(cols)
+    }
+
+    fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
+        let best = cols.array("best")?;
+        self.rows.restore_type(best.data_type())?;
+        let cap = capacity_of(gids);
+        grow(&mut self.best, cap, None);
+        if best.data_type() != &DataType::Null {
+            let rows = self.rows.restore_rows(best, &cols.name("best"))?;
+            for (i, g) in gids.iter().enumerate() {
+                self.best[*g as usize] = best.is_valid(i).then(|| rows.row(i).as_ref().into());
+            }
+        } else {
+            for g in gids {
+                self.best[*g as usize] = None;
+            }
+        }
+        if self.multiset.is_some() {
+            let sets = restore_multisets(&mut self.rows, cols)?;
+            if let Some(m) = &mut self.multiset {
+                grow(m, cap, BTreeMap::new());
+                for (g, set) in gids.iter().zip(sets) {
+                    m[*g as usize] = set.into_iter().collect();
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// COUNT(DISTINCT x): a count per distinct value per group (so retractions work).
 #[derive(Default)]
 struct CountDistinct {
-    rows: Option<RowConverter>,
+    rows: ValueRows,
     seen: Vec<HashMap<Box<[u8]>, i64>>,
 }
 
@@ -645,14 +935,7 @@ impl Acc for CountDistinct {
         let arg = args
             .first()
             .ok_or_else(|| Error::Internal("COUNT(DISTINCT) without an argument".into()))?;
-        if self.rows.is_none() {
-            self.rows = Some(RowConverter::new(vec![SortField::new(arg.data_type().clone())])?);
-        }
-        let rows = self
-            .rows
-            .as_ref()
-            .ok_or_else(|| Error::Internal("row converter".into()))?
-            .convert_columns(std::slice::from_ref(arg))?;
+        let rows = self.rows.rows(arg)?;
         for (i, g) in gids.iter().enumerate() {
             if arg.is_null(i) {
                 continue;
@@ -713,12 +996,64 @@ impl Acc for CountDistinct {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+
+    /// The distinct values and their counts as `values`/`counts` lists.
+    fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        multiset_columns(&self.rows, gids.iter().map(|g| self.seen.get(*g as usize)))
+    }
+
+    fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
+        let sets = restore_multisets(&mut self.rows, cols)?;
+        grow(&mut self.seen, capacity_of(gids), HashMap::new());
+        for (g, set) in gids.iter().zip(sets) {
+            self.seen[*g as usize] = set.into_iter().collect();
+        }
+        Ok(())
+    }
 }
 
 /// Any DataFusion aggregate: one [`Accumulator`] per group.
+///
+/// Each sits in a mutex only so that a checkpoint (which reads state through `&self`) can call
+/// [`Accumulator::state`], which takes `&mut self` and may consume what it returns.
 struct Generic {
     func: Arc<AggregateFunctionExpr>,
-    accs: Vec<Option<Box<dyn Accumulator>>>,
+    accs: Vec<Option<Mutex<Box<dyn Accumulator>>>>,
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Internal("an aggregate accumulator's lock is poisoned".into())
+}
+
+/// An accumulator's state (consumed) as one-row arrays.
+fn state_arrays(acc: &mut dyn Accumulator) -> Result<Vec<ArrayRef>> {
+    Ok(acc
+        .state()?
+        .into_iter()
+        .map(|s| s.to_array())
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// Whether two state types have the same shape (nested field names and nullability aside): what
+/// `merge_batch` relies on when it downcasts.
+fn same_shape(a: &DataType, b: &DataType) -> bool {
+    use DataType::*;
+    match (a, b) {
+        (List(x), List(y))
+        | (LargeList(x), LargeList(y))
+        | (ListView(x), ListView(y))
+        | (LargeListView(x), LargeListView(y)) => same_shape(x.data_type(), y.data_type()),
+        (FixedSizeList(x, n), FixedSizeList(y, m)) => n == m && same_shape(x.data_type(), y.data_type()),
+        (Struct(x), Struct(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(x, y)| same_shape(x.data_type(), y.data_type()))
+        }
+        (Map(x, _), Map(y, _)) => same_shape(x.data_type(), y.data_type()),
+        (Dictionary(k, v), Dictionary(l, w)) => k == l && same_shape(v, w),
+        _ => a == b,
+    }
 }
 
 impl Generic {
@@ -740,11 +1075,37 @@ impl Generic {
             self.accs.resize_with(g + 1, || None);
         }
         if self.accs[g].is_none() {
-            self.accs[g] = Some(self.func.create_accumulator()?);
+            self.accs[g] = Some(Mutex::new(self.func.create_accumulator()?));
         }
         self.accs[g]
             .as_mut()
-            .ok_or_else(|| Error::Internal("accumulator".into()))
+            .ok_or_else(|| Error::Internal("accumulator".into()))?
+            .get_mut()
+            .map_err(poisoned)
+    }
+
+    /// The state of group `g` as one-row arrays (`None`: the group has no accumulator yet). The
+    /// accumulator is rebuilt from that state (`state()` may consume it), so it goes on exactly as
+    /// one restored from the same arrays would.
+    fn group_state(&self, g: u32) -> Result<Option<Vec<ArrayRef>>> {
+        let Some(Some(m)) = self.accs.get(g as usize) else {
+            return Ok(None);
+        };
+        let mut acc = m.lock().map_err(poisoned)?;
+        let state = state_arrays(acc.as_mut())?;
+        let mut fresh = self.func.create_accumulator()?;
+        fresh.merge_batch(&state)?;
+        *acc = fresh;
+        Ok(Some(state))
+    }
+
+    /// The types of this aggregate's state (those of a fresh accumulator).
+    fn state_types(&self) -> Result<Vec<DataType>> {
+        let mut fresh = self.func.create_accumulator()?;
+        Ok(state_arrays(fresh.as_mut())?
+            .iter()
+            .map(|a| a.data_type().clone())
+            .collect())
     }
 }
 
@@ -778,25 +1139,17 @@ impl Acc for Generic {
             return Ok(());
         };
         // Consumes `other`'s state: only used where the source group is dropped afterwards.
-        let state: Vec<ArrayRef> = theirs
-            .state()?
-            .into_iter()
-            .map(|s| s.to_array())
-            .collect::<std::result::Result<_, _>>()?;
+        let state = state_arrays(theirs.get_mut().map_err(poisoned)?.as_mut())?;
         o.accs[src as usize] = None;
         self.acc(dst as usize)?.merge_batch(&state)?;
         Ok(())
     }
 
     fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
-        let Some(Some(mut theirs)) = self.accs.get_mut(src as usize).map(Option::take) else {
+        let Some(Some(theirs)) = self.accs.get_mut(src as usize).map(Option::take) else {
             return Ok(());
         };
-        let state: Vec<ArrayRef> = theirs
-            .state()?
-            .into_iter()
-            .map(|s| s.to_array())
-            .collect::<std::result::Result<_, _>>()?;
+        let state = state_arrays(theirs.into_inner().map_err(poisoned)?.as_mut())?;
         self.acc(dst as usize)?.merge_batch(&state)?;
         Ok(())
     }
@@ -820,6 +1173,79 @@ impl Acc for Generic {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+
+    /// `present` (whether the group has an accumulator), then the accumulator's state
+    /// ([`Accumulator::state`]) as `state0`, `state1`, … (NULL where not present).
+    fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        let mut present = Vec::with_capacity(gids.len());
+        let mut states: Vec<Vec<ArrayRef>> = Vec::new();
+        let mut at: Vec<Option<u32>> = Vec::with_capacity(gids.len());
+        for g in gids {
+            match self.group_state(*g)? {
+                Some(s) => {
+                    at.push(Some(states.len() as u32));
+                    states.push(s);
+                    present.push(true);
+                }
+                None => {
+                    at.push(None);
+                    present.push(false);
+                }
+            }
+        }
+        let types = self.state_types()?;
+        let mut cols = named(vec![("present", Arc::new(BooleanArray::from(present)) as ArrayRef)]);
+        let idx = UInt32Array::from(at);
+        for (j, t) in types.iter().enumerate() {
+            let col = if states.is_empty() {
+                new_null_array(t, gids.len())
+            } else {
+                let parts: Vec<&dyn Array> = states
+                    .iter()
+                    .map(|s| {
+                        s.get(j).map(|a| a.as_ref()).ok_or_else(|| {
+                            Error::Internal("an accumulator's state changed its number of fields".into())
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                take(&concat(&parts)?, &idx, None)?
+            };
+            cols.push((format!("state{j}"), col));
+        }
+        Ok(cols)
+    }
+
+    fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
+        let present = cols.get::<BooleanArray>("present")?;
+        let types = self.state_types()?;
+        let mut state = Vec::with_capacity(types.len());
+        for (j, t) in types.iter().enumerate() {
+            let name = format!("state{j}");
+            let a = cols.array(&name)?;
+            if !same_shape(a.data_type(), t) {
+                return Err(Error::Internal(format!(
+                    "state column '{}' has type {}, this aggregate's state is {t}",
+                    cols.name(&name),
+                    a.data_type()
+                )));
+            }
+            state.push(a);
+        }
+        if self.accs.len() < capacity_of(gids) {
+            self.accs.resize_with(capacity_of(gids), || None);
+        }
+        for (i, g) in gids.iter().enumerate() {
+            self.accs[*g as usize] = if present.value(i) {
+                let row: Vec<ArrayRef> = state.iter().map(|a| a.slice(i, 1)).collect();
+                let mut acc = self.func.create_accumulator()?;
+                acc.merge_batch(&row)?;
+                Some(Mutex::new(acc))
+            } else {
+                None
+            };
+        }
+        Ok(())
     }
 }
 
@@ -968,6 +1394,49 @@ impl Aggregates {
         for a in &mut self.accs {
             a.reset(gid);
         }
+    }
+
+    /// The state of the given groups as named columns, one row per group, for a checkpoint: `rows`
+    /// (the row count), then each call's columns prefixed `a{i}_` (see each [`Acc`]).
+    pub fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        let rows = Int64Array::from_iter_values(gids.iter().map(|g| self.rows(*g)));
+        let mut cols = named(vec![("rows", Arc::new(rows))]);
+        for (i, (a, c)) in self.accs.iter().zip(self.calls.iter()).enumerate() {
+            let part = a
+                .state_columns(gids)
+                .map_err(|e| Error::Internal(format!("checkpointing {}: {e}", c.display)))?;
+            cols.extend(part.into_iter().map(|(n, a)| (format!("a{i}_{n}"), a)));
+        }
+        Ok(cols)
+    }
+
+    /// Set groups `gids` (row `i` of `table` → `gids[i]`) to the state [`Aggregates::state_columns`]
+    /// wrote into `table` (which may hold other columns too).
+    pub fn restore_columns(&mut self, gids: &[u32], table: &RecordBatch) -> Result<()> {
+        if table.num_rows() != gids.len() {
+            return Err(Error::Internal(format!(
+                "restoring {} groups from a state table of {} rows",
+                gids.len(),
+                table.num_rows()
+            )));
+        }
+        let rows = state::column::<Int64Array>(table, "rows")?;
+        if rows.null_count() > 0 {
+            return Err(Error::Internal("state column 'rows' has NULLs".into()));
+        }
+        grow(&mut self.rows, capacity_of(gids), 0);
+        for (i, g) in gids.iter().enumerate() {
+            self.rows[*g as usize] = rows.value(i);
+        }
+        for (i, (a, c)) in self.accs.iter_mut().zip(self.calls.iter()).enumerate() {
+            let cols = StateColumns {
+                table,
+                prefix: format!("a{i}_"),
+            };
+            a.restore_columns(gids, &cols)
+                .map_err(|e| Error::Internal(format!("restoring {}: {e}", c.display)))?;
+        }
+        Ok(())
     }
 }
 
