@@ -29,6 +29,16 @@ struct EngineArgs {
     /// Milliseconds to wait for data when a source has none.
     #[arg(long, default_value_t = 200)]
     batch_interval_ms: u64,
+    /// Seconds between checkpoints (each publishes the sinks' output; see docs/design.md).
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_interval: f64,
+    /// Where queries keep their checkpoints [default: DATA_DIR/checkpoints, DATA_DIR being
+    /// --data-dir, else $FRESHET_DATA_DIR, else $XDG_DATA_HOME/freshet or ~/.local/share/freshet].
+    #[arg(long, env = "FRESHET_CHECKPOINT_DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Take no checkpoints: a restarted query starts over (or from its Kafka group's offsets).
+    #[arg(long, conflicts_with = "checkpoint_dir")]
+    no_checkpoints: bool,
 }
 
 impl EngineArgs {
@@ -36,8 +46,21 @@ impl EngineArgs {
         EngineConfig {
             batch_size: self.batch_size.max(1),
             batch_interval: Duration::from_millis(self.batch_interval_ms),
+            commit_interval: Duration::from_secs_f64(self.checkpoint_interval.max(0.01)),
+            checkpoint_dir: self.checkpoint_dir.clone(),
             ..EngineConfig::default()
         }
+    }
+
+    /// The config, with checkpoints under `data_dir` unless told otherwise.
+    fn config_in(&self, data_dir: &std::path::Path) -> EngineConfig {
+        let mut c = self.config();
+        if self.no_checkpoints {
+            c.checkpoint_dir = None;
+        } else {
+            c.checkpoint_dir.get_or_insert_with(|| data_dir.join("checkpoints"));
+        }
+        c
     }
 }
 
@@ -195,7 +218,14 @@ fn main() -> std::process::ExitCode {
             engine,
             data_dir,
             format,
-        } => runtime().and_then(|rt| rt.block_on(run(file, engine.config(), data_dir, &format))),
+        } => runtime().and_then(|rt| {
+            rt.block_on(run(
+                file,
+                engine.config_in(&data_dir.clone().unwrap_or_else(freshet::store::default_data_dir)),
+                data_dir,
+                &format,
+            ))
+        }),
         Command::Check { paths, format } => return check(&paths, format),
         Command::Test { paths, complete } => return test(&paths, complete),
         Command::Collect { config, check } => collect(&config, check),
@@ -204,7 +234,14 @@ fn main() -> std::process::ExitCode {
             data_dir,
             token,
             engine,
-        } => runtime().and_then(|rt| rt.block_on(serve(&listen, data_dir, token, engine.config()))),
+        } => runtime().and_then(|rt| {
+            rt.block_on(serve(
+                &listen,
+                data_dir.clone(),
+                token,
+                engine.config_in(&data_dir.unwrap_or_else(freshet::store::default_data_dir)),
+            ))
+        }),
         Command::Repl {
             engine,
             data_dir,
@@ -218,7 +255,7 @@ fn main() -> std::process::ExitCode {
                     return freshet::repl::run_remote(remote, history).await;
                 }
                 let session = match &data_dir {
-                    Some(d) => Session::open(engine.config(), d).await?,
+                    Some(d) => Session::open(engine.config_in(d), d).await?,
                     None => Session::new(engine.config()),
                 };
                 report_unrestored(&session);

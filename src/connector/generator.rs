@@ -317,6 +317,43 @@ impl crate::connector::Source for GeneratorSource {
     fn bounded(&self) -> bool {
         self.generator.opts.events.is_some()
     }
+
+    /// Events made so far and the time the first was anchored at: the generator is deterministic,
+    /// so seeking makes (and drops) that many events again from the same seed.
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "produced": self.generator.produced(),
+            "start_ms": self.generator.start_ms,
+        }))
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> crate::error::Result<()> {
+        let field = |k: &str| {
+            position
+                .get(k)
+                .ok_or_else(|| crate::error::Error::External(format!("generator source position {position}: no '{k}'")))
+        };
+        let produced = field("produced")?
+            .as_u64()
+            .ok_or_else(|| crate::error::Error::External(format!("generator position {position}: bad 'produced'")))?;
+        let start_ms = field("start_ms")?
+            .as_i64()
+            .ok_or_else(|| crate::error::Error::External(format!("generator position {position}: bad 'start_ms'")))?;
+        let mut g = CourseGenerator::new(self.generator.opts.clone(), start_ms);
+        while g.produced() < produced && g.next_event().is_some() {}
+        if self.paced.is_some() {
+            // Paced: events stay due at their wall-clock times, as if the run had not stopped; those
+            // due while it was down come at once, as a backlog in Kafka would.
+            let behind = std::time::Duration::from_millis((crate::time::now_ms() - start_ms).max(0) as u64);
+            self.paced = Some(
+                std::time::Instant::now()
+                    .checked_sub(behind)
+                    .unwrap_or_else(std::time::Instant::now),
+            );
+        }
+        self.generator = g;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

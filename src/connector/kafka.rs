@@ -398,6 +398,66 @@ impl Source for KafkaSource {
         self.resumed
     }
 
+    /// Per partition: the next offset to read, the newest event time seen (its watermark), and in
+    /// bounded mode the offset to stop at.
+    fn position(&self) -> Option<serde_json::Value> {
+        let parts: serde_json::Map<String, serde_json::Value> = self
+            .partitions
+            .iter()
+            .map(|(id, p)| {
+                (
+                    id.to_string(),
+                    serde_json::json!({ "next": p.next_offset, "max_ts": p.max_ts, "end": p.end }),
+                )
+            })
+            .collect();
+        Some(serde_json::json!({ "topic": self.opts.topic, "partitions": parts }))
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        let bad = |why: &str| Error::External(format!("kafka source position {position}: {why}"));
+        if position.get("topic").and_then(serde_json::Value::as_str) != Some(self.opts.topic.as_str()) {
+            return Err(bad(&format!("not of topic '{}'", self.opts.topic)));
+        }
+        let parts = position
+            .get("partitions")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| bad("no partitions"))?;
+        let mut tpl = TopicPartitionList::new();
+        for (id, p) in self.partitions.iter_mut() {
+            // A partition added since the checkpoint is read from its start.
+            if let Some(at) = parts.get(&id.to_string()) {
+                let next = at
+                    .get("next")
+                    .and_then(serde_json::Value::as_i64)
+                    .ok_or_else(|| bad("no 'next'"))?;
+                let (low, _) = self
+                    .consumer
+                    .fetch_watermarks(&self.opts.topic, *id, METADATA_TIMEOUT)
+                    .map_err(|e| kafka_err(&format!("offsets of {}/{id}", self.opts.topic), e))?;
+                if next < low {
+                    return Err(Error::External(format!(
+                        "kafka: {}/{id}: the checkpoint resumes at offset {next}, but the topic now starts at {low} \
+                         (records were deleted by retention): resuming would lose them",
+                        self.opts.topic
+                    )));
+                }
+                p.next_offset = next;
+                p.max_ts = at.get("max_ts").and_then(serde_json::Value::as_i64).unwrap_or(i64::MIN);
+                if p.end.is_some() {
+                    p.end = at.get("end").and_then(serde_json::Value::as_i64).or(p.end);
+                }
+                p.chunks.clear();
+            }
+            tpl.add_partition_offset(&self.opts.topic, *id, Offset::Offset(p.next_offset))
+                .map_err(|e| kafka_err("seeking", e))?;
+        }
+        self.consumer.assign(&tpl).map_err(|e| kafka_err("seeking", e))?;
+        // The checkpoint, not the group's commits, says where this query is.
+        self.resumed = None;
+        Ok(())
+    }
+
     fn partitioned(&self) -> bool {
         true
     }

@@ -854,6 +854,19 @@ impl super::Source for NexmarkSource {
     fn bounded(&self) -> bool {
         self.generator.opts.events.is_some()
     }
+
+    /// The next event number: every event is a pure function of its number.
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "next": self.next }))
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        self.next = position
+            .get("next")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| crate::error::Error::External(format!("nexmark source position {position}: no 'next'")))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

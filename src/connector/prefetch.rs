@@ -27,6 +27,8 @@ struct Delivery {
     watermark: Option<i64>,
     /// `Ready` results of the inner source included so far (cumulative).
     polls: u64,
+    /// The inner source's position right after this delivery's rows.
+    position: Option<serde_json::Value>,
 }
 
 pub struct Prefetch {
@@ -37,6 +39,8 @@ pub struct Prefetch {
     partitioned: bool,
     watermark: Option<i64>,
     polls: u64,
+    /// The position after the last delivery the engine took.
+    position: Option<serde_json::Value>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -46,6 +50,7 @@ impl Prefetch {
         let bounded = inner.bounded();
         let resumed = inner.resumed_watermark();
         let partitioned = inner.partitioned();
+        let position = inner.position();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Delivery>(2);
         let (commits, commit_rx) = std::sync::mpsc::channel::<(i64, u64, i64)>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -67,6 +72,7 @@ impl Prefetch {
             partitioned,
             watermark: None,
             polls: 0,
+            position,
             stop,
             thread: Some(thread),
         }
@@ -92,6 +98,7 @@ fn pump(
                 poll: Err(e),
                 watermark: None,
                 polls: upto,
+                position: None,
             });
         }
     };
@@ -148,18 +155,29 @@ fn pump(
             n = 0;
             since = None;
             let watermark = inner.watermark();
-            if !deliver(inner, Delivery { poll, watermark, polls }) {
+            let position = inner.position();
+            if !deliver(
+                inner,
+                Delivery {
+                    poll,
+                    watermark,
+                    polls,
+                    position,
+                },
+            ) {
                 return;
             }
         }
         if let Some(last) = end {
             let watermark = inner.watermark();
+            let position = inner.position();
             if !deliver(
                 inner,
                 Delivery {
                     poll: last,
                     watermark,
                     polls,
+                    position,
                 },
             ) {
                 return;
@@ -179,6 +197,9 @@ impl Source for Prefetch {
             Ok(d) => {
                 self.watermark = d.watermark;
                 self.polls = d.polls;
+                if d.position.is_some() {
+                    self.position = d.position;
+                }
                 d.poll
             }
             Err(RecvTimeoutError::Timeout) => Ok(Poll::Pending),
@@ -205,6 +226,10 @@ impl Source for Prefetch {
 
     fn resumed_watermark(&self) -> Option<i64> {
         self.resumed
+    }
+
+    fn position(&self) -> Option<serde_json::Value> {
+        self.position.clone()
     }
 }
 

@@ -27,6 +27,7 @@ use crate::plan::Compiled;
 use crate::plan::graph::{Graph, Mode, Op};
 use crate::sql::catalog::Catalog;
 use crate::sql::parser::SourceDef;
+use crate::state::{Checkpoint, CheckpointStore};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -34,11 +35,17 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// How long to wait for data when a source has none.
     pub batch_interval: Duration,
-    /// How often sinks commit and sources record their progress (e.g. Kafka offsets).
+    /// How often a checkpoint is taken: sinks commit (publish an epoch) and sources record their
+    /// progress (Flink's `execution.checkpointing.interval`).
     pub commit_interval: Duration,
     /// Forget a group of a GROUP BY without a window when it has not changed for this long
     /// (processing time; Flink's `table.exec.state.ttl`). `None`: keep it while it has rows.
     pub state_ttl: Option<Duration>,
+    /// Where queries keep their checkpoints (`<dir>/<query>-<fingerprint>/`, see [`crate::state`]);
+    /// `None`: no checkpoints (a restart resumes from what sources committed, if anything).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// How many checkpoints of a query are kept.
+    pub checkpoints_kept: usize,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +55,8 @@ impl Default for EngineConfig {
             batch_interval: Duration::from_millis(200),
             commit_interval: Duration::from_secs(10),
             state_ttl: None,
+            checkpoint_dir: None,
+            checkpoints_kept: 3,
         }
     }
 }
@@ -68,6 +77,12 @@ pub struct Metrics {
     pub latency: LatencyHistogram,
     /// How long micro-batches take (for `/metrics`).
     pub batch_time: BatchHistogram,
+    /// The newest checkpoint written (0: none), its size and how long writing it took.
+    pub checkpoint_epoch: AtomicU64,
+    pub checkpoint_bytes: AtomicU64,
+    pub checkpoint_us: AtomicU64,
+    /// Checkpoints that could not be written (e.g. a full disk); the query went on.
+    pub checkpoint_failures: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the micro-batch duration buckets.
@@ -290,6 +305,51 @@ pub struct QueryRuntime {
     track_latency: bool,
     /// This micro-batch's rows by source (late rows are reported as the records that arrived).
     arrived: Vec<Option<RecordBatch>>,
+    checkpoints: Option<Checkpointing>,
+    /// The last epoch begun (checkpoint `epoch` covers everything before it).
+    epoch: u64,
+}
+
+/// A query's checkpoints (see [`crate::state`]).
+struct Checkpointing {
+    store: CheckpointStore,
+    fingerprint: String,
+    /// Why this query cannot be checkpointed (a source or an operator that cannot say where it
+    /// is), if so: it then runs as without checkpoints.
+    disabled: Option<String>,
+}
+
+/// The identity of a query for its checkpoints: its SQL, the directory it runs in, its sources'
+/// definitions, its operator graph and its output columns. A checkpoint is only ever restored into the same query.
+fn fingerprint(compiled: &Compiled, catalog: &Catalog) -> String {
+    let mut text = compiled.query.to_string();
+    // Relative paths in the SQL name different files from another directory.
+    if let Ok(cwd) = std::env::current_dir() {
+        text.push_str(&cwd.to_string_lossy());
+    }
+    for s in compiled.graph.sources() {
+        if let Some(d) = catalog.source(&s) {
+            text.push('\n');
+            text.push_str(&d.sql);
+        }
+    }
+    text.push('\n');
+    text.push_str(&compiled.graph.explain());
+    text.push_str(&format!("{:?}", compiled.schema.fields()));
+    format!("{:016x}", twox_hash::XxHash64::oneshot(0, text.as_bytes()))
+}
+
+/// A query name as a directory name.
+fn dir_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The output schema of a compiled query (planning only, nothing runs).
@@ -309,12 +369,20 @@ impl QueryRuntime {
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
         let (batch_size, interval) = (config.batch_size, config.batch_interval);
-        let open = |def: &SourceDef| -> Result<Box<dyn Source>> {
-            Ok(Box::new(connector::Prefetch::spawn(
-                connector::open_source(def)?,
-                batch_size,
-                interval,
-            )))
+        let query = name.to_string();
+        let open = |def: &SourceDef, position: Option<&serde_json::Value>| -> Result<Box<dyn Source>> {
+            // Each query reads through its own consumer group: two queries never share progress.
+            let mut def = def.clone();
+            if def.options.get("connector") == Some("kafka") && def.options.get("group_id").is_none() {
+                def.options
+                    .0
+                    .insert("group_id".into(), format!("freshet-{query}-{}", def.name));
+            }
+            let mut source = connector::open_source(&def)?;
+            if let Some(p) = position {
+                source.seek(p)?;
+            }
+            Ok(Box::new(connector::Prefetch::spawn(source, batch_size, interval)))
         };
         Self::with_sources(name, compiled, catalog, system, config, open, make_sink).await
     }
@@ -326,12 +394,42 @@ impl QueryRuntime {
         catalog: &Catalog,
         system: Arc<SystemTables>,
         config: EngineConfig,
-        mut open: impl FnMut(&SourceDef) -> Result<Box<dyn Source>>,
+        mut open: impl FnMut(&SourceDef, Option<&serde_json::Value>) -> Result<Box<dyn Source>>,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
         let graph = compiled.graph.clone();
         let root = graph.root()?;
         let needs_watermark = graph.needs_watermark();
+        let mut checkpoints = match &config.checkpoint_dir {
+            Some(root) => {
+                let fingerprint = fingerprint(compiled, catalog);
+                let dir = root.join(format!("{}-{}", dir_name(name), &fingerprint[..12]));
+                Some(Checkpointing {
+                    store: CheckpointStore::open(&dir, name, config.checkpoints_kept)?,
+                    fingerprint,
+                    disabled: None,
+                })
+            }
+            None => None,
+        };
+        let loaded = match &checkpoints {
+            Some(c) => c.store.load_latest(&c.fingerprint)?,
+            None => None,
+        };
+        if let Some(l) = &loaded {
+            for s in &l.skipped {
+                eprintln!("query '{name}': checkpoint not usable, falling back to an older one: {s}");
+            }
+        }
+        let restored = loaded.map(|l| l.checkpoint);
+        let meta = restored.as_ref().map(|c| c.meta.clone()).unwrap_or_default();
+        let source_meta = |sname: &str| -> Option<serde_json::Value> {
+            meta.get("sources")?
+                .as_array()?
+                .iter()
+                .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(sname))
+                .cloned()
+        };
         let mut sources = Vec::new();
         for sname in graph.sources() {
             let nodes: Vec<usize> = graph
@@ -342,6 +440,11 @@ impl QueryRuntime {
                 .map(|(i, _)| i)
                 .collect();
             if let Some(crate::sql::catalog::Object::MaterializedView(mv)) = catalog.get(&sname) {
+                if let Some(c) = &mut checkpoints {
+                    c.disabled = Some(format!(
+                        "it reads materialized view '{sname}', whose changes cannot be replayed from a position"
+                    ));
+                }
                 sources.push(SourceRt {
                     name: sname.clone(),
                     source: Box::new(mv.table.subscribe()?),
@@ -367,22 +470,70 @@ impl QueryRuntime {
                 }
                 None => (None, 0),
             };
+            let at = source_meta(&sname);
+            let position = at.as_ref().and_then(|m| m.get("position")).filter(|p| !p.is_null());
+            let source = open(def, position)?;
+            if let Some(c) = &mut checkpoints
+                && c.disabled.is_none()
+                && source.position().is_none()
+            {
+                c.disabled = Some(format!("source '{sname}' cannot say where it is"));
+            }
+            let num = |k: &str, d: i64| at.as_ref().and_then(|m| m.get(k)).and_then(|v| v.as_i64()).unwrap_or(d);
             sources.push(SourceRt {
                 name: sname.clone(),
-                source: open(def)?,
+                source,
                 nodes,
                 time_idx,
                 delay,
-                max_ts: i64::MIN,
-                exhausted: false,
-                floor: i64::MIN,
+                max_ts: num("max_ts", i64::MIN),
+                exhausted: at
+                    .as_ref()
+                    .and_then(|m| m.get("exhausted"))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
+                floor: num("floor", i64::MIN),
                 timeless: false,
             });
         }
         let mut ops = graph.build()?;
+        if let Some(c) = &mut checkpoints
+            && c.disabled.is_none()
+            && let Some(e) = ops.iter().find_map(|o| o.snapshot().err())
+        {
+            c.disabled = Some(e.to_string());
+        }
+        if let Some(c) = &restored {
+            for (node, opname, state) in c.operators.clone() {
+                let here = (node < ops.len()).then(|| graph.op_name(node));
+                if here.as_deref() != Some(opname.as_str()) {
+                    return Err(Error::External(format!(
+                        "checkpoint {} of query '{name}': node {node} is {opname} there but {} here",
+                        c.epoch,
+                        here.unwrap_or_else(|| "missing".into())
+                    )));
+                }
+                ops[node].restore(state).map_err(|e| {
+                    Error::External(format!(
+                        "checkpoint {} of query '{name}': restoring {opname} (node {node}): {e}",
+                        c.epoch
+                    ))
+                })?;
+            }
+        }
+        if let Some(c) = &checkpoints
+            && let Some(why) = &c.disabled
+        {
+            eprintln!("query '{name}': not checkpointed: {why}");
+        }
         let consumers = (0..graph.nodes.len()).map(|i| graph.consumers(i)).collect();
         let output_schema = compiled.schema.clone();
-        let sink = make_sink(output_schema.clone())?;
+        let mut sink = make_sink(output_schema.clone())?;
+        let null = serde_json::Value::Null;
+        sink.recover(
+            restored.as_ref().map(|c| c.epoch),
+            restored.as_ref().and_then(|c| c.meta.get("sink")).unwrap_or(&null),
+        )?;
         let sink_key: Option<Arc<[usize]>> = match graph.nodes[root].props.mode {
             Mode::Append => None,
             _ => graph.nodes[root].props.key.clone().map(Into::into),
@@ -396,8 +547,21 @@ impl QueryRuntime {
             .filter_map(|s| s.source.resumed_watermark())
             .max()
             .unwrap_or(i64::MIN);
-        for op in &mut ops {
-            op.set_emit_floor(emit_floor);
+        if restored.is_none() {
+            for op in &mut ops {
+                op.set_emit_floor(emit_floor);
+            }
+        }
+        let watermark = meta.get("watermark").and_then(|v| v.as_i64()).unwrap_or(i64::MIN);
+        metrics.watermark.store(watermark, Ordering::Relaxed);
+        let epoch = restored.as_ref().map_or(0, |c| c.epoch);
+        metrics.checkpoint_epoch.store(epoch, Ordering::Relaxed);
+        if let Some(c) = &restored {
+            eprintln!(
+                "query '{name}': resuming from checkpoint {} ({} operator state rows)",
+                c.epoch,
+                c.operators.iter().map(|(_, _, s)| s.num_rows()).sum::<usize>()
+            );
         }
         Ok(QueryRuntime {
             name: name.to_string(),
@@ -411,12 +575,14 @@ impl QueryRuntime {
             metrics,
             system,
             config,
-            watermark: i64::MIN,
-            emit_floor,
+            watermark,
+            emit_floor: if restored.is_some() { i64::MIN } else { emit_floor },
             output_schema,
             batch_times: Vec::new(),
             track_latency,
             arrived: Vec::new(),
+            checkpoints,
+            epoch,
         })
     }
 
@@ -534,9 +700,36 @@ impl QueryRuntime {
         self.ops.iter().map(|o| o.low_water()).min().unwrap_or(i64::MAX)
     }
 
-    /// Commit the sink, then let sources record progress up to what the sink now holds durably.
+    /// End the current epoch: the sink prepares it, the checkpoint is written (when the query has
+    /// checkpoints), the sink publishes it, and sources record progress up to what the sink now
+    /// holds durably. A checkpoint that cannot be written (a full disk) is reported and counted;
+    /// the sink's output then stays prepared until a later checkpoint succeeds.
     pub fn commit(&mut self) -> Result<()> {
-        self.sink.commit()?;
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let pending = self.sink.prepare(epoch)?;
+        if let Some(c) = self.checkpoints.as_ref().filter(|c| c.disabled.is_none()) {
+            let written = self
+                .snapshot(epoch, &c.fingerprint, pending)
+                .and_then(|s| c.store.write(&s));
+            match written {
+                Ok(stats) => {
+                    let m = &self.metrics;
+                    m.checkpoint_epoch.store(epoch, Ordering::Relaxed);
+                    m.checkpoint_bytes.store(stats.bytes, Ordering::Relaxed);
+                    m.checkpoint_us.store(stats.took.as_micros() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+                    eprintln!(
+                        "query '{}': checkpoint {epoch} failed, its output stays unpublished until one succeeds: {e}",
+                        self.name
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        self.sink.publish(epoch)?;
         let safe = self.low_water();
         // Windows up to the floor were emitted before the restart, so the floor stays true. At the end
         // of a bounded source the watermark is "forever": store the newest event time instead, so rows
@@ -547,6 +740,40 @@ impl QueryRuntime {
             s.source.commit(safe, 0, wm)?;
         }
         Ok(())
+    }
+
+    /// The query's state now, as checkpoint `epoch`.
+    fn snapshot(&self, epoch: u64, fingerprint: &str, sink: serde_json::Value) -> Result<Checkpoint> {
+        let mut operators = Vec::new();
+        for (i, op) in self.ops.iter().enumerate() {
+            let state = op.snapshot()?;
+            if !state.is_empty() {
+                operators.push((i, self.graph.op_name(i), state));
+            }
+        }
+        let sources: Vec<serde_json::Value> = self
+            .sources
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "position": s.source.position(),
+                    "max_ts": s.max_ts,
+                    "floor": s.floor,
+                    "exhausted": s.exhausted,
+                })
+            })
+            .collect();
+        Ok(Checkpoint {
+            epoch,
+            fingerprint: fingerprint.to_string(),
+            meta: serde_json::json!({
+                "watermark": self.watermark,
+                "sources": sources,
+                "sink": sink,
+            }),
+            operators,
+        })
     }
 
     fn late_rows(&self, cx: Context) -> Result<()> {
@@ -737,6 +964,14 @@ impl QueryRuntime {
             let got = self.turn().await?;
             if self.sources.iter().all(|s| s.exhausted) {
                 self.sink.close()?;
+                // Finished: the last epoch is published without a checkpoint (below) and the
+                // others are forgotten — there is nothing to resume. A crash before the publish
+                // resumes from the last checkpoint, whose recovery discards what later epochs
+                // left and writes it again.
+                if let Some(c) = self.checkpoints.take() {
+                    self.commit()?;
+                    c.store.remove_all()?;
+                }
                 break;
             }
             if last_commit.elapsed() >= self.config.commit_interval {

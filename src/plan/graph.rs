@@ -227,6 +227,15 @@ impl Graph {
         }
     }
 
+    /// A node's operator as EXPLAIN names it (its first word): checkpoints record it per node.
+    pub fn op_name(&self, id: usize) -> String {
+        let (what, _) = describe(&self.nodes[id].op);
+        what.split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Build the operators, in node order.
     pub fn build(&self) -> Result<Vec<Box<dyn Operator>>> {
         self.nodes

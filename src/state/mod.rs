@@ -93,6 +93,8 @@ pub struct CheckpointStore {
     dir: PathBuf,
     query: String,
     keep: usize,
+    /// `DIR/lock`, held while the query runs: one process runs a query at a time.
+    _lock: File,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -113,6 +115,23 @@ impl CheckpointStore {
     /// being written when a process died are removed.
     pub fn open(dir: &Path, query: &str, keep: usize) -> Result<CheckpointStore> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::plan(format!(
+                    "query '{query}' is already running (another process holds {})",
+                    lock_path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
         for e in std::fs::read_dir(dir).map_err(io(dir))? {
             let e = e.map_err(io(dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -125,6 +144,7 @@ impl CheckpointStore {
             dir: dir.to_path_buf(),
             query: query.to_string(),
             keep: keep.max(1),
+            _lock: lock,
         })
     }
 
@@ -572,6 +592,19 @@ mod tests {
         let s = written(d.path(), 1);
         let err = s.load_latest("other").expect_err("refused").to_string();
         assert!(err.contains("taken for a different query"), "{err}");
+    }
+
+    #[test]
+    fn a_query_runs_in_one_process_at_a_time() {
+        let d = tempfile::tempdir().expect("tmp");
+        let first = store(d.path());
+        let err = CheckpointStore::open(d.path(), "q", 3)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("query 'q' is already running"), "{err}");
+        drop(first);
+        assert!(CheckpointStore::open(d.path(), "q", 3).is_ok());
     }
 
     #[test]

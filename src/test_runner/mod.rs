@@ -582,8 +582,12 @@ impl Runner {
             compiled,
             &self.session.catalog,
             self.session.system.clone(),
-            self.session.config.clone(),
-            |def| {
+            EngineConfig {
+                // Specs run from the start every time: nothing to resume.
+                checkpoint_dir: None,
+                ..self.session.config.clone()
+            },
+            |def, _position| {
                 if subscribe {
                     feeds.insert(def.name.clone(), self.feeds.subscribe(def));
                 }

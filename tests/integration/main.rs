@@ -1,6 +1,7 @@
 //! Freshet's integration tests: one binary (see Cargo.toml `autotests = false`).
 
 mod bad_input;
+mod checkpoints;
 mod cli;
 mod collector;
 mod joins;

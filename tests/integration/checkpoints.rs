@@ -1,0 +1,259 @@
+//! Checkpoints under fire: `freshet run` killed with SIGKILL again and again, then let finish; every
+//! sink must hold exactly the batch answer — nothing lost, nothing twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::prelude::SessionContext;
+
+use crate::support::{COURSE_COLUMNS, batch_rows, oracle_ctx};
+
+const EVENTS: u64 = 400_000;
+const SEED: u64 = 5;
+
+fn job(events: u64) -> String {
+    format!(
+        "CREATE SOURCE views ({COURSE_COLUMNS})
+           WITH (connector = 'generator', events = '{events}', seed = '{SEED}');
+         -- TUMBLE, with an exact distinct count.
+         CREATE SINK per_minute WITH (connector = 'parquet', path = 'out/per_minute', rollover_rows = '2000') AS
+         SELECT course_id, window_start, COUNT(*) AS views, COUNT(DISTINCT user_id) AS users,
+                SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases
+         FROM TABLE(TUMBLE(TABLE views, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
+         GROUP BY course_id, window_start, window_end;
+         -- HOP, reading the same source.
+         CREATE SINK hopping WITH (connector = 'parquet', path = 'out/hopping') AS
+         SELECT region, window_start, COUNT(*) AS views
+         FROM TABLE(HOP(TABLE views, DESCRIPTOR(event_time), INTERVAL '20' SECOND, INTERVAL '1' MINUTE))
+         GROUP BY region, window_start, window_end;
+         -- SESSION per user.
+         CREATE SINK sessions WITH (connector = 'parquet', path = 'out/sessions') AS
+         SELECT user_id, window_start, window_end, COUNT(*) AS views
+         FROM TABLE(SESSION(TABLE views PARTITION BY user_id, DESCRIPTOR(event_time), INTERVAL '20' SECOND))
+         GROUP BY user_id, window_start, window_end;
+         -- An updating aggregate, archived as a changelog.
+         CREATE SINK per_course WITH (connector = 'parquet', path = 'out/per_course', format = 'changelog') AS
+         SELECT course_id, COUNT(*) AS views FROM views GROUP BY course_id;"
+    )
+}
+
+fn start(dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .current_dir(dir)
+        .args([
+            "run",
+            "job.sql",
+            "--checkpoint-dir",
+            "chk",
+            "--checkpoint-interval",
+            "0.1",
+            "--batch-size",
+            "500",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start freshet")
+}
+
+/// The sum of the newest checkpoint epoch of every query under `chk` (grows with any progress).
+fn progress(chk: &Path) -> u64 {
+    let Ok(queries) = std::fs::read_dir(chk) else {
+        return 0;
+    };
+    queries
+        .filter_map(|q| q.ok())
+        .filter_map(|q| {
+            std::fs::read_dir(q.path())
+                .ok()?
+                .filter_map(|c| c.ok())
+                .filter_map(|c| c.file_name().to_str()?.strip_prefix("chk-")?.parse::<u64>().ok())
+                .max()
+        })
+        .sum()
+}
+
+/// A small deterministic pseudo-random sequence (the kill points), so a failure can be replayed.
+fn delays(n: usize) -> Vec<u64> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 120
+        })
+        .collect()
+}
+
+/// Parquet rows of `dir`'s published files, in file (epoch, sequence) order, as text.
+async fn parquet_rows(dir: &Path, sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new();
+    ctx.register_parquet("t", dir.to_str().expect("utf8"), Default::default())
+        .await
+        .expect("parquet");
+    batch_rows(&ctx, sql).await
+}
+
+/// Published Parquet files of `dir` in the order they were written: by epoch, then sequence (the
+/// last two `-` fields of `part-<run>-<epoch>-<seq>.parquet`).
+fn files_in_order(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<(u64, u64, PathBuf)> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?.to_string();
+            let mut parts = stem.rsplit('-');
+            let seq = parts.next()?.parse().ok()?;
+            let epoch = parts.next()?.parse().ok()?;
+            Some((epoch, seq, e.path()))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, _, p)| p).collect()
+}
+
+/// Replay a changelog archive (`op`, `course_id`, `views`) in order: the final table.
+fn replayed(dir: &Path) -> Vec<String> {
+    let mut table: BTreeMap<i64, i64> = BTreeMap::new();
+    for f in files_in_order(dir) {
+        let file = std::fs::File::open(&f).expect("open");
+        let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        for b in reader {
+            let b = b.expect("batch");
+            let op = b.column(0).as_string::<i32>();
+            let course = b.column(1).as_primitive::<Int64Type>();
+            let views = b.column(2).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                match op.value(i) {
+                    "+I" | "+U" => {
+                        table.insert(course.value(i), views.value(i));
+                    }
+                    "-U" | "-D" => {
+                        let old = table.remove(&course.value(i));
+                        assert_eq!(
+                            old,
+                            Some(views.value(i)),
+                            "{}: a retraction of a row not there",
+                            f.display()
+                        );
+                    }
+                    other => panic!("op {other}"),
+                }
+                assert!(!views.is_null(i));
+            }
+        }
+    }
+    table.into_iter().map(|(c, n)| format!("{c}|{n}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_leave_every_sink_exact() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("job.sql"), job(EVENTS)).expect("write");
+    let chk = dir.path().join("chk");
+    let mut kills = 0;
+    let mut finished_early = 0;
+    for wait in delays(10) {
+        let mut child = start(dir.path());
+        // Kill somewhere after the next checkpoint: every run makes progress, and the kill lands at a
+        // different point of the epoch each time.
+        let before = progress(&chk);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while progress(&chk) == before && child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(wait));
+        if child.try_wait().expect("wait").is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        } else {
+            finished_early += 1;
+        }
+        let _ = child.wait();
+    }
+    let out = start(dir.path()).wait_with_output().expect("final run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        kills >= 8,
+        "only {kills} of 10 runs were killed mid-run ({finished_early} finished first): make the job longer"
+    );
+    assert!(
+        stderr.contains("resuming from checkpoint") || finished_early > 0,
+        "{stderr}"
+    );
+    assert_eq!(progress(&chk), 0, "a finished query leaves no checkpoints");
+
+    let opts = freshet::connector::generator::GenOptions {
+        seed: SEED,
+        events: Some(EVENTS),
+        ..Default::default()
+    };
+    let oracle = oracle_ctx(&opts, "ev");
+    let out = dir.path().join("out");
+    let temp_files: Vec<String> = ["per_minute", "hopping", "sessions", "per_course"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(out.join(d)).expect("dir"))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !(n.starts_with("part-") && n.ends_with(".parquet")))
+        .collect();
+    assert!(temp_files.is_empty(), "temporary files left behind: {temp_files:?}");
+
+    let got = parquet_rows(
+        &out.join("per_minute"),
+        "SELECT course_id, window_start, views, users, purchases FROM t",
+    )
+    .await;
+    let want = batch_rows(
+        &oracle,
+        "SELECT course_id, date_bin(INTERVAL '1 minute', event_time, TIMESTAMP '1970-01-01'), COUNT(*),
+                COUNT(DISTINCT user_id), SUM(CASE WHEN purchased THEN 1 ELSE 0 END) FROM ev GROUP BY 1, 2",
+    )
+    .await;
+    crate::support::assert_rows_eq(&got, &want, "TUMBLE after kills");
+
+    let got = parquet_rows(&out.join("hopping"), "SELECT region, window_start, views FROM t").await;
+    let want = batch_rows(
+        &oracle,
+        "SELECT region, ws, COUNT(*) FROM (
+            SELECT region, date_bin(INTERVAL '20 seconds', event_time, TIMESTAMP '1970-01-01') - s.o AS ws
+            FROM ev CROSS JOIN (VALUES (INTERVAL '0 seconds'), (INTERVAL '20 seconds'), (INTERVAL '40 seconds')) AS s(o))
+         GROUP BY region, ws",
+    )
+    .await;
+    crate::support::assert_rows_eq(&got, &want, "HOP after kills");
+
+    let got = parquet_rows(
+        &out.join("sessions"),
+        "SELECT user_id, window_start, window_end, views FROM t",
+    )
+    .await;
+    // Flink's rule: sessions whose events are at most the gap apart are one.
+    let want = batch_rows(
+        &oracle,
+        "SELECT user_id, MIN(event_time), MAX(event_time) + INTERVAL '20 seconds', COUNT(*) FROM (
+            SELECT user_id, event_time, SUM(brk) OVER (PARTITION BY user_id ORDER BY event_time
+                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
+            FROM (SELECT user_id, event_time,
+                    CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY user_id ORDER BY event_time)
+                              <= INTERVAL '20 seconds' THEN 0 ELSE 1 END AS brk FROM ev))
+         GROUP BY user_id, sid",
+    )
+    .await;
+    crate::support::assert_rows_eq(&got, &want, "SESSION after kills");
+
+    let got = replayed(&out.join("per_course"));
+    let want = batch_rows(&oracle, "SELECT course_id, COUNT(*) FROM ev GROUP BY 1").await;
+    crate::support::assert_rows_eq(&got, &want, "updating GROUP BY changelog after kills");
+}
