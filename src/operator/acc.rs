@@ -605,8 +605,10 @@ impl ValueRows {
         self.values(keys, &self.state_type())
     }
 
-    /// Restoring: the values' type as a state column has it (`Null`: none seen yet).
-    fn restore_type(&mut self, t: &DataType) -> Result<()> {
+    /// Restoring: the values' type as state column `what` has it (`Null`: none seen yet). The type
+    /// comes with the state (a fresh aggregate learns it from its first values); the columns of
+    /// one aggregate must agree on it.
+    fn restore_type(&mut self, t: &DataType, what: &str) -> Result<()> {
         match &self.data_type {
             _ if *t == DataType::Null => Ok(()),
             None => {
@@ -616,7 +618,7 @@ impl ValueRows {
             }
             Some(have) if have == t => Ok(()),
             Some(have) => Err(Error::Internal(format!(
-                "state values have type {t}, this aggregate's are {have}"
+                "state column '{what}' has values of type {t}, this aggregate's are {have}"
             ))),
         }
     }
@@ -704,7 +706,7 @@ fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Ve
             ))
         })?;
     let flat = values.values();
-    rows.restore_type(flat.data_type())?;
+    rows.restore_type(flat.data_type(), &cols.name("values"))?;
     let bytes = if flat.is_empty() {
         None
     } else {
@@ -896,7 +898,7 @@ impl Acc for MinMax {
 
     fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
         let best = cols.array("best")?;
-        self.rows.restore_type(best.data_type())?;
+        self.rows.restore_type(best.data_type(), &cols.name("best"))?;
         let cap = capacity_of(gids);
         grow(&mut self.best, cap, None);
         if best.data_type() != &DataType::Null {
@@ -1440,6 +1442,109 @@ impl Aggregates {
     }
 }
 
+/// Test support: an input of keys, times and values, and aggregate calls of every kind over it.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use crate::operator::ChangeBatch;
+    use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{Schema, TimeUnit};
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::{cast as cast_expr, col};
+
+    /// `k VARCHAR, t TIMESTAMP(ms), x BIGINT`.
+    pub fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("x", DataType::Int64, true),
+        ]))
+    }
+
+    /// Inserts `(k, t, x)`, each arrived under its watermark.
+    pub fn rows(keys: &[&str], ts: &[i64], xs: &[Option<i64>], wms: &[i64]) -> ChangeBatch {
+        let b = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(TimestampMillisecondArray::from(ts.to_vec())),
+                Arc::new(Int64Array::from(xs.to_vec())),
+            ],
+        )
+        .expect("batch");
+        let mut c = ChangeBatch::append(b, 0);
+        c.wm = Int64Array::from(wms.to_vec());
+        c
+    }
+
+    fn call(display: &str, kind: AggKind, arg: Option<&str>, distinct: bool, t: DataType) -> AggCall {
+        let s = schema();
+        AggCall {
+            display: display.into(),
+            kind,
+            args: arg.map(|a| col(a, &s).expect("col")).into_iter().collect(),
+            filter: None,
+            distinct,
+            return_type: t,
+        }
+    }
+
+    /// A DataFusion aggregate over `x` (cast to `arg_type`), run as [`AggKind::Generic`].
+    pub fn generic(name: &str, arg_type: DataType) -> AggCall {
+        let s = schema();
+        let udaf = match name {
+            "median" => datafusion::functions_aggregate::median::median_udaf(),
+            "stddev" => datafusion::functions_aggregate::stddev::stddev_udaf(),
+            _ => panic!("no test aggregate {name}"),
+        };
+        let arg = cast_expr(col("x", &s).expect("x"), &s, arg_type).expect("cast");
+        let f = AggregateExprBuilder::new(udaf, vec![arg.clone()])
+            .schema(s.clone())
+            .alias(name)
+            .build()
+            .expect("aggregate");
+        let t = f.field().data_type().clone();
+        AggCall {
+            display: format!("{name}(x)"),
+            kind: AggKind::Generic(Arc::new(f)),
+            args: vec![arg],
+            filter: None,
+            distinct: false,
+            return_type: t,
+        }
+    }
+
+    /// `count(*), count(x), sum(x), avg(x), min(x), max(x), count(DISTINCT x)`, each retractable
+    /// and mergeable into several windows.
+    pub fn native_calls() -> Vec<AggCall> {
+        vec![
+            call("count(*)", AggKind::CountStar, None, false, DataType::Int64),
+            call("count(x)", AggKind::Count, Some("x"), false, DataType::Int64),
+            call("sum(x)", AggKind::Sum, Some("x"), false, DataType::Int64),
+            call("avg(x)", AggKind::Avg, Some("x"), false, DataType::Float64),
+            call("min(x)", AggKind::Min, Some("x"), false, DataType::Int64),
+            call("max(x)", AggKind::Max, Some("x"), false, DataType::Int64),
+            call("count(DISTINCT x)", AggKind::Count, Some("x"), true, DataType::Int64),
+        ]
+    }
+
+    /// [`native_calls`], then `median(x)` (a DataFusion accumulator).
+    pub fn all_calls() -> Vec<AggCall> {
+        let mut v = native_calls();
+        v.push(generic("median", DataType::Int64));
+        v
+    }
+
+    /// The output fields of `calls` (`a0`, `a1`, …, nullable).
+    pub fn fields(calls: &[AggCall]) -> Vec<Field> {
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("a{i}"), c.return_type.clone(), true))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1525,5 +1630,114 @@ mod tests {
         assert_eq!(out[1].as_primitive::<Int64Type>().value(0), 7);
         assert_eq!(out[2].as_primitive::<Int64Type>().value(0), 3);
         assert_eq!(a.rows(0), 4);
+    }
+
+    fn through_ipc(cols: Vec<(String, ArrayRef)>) -> RecordBatch {
+        let cols: Vec<(&str, ArrayRef)> = cols.iter().map(|(n, a)| (n.as_str(), a.clone())).collect();
+        let t = state::plain_table(cols).expect("table");
+        state::from_ipc(&state::to_ipc(&t).expect("ipc")).expect("read")
+    }
+
+    #[test]
+    fn state_columns_restore_every_kind_into_other_group_ids() {
+        use super::testing::{all_calls, rows};
+        let calls: Arc<[AggCall]> = all_calls().into();
+        let mut a = Aggregates::new(&calls, true).expect("aggs");
+        let ins = rows(
+            &["a", "a", "b", "b", "a", "a"],
+            &[0; 6],
+            &[Some(5), Some(1), None, Some(7), Some(5), Some(9)],
+            &[0; 6],
+        );
+        let ev = Aggregates::evaluate_args(&calls, &ins.batch).expect("args");
+        a.update(&ev, None, &[0, 0, 2, 2, 0, 0], None, 3).expect("update");
+        // Retract the 1 and one 5 (MIN/MAX fall back on their multiset).
+        let del = rows(&["a", "a"], &[0, 0], &[Some(1), Some(9)], &[0, 0]);
+        let ev_del = Aggregates::evaluate_args(&calls, &del.batch).expect("args");
+        a.update(&ev_del, None, &[0, 0], Some(&[true, true]), 3)
+            .expect("retract");
+
+        let table = through_ipc(a.state_columns(&[0, 2, 1]).expect("state"));
+        let mut r = Aggregates::new(&calls, true).expect("aggs");
+        r.restore_columns(&[4, 1, 0], &table).expect("restore");
+        assert_eq!(
+            a.evaluate(&[0, 2, 1]).expect("eval"),
+            r.evaluate(&[4, 1, 0]).expect("eval")
+        );
+        assert_eq!((a.rows(0), a.rows(2)), (r.rows(4), r.rows(1)));
+        // Both go on alike: retract the last 5 and the 7, add a 3.
+        let more = rows(&["a", "b", "a"], &[0; 3], &[Some(5), Some(7), Some(3)], &[0; 3]);
+        let ev = Aggregates::evaluate_args(&calls, &more.batch).expect("args");
+        let retract = [true, true, false];
+        a.update(&ev, None, &[0, 2, 0], Some(&retract), 3).expect("a");
+        r.update(&ev, None, &[4, 1, 4], Some(&retract), 5).expect("r");
+        assert_eq!(a.evaluate(&[0, 2]).expect("eval"), r.evaluate(&[4, 1]).expect("eval"));
+    }
+
+    #[test]
+    fn an_empty_state_restores_and_learns_its_types_later() {
+        use super::testing::{all_calls, rows};
+        let calls: Arc<[AggCall]> = all_calls().into();
+        let a = Aggregates::new(&calls, true).expect("aggs");
+        let table = through_ipc(a.state_columns(&[]).expect("state"));
+        let mut r = Aggregates::new(&calls, true).expect("aggs");
+        r.restore_columns(&[], &table).expect("restore");
+        let ins = rows(&["a"], &[0], &[Some(2)], &[0]);
+        let ev = Aggregates::evaluate_args(&calls, &ins.batch).expect("args");
+        r.update(&ev, None, &[0], None, 1).expect("update");
+        let out = r.evaluate(&[0]).expect("eval");
+        assert_eq!(out[4].as_primitive::<Int64Type>().value(0), 2);
+    }
+
+    #[test]
+    fn a_state_of_other_columns_or_types_is_refused() {
+        use super::testing::all_calls;
+        let calls: Arc<[AggCall]> = all_calls().into();
+        let a = Aggregates::new(&calls, false).expect("aggs");
+        let good = a.state_columns(&[]).expect("state");
+        let mut r = Aggregates::new(&calls, false).expect("aggs");
+        // Without a column.
+        let missing: Vec<(String, ArrayRef)> = good.iter().filter(|(n, _)| n != "a2_sum").cloned().collect();
+        let err = r.restore_columns(&[], &through_ipc(missing)).expect_err("missing");
+        assert!(err.to_string().contains("a2_sum"), "{err}");
+        // A column of another type (each kind's, in turn).
+        for name in ["rows", "a0_n", "a3_sum", "a6_values", "a7_state0"] {
+            let wrong: Vec<(String, ArrayRef)> = good
+                .iter()
+                .map(|(n, a)| {
+                    if n == name {
+                        (n.clone(), Arc::new(BooleanArray::from(Vec::<bool>::new())) as ArrayRef)
+                    } else {
+                        (n.clone(), a.clone())
+                    }
+                })
+                .collect();
+            let mut r = Aggregates::new(&calls, false).expect("aggs");
+            let err = r.restore_columns(&[], &through_ipc(wrong)).expect_err(name);
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+        // More rows than groups.
+        let one = a.state_columns(&[0]).expect("state");
+        assert!(r.restore_columns(&[], &through_ipc(one)).is_err());
+        // MIN's value and its multiset disagree on the values' type.
+        let mut a = Aggregates::new(&calls, true).expect("aggs");
+        let ins = super::testing::rows(&["a"], &[0], &[Some(2)], &[0]);
+        let ev = Aggregates::evaluate_args(&calls, &ins.batch).expect("args");
+        a.update(&ev, None, &[0], None, 1).expect("update");
+        let bad: Vec<(String, ArrayRef)> = a
+            .state_columns(&[0])
+            .expect("state")
+            .into_iter()
+            .map(|(n, c)| {
+                if n == "a4_best" {
+                    (n, Arc::new(BooleanArray::from(vec![true])) as ArrayRef)
+                } else {
+                    (n, c)
+                }
+            })
+            .collect();
+        let mut r = Aggregates::new(&calls, true).expect("aggs");
+        let err = r.restore_columns(&[0], &through_ipc(bad)).expect_err("types disagree");
+        assert!(err.to_string().contains("a4_values"), "{err}");
     }
 }

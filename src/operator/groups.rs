@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Key bytes → group id; ids of removed groups are reused.
 pub struct GroupTable {
@@ -112,6 +112,37 @@ impl GroupTable {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// For a checkpoint: the live group ids in ascending order, with their key bytes.
+    pub fn snapshot(&self) -> (Vec<u32>, Vec<&[u8]>) {
+        self.keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.as_deref().map(|k| (i as u32, k)))
+            .unzip()
+    }
+
+    /// Restoring: add the keys (row bytes, as [`GroupTable::snapshot`] gave them) in order, each a
+    /// new group; their ids, in the same order. A key twice is an error. Added in ascending order
+    /// of their old ids, groups keep their relative order (which orders output rows).
+    pub fn restore(&mut self, keys: &BinaryArray) -> Result<Vec<u32>> {
+        if keys.null_count() > 0 {
+            return Err(Error::Internal("a state table has NULL keys".into()));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys.iter().flatten() {
+            if self.nkeys == 0 && !k.is_empty() {
+                return Err(Error::Internal(
+                    "a state table has keys for an aggregate without keys".into(),
+                ));
+            }
+            if self.map.contains_key(k) {
+                return Err(Error::Internal("a state table has a key twice".into()));
+            }
+            out.push(self.intern_bytes(k));
+        }
+        Ok(out)
     }
 
     /// Live group ids.
