@@ -17,12 +17,15 @@
 //! match); whether a pair matches is decided by the join condition itself, as the batch join does.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::groups::GroupTable;
+use super::state::{self, OpState};
+use super::stream_join::{message, no_other_tables, read_scalars, rows_from_table, rows_table, scalars_table};
 use super::window::millis;
 use super::window_join::{JoinRows, LEFT, RIGHT, gather};
 use super::{ChangeBatch, Context, Operator};
@@ -464,6 +467,132 @@ impl Operator for IntervalJoin {
     fn set_emit_floor(&mut self, floor: i64) {
         self.emit_floor = floor;
     }
+
+    /// Per side, its live rows (see [`SIDE_TABLES`]) in the order they expire (by time, then
+    /// arrival), which is also the order a probe meets a key's rows; and the watermark and emit floor
+    /// ([`PROGRESS_TABLE`]). The per-key index and the expiry order are rebuilt on restore.
+    fn snapshot(&self) -> Result<OpState> {
+        let mut st = OpState::new();
+        for (side, name) in SIDE_TABLES.iter().enumerate() {
+            st.put(name, self.side_table(side)?);
+        }
+        st.put(
+            PROGRESS_TABLE,
+            scalars_table(&[("watermark", self.wm), ("emit_floor", self.emit_floor)])?,
+        );
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut state: OpState) -> Result<()> {
+        for (side, name) in SIDE_TABLES.iter().enumerate() {
+            let t = state.take(name)?;
+            self.restore_side(side, name, &t)?;
+        }
+        [self.wm, self.emit_floor] = read_scalars(&mut state, PROGRESS_TABLE, ["watermark", "emit_floor"])?;
+        no_other_tables("an interval join", &state)
+    }
+}
+
+/// The state tables of an interval join, per side: `key_group`, `key` (the join key's bytes),
+/// `event_time` (Int64, ms: the row's time attribute), `matched` (Boolean: it has matched a row of
+/// the other side), then the input's columns.
+pub const SIDE_TABLES: [&str; 2] = ["left_rows", "right_rows"];
+
+/// A one-row table: `watermark` (Int64, the watermark padded rows carry) and `emit_floor` (Int64,
+/// see [`Operator::set_emit_floor`]; `i64::MIN`: none).
+pub const PROGRESS_TABLE: &str = "progress";
+
+impl IntervalJoin {
+    fn side_table(&self, side: usize) -> Result<RecordBatch> {
+        let s = &self.sides[side];
+        // The key of each live row, from the index.
+        let mut gid_of: HashMap<(u64, u32), u32> = HashMap::new();
+        for (g, list) in s.by_key.iter().enumerate() {
+            for slot in list.iter().filter(|x| s.is_alive(x)) {
+                gid_of.insert((slot.chunk, slot.row), g as u32);
+            }
+        }
+        let slots: Vec<(u64, u32)> = s.expiry.iter().map(|(_, c, r)| (*c, *r)).collect();
+        let keys = slots
+            .iter()
+            .map(|k| {
+                gid_of
+                    .get(k)
+                    .and_then(|g| s.keys.key_bytes(*g))
+                    .ok_or_else(|| Error::Internal("an interval join row lost its key".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let times: ArrayRef = Arc::new(Int64Array::from_iter_values(s.expiry.iter().map(|e| e.0)));
+        let matched: ArrayRef = Arc::new(
+            slots
+                .iter()
+                .map(|(c, r)| Some(s.chunks.get(c).is_some_and(|c| c.matched[*r as usize])))
+                .collect::<BooleanArray>(),
+        );
+        let rows = s.rows(&self.cfg.rows.inputs[side], &slots)?;
+        rows_table(&keys, vec![("event_time", times), ("matched", matched)], &rows)
+    }
+
+    fn restore_side(&mut self, side: usize, name: &str, t: &RecordBatch) -> Result<()> {
+        let batch = rows_from_table(name, t, &["event_time", "matched"], &self.cfg.rows.inputs[side])?;
+        let bad = |what: String| Error::Internal(format!("join state table '{name}': {what}"));
+        let stored_times = state::column::<Int64Array>(t, "event_time").map_err(|e| bad(message(e)))?;
+        let matched = state::column::<BooleanArray>(t, "matched").map_err(|e| bad(message(e)))?;
+        let keys = state::keys(t).map_err(|e| bad(message(e)))?;
+        let n = batch.num_rows();
+        let times = millis(batch.column(self.cfg.time[side]))?;
+        let (key_cols, key_ok) = self.cfg.rows.keys(side, &batch)?;
+        let s = &mut self.sides[side];
+        let gids = s.keys.intern(&key_cols, n)?;
+        for i in 0..n {
+            if !key_ok[i] || times.is_null(i) {
+                return Err(bad(format!(
+                    "row {i} has a NULL key or time, which the join never holds"
+                )));
+            }
+            if stored_times.is_null(i) || stored_times.value(i) != times.value(i) {
+                return Err(bad(format!("row {i}'s event_time is not the time of its columns")));
+            }
+            if s.keys.key_bytes(gids[i]) != Some(keys.value(i)) {
+                return Err(bad(format!("row {i}'s key is not the key of its columns")));
+            }
+            if matched.is_null(i) {
+                return Err(bad(format!("row {i}'s 'matched' is NULL")));
+            }
+        }
+        if s.by_key.len() < s.keys.capacity() {
+            s.by_key.resize_with(s.keys.capacity(), Vec::new);
+        }
+        // One chunk; its rows in the order they were written (by time, then arrival).
+        let id = s.next_chunk;
+        s.next_chunk += 1;
+        for (row, g) in gids.iter().enumerate() {
+            let t = times.value(row);
+            let list = &mut s.by_key[*g as usize];
+            let at = list.len() - list.iter().rev().take_while(|x| x.t > t).count();
+            list.insert(
+                at,
+                Slot {
+                    chunk: id,
+                    row: row as u32,
+                    t,
+                },
+            );
+            s.expiry.insert((t, id, row as u32));
+        }
+        if n > 0 {
+            s.chunks.insert(
+                id,
+                Chunk {
+                    batch,
+                    matched: (0..n).map(|i| matched.value(i)).collect(),
+                    alive: vec![true; n],
+                    live: n,
+                },
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -611,6 +740,198 @@ mod tests {
         // c (at 3500, unmatched) expired at watermark 4502 < 5000: padded before the restart.
         let out = j.advance(i64::MAX, &mut cx).expect("end");
         assert!(out.is_empty(), "{:?}", lines(&out));
+    }
+
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+
+    const ALL_TYPES: [JoinType; 8] = [
+        JoinType::Inner,
+        JoinType::Left,
+        JoinType::Right,
+        JoinType::Full,
+        JoinType::LeftSemi,
+        JoinType::LeftAnti,
+        JoinType::RightSemi,
+        JoinType::RightAnti,
+    ];
+
+    fn side(port: usize, k: &[Option<i64>], v: &[&str], ts: &[i64], wm: &[i64]) -> Step {
+        let schema = join_rows(JoinType::Inner, true).inputs[port].clone();
+        Step::Rows(port, rows_of(&schema, k, v, ts, wm))
+    }
+
+    /// Every split of `steps` restores identically, for every join type; returns the rows compared.
+    fn restores_at_every_split(make: impl Fn(JoinType) -> IntervalJoin, steps: &[Step]) -> usize {
+        let mut compared = 0;
+        for t in ALL_TYPES {
+            for split in 0..=steps.len() {
+                compared += assert_restores_identically(|| Box::new(make(t)), steps, split);
+            }
+        }
+        compared
+    }
+
+    #[test]
+    fn matches_late_rows_and_padding_on_expiry_restore() {
+        // The first test's input, then more: rows that match after the split, rows evicted (and
+        // padded) by an advance after it, late rows after it, first matches of SEMI rows on both
+        // sides of it.
+        let steps = vec![
+            side(
+                LEFT,
+                &[Some(1), Some(1), None],
+                &["a", "b", "c"],
+                &[100, 3_000, 50],
+                &[0; 3],
+            ),
+            side(RIGHT, &[Some(1), Some(1)], &["x", "a"], &[900, 1_000], &[0, 0]),
+            Step::Advance(1_100),
+            side(RIGHT, &[Some(1), Some(1)], &["y", "z"], &[500, 3_500], &[1_100, 1_100]),
+            side(LEFT, &[Some(2), Some(1)], &["d", "e"], &[1_200, 3_400], &[1_100, 1_100]),
+            side(
+                RIGHT,
+                &[Some(1), Some(2), Some(2)],
+                &["w", "d", "v"],
+                &[3_600, 1_300, 1_900],
+                &[1_100; 3],
+            ),
+            Step::Advance(2_500),
+            side(
+                LEFT,
+                &[Some(2), Some(1)],
+                &["late", "f"],
+                &[1_000, 3_800],
+                &[2_500, 2_500],
+            ),
+            Step::Advance(4_100),
+            side(RIGHT, &[Some(1)], &["u"], &[4_500], &[4_100]),
+            Step::Advance(i64::MAX),
+        ];
+        assert!(restores_at_every_split(op, &steps) > 0);
+    }
+
+    #[test]
+    fn padding_once_the_interval_passes_restores() {
+        let steps = vec![
+            side(LEFT, &[Some(1)], &["a"], &[1_000], &[0]),
+            side(RIGHT, &[Some(2)], &["b"], &[1_000], &[0]),
+            Step::Advance(1_500),
+            Step::Advance(2_001),
+            Step::Advance(2_002),
+            side(LEFT, &[Some(2), Some(3)], &["c", "d"], &[2_500, 2_600], &[2_002, 2_002]),
+            side(RIGHT, &[Some(2)], &["e"], &[3_000], &[2_002]),
+            Step::Advance(i64::MAX),
+        ];
+        assert!(restores_at_every_split(op, &steps) > 0);
+    }
+
+    #[test]
+    fn the_emit_floor_restores() {
+        let make = |t: JoinType| {
+            let mut j = op(t);
+            j.set_emit_floor(5_000);
+            j
+        };
+        let steps = vec![
+            side(
+                LEFT,
+                &[Some(1), Some(2), Some(3), None],
+                &["a", "b", "c", "n"],
+                &[3_000, 4_500, 3_500, 100],
+                &[0; 4],
+            ),
+            side(RIGHT, &[Some(1), Some(2)], &["x", "y"], &[3_500, 5_200], &[0; 2]),
+            Step::Advance(5_500),
+            side(LEFT, &[Some(2)], &["z"], &[5_600], &[5_500]),
+            Step::Advance(i64::MAX),
+        ];
+        assert!(restores_at_every_split(make, &steps) > 0);
+        // The floor is part of the state: a fresh operator without one takes it from the snapshot.
+        let mut j = make(JoinType::Full);
+        let mut cx = Context::default();
+        if let Step::Rows(p, b) = &steps[0] {
+            j.process(*p, b.clone(), &mut cx).expect("left");
+        }
+        let mut restored = op(JoinType::Full);
+        restored.restore(j.snapshot().expect("snapshot")).expect("restore");
+        assert_eq!((restored.emit_floor, restored.state_size()), (5_000, 3));
+    }
+
+    #[test]
+    fn snapshot_holds_live_rows_in_expiry_order() {
+        let mut j = op(JoinType::Left);
+        let (l, r) = (j.cfg.rows.inputs[LEFT].clone(), j.cfg.rows.inputs[RIGHT].clone());
+        let mut cx = Context::default();
+        j.process(
+            LEFT,
+            rows_of(&l, &[Some(1), Some(2)], &["a", "b"], &[300, 100], &[0; 2]),
+            &mut cx,
+        )
+        .expect("left");
+        j.process(RIGHT, rows_of(&r, &[Some(2)], &["x"], &[150], &[0]), &mut cx)
+            .expect("right");
+        j.advance(50, &mut cx).expect("advance");
+        let st = j.snapshot().expect("snapshot");
+        let names: Vec<&str> = st.tables.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["left_rows", "right_rows", "progress"]);
+        let left = &st.tables[0].1;
+        let cols: Vec<String> = left.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(cols, ["key_group", "key", "event_time", "matched", "lk", "lv", "lws"]);
+        let t = state::column::<Int64Array>(left, "event_time").expect("times");
+        let m = state::column::<BooleanArray>(left, "matched").expect("matched");
+        assert_eq!(t.values().to_vec(), vec![100, 300]);
+        assert_eq!((m.value(0), m.value(1)), (true, false));
+        let p = &st.tables[2].1;
+        assert_eq!(state::column::<Int64Array>(p, "watermark").expect("wm").value(0), 50);
+    }
+
+    #[test]
+    fn a_corrupted_state_is_refused() {
+        let mut j = op(JoinType::Full);
+        let (l, r) = (j.cfg.rows.inputs[LEFT].clone(), j.cfg.rows.inputs[RIGHT].clone());
+        let mut cx = Context::default();
+        j.process(
+            LEFT,
+            rows_of(&l, &[Some(1), Some(2)], &["a", "b"], &[300, 100], &[0; 2]),
+            &mut cx,
+        )
+        .expect("left");
+        j.process(RIGHT, rows_of(&r, &[Some(2)], &["x"], &[150], &[0]), &mut cx)
+            .expect("right");
+        let st = j.snapshot().expect("snapshot");
+        let err = |st: OpState| {
+            op(JoinType::Full)
+                .restore(st)
+                .expect_err("corrupted state restored")
+                .to_string()
+        };
+        assert!(op(JoinType::Full).restore(st.clone()).is_ok());
+        for (i, name) in ["left_rows", "right_rows", "progress"].iter().enumerate() {
+            let mut missing = st.clone();
+            missing.tables.remove(i);
+            assert!(err(missing).contains(name));
+        }
+        let replace = |table: usize, col: &str, a: ArrayRef| {
+            use datafusion::arrow::datatypes::{Field, Schema};
+            let mut bad = st.clone();
+            let t = &bad.tables[table].1;
+            let i = t.schema().index_of(col).expect("col");
+            let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[i] = Field::new(col, a.data_type().clone(), true);
+            let mut cols = t.columns().to_vec();
+            cols[i] = a;
+            bad.tables[table].1 = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("batch");
+            bad
+        };
+        let e = err(replace(0, "matched", Arc::new(Int64Array::from(vec![1, 0]))));
+        assert!(e.contains("left_rows") && e.contains("matched"), "{e}");
+        let e = err(replace(0, "event_time", Arc::new(Int64Array::from(vec![100, 301]))));
+        assert!(e.contains("event_time"), "{e}");
+        let e = err(replace(1, "rk", Arc::new(Int64Array::from(vec![3]))));
+        assert!(e.contains("right_rows"), "{e}");
+        let strs = Arc::new(datafusion::arrow::array::StringArray::from(vec!["0"]));
+        let e = err(replace(2, "watermark", strs));
+        assert!(e.contains("progress") && e.contains("watermark"), "{e}");
     }
 
     #[test]
