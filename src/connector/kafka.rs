@@ -150,6 +150,28 @@ pub struct KafkaSource {
     polls: u64,
     /// The query watermark stored with the committed offsets resumed from (`startup = 'group'`).
     resumed: Option<i64>,
+    /// When a transient error was last reported (they are reported at most every 10 s).
+    last_warning: Option<Instant>,
+}
+
+/// Errors a consumer cannot get past by waiting: the rest (a broker down, a connection reset, a
+/// leader election) librdkafka recovers from by itself.
+fn is_fatal(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Fatal
+                | C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::OffsetOutOfRange
+        )
+    )
 }
 
 /// Commit metadata: the query's watermark when the offsets were committed (every window ending at or
@@ -265,6 +287,7 @@ impl KafkaSource {
             partitions,
             polls: 0,
             resumed,
+            last_warning: None,
         })
     }
 
@@ -314,7 +337,16 @@ impl Source for KafkaSource {
             };
             match self.consumer.poll(wait) {
                 None => break,
-                Some(Err(e)) => return Err(kafka_err("consuming", e)),
+                Some(Err(e)) if is_fatal(&e) => return Err(kafka_err("consuming", e)),
+                Some(Err(e)) => {
+                    // A broker down or restarting: librdkafka reconnects and refetches by itself;
+                    // the query waits (its watermark holds) instead of failing.
+                    if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        eprintln!("kafka: {}: {e} (retrying)", self.opts.topic);
+                        self.last_warning = Some(Instant::now());
+                    }
+                    break;
+                }
                 Some(Ok(m)) => {
                     let Some(part) = self.partitions.get(&m.partition()) else {
                         continue;

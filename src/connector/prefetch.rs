@@ -41,6 +41,8 @@ pub struct Prefetch {
     polls: u64,
     /// The position after the last delivery the engine took.
     position: Option<serde_json::Value>,
+    /// The thread delivered the end of the input (or an error).
+    ended: bool,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -56,7 +58,26 @@ impl Prefetch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
-            pump(inner.as_mut(), max, interval, &tx, &commit_rx, &stopped);
+            let pumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pump(inner.as_mut(), max, interval, &tx, &commit_rx, &stopped)
+            }));
+            if let Err(panic) = pumped {
+                // A source that panicked fails its query: it must not read as one that ended.
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let _ = tx.send(Delivery {
+                    poll: Err(crate::error::Error::Internal(format!(
+                        "the source's thread panicked: {what}"
+                    ))),
+                    watermark: None,
+                    polls: 0,
+                    position: None,
+                });
+                return;
+            }
             // The engine let go (or the source ended): carry out the commits it sent last.
             while let Ok((ts, upto, wm)) = commit_rx.try_recv() {
                 if let Err(e) = inner.commit(ts, upto, wm) {
@@ -73,6 +94,7 @@ impl Prefetch {
             watermark: None,
             polls: 0,
             position,
+            ended: false,
             stop,
             thread: Some(thread),
         }
@@ -200,10 +222,18 @@ impl Source for Prefetch {
                 if d.position.is_some() {
                     self.position = d.position;
                 }
+                if matches!(d.poll, Ok(Poll::Exhausted) | Err(_)) {
+                    self.ended = true;
+                }
                 d.poll
             }
             Err(RecvTimeoutError::Timeout) => Ok(Poll::Pending),
-            Err(RecvTimeoutError::Disconnected) => Ok(Poll::Exhausted),
+            // The thread delivers the end (or its error) before it lets go: gone without either,
+            // it died.
+            Err(RecvTimeoutError::Disconnected) if self.ended => Ok(Poll::Exhausted),
+            Err(RecvTimeoutError::Disconnected) => Err(crate::error::Error::Internal(
+                "the source's thread ended without reaching the end of its input".into(),
+            )),
         }
     }
 
