@@ -275,3 +275,42 @@ impl Drop for Prefetch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Panics on its second poll.
+    struct Panicky(u32);
+
+    impl Source for Panicky {
+        fn poll(&mut self, _max: usize) -> Result<Poll> {
+            self.0 += 1;
+            if self.0 > 1 {
+                panic!("decoder bug");
+            }
+            Ok(Poll::Ready(None, vec![]))
+        }
+
+        fn bounded(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_panicking_source_fails_instead_of_ending() {
+        let mut p = Prefetch::spawn(Box::new(Panicky(0)), 10, Duration::from_millis(1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no error within 10 s");
+            match p.poll(10) {
+                Ok(Poll::Exhausted) => panic!("a source that panicked read as exhausted"),
+                Err(e) => {
+                    assert!(e.to_string().contains("panicked: decoder bug"), "{e}");
+                    break;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
