@@ -15,14 +15,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::compute::{cast, concat, take, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
 use super::groups::GroupTable;
+use super::state::{self, OpState, keyed_table, plain_table};
 use super::window::{WindowSpec, group_rows, millis};
 use super::{ChangeBatch, Context, Operator, RowKind, conformed_batch, split_by_watermark};
 use crate::error::{Error, Result};
@@ -362,6 +363,160 @@ impl Operator for WindowAgg {
     fn set_emit_floor(&mut self, floor: i64) {
         self.emit_floor = floor;
     }
+
+    /// Tables: `window_agg` (one row: `fired`, `wm`, `emit_floor`), `window_panes` (`pane`: every
+    /// pane's start) and `window_groups` (keyed: per pane and group, `pane`, `touched` — changed
+    /// since the last early firing — then the aggregate state, see [`Aggregates::state_columns`]),
+    /// ordered by pane, then group id.
+    fn snapshot(&self) -> Result<OpState> {
+        let mut st = OpState::new();
+        st.put(
+            "window_agg",
+            plain_table(vec![
+                ("fired", Arc::new(Int64Array::from(vec![self.fired])) as ArrayRef),
+                ("wm", Arc::new(Int64Array::from(vec![self.wm]))),
+                ("emit_floor", Arc::new(Int64Array::from(vec![self.emit_floor]))),
+            ])?,
+        );
+        st.put(
+            "window_panes",
+            plain_table(vec![(
+                "pane",
+                Arc::new(Int64Array::from_iter_values(self.panes.keys().copied())) as ArrayRef,
+            )])?,
+        );
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut pane_col: Vec<i64> = Vec::new();
+        let mut touched: Vec<bool> = Vec::new();
+        let mut parts: Vec<Vec<(String, ArrayRef)>> = Vec::new();
+        for (p, pane) in &self.panes {
+            let (gids, k) = pane.table.snapshot();
+            pane_col.extend(std::iter::repeat_n(*p, gids.len()));
+            touched.extend(gids.iter().map(|g| pane.touched.contains(g)));
+            parts.push(pane.aggs.state_columns(&gids)?);
+            keys.extend(k);
+        }
+        // No pane: the columns of an empty state.
+        if parts.is_empty() {
+            parts.push(Aggregates::new(&self.cfg.calls, false)?.state_columns(&[])?);
+        }
+        let aggs = concat_columns(parts)?;
+        let mut cols: Vec<(&str, ArrayRef)> = vec![
+            ("pane", Arc::new(Int64Array::from(pane_col))),
+            ("touched", Arc::new(BooleanArray::from(touched))),
+        ];
+        cols.extend(aggs.iter().map(|(n, a)| (n.as_str(), a.clone())));
+        st.put("window_groups", keyed_table(keys, cols)?);
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut st: OpState) -> Result<()> {
+        let meta = st.take("window_agg")?;
+        if meta.num_rows() != 1 {
+            return Err(Error::Internal(format!(
+                "state table 'window_agg' has {} rows, not 1",
+                meta.num_rows()
+            )));
+        }
+        let scalar = |name: &str| -> Result<i64> {
+            let c = state::column::<Int64Array>(&meta, name)?;
+            if c.is_null(0) {
+                return Err(Error::Internal(format!("state column '{name}' is NULL")));
+            }
+            Ok(c.value(0))
+        };
+        let (fired, wm, emit_floor) = (scalar("fired")?, scalar("wm")?, scalar("emit_floor")?);
+        let panes = st.take("window_panes")?;
+        let starts = state::column::<Int64Array>(&panes, "pane")?;
+        if starts.null_count() > 0 {
+            return Err(Error::Internal("state column 'pane' has NULLs".into()));
+        }
+        let groups = st.take("window_groups")?;
+        state::keys(&groups)?;
+        let pane_of = state::column::<Int64Array>(&groups, "pane")?;
+        let touched = state::column::<BooleanArray>(&groups, "touched")?;
+        if pane_of.null_count() > 0 || touched.null_count() > 0 {
+            return Err(Error::Internal(
+                "state table 'window_groups' has NULL panes or marks".into(),
+            ));
+        }
+        let mut panes: BTreeMap<i64, Pane> = BTreeMap::new();
+        for p in starts.values() {
+            let pane = Pane {
+                table: GroupTable::new(&self.cfg.key_types)?,
+                aggs: Aggregates::new(&self.cfg.calls, false)?,
+                touched: HashSet::new(),
+            };
+            panes.insert(*p, pane);
+        }
+        // Rows by pane, in table order (the groups' old order).
+        let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (i, p) in pane_of.values().iter().enumerate() {
+            rows.entry(*p).or_default().push(i as u32);
+        }
+        for (p, idx) in rows {
+            let pane = panes.get_mut(&p).ok_or_else(|| {
+                Error::Internal(format!(
+                    "state table 'window_groups' has groups of pane {p}, which is not in 'window_panes'"
+                ))
+            })?;
+            let idx = UInt32Array::from(idx);
+            let part = take_record_batch(&groups, &idx)?;
+            let gids = pane.table.restore(state::keys(&part)?)?;
+            pane.aggs.restore_columns(&gids, &part)?;
+            for (j, i) in idx.values().iter().enumerate() {
+                if touched.value(*i as usize) {
+                    pane.touched.insert(gids[j]);
+                }
+            }
+        }
+        self.panes = panes;
+        self.fired = fired;
+        self.wm = wm;
+        self.emit_floor = self.emit_floor.max(emit_floor);
+        Ok(())
+    }
+}
+
+/// Concatenate the state columns of several parts (the same names in the same order); a column
+/// typed `Null` in some part (an aggregate that saw no value there) takes the others' type.
+fn concat_columns(parts: Vec<Vec<(String, ArrayRef)>>) -> Result<Vec<(String, ArrayRef)>> {
+    let Some(first) = parts.first() else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = first.iter().map(|(n, _)| n.clone()).collect();
+    let mut out = Vec::with_capacity(names.len());
+    for (j, name) in names.into_iter().enumerate() {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(parts.len());
+        for p in &parts {
+            match p.get(j) {
+                Some((n, a)) if *n == name => arrays.push(a.clone()),
+                _ => return Err(Error::Internal(format!("panes disagree on state column '{name}'"))),
+            }
+        }
+        let t = arrays
+            .iter()
+            .map(|a| a.data_type())
+            .find(|t| !is_null_like(t))
+            .unwrap_or(arrays[0].data_type())
+            .clone();
+        let arrays: Vec<ArrayRef> = arrays
+            .into_iter()
+            .map(|a| if a.data_type() == &t { Ok(a) } else { cast(&a, &t) })
+            .collect::<std::result::Result<_, _>>()?;
+        let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+        out.push((name, concat(&refs)?));
+    }
+    Ok(out)
+}
+
+/// `Null`, or a list of `Null` (the state type of values not seen yet).
+fn is_null_like(t: &DataType) -> bool {
+    match t {
+        DataType::Null => true,
+        DataType::List(f) => f.data_type() == &DataType::Null,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -466,5 +621,259 @@ mod tests {
             .expect("on time");
         let early = w.flush(&mut cx).expect("flush");
         assert_eq!(collect(&early), vec![("a".into(), 1_000, 2)]);
+    }
+
+    use crate::operator::acc::testing::{all_calls, fields, native_calls, rows as xrows};
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+
+    /// A window aggregate over `k, t, x` grouped by `k` with `calls`.
+    fn op_with(window: WindowSpec, early_fire: bool, calls: Vec<AggCall>) -> WindowAgg {
+        let s = crate::operator::acc::testing::schema();
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let mut out = vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("window_start", ts.clone(), false),
+            Field::new("window_end", ts, false),
+        ];
+        out.extend(fields(&calls));
+        WindowAgg::new(Config {
+            window,
+            keys: vec![col("k", &s).expect("k")],
+            key_names: vec!["k".into()],
+            key_types: vec![DataType::Utf8],
+            pane: col("t", &s).expect("t"),
+            pane_shift: 0,
+            columns: vec![OutCol::Key(0), OutCol::Start, OutCol::End],
+            calls: calls.into(),
+            schema: Arc::new(Schema::new(out)),
+            early_fire,
+        })
+        .expect("op")
+    }
+
+    /// Every split point of `steps`; returns the rows compared over all of them.
+    fn restores_at_every_split(make: impl Fn() -> WindowAgg, steps: &[Step]) -> usize {
+        (0..=steps.len())
+            .map(|split| assert_restores_identically(|| Box::new(make()), steps, split))
+            .sum()
+    }
+
+    fn tumble_steps() -> Vec<Step> {
+        vec![
+            Step::Rows(
+                0,
+                xrows(
+                    &["a", "b", "a"],
+                    &[100, 200, 1_500],
+                    &[Some(5), Some(1), Some(7)],
+                    &[0, 0, 0],
+                ),
+            ),
+            Step::Rows(0, xrows(&["b", "a"], &[300, 400], &[None, Some(5)], &[0, 0])),
+            Step::Advance(1_200),
+            // Late: [0, 1000) has fired.
+            Step::Rows(0, xrows(&["a"], &[900], &[Some(100)], &[1_200])),
+            Step::Rows(
+                0,
+                xrows(
+                    &["a", "b", "a"],
+                    &[1_600, 1_700, 2_100],
+                    &[Some(3), None, Some(2)],
+                    &[1_200, 1_200, 1_200],
+                ),
+            ),
+            Step::Advance(2_500),
+            Step::Rows(
+                0,
+                xrows(&["b", "a"], &[2_600, 1_999], &[Some(4), Some(8)], &[2_500, 2_500]),
+            ),
+            Step::Advance(i64::MAX),
+        ]
+    }
+
+    #[test]
+    fn tumble_restores_with_every_accumulator_kind() {
+        let steps = tumble_steps();
+        let n = restores_at_every_split(
+            || op_with(WindowSpec::Tumble { size: 1_000 }, false, all_calls()),
+            &steps,
+        );
+        assert!(n > 0);
+    }
+
+    #[test]
+    fn tumble_with_early_firing_restores_its_touched_groups() {
+        let steps = tumble_steps();
+        let n = restores_at_every_split(
+            || op_with(WindowSpec::Tumble { size: 1_000 }, true, all_calls()),
+            &steps,
+        );
+        assert!(n > 0);
+    }
+
+    #[test]
+    fn tumble_restores_a_stddev_through_its_accumulator_state() {
+        // Values whose running means are exact: the state a checkpoint rebuilds the accumulator
+        // from is then exactly the one it had.
+        let calls = vec![crate::operator::acc::testing::generic("stddev", DataType::Float64)];
+        let steps = vec![
+            Step::Rows(
+                0,
+                xrows(
+                    &["a", "a", "b"],
+                    &[100, 200, 300],
+                    &[Some(1), Some(3), Some(4)],
+                    &[0, 0, 0],
+                ),
+            ),
+            Step::Rows(0, xrows(&["a", "b"], &[400, 500], &[Some(5), Some(8)], &[0, 0])),
+            Step::Advance(i64::MAX),
+        ];
+        restores_at_every_split(
+            || op_with(WindowSpec::Tumble { size: 1_000 }, false, calls.clone()),
+            &steps,
+        );
+    }
+
+    #[test]
+    fn hop_restores_merged_panes_and_partly_late_rows() {
+        let steps = vec![
+            // Row 3 (t=1000) is late for [-2000, 2000) only.
+            Step::Rows(
+                0,
+                xrows(
+                    &["a", "a", "a"],
+                    &[500, 2_500, 1_000],
+                    &[Some(1), Some(2), Some(3)],
+                    &[0, 0, 2_500],
+                ),
+            ),
+            Step::Rows(
+                0,
+                xrows(&["b", "a"], &[3_100, 3_900], &[Some(6), None], &[2_500, 2_500]),
+            ),
+            Step::Advance(4_000),
+            Step::Rows(
+                0,
+                xrows(&["b", "a"], &[3_500, 5_000], &[Some(1), Some(9)], &[4_000, 4_000]),
+            ),
+            Step::Advance(i64::MAX),
+        ];
+        let hop = WindowSpec::Hop {
+            slide: 2_000,
+            size: 4_000,
+        };
+        let n = restores_at_every_split(|| op_with(hop, false, native_calls()), &steps);
+        assert!(n > 0);
+        restores_at_every_split(|| op_with(hop, true, native_calls()), &steps);
+    }
+
+    #[test]
+    fn cumulate_restores() {
+        let steps = vec![
+            Step::Rows(
+                0,
+                xrows(
+                    &["a", "b", "a"],
+                    &[100, 1_200, 2_500],
+                    &[Some(4), Some(2), Some(1)],
+                    &[0, 0, 0],
+                ),
+            ),
+            Step::Advance(1_500),
+            // Late for [0, 1000) only (which it is not in anyway), then one late for [0, 2000).
+            Step::Rows(
+                0,
+                xrows(&["a", "b"], &[1_700, 900], &[Some(6), Some(7)], &[1_500, 2_100]),
+            ),
+            Step::Advance(3_000),
+            Step::Rows(0, xrows(&["a"], &[3_300], &[Some(5)], &[3_000])),
+            Step::Advance(i64::MAX),
+        ];
+        let cum = WindowSpec::Cumulate {
+            step: 1_000,
+            size: 3_000,
+        };
+        let n = restores_at_every_split(|| op_with(cum, false, native_calls()), &steps);
+        assert!(n > 0);
+        restores_at_every_split(|| op_with(cum, true, native_calls()), &steps);
+    }
+
+    /// `st` with column `col` of table `table` replaced by `with`.
+    fn replace_column(st: &OpState, table: &str, col: &str, with: ArrayRef) -> OpState {
+        let mut out = OpState::new();
+        for (n, t) in &st.tables {
+            if n != table {
+                out.put(n, t.clone());
+                continue;
+            }
+            let i = t.schema().index_of(col).expect("column");
+            let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[i] = Field::new(col, with.data_type().clone(), true);
+            let mut cols = t.columns().to_vec();
+            cols[i] = with.clone();
+            out.put(
+                n,
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("table"),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn a_corrupted_state_is_refused() {
+        let make = || op_with(WindowSpec::Tumble { size: 1_000 }, true, all_calls());
+        let mut w = make();
+        let mut cx = Context::default();
+        for s in &tumble_steps()[..2] {
+            if let Step::Rows(_, b) = s {
+                w.process(0, b.clone(), &mut cx).expect("process");
+            }
+        }
+        let st = w.snapshot().expect("snapshot");
+        assert_eq!(
+            st.tables.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["window_agg", "window_panes", "window_groups"]
+        );
+        let rows_of = |t: &str| {
+            st.tables
+                .iter()
+                .find(|(n, _)| n == t)
+                .map(|(_, b)| b.num_rows())
+                .expect("table")
+        };
+        assert_eq!((rows_of("window_panes"), rows_of("window_groups")), (2, 3));
+
+        let mut missing = st.clone();
+        missing.tables.retain(|(n, _)| n != "window_panes");
+        let err = make().restore(missing).expect_err("missing table");
+        assert!(err.to_string().contains("window_panes"), "{err}");
+
+        let strings = |n: usize| Arc::new(datafusion::arrow::array::StringArray::from(vec!["x"; n])) as ArrayRef;
+        for (table, col, n) in [
+            ("window_agg", "fired", 1),
+            ("window_groups", "pane", 3),
+            ("window_groups", "touched", 3),
+            ("window_groups", "key", 3),
+            ("window_groups", "rows", 3),
+            ("window_groups", "a2_sum", 3),
+            ("window_groups", "a6_counts", 3),
+        ] {
+            let err = make()
+                .restore(replace_column(&st, table, col, strings(n)))
+                .expect_err(col);
+            assert!(err.to_string().contains(col), "{col}: {err}");
+        }
+        // A group of a pane the pane list lacks.
+        let err = make()
+            .restore(replace_column(
+                &st,
+                "window_panes",
+                "pane",
+                Arc::new(Int64Array::from(vec![0, 5_000])),
+            ))
+            .expect_err("pane");
+        assert!(err.to_string().contains("pane 1000"), "{err}");
+        make().restore(st).expect("the state as written restores");
     }
 }
