@@ -90,6 +90,8 @@ pub struct FileSource {
     line_no: u64,
     skip_header: bool,
     eof: bool,
+    /// Bytes read from the file so far.
+    read: u64,
 }
 
 impl FileSource {
@@ -104,6 +106,7 @@ impl FileSource {
             line_no: 1,
             skip_header,
             eof: false,
+            read: 0,
         })
     }
 
@@ -133,6 +136,7 @@ impl Source for FileSource {
                 .read(&mut self.pending[old..])
                 .map_err(|e| Error::io(&self.path, e))?;
             self.pending.truncate(old + n);
+            self.read += n as u64;
             if n == 0 {
                 self.eof = true;
             }
@@ -166,6 +170,53 @@ impl Source for FileSource {
 
     fn bounded(&self) -> bool {
         true
+    }
+
+    /// The byte offset of the first line not yet returned, and its line number.
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "offset": self.read - self.pending.len() as u64,
+            "line": self.line_no,
+            "header_skipped": !self.skip_header,
+        }))
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        use std::io::Seek;
+        let bad = || {
+            Error::External(format!(
+                "{}: file source position {position} is not one it wrote",
+                self.path
+            ))
+        };
+        let offset = position
+            .get("offset")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(bad)?;
+        let line = position
+            .get("line")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(bad)?;
+        let skipped = position
+            .get("header_skipped")
+            .and_then(serde_json::Value::as_bool)
+            .ok_or_else(bad)?;
+        let len = self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len();
+        if offset > len {
+            return Err(Error::External(format!(
+                "{}: the checkpoint read up to byte {offset}, but the file now has {len} bytes (it was replaced or truncated)",
+                self.path
+            )));
+        }
+        self.file
+            .seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.read = offset;
+        self.pending.clear();
+        self.line_no = line;
+        self.skip_header = !skipped;
+        self.eof = false;
+        Ok(())
     }
 }
 
@@ -521,6 +572,38 @@ mod sink_tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use serde_json::Value;
     use std::sync::Arc;
+
+    #[test]
+    fn a_source_seeks_to_the_position_it_reported() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, "x\n1\n2\n3\n4\n5\n").expect("write");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let opts = FileOptions {
+            path: path.clone(),
+            format: Format::parse("csv", true, b',').expect("csv"),
+        };
+        let values = |p: Poll| match p {
+            Poll::Ready(Some(b), bad) => {
+                assert!(bad.is_empty());
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64").clone();
+                a.values().to_vec()
+            }
+            _ => panic!("rows expected"),
+        };
+        let mut first = FileSource::open(opts.clone(), schema.clone()).expect("open");
+        assert_eq!(values(first.poll(2).expect("poll")), vec![1, 2]);
+        let at = first.position().expect("position");
+        let mut second = FileSource::open(opts.clone(), schema.clone()).expect("open");
+        second.seek(&at).expect("seek");
+        assert_eq!(values(second.poll(10).expect("poll")), vec![3, 4, 5]);
+        assert!(matches!(second.poll(10).expect("poll"), Poll::Exhausted));
+        // A file cut shorter than the checkpoint read is refused, not read from a wrong place.
+        std::fs::write(&path, "x\n1\n").expect("truncate");
+        let mut third = FileSource::open(opts, schema).expect("open");
+        let err = third.seek(&at).expect_err("refused").to_string();
+        assert!(err.contains("replaced or truncated"), "{err}");
+    }
 
     fn batch(v: &[i64]) -> Output {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
