@@ -858,6 +858,21 @@ mod tests {
     }
 
     #[test]
+    fn padded_rows_carry_the_restored_watermark() {
+        let mut j = op(JoinType::Full);
+        let l = j.cfg.rows.inputs[LEFT].clone();
+        let mut cx = Context::default();
+        j.process(LEFT, rows_of(&l, &[Some(1)], &["a"], &[1_000], &[0]), &mut cx)
+            .expect("left");
+        assert!(j.advance(1_200, &mut cx).expect("advance").is_empty());
+        let mut restored = op(JoinType::Full);
+        restored.restore(j.snapshot().expect("snapshot")).expect("restore");
+        let out = restored.advance(i64::MAX, &mut cx).expect("end");
+        assert_eq!(lines(&out), vec!["| 1 | a | 1970-01-01T00:00:01 | | | |"]);
+        assert_eq!(out[0].wm.value(0), 1_200);
+    }
+
+    #[test]
     fn snapshot_holds_live_rows_in_expiry_order() {
         let mut j = op(JoinType::Left);
         let (l, r) = (j.cfg.rows.inputs[LEFT].clone(), j.cfg.rows.inputs[RIGHT].clone());

@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, new_null_array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, new_null_array,
+};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, interleave, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatchOptions;
@@ -23,6 +25,8 @@ use datafusion::logical_expr::JoinType;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::groups::GroupTable;
+use super::state::{self, OpState};
+use super::stream_join::{message, no_other_tables, read_scalars, rows_from_table, rows_table, scalars_table};
 use super::window::{WindowSpec, millis};
 use super::{ChangeBatch, Context, Operator};
 use crate::error::{Error, Result};
@@ -346,7 +350,7 @@ impl WindowJoin {
     }
 
     /// Bound column `col` of `batch` as event times, if the input carries it.
-    fn bound(batch: &RecordBatch, col: Option<usize>) -> Result<Option<datafusion::arrow::array::Int64Array>> {
+    fn bound(batch: &RecordBatch, col: Option<usize>) -> Result<Option<Int64Array>> {
         col.map(|c| millis(batch.column(c))).transpose()
     }
 }
@@ -369,9 +373,7 @@ impl Operator for WindowJoin {
         let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
         let mut late = Vec::new();
         for (i, wm) in wms.iter().enumerate() {
-            let get = |a: &Option<datafusion::arrow::array::Int64Array>| {
-                a.as_ref().and_then(|a| a.is_valid(i).then(|| a.value(i)))
-            };
+            let get = |a: &Option<Int64Array>| a.as_ref().and_then(|a| a.is_valid(i).then(|| a.value(i)));
             let (s, e) = window_of(self.cfg.window, get(&starts), get(&ends))
                 .ok_or_else(|| Error::Internal("a row reached a window join without its window".into()))?;
             if e <= *wm {
@@ -435,6 +437,98 @@ impl Operator for WindowJoin {
 
     fn set_emit_floor(&mut self, floor: i64) {
         self.emit_floor = floor;
+    }
+
+    /// Per side, the rows of the windows that have not fired (see [`SIDE_TABLES`]), window by
+    /// window in firing order, each window's rows in arrival order; and the watermark and emit floor
+    /// ([`PROGRESS_TABLE`]). Fired windows hold nothing: they are gone from the state.
+    fn snapshot(&self) -> Result<OpState> {
+        let mut st = OpState::new();
+        for (side, name) in SIDE_TABLES.iter().enumerate() {
+            st.put(name, self.side_table(side)?);
+        }
+        st.put(
+            PROGRESS_TABLE,
+            scalars_table(&[("watermark", self.wm), ("emit_floor", self.emit_floor)])?,
+        );
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut state: OpState) -> Result<()> {
+        for (side, name) in SIDE_TABLES.iter().enumerate() {
+            let t = state.take(name)?;
+            self.restore_side(side, name, &t)?;
+        }
+        [self.wm, self.emit_floor] = read_scalars(&mut state, PROGRESS_TABLE, ["watermark", "emit_floor"])?;
+        no_other_tables("a window join", &state)
+    }
+}
+
+/// The state tables of a window join, per side: `key_group`, `key` (the join key's bytes; a NULL
+/// key's too), `window_start` and `window_end` (Int64, ms: the row's window), then the input's
+/// columns.
+pub const SIDE_TABLES: [&str; 2] = ["left_rows", "right_rows"];
+
+/// A one-row table: `watermark` (Int64, the watermark emitted rows carry) and `emit_floor` (Int64,
+/// see [`Operator::set_emit_floor`]; `i64::MIN`: none).
+pub const PROGRESS_TABLE: &str = "progress";
+
+impl WindowJoin {
+    fn side_table(&self, side: usize) -> Result<RecordBatch> {
+        let schema = &self.cfg.rows.inputs[side];
+        let mut parts: Vec<&RecordBatch> = Vec::new();
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        for ((end, start), p) in &self.windows {
+            for b in &p.sides[side] {
+                parts.push(b);
+                starts.extend(std::iter::repeat_n(*start, b.num_rows()));
+                ends.extend(std::iter::repeat_n(*end, b.num_rows()));
+            }
+        }
+        let rows = concat_batches(schema, parts)?;
+        let (key_cols, _) = self.cfg.rows.keys(side, &rows)?;
+        let mut keys = GroupTable::new(&self.cfg.rows.key_types)?;
+        let gids = keys.intern(&key_cols, rows.num_rows())?;
+        let key_bytes: Vec<&[u8]> = gids.iter().map(|g| keys.key_bytes(*g).unwrap_or_default()).collect();
+        let book: Vec<(&str, ArrayRef)> = vec![
+            ("window_start", Arc::new(Int64Array::from(starts))),
+            ("window_end", Arc::new(Int64Array::from(ends))),
+        ];
+        rows_table(&key_bytes, book, &rows)
+    }
+
+    fn restore_side(&mut self, side: usize, name: &str, t: &RecordBatch) -> Result<()> {
+        let batch = rows_from_table(name, t, &["window_start", "window_end"], &self.cfg.rows.inputs[side])?;
+        let bad = |what: String| Error::Internal(format!("join state table '{name}': {what}"));
+        let ws = state::column::<Int64Array>(t, "window_start").map_err(|e| bad(message(e)))?;
+        let we = state::column::<Int64Array>(t, "window_end").map_err(|e| bad(message(e)))?;
+        let keys = state::keys(t).map_err(|e| bad(message(e)))?;
+        let n = batch.num_rows();
+        let (key_cols, _) = self.cfg.rows.keys(side, &batch)?;
+        let mut table = GroupTable::new(&self.cfg.rows.key_types)?;
+        let gids = table.intern(&key_cols, n)?;
+        let (sc, ec) = self.cfg.bounds[side];
+        let (starts, ends) = (Self::bound(&batch, sc)?, Self::bound(&batch, ec)?);
+        let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
+        for i in 0..n {
+            if table.key_bytes(gids[i]) != Some(keys.value(i)) {
+                return Err(bad(format!("row {i}'s key is not the key of its columns")));
+            }
+            let get = |a: &Option<Int64Array>| a.as_ref().and_then(|a| a.is_valid(i).then(|| a.value(i)));
+            let w = window_of(self.cfg.window, get(&starts), get(&ends));
+            if ws.is_null(i) || we.is_null(i) || w != Some((ws.value(i), we.value(i))) {
+                return Err(bad(format!(
+                    "row {i}'s window_start/window_end are not the window of its columns"
+                )));
+            }
+            by_window.entry((we.value(i), ws.value(i))).or_default().push(i as u32);
+        }
+        for (w, idx) in by_window {
+            let part = take_rows(&batch, &UInt32Array::from(idx))?;
+            self.rows += part.num_rows();
+            self.windows.entry(w).or_default().sides[side].push(part);
+        }
+        Ok(())
     }
 }
 
@@ -590,6 +684,197 @@ pub(crate) mod tests {
             vec!["| 2 | q | 1970-01-01T00:00:01 | 2 | z | 1970-01-01T00:00:01 |"]
         );
         assert_eq!((j.state_size(), j.low_water()), (0, i64::MAX));
+    }
+
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+
+    const ALL_TYPES: [JoinType; 8] = [
+        JoinType::Inner,
+        JoinType::Left,
+        JoinType::Right,
+        JoinType::Full,
+        JoinType::LeftSemi,
+        JoinType::LeftAnti,
+        JoinType::RightSemi,
+        JoinType::RightAnti,
+    ];
+
+    fn side(port: usize, k: &[Option<i64>], v: &[&str], ts: &[i64], wm: &[i64]) -> Step {
+        Step::Rows(
+            port,
+            rows_of(&side_schema(if port == LEFT { "l" } else { "r" }), k, v, ts, wm),
+        )
+    }
+
+    /// Every split of `steps` restores identically, for every join type; returns the rows compared.
+    fn restores_at_every_split(make: impl Fn(JoinType) -> WindowJoin, steps: &[Step]) -> usize {
+        let mut compared = 0;
+        for t in ALL_TYPES {
+            for split in 0..=steps.len() {
+                compared += assert_restores_identically(|| Box::new(make(t)), steps, split);
+            }
+        }
+        compared
+    }
+
+    #[test]
+    fn windows_fire_across_a_restore() {
+        // The first test's input, then more: windows that open before the split and fire after it,
+        // rows joining a window after the split, late rows after it, several windows in one advance.
+        let steps = vec![
+            side(LEFT, &[Some(1), Some(2), None], &["a", "b", "c"], &[0, 0, 0], &[0; 3]),
+            side(RIGHT, &[Some(1), Some(1), None], &["x", "a", "y"], &[0, 0, 0], &[0; 3]),
+            side(RIGHT, &[Some(2)], &["z"], &[1_000], &[0]),
+            Step::Advance(999),
+            side(LEFT, &[Some(1), Some(3)], &["d", "e"], &[0, 2_000], &[999, 999]),
+            Step::Advance(1_000),
+            side(LEFT, &[Some(2), Some(2)], &["p", "q"], &[0, 1_000], &[1_000, 1_000]),
+            side(
+                RIGHT,
+                &[Some(3), Some(4)],
+                &["f", "g"],
+                &[2_000, 3_000],
+                &[1_000, 1_000],
+            ),
+            side(LEFT, &[Some(4)], &["h"], &[3_000], &[1_000]),
+            Step::Advance(3_500),
+            side(
+                RIGHT,
+                &[Some(4), Some(4)],
+                &["late", "i"],
+                &[2_000, 4_000],
+                &[3_500, 3_500],
+            ),
+            Step::Advance(i64::MAX),
+        ];
+        assert!(restores_at_every_split(op, &steps) > 0);
+    }
+
+    #[test]
+    fn the_emit_floor_restores() {
+        let make = |t: JoinType| {
+            let mut j = op(t);
+            j.set_emit_floor(1_000);
+            j
+        };
+        let steps = vec![
+            side(LEFT, &[Some(1), Some(2)], &["a", "b"], &[0, 1_000], &[0; 2]),
+            side(RIGHT, &[Some(1), Some(2)], &["x", "y"], &[0, 1_000], &[0; 2]),
+            Step::Advance(1_000),
+            Step::Advance(i64::MAX),
+        ];
+        assert!(restores_at_every_split(make, &steps) > 0);
+        let mut j = make(JoinType::Inner);
+        let mut cx = Context::default();
+        if let Step::Rows(p, b) = &steps[0] {
+            j.process(*p, b.clone(), &mut cx).expect("left");
+        }
+        let mut restored = op(JoinType::Inner);
+        restored.restore(j.snapshot().expect("snapshot")).expect("restore");
+        assert_eq!((restored.emit_floor, restored.state_size()), (1_000, 2));
+        assert!(
+            restored.advance(1_000, &mut cx).expect("advance").is_empty(),
+            "window [0, 1000) went out before the restart"
+        );
+    }
+
+    #[test]
+    fn emitted_rows_carry_the_restored_watermark() {
+        let mut j = op(JoinType::Full);
+        let mut cx = Context::default();
+        let (l, r) = (side_schema("l"), side_schema("r"));
+        j.process(LEFT, rows_of(&l, &[Some(1)], &["a"], &[1_000], &[0]), &mut cx)
+            .expect("left");
+        j.process(RIGHT, rows_of(&r, &[Some(2)], &["b"], &[1_000], &[0]), &mut cx)
+            .expect("right");
+        assert!(j.advance(1_500, &mut cx).expect("advance").is_empty());
+        let mut restored = op(JoinType::Full);
+        restored.restore(j.snapshot().expect("snapshot")).expect("restore");
+        let out = restored.advance(2_000, &mut cx).expect("advance");
+        assert_eq!(lines(&out).len(), 2);
+        assert!(out.iter().all(|c| c.wm.values().iter().all(|w| *w == 1_500)));
+    }
+
+    #[test]
+    fn snapshot_holds_open_windows_rows() {
+        let mut j = op(JoinType::Full);
+        let mut cx = Context::default();
+        let l = side_schema("l");
+        j.process(
+            LEFT,
+            rows_of(&l, &[Some(1), None, Some(1)], &["a", "b", "c"], &[1_000, 0, 0], &[0; 3]),
+            &mut cx,
+        )
+        .expect("left");
+        j.advance(5, &mut cx).expect("advance");
+        let st = j.snapshot().expect("snapshot");
+        let names: Vec<&str> = st.tables.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["left_rows", "right_rows", "progress"]);
+        let t = &st.tables[0].1;
+        let cols: Vec<String> = t.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(
+            cols,
+            ["key_group", "key", "window_start", "window_end", "lk", "lv", "lws"]
+        );
+        let ws = state::column::<Int64Array>(t, "window_start").expect("ws");
+        assert_eq!(ws.values().to_vec(), vec![0, 0, 1_000], "by window, then arrival");
+        let v: Vec<&str> = t.column(5).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(v, ["b", "c", "a"]);
+        let keys = state::keys(t).expect("keys");
+        assert_eq!(keys.value(1), keys.value(2));
+        assert_ne!(keys.value(0), keys.value(1), "a NULL key has bytes of its own");
+        assert_eq!(st.tables[1].1.num_rows(), 0);
+        let p = &st.tables[2].1;
+        assert_eq!(state::column::<Int64Array>(p, "watermark").expect("wm").value(0), 5);
+    }
+
+    #[test]
+    fn a_corrupted_state_is_refused() {
+        let mut j = op(JoinType::Full);
+        let mut cx = Context::default();
+        let (l, r) = (side_schema("l"), side_schema("r"));
+        j.process(
+            LEFT,
+            rows_of(&l, &[Some(1), Some(2)], &["a", "b"], &[0, 1_000], &[0; 2]),
+            &mut cx,
+        )
+        .expect("left");
+        j.process(RIGHT, rows_of(&r, &[Some(2)], &["x"], &[1_000], &[0]), &mut cx)
+            .expect("right");
+        let st = j.snapshot().expect("snapshot");
+        let err = |st: OpState| {
+            op(JoinType::Full)
+                .restore(st)
+                .expect_err("corrupted state restored")
+                .to_string()
+        };
+        assert!(op(JoinType::Full).restore(st.clone()).is_ok());
+        for (i, name) in ["left_rows", "right_rows", "progress"].iter().enumerate() {
+            let mut missing = st.clone();
+            missing.tables.remove(i);
+            assert!(err(missing).contains(name));
+        }
+        let replace = |table: usize, col: &str, a: ArrayRef| {
+            let mut bad = st.clone();
+            let t = &bad.tables[table].1;
+            let i = t.schema().index_of(col).expect("col");
+            let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[i] = Field::new(col, a.data_type().clone(), true);
+            let mut cols = t.columns().to_vec();
+            cols[i] = a;
+            bad.tables[table].1 = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("batch");
+            bad
+        };
+        let e = err(replace(0, "window_end", Arc::new(StringArray::from(vec!["a", "b"]))));
+        assert!(e.contains("left_rows") && e.contains("window_end"), "{e}");
+        let e = err(replace(0, "window_end", Arc::new(Int64Array::from(vec![1_000, 3_000]))));
+        assert!(e.contains("window"), "{e}");
+        let e = err(replace(1, "rws", Arc::new(Int64Array::from(vec![1_000]))));
+        assert!(e.contains("right_rows") && e.contains("rws"), "{e}");
+        let e = err(replace(1, "rk", Arc::new(Int64Array::from(vec![3]))));
+        assert!(e.contains("key"), "{e}");
+        let e = err(replace(2, "emit_floor", Arc::new(StringArray::from(vec!["x"]))));
+        assert!(e.contains("progress") && e.contains("emit_floor"), "{e}");
     }
 
     #[test]
