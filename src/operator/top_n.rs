@@ -28,14 +28,17 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int8Array, UInt32Array, UInt64Array};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Int8Array, Int64Array, StringArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::groups::GroupTable;
+use super::state::{self, OpState, column, keyed_table, plain_table};
 use super::window::millis;
 use super::{ChangeBatch, Context, Operator, RowKind};
 use crate::error::{Error, Result};
@@ -581,6 +584,290 @@ impl TopN {
     }
 }
 
+/// Checkpoints (see [`super::state`]). Tables:
+///
+/// - `meta` (one row): `plan` (which Top-N wrote it), `seq` (arrivals so far: the next tie-break),
+///   `wm` (the watermark emitted rows carry), `emit_floor`.
+/// - `rows` ([`Emit::Updates`], [`Emit::Window`]; keyed by partition): every row a partition holds,
+///   in rank order, with its `tie` (the tie-break after its ORDER BY values), then the input's
+///   columns (`row.<name>`). The ORDER BY bytes are computed again from the rows; over a changelog
+///   the index of rows to retract is rebuilt in arrival order. The rows visible now are what was
+///   emitted, so nothing else is needed to retract them later.
+/// - `windows` ([`Emit::Window`]; keyed by partition): `window_start`, `window_end` (ms) of every
+///   partition waiting for its window, in firing order.
+/// - `first` ([`Emit::FirstByTime`]; keyed by partition, one row per partition id in id order):
+///   `time` (of the first row so far; NULL: none yet), `emitted` (it was emitted), then the input's
+///   columns holding the pending first row (NULL once emitted).
+impl TopN {
+    /// The input's columns (the output without the rank).
+    fn input_schema(&self) -> SchemaRef {
+        let fields = self.cfg.schema.fields();
+        Arc::new(Schema::new(
+            fields
+                .iter()
+                .take(fields.len().saturating_sub(1))
+                .cloned()
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// What a checkpoint must have been written by.
+    fn plan_text(&self) -> String {
+        let emit = match self.cfg.emit {
+            Emit::Updates => "updates".to_string(),
+            Emit::FirstByTime { time } => format!("first row by column {time}"),
+            Emit::Window { start, end } => format!("window (columns {start}, {end})"),
+        };
+        format!(
+            "{} ranks {}..={} emitting {emit}{}{} over {} columns",
+            self.cfg.function.sql(),
+            self.cfg.lo,
+            self.cfg.hi,
+            if self.cfg.retracting { ", over a changelog" } else { "" },
+            if self.cfg.last_wins_ties {
+                ", later arrivals first"
+            } else {
+                ""
+            },
+            self.cfg.schema.fields().len().saturating_sub(1),
+        )
+    }
+
+    /// Row-format rows as the input's columns, named `row.<name>`.
+    fn row_columns(&self, rows: &[&[u8]]) -> Result<Vec<(String, ArrayRef)>> {
+        let parser = self.rows.parser();
+        let cols = self.rows.convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        Ok(self
+            .input_schema()
+            .fields()
+            .iter()
+            .zip(cols)
+            .map(|(f, c)| (format!("row.{}", f.name()), c))
+            .collect())
+    }
+
+    /// The input's columns of state table `name`, from column `from` on, as an input batch.
+    fn read_rows(&self, name: &str, t: &RecordBatch, from: usize) -> Result<RecordBatch> {
+        let schema = self.input_schema();
+        let nin = schema.fields().len();
+        if t.num_columns() != from + nin {
+            return Err(Error::Internal(format!(
+                "Top-N state table '{name}' has {} columns, not the {} this Top-N writes",
+                t.num_columns(),
+                from + nin
+            )));
+        }
+        for (i, f) in schema.fields().iter().enumerate() {
+            let c = t.column(from + i);
+            if c.data_type() != f.data_type() {
+                return Err(Error::Internal(format!(
+                    "Top-N state table '{name}': column '{}' has type {}, not the input's {}",
+                    t.schema().field(from + i).name(),
+                    c.data_type(),
+                    f.data_type()
+                )));
+            }
+        }
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            t.columns()[from..].to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(t.num_rows())),
+        )?)
+    }
+
+    /// The partition ids of `batch`'s rows (interned), checked against the keys the table stored.
+    fn intern_checked(&mut self, name: &str, batch: &RecordBatch, stored: &BinaryArray) -> Result<Vec<u32>> {
+        let gids = self
+            .table
+            .intern(&Self::eval(&self.cfg.partition, batch)?, batch.num_rows())?;
+        for (i, g) in gids.iter().enumerate() {
+            if self.table.key_bytes(*g) != Some(stored.value(i)) {
+                return Err(Error::Internal(format!(
+                    "Top-N state table '{name}': row {i} is stored under another partition than its own"
+                )));
+            }
+        }
+        Ok(gids)
+    }
+
+    fn snapshot_rows(&self, st: &mut OpState) -> Result<()> {
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut ties: Vec<u64> = Vec::new();
+        let mut rows: Vec<&[u8]> = Vec::new();
+        for g in self.table.ids() {
+            let (Some(key), Some(part)) = (self.table.key_bytes(g), self.parts.get(g as usize)) else {
+                continue;
+            };
+            for ((_, tie), row) in &part.rows {
+                keys.push(key);
+                ties.push(*tie);
+                rows.push(row);
+            }
+        }
+        let named = self.row_columns(&rows)?;
+        let mut cols: Vec<(&str, ArrayRef)> = vec![("tie", Arc::new(UInt64Array::from(ties)))];
+        cols.extend(named.iter().map(|(n, c)| (n.as_str(), c.clone())));
+        st.put("rows", keyed_table(keys, cols)?);
+        Ok(())
+    }
+
+    fn restore_rows(&mut self, t: RecordBatch) -> Result<()> {
+        let stored = state::keys(&t)?.clone();
+        let ties = column::<UInt64Array>(&t, "tie")?.clone();
+        let batch = self.read_rows("rows", &t, 3)?;
+        let gids = self.intern_checked("rows", &batch, &stored)?;
+        let sort = self.sort.convert_columns(&Self::eval(&self.cfg.order, &batch)?)?;
+        let rows = self.rows.convert_columns(batch.columns())?;
+        let retracting = self.cfg.retracting;
+        for (i, g) in gids.iter().enumerate() {
+            let tie = ties.value(i);
+            let row: Bytes = rows.row(i).as_ref().into();
+            let part = self.part(*g);
+            if retracting {
+                part.index.entry(row.clone()).or_default().push(tie);
+            }
+            part.rows.insert((sort.row(i).as_ref().into(), tie), row);
+        }
+        // Equal rows are retracted latest arrival first.
+        let last_wins = self.cfg.last_wins_ties;
+        for part in &mut self.parts {
+            for ties in part.index.values_mut() {
+                if last_wins {
+                    ties.sort_unstable_by(|a, b| b.cmp(a));
+                } else {
+                    ties.sort_unstable();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot_windows(&self, st: &mut OpState) -> Result<()> {
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        for ((e, s), gids) in &self.windows {
+            for g in gids {
+                let key = self
+                    .table
+                    .key_bytes(*g)
+                    .ok_or_else(|| Error::Internal("a Top-N window lists a forgotten partition".into()))?;
+                keys.push(key);
+                starts.push(*s);
+                ends.push(*e);
+            }
+        }
+        st.put(
+            "windows",
+            keyed_table(
+                keys,
+                vec![
+                    ("window_start", Arc::new(Int64Array::from(starts))),
+                    ("window_end", Arc::new(Int64Array::from(ends))),
+                ],
+            )?,
+        );
+        Ok(())
+    }
+
+    fn restore_windows(&mut self, t: RecordBatch) -> Result<()> {
+        let keys = state::keys(&t)?;
+        let starts = column::<Int64Array>(&t, "window_start")?;
+        let ends = column::<Int64Array>(&t, "window_end")?;
+        for i in 0..t.num_rows() {
+            let g = self.table.intern_bytes(keys.value(i));
+            let part = self.part(g);
+            if part.registered {
+                return Err(Error::Internal(
+                    "Top-N state table 'windows' lists a partition twice".into(),
+                ));
+            }
+            part.registered = true;
+            self.windows
+                .entry((ends.value(i), starts.value(i)))
+                .or_default()
+                .push(g);
+        }
+        Ok(())
+    }
+
+    fn snapshot_first(&self, st: &mut OpState) -> Result<()> {
+        let n = self.table.capacity();
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(n);
+        let mut times: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut emitted: Vec<bool> = Vec::with_capacity(n);
+        let mut pending: Vec<&[u8]> = Vec::new();
+        let mut at: Vec<Option<u32>> = Vec::with_capacity(n);
+        for g in 0..n {
+            let key = self
+                .table
+                .key_bytes(g as u32)
+                .ok_or_else(|| Error::Internal("a first-row deduplication forgot a key".into()))?;
+            keys.push(key);
+            let (time, done, row) = match self.first.get(g) {
+                Some(Some(First::Pending { time, row })) => (Some(*time), false, Some(row.as_ref())),
+                Some(Some(First::Emitted { time })) => (Some(*time), true, None),
+                _ => (None, false, None),
+            };
+            times.push(time);
+            emitted.push(done);
+            at.push(row.map(|r| {
+                pending.push(r);
+                (pending.len() - 1) as u32
+            }));
+        }
+        let at = UInt32Array::from(at);
+        let named = self
+            .row_columns(&pending)?
+            .into_iter()
+            .map(|(name, c)| Ok((name, take(&c, &at, None)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut cols: Vec<(&str, ArrayRef)> = vec![
+            ("time", Arc::new(Int64Array::from(times))),
+            ("emitted", Arc::new(BooleanArray::from(emitted))),
+        ];
+        cols.extend(named.iter().map(|(n, c)| (n.as_str(), c.clone())));
+        st.put("first", keyed_table(keys, cols)?);
+        Ok(())
+    }
+
+    fn restore_first(&mut self, t: RecordBatch) -> Result<()> {
+        let keys = state::keys(&t)?.clone();
+        let times = column::<Int64Array>(&t, "time")?.clone();
+        let emitted = column::<BooleanArray>(&t, "emitted")?.clone();
+        // Partition ids as they were: the table never forgets a key here, so ids are dense.
+        for i in 0..t.num_rows() {
+            if self.table.intern_bytes(keys.value(i)) as usize != i {
+                return Err(Error::Internal(
+                    "Top-N state table 'first' lists a partition twice".into(),
+                ));
+            }
+        }
+        let is_pending: BooleanArray = (0..t.num_rows())
+            .map(|i| Some(times.is_valid(i) && !emitted.value(i)))
+            .collect();
+        let pending = filter_record_batch(&t, &is_pending)?;
+        let batch = self.read_rows("first", &pending, 4)?;
+        self.intern_checked("first", &batch, state::keys(&pending)?)?;
+        let rows = self.rows.convert_columns(batch.columns())?;
+        self.first = Vec::with_capacity(t.num_rows());
+        let mut next = 0;
+        for i in 0..t.num_rows() {
+            let time = times.is_valid(i).then(|| times.value(i));
+            self.first.push(match time {
+                None => None,
+                Some(time) if emitted.value(i) => Some(First::Emitted { time }),
+                Some(time) => {
+                    let row = rows.row(next).as_ref().into();
+                    next += 1;
+                    self.due.insert((time, i as u32));
+                    Some(First::Pending { time, row })
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Operator for TopN {
     fn process(&mut self, _port: usize, input: ChangeBatch, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
         let n = input.num_rows();
@@ -639,6 +926,62 @@ impl Operator for TopN {
 
     fn set_emit_floor(&mut self, floor: i64) {
         self.emit_floor = floor;
+    }
+
+    fn snapshot(&self) -> Result<OpState> {
+        if !self.touched.is_empty() {
+            return Err(Error::Internal(
+                "a Top-N was snapshotted in the middle of a micro-batch (before its flush)".into(),
+            ));
+        }
+        let mut st = OpState::new();
+        st.put(
+            "meta",
+            plain_table(vec![
+                ("plan", Arc::new(StringArray::from(vec![self.plan_text()]))),
+                ("seq", Arc::new(UInt64Array::from(vec![self.seq]))),
+                ("wm", Arc::new(Int64Array::from(vec![self.wm]))),
+                ("emit_floor", Arc::new(Int64Array::from(vec![self.emit_floor]))),
+            ])?,
+        );
+        match self.cfg.emit {
+            Emit::Updates => self.snapshot_rows(&mut st)?,
+            Emit::FirstByTime { .. } => self.snapshot_first(&mut st)?,
+            Emit::Window { .. } => {
+                self.snapshot_rows(&mut st)?;
+                self.snapshot_windows(&mut st)?;
+            }
+        }
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut st: OpState) -> Result<()> {
+        let meta = st.take("meta")?;
+        if meta.num_rows() != 1 {
+            return Err(Error::Internal(format!(
+                "Top-N state table 'meta' has {} rows, not 1",
+                meta.num_rows()
+            )));
+        }
+        let plan = column::<StringArray>(&meta, "plan")?.value(0);
+        if plan != self.plan_text() {
+            return Err(Error::Internal(format!(
+                "the checkpoint holds the state of another Top-N ({plan}), not of this one ({})",
+                self.plan_text()
+            )));
+        }
+        self.seq = column::<UInt64Array>(&meta, "seq")?.value(0);
+        self.wm = column::<Int64Array>(&meta, "wm")?.value(0);
+        self.emit_floor = self.emit_floor.max(column::<Int64Array>(&meta, "emit_floor")?.value(0));
+        match self.cfg.emit {
+            Emit::Updates => self.restore_rows(st.take("rows")?)?,
+            Emit::FirstByTime { .. } => self.restore_first(st.take("first")?)?,
+            Emit::Window { .. } => {
+                self.restore_rows(st.take("rows")?)?;
+                self.restore_windows(st.take("windows")?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -868,5 +1211,178 @@ mod tests {
         let out = step(&mut t, rows(&[], &[], None), i64::MAX, &mut cx);
         assert_eq!(out, vec!["+I b 2 20 1"]);
         assert_eq!(t.state_size(), 0);
+    }
+
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+
+    /// Restores at every split point give what the uninterrupted run gives; the rows compared.
+    fn restores(make: impl Fn() -> TopN, steps: &[Step]) -> usize {
+        let make = || Box::new(make()) as Box<dyn Operator>;
+        (0..=steps.len())
+            .map(|split| assert_restores_identically(make, steps, split))
+            .sum()
+    }
+
+    fn ins(r: &[(&str, i64, i64)], wm: i64) -> Step {
+        Step::Rows(0, rows(r, &vec![wm; r.len()], None))
+    }
+
+    fn changes(r: &[(&str, i64, i64)], kinds: Vec<RowKind>) -> Step {
+        Step::Rows(0, rows(r, &vec![0; r.len()], Some(kinds)))
+    }
+
+    #[test]
+    fn restored_top_1_retracts_the_winner_from_before_the_restore() {
+        let steps = [
+            ins(&[("a", 5, 0), ("b", 3, 1)], 0),
+            ins(&[("a", 4, 2), ("a", 5, 3)], 0),
+            ins(&[("a", 7, 4)], 0),
+            ins(&[("b", 9, 5), ("c", 1, 6)], 0),
+            ins(&[("a", 8, 7), ("b", 9, 8)], 0),
+        ];
+        let n = restores(|| op(RankFn::RowNumber, 1, Emit::Updates, false, None), &steps);
+        assert!(n > 10, "{n}");
+        for f in [RankFn::Rank, RankFn::DenseRank] {
+            assert!(restores(|| op(f, 2, Emit::Updates, false, None), &steps) > 0);
+        }
+    }
+
+    #[test]
+    fn restored_top_3_over_a_changelog_takes_retractions_of_rows_from_before() {
+        use RowKind::*;
+        let steps = [
+            changes(
+                &[
+                    ("a", 5, 0),
+                    ("a", 9, 1),
+                    ("a", 9, 6),
+                    ("a", 6, 1),
+                    ("a", 9, 1),
+                    ("a", 2, 2),
+                    ("a", 1, 3),
+                ],
+                vec![Insert; 7],
+            ),
+            changes(&[("b", 4, 0), ("a", 7, 4)], vec![Insert, Insert]),
+            changes(&[("a", 9, 1), ("a", 8, 1)], vec![UpdateBefore, UpdateAfter]),
+            changes(&[("a", 9, 1), ("a", 5, 0)], vec![Delete, Delete]),
+            changes(&[("b", 4, 0), ("a", 3, 9)], vec![Delete, Insert]),
+            changes(&[("a", 8, 1), ("c", 1, 1)], vec![Delete, Delete]),
+        ];
+        for f in [RankFn::RowNumber, RankFn::Rank, RankFn::DenseRank] {
+            let n = restores(|| op(f, 3, Emit::Updates, true, None), &steps);
+            assert!(n > 10, "{f:?}: {n}");
+        }
+        // Equal rows retract the later arrival first, also where later arrivals rank first.
+        let n = restores(|| op(RankFn::RowNumber, 6, Emit::Updates, true, Some(false)), &steps);
+        assert!(n > 0);
+    }
+
+    #[test]
+    fn restored_deduplication_keeps_its_first_and_last_rows() {
+        // Keep-last: ROW_NUMBER over the time descending, rank 1.
+        let last = [
+            ins(&[("a", 1, 10), ("a", 2, 10), ("b", 3, 5)], 0),
+            ins(&[("a", 4, 10), ("b", 5, 4)], 0),
+            ins(&[("b", 6, 7), ("a", 7, 9)], 0),
+        ];
+        let n = restores(|| op(RankFn::RowNumber, 1, Emit::Updates, false, Some(false)), &last);
+        assert!(n > 0);
+        // Keep-first: emitted once final; older rows after that are late, also after the restore.
+        let first = [
+            ins(&[("a", 1, 10), ("a", 2, 8), ("b", 3, 5), ("b", 4, 5)], 0),
+            Step::Advance(6),
+            ins(&[("c", 5, 8), ("b", 6, 1), ("d", 7, 20)], 6),
+            Step::Advance(9),
+            ins(&[("a", 8, 3), ("a", 9, 9), ("e", 10, 2)], 9),
+            ins(&[("d", 11, 15), ("f", 12, 15)], 9),
+            Step::Advance(30),
+            ins(&[("d", 13, 1)], 30),
+        ];
+        let make = || op(RankFn::RowNumber, 1, Emit::FirstByTime { time: 2 }, false, Some(true));
+        assert!(restores(make, &first) > 10);
+    }
+
+    #[test]
+    fn restored_window_top_n_fires_windows_filled_before_the_restore() {
+        // `t` stands for both window_start and window_end (the partition `k` holds one window).
+        let steps = [
+            ins(&[("a", 1, 10), ("a", 3, 10), ("b", 2, 20), ("c", 5, 10)], 0),
+            ins(&[("a", 2, 10), ("b", 7, 20), ("d", 1, 30)], 0),
+            Step::Advance(10),
+            ins(&[("a", 9, 10), ("b", 8, 20)], 10),
+            Step::Advance(25),
+            ins(&[("d", 4, 30), ("b", 1, 20)], 25),
+            Step::Advance(i64::MAX),
+        ];
+        for f in [RankFn::RowNumber, RankFn::Rank, RankFn::DenseRank] {
+            let make = || op(f, 2, Emit::Window { start: 2, end: 2 }, false, None);
+            assert!(restores(make, &steps) > 5);
+        }
+    }
+
+    #[test]
+    fn restoring_a_state_that_is_not_this_top_ns_fails() {
+        let mut t = op(RankFn::Rank, 3, Emit::Updates, true, None);
+        let mut cx = Context::default();
+        step(&mut t, rows(&[("a", 5, 0), ("b", 9, 1)], &[0; 2], None), 0, &mut cx);
+        let good = t.snapshot().expect("snapshot");
+        let fresh = || op(RankFn::Rank, 3, Emit::Updates, true, None);
+        fresh().restore(good.clone()).expect("restores");
+
+        let mut missing = good.clone();
+        missing.take("rows").expect("rows");
+        let e = fresh().restore(missing).expect_err("no rows").to_string();
+        assert!(e.contains("'rows'"), "{e}");
+
+        // A row column of another type.
+        let mut st = good.clone();
+        let rows_t = st.take("rows").expect("rows");
+        let mut cols = rows_t.columns().to_vec();
+        cols[4] = cast(&cols[4], &DataType::Utf8).expect("cast");
+        let schema = Schema::new(
+            rows_t
+                .schema()
+                .fields()
+                .iter()
+                .zip(&cols)
+                .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        st.put("rows", RecordBatch::try_new(Arc::new(schema), cols).expect("batch"));
+        let e = fresh().restore(st).expect_err("wrong type").to_string();
+        assert!(e.contains("row.v") && e.contains("Utf8"), "{e}");
+
+        // A bookkeeping column of another type.
+        let mut st = good.clone();
+        let meta = st.take("meta").expect("meta");
+        let mut cols = meta.columns().to_vec();
+        cols[1] = cast(&cols[1], &DataType::Int32).expect("cast");
+        st.put(
+            "meta",
+            plain_table(
+                meta.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .zip(cols)
+                    .collect(),
+            )
+            .expect("meta"),
+        );
+        let e = fresh().restore(st).expect_err("wrong type").to_string();
+        assert!(e.contains("'seq'"), "{e}");
+
+        // Another Top-N's state.
+        let e = op(RankFn::Rank, 2, Emit::Updates, true, None)
+            .restore(good.clone())
+            .expect_err("another plan")
+            .to_string();
+        assert!(e.contains("another Top-N"), "{e}");
+        let e = op(RankFn::RowNumber, 1, Emit::FirstByTime { time: 2 }, false, Some(true))
+            .restore(OpState::new())
+            .expect_err("empty")
+            .to_string();
+        assert!(e.contains("'meta'"), "{e}");
     }
 }
