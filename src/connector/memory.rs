@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, Int8Array, new_empty_array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, ListArray, UInt32Array, new_empty_array};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::UInt32Type;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -20,6 +21,7 @@ use datafusion::common::ScalarValue;
 use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::Result;
 use crate::operator::RowKind;
+use crate::operator::state::{OpState, column, plain_table};
 
 /// A held row: its identity bytes and its values.
 type Held = (Box<[u8]>, Vec<ScalarValue>);
@@ -307,6 +309,60 @@ impl Sink for MemorySink {
         self.0.close();
         Ok(())
     }
+
+    /// The view's rows and the columns that identify them: a restarted query gets its view back
+    /// whole, not empty.
+    fn snapshot(&self) -> Result<Option<OpState>> {
+        let rows = self.0.snapshot()?;
+        let key = self.0.lock().key.clone();
+        let mut st = OpState::new();
+        st.put("rows", rows);
+        let keyed = BooleanArray::from(vec![key.is_some()]);
+        let cols = UInt32Array::from_iter_values(key.iter().flat_map(|k| k.iter().map(|c| *c as u32)));
+        st.put(
+            "key",
+            plain_table(vec![(
+                "columns",
+                Arc::new(ListArray::from_iter_primitive::<UInt32Type, _, _>(vec![Some(
+                    cols.values().iter().map(|c| Some(*c)).collect::<Vec<_>>(),
+                )])) as ArrayRef,
+            )])?,
+        );
+        st.put("keyed", plain_table(vec![("keyed", Arc::new(keyed) as ArrayRef)])?);
+        Ok(Some(st))
+    }
+
+    fn restore(&mut self, mut state: OpState) -> Result<()> {
+        let rows = state.take("rows")?;
+        let keyed = state.take("keyed")?;
+        let keyed = column::<BooleanArray>(&keyed, "keyed")?;
+        let key = state.take("key")?;
+        let lists = column::<ListArray>(&key, "columns")?;
+        let key: Option<Arc<[usize]>> = if keyed.len() == 1 && keyed.value(0) && lists.len() == 1 {
+            let v = lists.value(0);
+            let v = v
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .ok_or_else(|| crate::error::Error::Internal("view key columns are not UInt32".into()))?;
+            Some(v.values().iter().map(|c| *c as usize).collect::<Vec<_>>().into())
+        } else {
+            None
+        };
+        if rows.schema().fields().len() != self.0.schema.fields().len() {
+            return Err(crate::error::Error::Internal(format!(
+                "the view's checkpoint has {} columns, the view {}",
+                rows.schema().fields().len(),
+                self.0.schema.fields().len()
+            )));
+        }
+        self.0.clear();
+        let batch = RecordBatch::try_new(self.0.schema.clone(), rows.columns().to_vec())?;
+        self.0.apply(&Output {
+            batch,
+            kinds: None,
+            key,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +389,59 @@ mod tests {
             kinds: Some(Int8Array::from_iter_values(kinds.iter().map(|k| *k as i8))),
             key: key.map(Into::into),
         }
+    }
+
+    fn contents(t: &MemoryTable) -> Vec<(String, i64)> {
+        let b = t.snapshot().expect("snapshot");
+        let mut v: Vec<(String, i64)> = (0..b.num_rows())
+            .map(|i| {
+                (
+                    b.column(0).as_string::<i32>().value(i).to_string(),
+                    b.column(1).as_primitive::<Int64Type>().value(i),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_view_comes_back_whole_from_its_checkpoint_with_its_key() {
+        use RowKind::*;
+        let schema = out(&[], &[], &[], None).batch.schema();
+        let mut sink = MemorySink(MemoryTable::new(schema.clone()));
+        sink.write(&out(
+            &["a", "b", "c"],
+            &[1, 2, 3],
+            &[Insert, Insert, Insert],
+            Some(vec![0]),
+        ))
+        .expect("w");
+        sink.write(&out(
+            &["b", "b", "c"],
+            &[2, 5, 3],
+            &[UpdateBefore, UpdateAfter, Delete],
+            Some(vec![0]),
+        ))
+        .expect("w");
+        let mut state = sink.snapshot().expect("snapshot").expect("a view has state");
+        for (_, t) in &mut state.tables {
+            *t = crate::operator::state::from_ipc(&crate::operator::state::to_ipc(t).expect("ipc")).expect("ipc");
+        }
+        let mut again = MemorySink(MemoryTable::new(schema));
+        again.restore(state.clone()).expect("restore");
+        assert_eq!(contents(&again.0), vec![("a".into(), 1), ("b".into(), 5)]);
+        // The key came back too: an update replaces the row instead of adding one.
+        again
+            .write(&out(&["a", "a"], &[1, 9], &[UpdateBefore, UpdateAfter], Some(vec![0])))
+            .expect("w");
+        assert_eq!(contents(&again.0), vec![("a".into(), 9), ("b".into(), 5)]);
+        state.tables.retain(|(n, _)| n != "keyed");
+        assert!(
+            MemorySink(MemoryTable::new(out(&[], &[], &[], None).batch.schema()))
+                .restore(state)
+                .is_err()
+        );
     }
 
     #[test]

@@ -193,6 +193,15 @@ pub trait Sink: Send {
     fn recover(&mut self, _epoch: Option<u64>, _pending: &serde_json::Value) -> Result<()> {
         Ok(())
     }
+    /// What the sink itself holds that a restart must get back (a materialized view's rows), for
+    /// the checkpoint. `None`: nothing (its output lives outside the process).
+    fn snapshot(&self) -> Result<Option<crate::operator::state::OpState>> {
+        Ok(None)
+    }
+    /// Take back what [`Sink::snapshot`] wrote (at start, after `recover`, before any write).
+    fn restore(&mut self, _state: crate::operator::state::OpState) -> Result<()> {
+        Err(Error::plan("this sink keeps no state to restore"))
+    }
 }
 
 pub const SOURCE_CONNECTORS: &[&str] = &["generator", "file", "kafka", "hbase (tables)"];

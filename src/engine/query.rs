@@ -503,8 +503,15 @@ impl QueryRuntime {
         {
             c.disabled = Some(e.to_string());
         }
+        // The sink's own state (a materialized view's rows) is stored as one node past the last.
+        let sink_node = ops.len();
+        let mut sink_state = None;
         if let Some(c) = &restored {
             for (node, opname, state) in c.operators.clone() {
+                if node == sink_node && opname == "Sink" {
+                    sink_state = Some(state);
+                    continue;
+                }
                 let here = (node < ops.len()).then(|| graph.op_name(node));
                 if here.as_deref() != Some(opname.as_str()) {
                     return Err(Error::External(format!(
@@ -534,6 +541,9 @@ impl QueryRuntime {
             restored.as_ref().map(|c| c.epoch),
             restored.as_ref().and_then(|c| c.meta.get("sink")).unwrap_or(&null),
         )?;
+        if let Some(st) = sink_state {
+            sink.restore(st)?;
+        }
         let sink_key: Option<Arc<[usize]>> = match graph.nodes[root].props.mode {
             Mode::Append => None,
             _ => graph.nodes[root].props.key.clone().map(Into::into),
@@ -750,6 +760,9 @@ impl QueryRuntime {
             if !state.is_empty() {
                 operators.push((i, self.graph.op_name(i), state));
             }
+        }
+        if let Some(state) = self.sink.snapshot()? {
+            operators.push((self.ops.len(), "Sink".to_string(), state));
         }
         let sources: Vec<serde_json::Value> = self
             .sources
