@@ -16,15 +16,16 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt16Array, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{cast, interleave};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
-use super::groups::GroupTable;
+use super::groups::{GroupTable, key_group};
+use super::state::{self, OpState, column, keyed_table, plain_table};
 use super::window::millis;
 use super::{ChangeBatch, Context, Operator};
 use crate::error::{Error, Result};
@@ -328,6 +329,127 @@ fn move_frame(
         .collect()
 }
 
+/// Checkpoints (see [`super::state`]). Tables:
+///
+/// - `meta` (one row): `plan` (which OVER aggregate wrote it), `seq` (arrivals so far), `wm` (the
+///   watermark emitted rows carry), `emit_floor`.
+/// - `partitions` (keyed by partition, every partition in id order): `done` (the newest time it
+///   had a result for; NULL: none).
+/// - `aggregates_<i>` (keyed by partition, same rows), one per frame of the calls (calls sharing a
+///   frame share one state, in the order of their first call): the aggregate state of each
+///   partition's frame as [`Aggregates::state_columns`] writes it (`rows`, `a<call>_…`).
+/// - `waiting` (keyed by partition): the rows waiting for the watermark, in (time, arrival) order:
+///   `time` (ms), `seq` (arrival), then the input's columns (`row.<name>`).
+/// - `frame_rows` (keyed by partition): the rows in a bounded frame, oldest first, that will leave
+///   it: `frame` (which `aggregates_<i>`), `time` (ms), then the input's columns.
+impl OverAgg {
+    /// What a checkpoint must have been written by.
+    fn plan_text(&self) -> String {
+        let calls: Vec<String> = self
+            .cfg
+            .calls
+            .iter()
+            .map(|(c, f)| format!("{} {}", c.display, f.sql()))
+            .collect();
+        format!(
+            "OVER ({}) by column {} over {} columns",
+            calls.join(", "),
+            self.cfg.time,
+            self.input_schema.fields().len()
+        )
+    }
+
+    /// Row-format rows as the input's columns, named `row.<name>`.
+    fn row_columns(&self, rows: &[&[u8]]) -> Result<Vec<(String, ArrayRef)>> {
+        let parser = self.rows.parser();
+        let cols = self.rows.convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        Ok(self
+            .input_schema
+            .fields()
+            .iter()
+            .zip(cols)
+            .map(|(f, c)| (format!("row.{}", f.name()), c))
+            .collect())
+    }
+
+    /// A keyed table of rows: `book` columns, then the rows'.
+    fn rows_table(&self, keys: Vec<&[u8]>, book: Vec<(&str, ArrayRef)>, rows: &[&[u8]]) -> Result<RecordBatch> {
+        let named = self.row_columns(rows)?;
+        let mut cols = book;
+        cols.extend(named.iter().map(|(n, c)| (n.as_str(), c.clone())));
+        keyed_table(keys, cols)
+    }
+
+    /// The rows of state table `name` (after `book` bookkeeping columns) as row-format rows, with
+    /// their partition ids: each row's partition must be the one it is stored under, its time the
+    /// one stored beside it.
+    fn read_rows(&self, name: &str, t: &RecordBatch, book: usize) -> Result<(Vec<u32>, Rows)> {
+        let bad = |what: String| Error::Internal(format!("OVER aggregate state table '{name}': {what}"));
+        check_keys(name, t)?;
+        let from = 2 + book;
+        let nin = self.input_schema.fields().len();
+        if t.num_columns() != from + nin {
+            return Err(bad(format!(
+                "{} columns, not the {} this OVER aggregate writes",
+                t.num_columns(),
+                from + nin
+            )));
+        }
+        for (i, f) in self.input_schema.fields().iter().enumerate() {
+            let c = t.column(from + i);
+            if c.data_type() != f.data_type() {
+                return Err(bad(format!(
+                    "column '{}' has type {}, not the input's {}",
+                    t.schema().field(from + i).name(),
+                    c.data_type(),
+                    f.data_type()
+                )));
+            }
+        }
+        let batch = RecordBatch::try_new_with_options(
+            self.input_schema.clone(),
+            t.columns()[from..].to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(t.num_rows())),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let n = batch.num_rows();
+        let key_cols: Vec<ArrayRef> = self
+            .cfg
+            .partition
+            .iter()
+            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+            .collect::<std::result::Result<_, _>>()?;
+        let stored = state::keys(t)?;
+        let times = column::<Int64Array>(t, "time")?;
+        let ts = millis(batch.column(self.cfg.time))?;
+        let mut gids = Vec::with_capacity(n);
+        for (i, g) in self.table.lookup(&key_cols, n)?.into_iter().enumerate() {
+            match g {
+                Some(g) if self.table.key_bytes(g) == Some(stored.value(i)) => gids.push(g),
+                _ => return Err(bad(format!("row {i} is stored under another partition than its own"))),
+            }
+            if times.is_null(i) || ts.is_null(i) || times.value(i) != ts.value(i) {
+                return Err(bad(format!("row {i}'s time is not the one stored beside it")));
+            }
+        }
+        Ok((gids, self.rows.convert_columns(batch.columns())?))
+    }
+}
+
+/// Whether a keyed table's `key_group` column is its keys'.
+fn check_keys(name: &str, t: &RecordBatch) -> Result<()> {
+    let groups = column::<UInt16Array>(t, "key_group")?;
+    let keys = state::keys(t)?;
+    for i in 0..t.num_rows() {
+        if groups.is_null(i) || keys.is_null(i) || u32::from(groups.value(i)) != key_group(keys.value(i)) {
+            return Err(Error::Internal(format!(
+                "OVER aggregate state table '{name}': row {i}'s key_group is not its key's"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Operator for OverAgg {
     fn process(&mut self, _port: usize, input: ChangeBatch, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
         let n = input.num_rows();
@@ -409,6 +531,161 @@ impl Operator for OverAgg {
 
     fn set_emit_floor(&mut self, floor: i64) {
         self.emit_floor = floor;
+    }
+
+    fn snapshot(&self) -> Result<OpState> {
+        let mut st = OpState::new();
+        st.put(
+            "meta",
+            plain_table(vec![
+                ("plan", Arc::new(StringArray::from(vec![self.plan_text()]))),
+                ("seq", Arc::new(UInt64Array::from(vec![self.seq]))),
+                ("wm", Arc::new(Int64Array::from(vec![self.wm]))),
+                ("emit_floor", Arc::new(Int64Array::from(vec![self.emit_floor]))),
+            ])?,
+        );
+        let (gids, keys) = self.table.snapshot();
+        let done = Int64Array::from_iter(gids.iter().map(|g| self.parts.get(*g as usize).and_then(|p| p.done)));
+        st.put("partitions", keyed_table(keys.clone(), vec![("done", Arc::new(done))])?);
+        for (i, fg) in self.groups.iter().enumerate() {
+            let cols = fg.aggs.state_columns(&gids)?;
+            st.put(
+                &format!("aggregates_{i}"),
+                keyed_table(
+                    keys.clone(),
+                    cols.iter().map(|(n, c)| (n.as_str(), c.clone())).collect(),
+                )?,
+            );
+        }
+        let (mut wkeys, mut times, mut seqs, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (g, key) in gids.iter().zip(&keys) {
+            for ((t, seq), row) in self.parts.get(*g as usize).map(|p| &p.waiting).into_iter().flatten() {
+                wkeys.push(*key);
+                times.push(*t);
+                seqs.push(*seq);
+                rows.push(row.as_ref());
+            }
+        }
+        st.put(
+            "waiting",
+            self.rows_table(
+                wkeys,
+                vec![
+                    ("time", Arc::new(Int64Array::from(times))),
+                    ("seq", Arc::new(UInt64Array::from(seqs))),
+                ],
+                &rows,
+            )?,
+        );
+        let (mut fkeys, mut frames, mut times, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (g, key) in gids.iter().zip(&keys) {
+            for (i, fg) in self.groups.iter().enumerate() {
+                for (t, row) in fg.frame_rows.get(*g as usize).into_iter().flatten() {
+                    fkeys.push(*key);
+                    frames.push(i as u32);
+                    times.push(*t);
+                    rows.push(row.as_ref());
+                }
+            }
+        }
+        st.put(
+            "frame_rows",
+            self.rows_table(
+                fkeys,
+                vec![
+                    ("frame", Arc::new(UInt32Array::from(frames))),
+                    ("time", Arc::new(Int64Array::from(times))),
+                ],
+                &rows,
+            )?,
+        );
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut st: OpState) -> Result<()> {
+        let meta = st.take("meta")?;
+        if meta.num_rows() != 1 {
+            return Err(Error::Internal(format!(
+                "OVER aggregate state table 'meta' has {} rows, not 1",
+                meta.num_rows()
+            )));
+        }
+        let plan = column::<StringArray>(&meta, "plan")?.value(0);
+        if plan != self.plan_text() {
+            return Err(Error::Internal(format!(
+                "the checkpoint holds the state of another OVER aggregate ({plan}), not of this one ({})",
+                self.plan_text()
+            )));
+        }
+        self.seq = column::<UInt64Array>(&meta, "seq")?.value(0);
+        self.wm = column::<Int64Array>(&meta, "wm")?.value(0);
+        self.emit_floor = self.emit_floor.max(column::<Int64Array>(&meta, "emit_floor")?.value(0));
+
+        let parts = st.take("partitions")?;
+        check_keys("partitions", &parts)?;
+        let done = column::<Int64Array>(&parts, "done")?;
+        let gids = self.table.restore(state::keys(&parts)?)?;
+        let cap = self.table.capacity();
+        self.parts.resize_with(cap, Part::default);
+        for (i, g) in gids.iter().enumerate() {
+            self.parts[*g as usize].done = done.is_valid(i).then(|| done.value(i));
+        }
+        for (i, fg) in self.groups.iter_mut().enumerate() {
+            let name = format!("aggregates_{i}");
+            let t = st.take(&name)?;
+            check_keys(&name, &t)?;
+            if state::keys(&t)? != state::keys(&parts)? {
+                return Err(Error::Internal(format!(
+                    "OVER aggregate state table '{name}' has other partitions than 'partitions'"
+                )));
+            }
+            fg.aggs
+                .restore_columns(&gids, &t)
+                .map_err(|e| Error::Internal(format!("OVER aggregate state table '{name}': {e}")))?;
+            fg.frame_rows.resize_with(cap, VecDeque::new);
+        }
+
+        let t = st.take("waiting")?;
+        let (wgids, rows) = self.read_rows("waiting", &t, 2)?;
+        let times = column::<Int64Array>(&t, "time")?;
+        let seqs = column::<UInt64Array>(&t, "seq")?;
+        for (i, g) in wgids.iter().enumerate() {
+            let (time, seq) = (times.value(i), seqs.value(i));
+            if seqs.is_null(i) || seq > self.seq || !self.due.insert((time, seq, *g)) {
+                return Err(Error::Internal(format!(
+                    "OVER aggregate state table 'waiting': row {i}'s arrival is not one of this operator's"
+                )));
+            }
+            self.parts[*g as usize]
+                .waiting
+                .insert((time, seq), rows.row(i).as_ref().into());
+        }
+
+        let t = st.take("frame_rows")?;
+        let (fgids, rows) = self.read_rows("frame_rows", &t, 2)?;
+        let times = column::<Int64Array>(&t, "time")?;
+        let frames = column::<UInt32Array>(&t, "frame")?;
+        for (i, g) in fgids.iter().enumerate() {
+            let fg = frames
+                .is_valid(i)
+                .then(|| self.groups.get_mut(frames.value(i) as usize))
+                .flatten()
+                .filter(|fg| fg.frame.bounded())
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "OVER aggregate state table 'frame_rows': row {i} is in no bounded frame of this operator"
+                    ))
+                })?;
+            fg.frame_rows[*g as usize].push_back((times.value(i), rows.row(i).as_ref().into()));
+        }
+        if !st.is_empty() {
+            let names: Vec<&str> = st.tables.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Error::Internal(format!(
+                "an OVER aggregate's state has tables it does not write: {}",
+                names.join(", ")
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -541,5 +818,175 @@ mod tests {
         let out = step(&mut o, b, 300, &mut cx);
         assert_eq!(out, vec![r("c", 1, 1, 1)]);
         assert_eq!(cx.late.len(), 2);
+    }
+
+    use crate::operator::acc::testing as calls;
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+
+    /// Restores at every split point give what the uninterrupted run gives; the rows compared.
+    fn restores(make: impl Fn() -> OverAgg, steps: &[Step]) -> usize {
+        let make = || Box::new(make()) as Box<dyn Operator>;
+        (0..=steps.len())
+            .map(|split| assert_restores_identically(make, steps, split))
+            .sum()
+    }
+
+    /// Every kind of aggregate call over `x` ([`calls::all_calls`]), partitioned by `k`, ordered by
+    /// `t`, call `i` over `frames[i % frames.len()]`.
+    fn op_all(frames: &[Frame]) -> OverAgg {
+        let s = calls::schema();
+        let all = calls::all_calls();
+        let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(calls::fields(&all));
+        OverAgg::new(Config {
+            partition: vec![col("k", &s).expect("k")],
+            partition_types: vec![DataType::Utf8],
+            time: 1,
+            calls: all
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (c, frames[i % frames.len()]))
+                .collect(),
+            schema: Arc::new(Schema::new(fields)),
+        })
+        .expect("op")
+    }
+
+    #[test]
+    fn restored_rows_frames_hold_the_rows_that_will_leave() {
+        let steps = [
+            Step::Rows(0, rows(&[("a", 5, 30), ("a", 1, 10), ("b", 7, 10), ("a", 2, 20)], 0)),
+            Step::Advance(10),
+            Step::Rows(0, rows(&[("b", 3, 15), ("a", 6, 30)], 10)),
+            Step::Advance(31),
+            Step::Rows(0, rows(&[("a", 4, 40), ("b", 8, 35), ("a", 9, 20)], 31)),
+            Step::Advance(41),
+            Step::Rows(0, rows(&[("b", 1, 50), ("c", 2, 45)], 41)),
+            Step::Advance(i64::MAX),
+        ];
+        for frame in [Frame::Rows(Some(1)), Frame::Rows(Some(3)), Frame::Rows(None)] {
+            assert!(restores(|| op(frame), &steps) > 10, "{frame:?}");
+        }
+    }
+
+    #[test]
+    fn restored_range_frames_and_late_rows_after_the_restore() {
+        let mut mixed = rows(&[("c", 1, 150), ("c", 2, 120), ("a", 3, 130)], 0);
+        mixed.wm = Int64Array::from(vec![100, 200, 200]);
+        let steps = [
+            Step::Rows(0, rows(&[("a", 1, 0), ("a", 2, 10), ("a", 3, 10), ("a", 4, 21)], 0)),
+            Step::Advance(15),
+            Step::Rows(0, rows(&[("a", 5, 12), ("a", 6, 30), ("b", 9, 15)], 15)),
+            Step::Advance(100),
+            Step::Rows(0, rows(&[("a", 9, 15), ("b", 9, 15), ("a", 7, 100)], 100)),
+            Step::Rows(0, mixed),
+            Step::Advance(300),
+        ];
+        for frame in [Frame::Range(Some(10)), Frame::Range(None)] {
+            assert!(restores(|| op(frame), &steps) > 8, "{frame:?}");
+        }
+    }
+
+    #[test]
+    fn restored_aggregates_of_every_kind_and_several_frames() {
+        let r =
+            |k: &[&str], t: &[i64], x: &[Option<i64>], wm: i64| Step::Rows(0, calls::rows(k, t, x, &vec![wm; k.len()]));
+        let steps = [
+            r(
+                &["a", "a", "b", "a"],
+                &[10, 5, 10, 20],
+                &[Some(4), Some(1), None, Some(4)],
+                0,
+            ),
+            Step::Advance(11),
+            r(&["a", "b", "b"], &[20, 12, 30], &[Some(7), Some(2), Some(2)], 11),
+            Step::Advance(25),
+            r(&["a", "a", "b"], &[40, 30, 31], &[None, Some(-3), Some(9)], 25),
+            Step::Advance(35),
+            r(&["b", "a"], &[50, 45], &[Some(2), Some(8)], 35),
+            Step::Advance(i64::MAX),
+        ];
+        let frames = [
+            vec![Frame::Rows(None)],
+            vec![Frame::Range(None), Frame::Rows(Some(1))],
+            vec![Frame::Range(Some(10)), Frame::Rows(Some(2)), Frame::Rows(None)],
+        ];
+        for f in frames {
+            assert!(restores(|| op_all(&f), &steps) > 10, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn restoring_a_state_that_is_not_this_over_aggregates_fails() {
+        let mut o = op(Frame::Rows(Some(1)));
+        let mut cx = Context::default();
+        step(&mut o, rows(&[("a", 1, 10), ("b", 7, 10)], 0), 20, &mut cx);
+        step(&mut o, rows(&[("a", 5, 30), ("b", 2, 40)], 20), 20, &mut cx);
+        let good = o.snapshot().expect("snapshot");
+        let fresh = || op(Frame::Rows(Some(1)));
+        fresh().restore(good.clone()).expect("restores");
+        let restore = |st: OpState| match fresh().restore(st.clone()) {
+            Ok(()) => panic!("restored a corrupted state: {:?}", st.tables),
+            Err(e) => e.to_string(),
+        };
+
+        for (i, (name, _)) in good.tables.iter().enumerate() {
+            let mut missing = good.clone();
+            missing.tables.remove(i);
+            let e = restore(missing);
+            assert!(e.contains(&format!("'{name}'")), "{name}: {e}");
+        }
+        // A column of another type, one of each table in turn.
+        for (table, col) in [
+            ("meta", "seq"),
+            ("partitions", "done"),
+            ("aggregates_0", "a0_sum"),
+            ("waiting", "row.v"),
+            ("frame_rows", "frame"),
+        ] {
+            let mut st = good.clone();
+            let t = st.take(table).expect("table");
+            let cols: Vec<(String, ArrayRef)> = t
+                .schema()
+                .fields()
+                .iter()
+                .zip(t.columns())
+                .map(|(f, c)| {
+                    let c = if f.name() == col {
+                        cast(c, &DataType::Utf8).expect("cast")
+                    } else {
+                        c.clone()
+                    };
+                    (f.name().clone(), c)
+                })
+                .collect();
+            assert!(cols.iter().any(|(n, _)| n == col), "{table} has {col}");
+            st.put(
+                table,
+                plain_table(cols.iter().map(|(n, c)| (n.as_str(), c.clone())).collect()).expect("table"),
+            );
+            let e = restore(st);
+            assert!(e.contains(col) && e.contains("Utf8"), "{table}.{col}: {e}");
+        }
+        // A row under another partition's key.
+        let mut st = good.clone();
+        let t = st.take("waiting").expect("waiting");
+        let keys: Vec<&[u8]> = (0..t.num_rows())
+            .map(|_| state::keys(&t).expect("keys").value(0))
+            .collect();
+        let mut fixed = keyed_table(keys, Vec::new()).expect("keys").columns().to_vec();
+        fixed.extend(t.columns()[2..].iter().cloned());
+        st.put("waiting", RecordBatch::try_new(t.schema(), fixed).expect("table"));
+        let e = restore(st);
+        assert!(e.contains("another partition"), "{e}");
+        // Another OVER aggregate's state, and a table it does not write.
+        let e = op(Frame::Rows(Some(2)))
+            .restore(good.clone())
+            .expect_err("plan")
+            .to_string();
+        assert!(e.contains("another OVER aggregate"), "{e}");
+        let mut extra = good.clone();
+        extra.put("surprise", RecordBatch::new_empty(input_schema()));
+        assert!(restore(extra).contains("surprise"));
     }
 }
