@@ -436,6 +436,17 @@ impl OverAgg {
     }
 }
 
+/// Column `name` of state table `table` as `T`, without NULLs.
+fn dense<'a, T: Array + 'static>(table: &str, t: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    let c = column::<T>(t, name)?;
+    if c.null_count() > 0 {
+        return Err(Error::Internal(format!(
+            "OVER aggregate state table '{table}': column '{name}' has NULLs"
+        )));
+    }
+    Ok(c)
+}
+
 /// Whether a keyed table's `key_group` column is its keys'.
 fn check_keys(name: &str, t: &RecordBatch) -> Result<()> {
     let groups = column::<UInt16Array>(t, "key_group")?;
@@ -610,16 +621,18 @@ impl Operator for OverAgg {
                 meta.num_rows()
             )));
         }
-        let plan = column::<StringArray>(&meta, "plan")?.value(0);
+        let plan = dense::<StringArray>("meta", &meta, "plan")?.value(0);
         if plan != self.plan_text() {
             return Err(Error::Internal(format!(
                 "the checkpoint holds the state of another OVER aggregate ({plan}), not of this one ({})",
                 self.plan_text()
             )));
         }
-        self.seq = column::<UInt64Array>(&meta, "seq")?.value(0);
-        self.wm = column::<Int64Array>(&meta, "wm")?.value(0);
-        self.emit_floor = self.emit_floor.max(column::<Int64Array>(&meta, "emit_floor")?.value(0));
+        self.seq = dense::<UInt64Array>("meta", &meta, "seq")?.value(0);
+        self.wm = dense::<Int64Array>("meta", &meta, "wm")?.value(0);
+        self.emit_floor = self
+            .emit_floor
+            .max(dense::<Int64Array>("meta", &meta, "emit_floor")?.value(0));
 
         let parts = st.take("partitions")?;
         check_keys("partitions", &parts)?;

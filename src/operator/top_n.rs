@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Int8Array, Int64Array, StringArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, Int8Array, Int64Array, StringArray, UInt16Array, UInt32Array,
+    UInt64Array,
 };
 use datafusion::arrow::compute::{cast, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
@@ -37,7 +38,7 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::groups::GroupTable;
+use super::groups::{GroupTable, key_group};
 use super::state::{self, OpState, column, keyed_table, plain_table};
 use super::window::millis;
 use super::{ChangeBatch, Context, Operator, RowKind};
@@ -648,6 +649,7 @@ impl TopN {
 
     /// The input's columns of state table `name`, from column `from` on, as an input batch.
     fn read_rows(&self, name: &str, t: &RecordBatch, from: usize) -> Result<RecordBatch> {
+        check_keys(name, t)?;
         let schema = self.input_schema();
         let nin = schema.fields().len();
         if t.num_columns() != from + nin {
@@ -713,7 +715,7 @@ impl TopN {
 
     fn restore_rows(&mut self, t: RecordBatch) -> Result<()> {
         let stored = state::keys(&t)?.clone();
-        let ties = column::<UInt64Array>(&t, "tie")?.clone();
+        let ties = dense::<UInt64Array>("rows", &t, "tie")?.clone();
         let batch = self.read_rows("rows", &t, 3)?;
         let gids = self.intern_checked("rows", &batch, &stored)?;
         let sort = self.sort.convert_columns(&Self::eval(&self.cfg.order, &batch)?)?;
@@ -771,8 +773,9 @@ impl TopN {
 
     fn restore_windows(&mut self, t: RecordBatch) -> Result<()> {
         let keys = state::keys(&t)?;
-        let starts = column::<Int64Array>(&t, "window_start")?;
-        let ends = column::<Int64Array>(&t, "window_end")?;
+        check_keys("windows", &t)?;
+        let starts = dense::<Int64Array>("windows", &t, "window_start")?;
+        let ends = dense::<Int64Array>("windows", &t, "window_end")?;
         for i in 0..t.num_rows() {
             let g = self.table.intern_bytes(keys.value(i));
             let part = self.part(g);
@@ -831,9 +834,10 @@ impl TopN {
     }
 
     fn restore_first(&mut self, t: RecordBatch) -> Result<()> {
+        check_keys("first", &t)?;
         let keys = state::keys(&t)?.clone();
         let times = column::<Int64Array>(&t, "time")?.clone();
-        let emitted = column::<BooleanArray>(&t, "emitted")?.clone();
+        let emitted = dense::<BooleanArray>("first", &t, "emitted")?.clone();
         // Partition ids as they were: the table never forgets a key here, so ids are dense.
         for i in 0..t.num_rows() {
             if self.table.intern_bytes(keys.value(i)) as usize != i {
@@ -866,6 +870,31 @@ impl TopN {
         }
         Ok(())
     }
+}
+
+/// Column `name` of state table `table` as `T`, without NULLs.
+fn dense<'a, T: Array + 'static>(table: &str, t: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    let c = column::<T>(t, name)?;
+    if c.null_count() > 0 {
+        return Err(Error::Internal(format!(
+            "Top-N state table '{table}': column '{name}' has NULLs"
+        )));
+    }
+    Ok(c)
+}
+
+/// Whether a keyed table's `key_group` column is its keys'.
+fn check_keys(table: &str, t: &RecordBatch) -> Result<()> {
+    let groups = column::<UInt16Array>(t, "key_group")?;
+    let keys = state::keys(t)?;
+    for i in 0..t.num_rows() {
+        if groups.is_null(i) || keys.is_null(i) || u32::from(groups.value(i)) != key_group(keys.value(i)) {
+            return Err(Error::Internal(format!(
+                "Top-N state table '{table}': row {i}'s key_group is not its key's"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Operator for TopN {
@@ -963,16 +992,18 @@ impl Operator for TopN {
                 meta.num_rows()
             )));
         }
-        let plan = column::<StringArray>(&meta, "plan")?.value(0);
+        let plan = dense::<StringArray>("meta", &meta, "plan")?.value(0);
         if plan != self.plan_text() {
             return Err(Error::Internal(format!(
                 "the checkpoint holds the state of another Top-N ({plan}), not of this one ({})",
                 self.plan_text()
             )));
         }
-        self.seq = column::<UInt64Array>(&meta, "seq")?.value(0);
-        self.wm = column::<Int64Array>(&meta, "wm")?.value(0);
-        self.emit_floor = self.emit_floor.max(column::<Int64Array>(&meta, "emit_floor")?.value(0));
+        self.seq = dense::<UInt64Array>("meta", &meta, "seq")?.value(0);
+        self.wm = dense::<Int64Array>("meta", &meta, "wm")?.value(0);
+        self.emit_floor = self
+            .emit_floor
+            .max(dense::<Int64Array>("meta", &meta, "emit_floor")?.value(0));
         match self.cfg.emit {
             Emit::Updates => self.restore_rows(st.take("rows")?)?,
             Emit::FirstByTime { .. } => self.restore_first(st.take("first")?)?,
@@ -980,6 +1011,13 @@ impl Operator for TopN {
                 self.restore_rows(st.take("rows")?)?;
                 self.restore_windows(st.take("windows")?)?;
             }
+        }
+        if !st.is_empty() {
+            let names: Vec<&str> = st.tables.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Error::Internal(format!(
+                "a Top-N's state has tables it does not write: {}",
+                names.join(", ")
+            )));
         }
         Ok(())
     }
@@ -1372,6 +1410,22 @@ mod tests {
         );
         let e = fresh().restore(st).expect_err("wrong type").to_string();
         assert!(e.contains("'seq'"), "{e}");
+
+        // Rows under keys of other key groups.
+        let mut st = good.clone();
+        let t = st.take("rows").expect("rows");
+        let mut cols = t.columns().to_vec();
+        cols[0] = Arc::new(datafusion::arrow::array::UInt16Array::from_iter_values(
+            (0..t.num_rows()).map(|_| 7000),
+        ));
+        st.put("rows", RecordBatch::try_new(t.schema(), cols).expect("rows"));
+        let e = fresh().restore(st).expect_err("key groups").to_string();
+        assert!(e.contains("key_group"), "{e}");
+        // A table it does not write.
+        let mut st = good.clone();
+        st.put("surprise", RecordBatch::new_empty(input_schema()));
+        let e = fresh().restore(st).expect_err("extra table").to_string();
+        assert!(e.contains("surprise"), "{e}");
 
         // Another Top-N's state.
         let e = op(RankFn::Rank, 2, Emit::Updates, true, None)
