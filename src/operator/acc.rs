@@ -92,8 +92,8 @@ impl AggCall {
             AggKind::Sum | AggKind::Avg if !incremental_sum_type(&self.return_type) => Box::new(Generic::new(self)?),
             AggKind::Sum => Box::new(Sum::new(&self.return_type)),
             AggKind::Avg => Box::new(Avg::default()),
-            AggKind::Min => Box::new(MinMax::new(true)),
-            AggKind::Max => Box::new(MinMax::new(false)),
+            AggKind::Min => Box::new(MinMax::new(true, &self.return_type)),
+            AggKind::Max => Box::new(MinMax::new(false, &self.return_type)),
             AggKind::Generic(_) => Box::new(Generic::new(self)?),
         })
     }
@@ -173,6 +173,14 @@ fn list_column(values: ArrayRef, lens: impl IntoIterator<Item = usize>) -> Array
 /// The size a state vector must have for groups `gids`.
 fn capacity_of(gids: &[u32]) -> usize {
     gids.iter().map(|g| *g as usize + 1).max().unwrap_or(0)
+}
+
+/// An error while checkpointing or restoring `what` (an internal error: the state is ours).
+fn context(e: Error, what: String) -> Error {
+    match e {
+        Error::Internal(m) => Error::Internal(format!("{what}: {m}")),
+        e => Error::Internal(format!("{what}: {e}")),
+    }
 }
 
 fn named(cols: Vec<(&str, ArrayRef)>) -> Vec<(String, ArrayRef)> {
@@ -727,10 +735,26 @@ fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Ve
     Ok(out)
 }
 
+/// Whether values of type `t` (a MIN/MAX argument's, read from a state) can have a result of type
+/// `result`: the same type, up to dictionary encoding and string or binary layouts (`Null`: no
+/// value seen).
+fn value_fits(t: &DataType, result: &DataType) -> bool {
+    use DataType::*;
+    let t = match t {
+        Dictionary(_, v) => v.as_ref(),
+        t => t,
+    };
+    let strings = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
+    let binaries = |t: &DataType| matches!(t, Binary | LargeBinary | BinaryView);
+    *t == Null || t == result || (strings(t) && strings(result)) || (binaries(t) && binaries(result))
+}
+
 /// MIN/MAX of any type: the extreme value's row bytes per group, or, once a retraction is seen, a
 /// count per value so the next extreme is known.
 struct MinMax {
     min: bool,
+    /// The result's type (a restored value type must fit it).
+    return_type: DataType,
     rows: ValueRows,
     best: Vec<Option<Box<[u8]>>>,
     /// Per group, a count per value (kept from the first retraction on; `None` until then).
@@ -738,9 +762,10 @@ struct MinMax {
 }
 
 impl MinMax {
-    fn new(min: bool) -> MinMax {
+    fn new(min: bool, return_type: &DataType) -> MinMax {
         MinMax {
             min,
+            return_type: return_type.clone(),
             rows: ValueRows {
                 converter: None,
                 data_type: None,
@@ -898,6 +923,14 @@ impl Acc for MinMax {
 
     fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
         let best = cols.array("best")?;
+        if !value_fits(best.data_type(), &self.return_type) {
+            return Err(Error::Internal(format!(
+                "state column '{}' has type {}, not that of a {} value",
+                cols.name("best"),
+                best.data_type(),
+                self.return_type
+            )));
+        }
         self.rows.restore_type(best.data_type(), &cols.name("best"))?;
         let cap = capacity_of(gids);
         grow(&mut self.best, cap, None);
@@ -1406,7 +1439,7 @@ impl Aggregates {
         for (i, (a, c)) in self.accs.iter().zip(self.calls.iter()).enumerate() {
             let part = a
                 .state_columns(gids)
-                .map_err(|e| Error::Internal(format!("checkpointing {}: {e}", c.display)))?;
+                .map_err(|e| context(e, format!("checkpointing {}", c.display)))?;
             cols.extend(part.into_iter().map(|(n, a)| (format!("a{i}_{n}"), a)));
         }
         Ok(cols)
@@ -1436,7 +1469,7 @@ impl Aggregates {
                 prefix: format!("a{i}_"),
             };
             a.restore_columns(gids, &cols)
-                .map_err(|e| Error::Internal(format!("restoring {}: {e}", c.display)))?;
+                .map_err(|e| context(e, format!("restoring {}", c.display)))?;
         }
         Ok(())
     }
@@ -1701,7 +1734,7 @@ mod tests {
         let err = r.restore_columns(&[], &through_ipc(missing)).expect_err("missing");
         assert!(err.to_string().contains("a2_sum"), "{err}");
         // A column of another type (each kind's, in turn).
-        for name in ["rows", "a0_n", "a3_sum", "a6_values", "a7_state0"] {
+        for name in ["rows", "a0_n", "a3_sum", "a4_best", "a6_values", "a7_state0"] {
             let wrong: Vec<(String, ArrayRef)> = good
                 .iter()
                 .map(|(n, a)| {
@@ -1730,7 +1763,10 @@ mod tests {
             .into_iter()
             .map(|(n, c)| {
                 if n == "a4_best" {
-                    (n, Arc::new(BooleanArray::from(vec![true])) as ArrayRef)
+                    // A type MIN over BIGINT could have (as a dictionary), not the multiset's.
+                    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Int64));
+                    let two: ArrayRef = Arc::new(Int64Array::from(vec![2]));
+                    (n, cast(&two, &dict).expect("dictionary"))
                 } else {
                     (n, c)
                 }
@@ -1739,5 +1775,25 @@ mod tests {
         let mut r = Aggregates::new(&calls, true).expect("aggs");
         let err = r.restore_columns(&[0], &through_ipc(bad)).expect_err("types disagree");
         assert!(err.to_string().contains("a4_values"), "{err}");
+        // A value type no MIN over BIGINT has.
+        let mut r = Aggregates::new(&calls, false).expect("aggs");
+        let a = Aggregates::new(&calls, false).expect("aggs");
+        let strings: Vec<(String, ArrayRef)> = a
+            .state_columns(&[])
+            .expect("state")
+            .into_iter()
+            .map(|(n, c)| {
+                if n == "a4_best" {
+                    (
+                        n,
+                        Arc::new(datafusion::arrow::array::StringArray::from(Vec::<String>::new())) as ArrayRef,
+                    )
+                } else {
+                    (n, c)
+                }
+            })
+            .collect();
+        let err = r.restore_columns(&[], &through_ipc(strings)).expect_err("strings");
+        assert!(err.to_string().contains("a4_best"), "{err}");
     }
 }

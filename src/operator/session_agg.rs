@@ -12,12 +12,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
 use super::groups::GroupTable;
+use super::state::{self, OpState, keyed_table, plain_table};
 use super::window::millis;
 use super::window_agg::OutCol;
 use super::{ChangeBatch, Context, Operator, conformed_batch};
@@ -284,6 +285,125 @@ impl Operator for SessionAgg {
     fn set_emit_floor(&mut self, floor: i64) {
         self.emit_floor = floor;
     }
+
+    /// Tables: `session_agg` (one row: `next_gid` — the next new session id —, `wm`,
+    /// `emit_floor`), `session_free_ids` (`gid`: ids of closed sessions to reuse, in the order they
+    /// are taken back last first) and `sessions` (keyed: per open session, `start`, `end`, `gid`,
+    /// then its aggregate state, see [`Aggregates::state_columns`]), by key, each key's sessions in
+    /// their list order. Session ids are kept as they are: sessions ending together fire in id
+    /// order.
+    fn snapshot(&self) -> Result<OpState> {
+        let mut st = OpState::new();
+        st.put(
+            "session_agg",
+            plain_table(vec![
+                ("next_gid", Arc::new(UInt32Array::from(vec![self.next_gid])) as ArrayRef),
+                ("wm", Arc::new(Int64Array::from(vec![self.wm]))),
+                ("emit_floor", Arc::new(Int64Array::from(vec![self.emit_floor]))),
+            ])?,
+        );
+        st.put(
+            "session_free_ids",
+            plain_table(vec![(
+                "gid",
+                Arc::new(UInt32Array::from(self.free.clone())) as ArrayRef,
+            )])?,
+        );
+        let mut kids: Vec<u32> = self.sessions.keys().copied().collect();
+        kids.sort_unstable();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let (mut starts, mut ends, mut gids) = (Vec::new(), Vec::new(), Vec::new());
+        for kid in kids {
+            let key = self
+                .keys
+                .key_bytes(kid)
+                .ok_or_else(|| Error::Internal("an open session's key is missing".into()))?;
+            for s in &self.sessions[&kid] {
+                keys.push(key);
+                starts.push(s.start);
+                ends.push(s.end);
+                gids.push(s.gid);
+            }
+        }
+        let aggs = self.aggs.state_columns(&gids)?;
+        let mut cols: Vec<(&str, ArrayRef)> = vec![
+            ("start", Arc::new(Int64Array::from(starts))),
+            ("end", Arc::new(Int64Array::from(ends))),
+            ("gid", Arc::new(UInt32Array::from(gids))),
+        ];
+        cols.extend(aggs.iter().map(|(n, a)| (n.as_str(), a.clone())));
+        st.put("sessions", keyed_table(keys, cols)?);
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut st: OpState) -> Result<()> {
+        let meta = st.take("session_agg")?;
+        if meta.num_rows() != 1 {
+            return Err(Error::Internal(format!(
+                "state table 'session_agg' has {} rows, not 1",
+                meta.num_rows()
+            )));
+        }
+        let next = state::column::<UInt32Array>(&meta, "next_gid")?;
+        let wm = state::column::<Int64Array>(&meta, "wm")?;
+        let floor = state::column::<Int64Array>(&meta, "emit_floor")?;
+        if next.is_null(0) || wm.is_null(0) || floor.is_null(0) {
+            return Err(Error::Internal("state table 'session_agg' has NULLs".into()));
+        }
+        let next_gid = next.value(0);
+        let free_t = st.take("session_free_ids")?;
+        let free = state::column::<UInt32Array>(&free_t, "gid")?;
+        let t = st.take("sessions")?;
+        let keys = state::keys(&t)?;
+        let start = state::column::<Int64Array>(&t, "start")?;
+        let end = state::column::<Int64Array>(&t, "end")?;
+        let gid = state::column::<UInt32Array>(&t, "gid")?;
+        if [
+            keys.null_count(),
+            start.null_count(),
+            end.null_count(),
+            gid.null_count(),
+            free.null_count(),
+        ]
+        .iter()
+        .any(|n| *n > 0)
+        {
+            return Err(Error::Internal(
+                "state table 'sessions' or 'session_free_ids' has NULLs".into(),
+            ));
+        }
+        // Every id below `next_gid`, each once: an open session's or a free one.
+        let mut seen = std::collections::HashSet::new();
+        for g in gid.values().iter().chain(free.values().iter()) {
+            if *g >= next_gid || !seen.insert(*g) {
+                return Err(Error::Internal(format!(
+                    "state table 'sessions' has session id {g} twice or beyond next_gid {next_gid}"
+                )));
+            }
+        }
+        let mut table = GroupTable::new(&self.cfg.key_types)?;
+        let mut sessions: HashMap<u32, Vec<Session>> = HashMap::new();
+        let mut by_end = BTreeSet::new();
+        for i in 0..t.num_rows() {
+            let kid = table.intern_bytes(keys.value(i));
+            let s = Session {
+                start: start.value(i),
+                end: end.value(i),
+                gid: gid.value(i),
+            };
+            sessions.entry(kid).or_default().push(s);
+            by_end.insert((s.end, s.gid, kid));
+        }
+        self.aggs.restore_columns(gid.values(), &t)?;
+        self.keys = table;
+        self.sessions = sessions;
+        self.by_end = by_end;
+        self.next_gid = next_gid;
+        self.free = free.values().to_vec();
+        self.wm = wm.value(0);
+        self.emit_floor = self.emit_floor.max(floor.value(0));
+        Ok(())
+    }
 }
 
 impl SessionAgg {
@@ -392,5 +512,191 @@ mod tests {
         );
         s.process(0, rows(&["u"], &[100], &[5_000]), &mut cx).expect("p");
         assert_eq!(cx.late.len(), 1);
+    }
+
+    use crate::operator::acc::testing::{all_calls, fields, rows as xrows};
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+
+    /// A session aggregate over `k, t, x` grouped by `k` with `calls`.
+    fn op_with(gap: i64, calls: Vec<AggCall>) -> SessionAgg {
+        let s = crate::operator::acc::testing::schema();
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let mut out = vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("window_start", ts.clone(), false),
+            Field::new("window_end", ts, false),
+        ];
+        out.extend(fields(&calls));
+        SessionAgg::new(Config {
+            gap,
+            keys: vec![col("k", &s).expect("k")],
+            key_names: vec!["k".into()],
+            key_types: vec![DataType::Utf8],
+            time: col("t", &s).expect("t"),
+            time_shift: 0,
+            columns: vec![OutCol::Key(0), OutCol::Start, OutCol::End],
+            calls: calls.into(),
+            schema: Arc::new(Schema::new(out)),
+        })
+        .expect("op")
+    }
+
+    fn restores_at_every_split(make: impl Fn() -> SessionAgg, steps: &[Step]) -> usize {
+        (0..=steps.len())
+            .map(|split| assert_restores_identically(|| Box::new(make()), steps, split))
+            .sum()
+    }
+
+    /// Sessions that merge across steps, fire, free their ids for new ones, take late rows, and
+    /// end together (firing in session id order).
+    fn steps() -> Vec<Step> {
+        vec![
+            Step::Rows(
+                0,
+                xrows(
+                    &["u", "u", "u", "v"],
+                    &[0, 1_000, 5_000, 0],
+                    &[Some(1), Some(2), Some(3), Some(4)],
+                    &[0; 4],
+                ),
+            ),
+            // 3000 opens a session, 2000 bridges it to [0, 2000), 4000 bridges all to [5000, 6000).
+            Step::Rows(
+                0,
+                xrows(
+                    &["u", "u", "u"],
+                    &[3_000, 2_000, 4_000],
+                    &[None, Some(5), Some(5)],
+                    &[0; 3],
+                ),
+            ),
+            Step::Rows(0, xrows(&["v", "w"], &[2_500, 100], &[Some(6), Some(7)], &[0, 0])),
+            Step::Advance(1_500),
+            // v@900 opens [900, 1900) (v's [0, 1000) fired); w@50 is late; u grows to [0, 6500).
+            Step::Rows(
+                0,
+                xrows(
+                    &["v", "w", "u"],
+                    &[900, 50, 5_500],
+                    &[Some(8), Some(9), Some(1)],
+                    &[1_500; 3],
+                ),
+            ),
+            Step::Advance(3_000),
+            Step::Rows(
+                0,
+                xrows(
+                    &["v", "x", "y"],
+                    &[3_400, 7_000, 7_000],
+                    &[Some(2), Some(3), Some(4)],
+                    &[3_000; 3],
+                ),
+            ),
+            Step::Rows(
+                0,
+                xrows(
+                    &["y", "x", "z"],
+                    &[7_500, 7_500, 7_500],
+                    &[Some(1), None, Some(2)],
+                    &[3_000; 3],
+                ),
+            ),
+            Step::Advance(7_000),
+            Step::Rows(0, xrows(&["v"], &[100], &[Some(1)], &[7_000])),
+            Step::Advance(i64::MAX),
+        ]
+    }
+
+    #[test]
+    fn sessions_restore_with_every_accumulator_kind() {
+        let n = restores_at_every_split(|| op_with(1_000, all_calls()), &steps());
+        assert!(n > 0);
+    }
+
+    #[test]
+    fn a_row_after_its_key_session_ended_restores() {
+        let steps = vec![
+            Step::Rows(
+                0,
+                xrows(
+                    &["u", "u", "u"],
+                    &[0, 2_600, 900],
+                    &[Some(1), Some(2), Some(3)],
+                    &[0, 0, 1_500],
+                ),
+            ),
+            Step::Advance(2_000),
+            Step::Rows(
+                0,
+                xrows(&["u", "u"], &[1_000, 3_000], &[Some(4), Some(5)], &[2_000, 2_000]),
+            ),
+            Step::Advance(i64::MAX),
+            Step::Rows(0, xrows(&["u"], &[100], &[Some(6)], &[5_000])),
+        ];
+        restores_at_every_split(|| op_with(1_000, all_calls()), &steps);
+    }
+
+    #[test]
+    fn a_corrupted_session_state_is_refused() {
+        let make = || op_with(1_000, all_calls());
+        let mut s = make();
+        let mut cx = Context::default();
+        for step in &steps()[..3] {
+            if let Step::Rows(_, b) = step {
+                s.process(0, b.clone(), &mut cx).expect("process");
+            }
+        }
+        let st = s.snapshot().expect("snapshot");
+        let names: Vec<&str> = st.tables.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["session_agg", "session_free_ids", "sessions"]);
+        for t in names {
+            let mut missing = st.clone();
+            missing.tables.retain(|(n, _)| n != t);
+            let err = make().restore(missing).expect_err("missing table");
+            assert!(err.to_string().contains(t), "{err}");
+        }
+        let replace = |table: &str, col: &str, with: ArrayRef| {
+            let mut out = OpState::new();
+            for (n, t) in &st.tables {
+                if n != table {
+                    out.put(n, t.clone());
+                    continue;
+                }
+                let i = t.schema().index_of(col).expect("column");
+                let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields[i] = Field::new(col, with.data_type().clone(), true);
+                let mut cols = t.columns().to_vec();
+                cols[i] = with.clone();
+                out.put(
+                    n,
+                    datafusion::arrow::array::RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("table"),
+                );
+            }
+            out
+        };
+        let sessions = st.tables[2].1.num_rows();
+        assert_eq!(
+            sessions, 4,
+            "u [0, 2000), u [5000, 6000), v [0, 1000), v [2500, 3500), w [100, 1100)"
+        );
+        let strings = |n: usize| Arc::new(datafusion::arrow::array::StringArray::from(vec!["x"; n])) as ArrayRef;
+        for (table, col, n) in [
+            ("session_agg", "next_gid", 1),
+            ("session_agg", "wm", 1),
+            ("session_free_ids", "gid", st.tables[1].1.num_rows()),
+            ("sessions", "start", sessions),
+            ("sessions", "gid", sessions),
+            ("sessions", "a4_best", sessions),
+            ("sessions", "a7_state0", sessions),
+        ] {
+            let err = make().restore(replace(table, col, strings(n))).expect_err(col);
+            assert!(err.to_string().contains(col), "{col}: {err}");
+        }
+        let twice = UInt32Array::from(vec![0; sessions]);
+        let err = make()
+            .restore(replace("sessions", "gid", Arc::new(twice)))
+            .expect_err("ids twice");
+        assert!(err.to_string().contains("twice"), "{err}");
+        make().restore(st).expect("the state as written restores");
     }
 }
