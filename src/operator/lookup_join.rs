@@ -21,7 +21,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::groups::GroupTable;
-use super::stream_join::{eval_keys, filter_mask, left_first};
+use super::state::OpState;
+use super::stream_join::{eval_keys, filter_mask, left_first, no_other_tables};
 use super::{ChangeBatch, Context, Operator};
 use super::{batch_of, conformed_batch};
 use crate::error::{Error, Result};
@@ -270,5 +271,133 @@ impl Operator for LookupJoin {
 
     fn state_size(&self) -> usize {
         self.table.rows.num_rows()
+    }
+
+    /// Nothing: the table is read from its source when the operator is built (a restored query reads
+    /// it again, as a refresh would), and each stream row is joined on its own.
+    fn snapshot(&self) -> Result<OpState> {
+        Ok(OpState::new())
+    }
+
+    fn restore(&mut self, state: OpState) -> Result<()> {
+        no_other_tables("a lookup join", &state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::RowKind::{self, Delete as D, Insert as I, UpdateAfter as UA, UpdateBefore as UB};
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::{MemTable, provider_as_source};
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    use datafusion::physical_expr::expressions::col;
+
+    fn stream_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Int64, false),
+        ]))
+    }
+
+    /// `stream(k, v) JOIN t(tk, name) ON k = tk`; `t` holds 1/one, 2/two, 2/deux and a NULL key.
+    fn op(kind: Kind) -> LookupJoin {
+        let s = stream_schema();
+        let t: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("tk", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            t.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), Some(2), None])),
+                Arc::new(StringArray::from(vec!["one", "two", "deux", "none"])),
+            ],
+        )
+        .expect("table");
+        let mem = MemTable::try_new(t.clone(), vec![vec![rows]]).expect("mem");
+        let plan = LogicalPlanBuilder::scan("t", provider_as_source(Arc::new(mem)), None)
+            .expect("scan")
+            .build()
+            .expect("plan");
+        let pair = Arc::new(Schema::new(
+            s.fields().iter().chain(t.fields()).cloned().collect::<Vec<_>>(),
+        ));
+        let schema = match kind {
+            Kind::Semi | Kind::Anti => s.clone(),
+            Kind::Inner => pair.clone(),
+            Kind::Outer => Arc::new(Schema::new(
+                s.fields()
+                    .iter()
+                    .cloned()
+                    .chain(
+                        t.fields()
+                            .iter()
+                            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
+                    )
+                    .collect::<Vec<_>>(),
+            )),
+        };
+        LookupJoin::new(Config {
+            kind,
+            stream_left: true,
+            stream_keys: vec![col("k", &s).expect("k")],
+            table_keys: vec![col("tk", &t).expect("tk")],
+            key_types: vec![DataType::Int64],
+            null_equal: false,
+            null_aware: false,
+            filter: None,
+            pair_schema: pair,
+            schema,
+            table: Arc::new(plan),
+            table_schema: t,
+            refresh: None,
+        })
+        .expect("lookup join")
+    }
+
+    fn rows(k: &[Option<i64>], v: &[i64], kinds: &[RowKind]) -> Step {
+        let b = RecordBatch::try_new(
+            stream_schema(),
+            vec![
+                Arc::new(Int64Array::from(k.to_vec())),
+                Arc::new(Int64Array::from(v.to_vec())),
+            ],
+        )
+        .expect("batch");
+        Step::Rows(0, ChangeBatch::changes(b, kinds.to_vec(), 0))
+    }
+
+    #[test]
+    fn a_lookup_join_restores_from_an_empty_state() {
+        // A changelog stream: inserts, updates and retractions, rows with no match and a NULL key.
+        let steps = vec![
+            rows(&[Some(1), Some(2), Some(3)], &[10, 20, 30], &[I, I, I]),
+            Step::Advance(100),
+            rows(&[Some(2), Some(2)], &[20, 21], &[UB, UA]),
+            rows(&[None, Some(1)], &[40, 10], &[I, D]),
+            Step::Advance(200),
+            rows(&[Some(3), Some(2)], &[30, 21], &[D, D]),
+        ];
+        for kind in [Kind::Inner, Kind::Outer, Kind::Semi, Kind::Anti] {
+            let mut compared = 0;
+            for split in 0..=steps.len() {
+                compared += assert_restores_identically(|| Box::new(op(kind)), &steps, split);
+            }
+            assert!(compared > 0, "{kind:?}");
+        }
+        let j = op(Kind::Outer);
+        assert!(j.snapshot().expect("snapshot").is_empty());
+        assert_eq!(j.state_size(), 4, "the table is read when the operator is built");
+    }
+
+    #[test]
+    fn a_state_with_tables_is_refused() {
+        let mut st = OpState::new();
+        st.put("left_rows", RecordBatch::new_empty(stream_schema()));
+        let e = op(Kind::Inner).restore(st).expect_err("a lookup join keeps no state");
+        assert!(e.to_string().contains("left_rows"), "{e}");
     }
 }

@@ -1024,7 +1024,7 @@ mod tests {
             let b = batch_of(&none, vec![], kinds.len()).expect("batch");
             Step::Rows(port, ChangeBatch::changes(b, kinds, 0))
         };
-        let steps = vec![
+        let steps = [
             empty(1, vec![I]),
             empty(0, vec![I, I]),
             empty(0, vec![D]),

@@ -510,8 +510,8 @@ impl WindowJoin {
         let (sc, ec) = self.cfg.bounds[side];
         let (starts, ends) = (Self::bound(&batch, sc)?, Self::bound(&batch, ec)?);
         let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
-        for i in 0..n {
-            if table.key_bytes(gids[i]) != Some(keys.value(i)) {
+        for (i, g) in gids.iter().enumerate() {
+            if table.key_bytes(*g) != Some(keys.value(i)) {
                 return Err(bad(format!("row {i}'s key is not the key of its columns")));
             }
             let get = |a: &Option<Int64Array>| a.as_ref().and_then(|a| a.is_valid(i).then(|| a.value(i)));
