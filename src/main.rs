@@ -207,6 +207,8 @@ enum GenerateKind {
 }
 
 fn main() -> std::process::ExitCode {
+    // Named crash points for the fault tests (`FAILPOINTS`, see `freshet::state::crash`).
+    let _crash_points = fail::FailScenario::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate {

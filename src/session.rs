@@ -638,6 +638,8 @@ impl Session {
                             let _ = q.stop.send(true);
                             q.join().await;
                         }
+                        // A dropped query has nothing to resume.
+                        crate::engine::query::remove_checkpoints(&self.config, name)?;
                         Ok(Outcome::Done(format!("dropped {kind} {name}")))
                     }
                 }

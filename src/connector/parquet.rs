@@ -241,6 +241,7 @@ impl ParquetSink {
                 return Err(Error::io(&to, e));
             }
             self.files.push(to);
+            fail::fail_point!("parquet-mid-publish", |_| crate::state::crash("parquet-mid-publish"));
         }
         if !now.is_empty() {
             self.sync()?;
@@ -301,6 +302,7 @@ impl Sink for ParquetSink {
             .write(&batch)
             .map_err(|e| Error::External(format!("writing {}: {e}", f.temp.display())))?;
         f.rows += batch.num_rows();
+        fail::fail_point!("parquet-mid-write", |_| crate::state::crash("parquet-mid-write"));
         if f.rows >= max_rows || f.opened.elapsed() >= max_age {
             self.stage(u64::MAX)?;
         }

@@ -339,6 +339,28 @@ fn fingerprint(compiled: &Compiled, catalog: &Catalog) -> String {
     format!("{:016x}", twox_hash::XxHash64::oneshot(0, text.as_bytes()))
 }
 
+/// Remove every checkpoint of query `name` (it was dropped).
+pub fn remove_checkpoints(config: &EngineConfig, name: &str) -> Result<()> {
+    let Some(root) = &config.checkpoint_dir else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    let prefix = format!("{}-", dir_name(name));
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        // `<name>-<12 hex>`: a query named `a` must not take `a-b`'s checkpoints with it.
+        if let Some(fp) = n.strip_prefix(&prefix)
+            && fp.len() == 12
+            && fp.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
 /// A query name as a directory name.
 fn dir_name(name: &str) -> String {
     name.chars()
@@ -739,6 +761,9 @@ impl QueryRuntime {
                 }
             }
         }
+        fail::fail_point!("checkpoint-before-publish", |_| crate::state::crash(
+            "checkpoint-before-publish"
+        ));
         self.sink.publish(epoch)?;
         let safe = self.low_water();
         // Windows up to the floor were emitted before the restart, so the floor stays true. At the end

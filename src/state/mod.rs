@@ -101,6 +101,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::io(path, e)
 }
 
+/// Die at once, as `kill -9` would (no destructors, no flushing): what a named crash point does
+/// (`FAILPOINTS=<point>=return`, or `=2*off->return` for its third visit; see the `fail` crate).
+pub fn crash(point: &str) -> ! {
+    eprintln!("crash point {point}: aborting");
+    std::process::abort()
+}
+
 /// fsync a directory, so that renames and new entries in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
@@ -189,6 +196,7 @@ impl CheckpointStore {
         if dest.exists() {
             std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
         }
+        fail::fail_point!("checkpoint-before-rename", |_| crash("checkpoint-before-rename"));
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         sync_dir(&self.dir)?;
         for old in self.epochs()?.into_iter().skip(self.keep) {
@@ -238,6 +246,7 @@ impl CheckpointStore {
             meta: c.meta.clone(),
             operators,
         };
+        fail::fail_point!("checkpoint-before-manifest", |_| crash("checkpoint-before-manifest"));
         let body = serde_json::to_string(&manifest).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
         let text = format!("{body}\ncrc32:{:08x}\n", crc32fast::hash(body.as_bytes()));
         write_synced(&tmp.join(MANIFEST), text.as_bytes())?;

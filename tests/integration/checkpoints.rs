@@ -42,8 +42,16 @@ fn job(events: u64) -> String {
 }
 
 fn start(dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_freshet"))
-        .current_dir(dir)
+    start_with(dir, None)
+}
+
+/// Start the job, with a crash point armed (`FAILPOINTS`, see `freshet::state::crash`).
+fn start_with(dir: &Path, failpoints: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_freshet"));
+    if let Some(f) = failpoints {
+        cmd.env("FAILPOINTS", f);
+    }
+    cmd.current_dir(dir)
         .args([
             "run",
             "job.sql",
@@ -198,13 +206,17 @@ async fn ten_sigkills_leave_every_sink_exact() {
     assert!(!stderr.contains("not checkpointed"), "{stderr}");
     assert_eq!(progress(&chk), 0, "a finished query leaves no checkpoints");
 
+    assert_sinks_exact(&dir.path().join("out"), EVENTS).await;
+}
+
+/// Every sink of the job holds exactly the batch answer over the same events.
+async fn assert_sinks_exact(out: &Path, events: u64) {
     let opts = freshet::connector::generator::GenOptions {
         seed: SEED,
-        events: Some(EVENTS),
+        events: Some(events),
         ..Default::default()
     };
     let oracle = oracle_ctx(&opts, "ev");
-    let out = dir.path().join("out");
     let temp_files: Vec<String> = ["per_minute", "hopping", "sessions", "per_course"]
         .iter()
         .flat_map(|d| std::fs::read_dir(out.join(d)).expect("dir"))
@@ -260,4 +272,30 @@ async fn ten_sigkills_leave_every_sink_exact() {
     let got = replayed(&out.join("per_course"));
     let want = batch_rows(&oracle, "SELECT course_id, COUNT(*) FROM ev GROUP BY 1").await;
     crate::support::assert_rows_eq(&got, &want, "updating GROUP BY changelog after kills");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_named_point_of_a_checkpoint_loses_and_repeats_nothing() {
+    const N: u64 = 100_000;
+    for point in [
+        "checkpoint-before-manifest=3*off->return",
+        "checkpoint-before-rename=3*off->return",
+        "checkpoint-before-publish=3*off->return",
+        "parquet-mid-write=40*off->return",
+        "parquet-mid-publish=5*off->return",
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("job.sql"), job(N)).expect("write");
+        let crashed = start_with(dir.path(), Some(point)).wait_with_output().expect("run");
+        let stderr = String::from_utf8_lossy(&crashed.stderr);
+        let name = point.split('=').next().unwrap_or_default();
+        assert!(
+            !crashed.status.success() && stderr.contains(&format!("crash point {name}")),
+            "{point}: the run did not crash there: {stderr}"
+        );
+        let out = start(dir.path()).wait_with_output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{point}: {stderr}");
+        assert_sinks_exact(&dir.path().join("out"), N).await;
+    }
 }
