@@ -160,7 +160,9 @@ fn replayed(dir: &Path) -> Vec<String> {
             }
         }
     }
-    table.into_iter().map(|(c, n)| format!("{c}|{n}")).collect()
+    let mut rows: Vec<String> = table.into_iter().map(|(c, n)| format!("{c}|{n}")).collect();
+    rows.sort();
+    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
