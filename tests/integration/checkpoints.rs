@@ -301,3 +301,105 @@ async fn a_crash_at_each_named_point_of_a_checkpoint_loses_and_repeats_nothing()
         assert_sinks_exact(&dir.path().join("out"), N).await;
     }
 }
+
+/// A tmpfs mounted for the life of the value (the disk-full test needs a small, fillable disk).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mkdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs at {} (this test needs root): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fill the file system of `dir` up: a file grown until the disk says it is full.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&block).and_then(|()| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_checkpoint_disk_publishes_nothing_partial_and_checkpoints_resume_when_space_returns() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("job.sql"), job(EVENTS)).expect("write");
+    let chk = dir.path().join("chk");
+    let _disk = Tmpfs::mount(&chk, "32m");
+    let filler = fill(&chk);
+
+    let mut child = start(dir.path());
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("checkpoint") && l.contains("failed"))
+    {
+        assert!(Instant::now() < deadline, "no checkpoint failure reported: {seen:?}");
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(50)) {
+            seen.push(l);
+        }
+    }
+    let failure = seen.iter().find(|l| l.contains("failed")).cloned().unwrap_or_default();
+    assert!(failure.contains("No space left on device"), "{failure}");
+    // Nothing partial is visible: no checkpoint at all, and no output published past the last one.
+    assert_eq!(progress(&chk), 0, "a checkpoint became visible on a full disk");
+    let published: usize = ["per_minute", "hopping", "sessions", "per_course"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(dir.path().join("out").join(d)).ok())
+        .flat_map(|e| e.filter_map(|e| e.ok()))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
+        .count();
+    assert_eq!(published, 0, "output was published without a checkpoint");
+    assert!(child.try_wait().expect("wait").is_none(), "the query kept running");
+
+    // Space returns: checkpoints resume by themselves.
+    std::fs::remove_file(&filler).expect("free space");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress(&chk) == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint after space returned");
+        assert!(child.try_wait().expect("wait").is_none(), "the query ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // And they are real: kill it, resume from them, finish, compare.
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let out = start(dir.path()).wait_with_output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+    assert_sinks_exact(&dir.path().join("out"), EVENTS).await;
+}
