@@ -3,13 +3,66 @@
 //!
 //! Row keys are order-preserving bytes of the `row_key` columns (see [`encode_key`] and
 //! docs/hbase.md), so an analyst can scan by course and time range. Every other column is a cell
-//! `column_family:column`. Cell timestamps come from the row (`timestamp_column`, by default
-//! `window_end` when the output has it), so replaying a batch rewrites the very same cells. Writes
-//! are batched (`batch_rows`); on failure the sink reconnects and retries with backoff, blocking the
-//! query (backpressure) until HBase is back — nothing is dropped.
+//! `column_family:column`; a NULL value is no cell. Writes are batched (`batch_rows`); on failure
+//! the sink reconnects and retries with backoff, blocking the query (backpressure) until HBase is
+//! back — nothing is dropped — or until the query is stopped ([`Sink::interrupt_handle`]). Every
+//! read or write on the Thrift socket gives up after [`IO_TIMEOUT`] (then the call is retried on a
+//! new connection), after [`STOP_GRACE`] once the query is stopping.
+//!
+//! # Exactly-once effect under replays: cell timestamps
+//!
+//! A restarted query resumes from its newest checkpoint and writes the rows of the epochs after it
+//! again, cut into other micro-batches (so with other intermediate values). The sink makes that
+//! replay land on the cells the first run wrote. A cell's timestamp is `base + generation`:
+//!
+//! - `base` comes from the row: the `timestamp_column` (by default `window_end` when the output has
+//!   it), in ms; 0 when the output has no such column.
+//! - the *generation* `g` is the sink's: it starts at 0, goes up by one when a checkpoint publishes
+//!   deletes (below), and is stored in every checkpoint (and, as its highest value, in the table's
+//!   row [`GENERATION_ROW`], which sorts after every data row and which the lookup reader skips).
+//!
+//! **Upserts** go out at once: the row's non-NULL values at `base + g`. A later update of the row in
+//! the same generation, and the same row written again by a replay, replace those very cell versions
+//! (HBase keeps one version per timestamp: the last one written).
+//!
+//! **Deletes** — a retraction (`-D`, or a `-U` not followed by its `+U`) and a NULL where the cell
+//! may hold a value — cannot go out at once: an HBase delete marker at timestamp T hides every put at
+//! or below T, also puts written after it, until a major compaction. A marker at the timestamp the
+//! row's upserts use would hide its next upsert, and a marker written after the newest checkpoint
+//! would, after a crash, hide the puts of a replay that never learns of it. So deletes follow the
+//! checkpoint's two phases: `write` notes the row (its latest values); [`Sink::prepare`] returns
+//! the noted rows with `g`, which the checkpoint stores; [`Sink::publish`] (the checkpoint is
+//! durable) writes for each noted row a marker at `base + g` on every column and its non-NULL values
+//! again at `base + g + 1`, then moves to generation `g + 1`. [`Sink::recover`] does the same from
+//! the checkpoint (the same cells at the same timestamps: harmless if it was done). A row written
+//! in generation `g > 0` for the first time since the sink started or since `g` began gets a marker
+//! at `base + g − 1` first, hiding its older versions. A row whose latest change in the epoch is an
+//! upsert with every once-held value non-NULL needs no delete at all.
+//!
+//! **Guarantee.** Every cell holds one version (older ones are hidden by markers); every marker the
+//! sink writes is recorded in a checkpoint and sits below the timestamps the sink writes from then
+//! on, including a replay's. After a restart from checkpoint N the sink is in N's generation, so the
+//! replay rewrites the first run's cells in place, and once it has passed the point where the first
+//! run stopped, every row it wrote holds its final value (deleted rows and NULL cells absent), in
+//! one version. Deletes and NULLs show in HBase when their epoch's checkpoint completes (every
+//! commit interval), upserts at once. Not guaranteed:
+//!
+//! - while a replay catches up, a row may show an earlier value than it did before the crash: the
+//!   replay writes the same timestamps, and at equal timestamps HBase keeps the last write, not the
+//!   newest result (a lower timestamp for replayed values would need the row's progress, which the
+//!   sink does not see);
+//! - a row the first run wrote after the checkpoint that the replay never writes (its changes
+//!   cancelled out within a differently cut micro-batch) keeps what the first run wrote;
+//! - the row key must identify the row (include the window): a row key shared by several windows
+//!   keeps no history of them in versions, since markers hide older versions;
+//! - without a timestamp column cells carry timestamps `g` (near 1970): a family TTL then removes them
+//!   at once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
@@ -18,28 +71,116 @@ use datafusion::common::ScalarValue;
 use hbase_thrift::THbaseSyncClientExt;
 use hbase_thrift::hbase::{BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TScan};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
-use thrift::transport::{
-    ReadHalf, TBufferedReadTransport, TBufferedWriteTransport, TIoChannel, TTcpChannel, WriteHalf,
-};
+use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 
 use super::{Output, Sink, SinkMode};
 use crate::error::{Error, Result};
 use crate::sql::parser::{Options, SourceDef};
 
-type Client = HbaseSyncClient<
-    TBinaryInputProtocol<TBufferedReadTransport<ReadHalf<TTcpChannel>>>,
-    TBinaryOutputProtocol<TBufferedWriteTransport<WriteHalf<TTcpChannel>>>,
+/// Connecting to the Thrift server gives up after this long (then the sink retries).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One read or write on the Thrift socket gives up after this long without progress (a region in
+/// transition can hold a call for a while); the call is then retried on a new connection.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Once the query is stopping, a read or write in flight waits at most this long for HBase.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often a waiting read or write, or the backoff between retries, looks at the stop flag.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The row where the sink keeps the highest generation it published (column
+/// `column_family:generation`, the number as text, at cell timestamp = the number). A query
+/// starting from scratch over the table starts there, above the markers earlier runs left.
+pub const GENERATION_ROW: &[u8] = b"\xfffreshet:sink";
+
+pub type Client = HbaseSyncClient<
+    TBinaryInputProtocol<TBufferedReadTransport<Conn>>,
+    TBinaryOutputProtocol<TBufferedWriteTransport<Conn>>,
 >;
 
+/// One half of a Thrift connection: a TCP stream whose reads and writes wait in [`POLL`] steps, up
+/// to [`IO_TIMEOUT`], or [`STOP_GRACE`] once the stop flag is set.
+pub struct Conn {
+    stream: TcpStream,
+    stop: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn wait<T>(&mut self, mut op: impl FnMut(&mut TcpStream) -> io::Result<T>) -> io::Result<T> {
+        let started = Instant::now();
+        loop {
+            match op(&mut self.stream) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let waited = started.elapsed();
+                    if waited >= IO_TIMEOUT || (self.stop.load(Ordering::Relaxed) && waited >= STOP_GRACE) {
+                        return Err(io::Error::new(
+                            ErrorKind::TimedOut,
+                            format!("no answer for {:.1} s", waited.as_secs_f64()),
+                        ));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.wait(|s| s.read(buf))
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.wait(|s| s.write(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.wait(|s| s.flush())
+    }
+}
+
+/// A client of the Thrift server at `address` (for tools and tests; the sink has its own).
 pub fn connect(address: &str) -> Result<Client> {
-    let mut channel = TTcpChannel::new();
-    channel
-        .open(address)
-        .map_err(|e| Error::External(format!("hbase: connecting to thrift at {address}: {e}")))?;
-    let (i, o) = channel.split().map_err(|e| Error::External(format!("hbase: {e}")))?;
+    open_client(address, &Arc::new(AtomicBool::new(false)))
+}
+
+fn open_client(address: &str, stop: &Arc<AtomicBool>) -> Result<Client> {
+    let err = |e: &dyn std::fmt::Display| Error::External(format!("hbase: connecting to thrift at {address}: {e}"));
+    let mut last: Option<io::Error> = None;
+    let mut stream = None;
+    for a in address.to_socket_addrs().map_err(|e| err(&e))? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let stream = match (stream, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(err(&e)),
+        (None, None) => return Err(err(&"no address")),
+    };
+    let setup = |s: &TcpStream| -> io::Result<TcpStream> {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(POLL))?;
+        s.set_write_timeout(Some(POLL))?;
+        s.try_clone()
+    };
+    let other = setup(&stream).map_err(|e| err(&e))?;
+    let read = Conn {
+        stream,
+        stop: stop.clone(),
+    };
+    let write = Conn {
+        stream: other,
+        stop: stop.clone(),
+    };
     Ok(HbaseSyncClient::new(
-        TBinaryInputProtocol::new(TBufferedReadTransport::new(i), true),
-        TBinaryOutputProtocol::new(TBufferedWriteTransport::new(o), true),
+        TBinaryInputProtocol::new(TBufferedReadTransport::new(read), true),
+        TBinaryOutputProtocol::new(TBufferedWriteTransport::new(write), true),
     ))
 }
 
@@ -253,14 +394,84 @@ fn decode_value(bytes: &[u8], t: &DataType, f: ValueFormat) -> Result<ScalarValu
     Ok(ScalarValue::try_from_string(text(), t)?)
 }
 
+/// Rows the sink remembers within a generation: at most this many (then it forgets them all and
+/// treats the rows it meets again as new: one more marker each, never a wrong cell).
+const ROWS_CAP: usize = 200_000;
+
+/// A row whose latest change deletes cells (see the module doc), waiting for the checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+struct Noted {
+    base: i64,
+    /// The row's latest values, per value column (`None`: NULL, or the whole row retracted).
+    cells: Vec<Option<Vec<u8>>>,
+}
+
+/// The cell timestamp of generation `g` for a row with `base` (never HBase's "latest", i64::MAX).
+fn cell_ts(base: i64, g: u64) -> i64 {
+    base.saturating_add(i64::try_from(g).unwrap_or(i64::MAX))
+        .min(i64::MAX - 1)
+}
+
+fn put(column: &[u8], value: Vec<u8>) -> Mutation {
+    Mutation {
+        is_delete: Some(false),
+        column: Some(column.to_vec()),
+        value: Some(value),
+        write_to_w_a_l: Some(true),
+    }
+}
+
+fn delete(column: &[u8]) -> Mutation {
+    Mutation {
+        is_delete: Some(true),
+        column: Some(column.to_vec()),
+        value: Some(Vec::new()),
+        write_to_w_a_l: Some(true),
+    }
+}
+
+/// Bit `i` for value column `i`; columns past 64 have none (they always count as maybe holding a value).
+fn bit(i: usize) -> u64 {
+    if i < 64 { 1 << i } else { 0 }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 pub struct HBaseSink {
     opts: HBaseOptions,
     client: Option<Client>,
     key_idx: Vec<usize>,
     ts_idx: Option<usize>,
     columns: Vec<(usize, Vec<u8>)>,
-    pending: BTreeMap<i64, Vec<BatchMutation>>,
-    pending_rows: usize,
+    /// Mutations to send, by cell timestamp (one `mutateRowsTs` call per timestamp and chunk).
+    queued: BTreeMap<i64, Vec<BatchMutation>>,
+    /// The current generation (see the module doc).
+    generation: u64,
+    /// Whether this sink began the current generation itself (by publishing), so that nobody else
+    /// wrote in it and [`Self::rows`] knows exactly which cells hold a value.
+    fresh: bool,
+    /// Rows written in this generation whose older versions are hidden (by a marker at `base + g −
+    /// 1`, or by publishing), with a bit per value column written in this generation. Kept only when
+    /// `generation > 0` (at 0 there is nothing older to hide) or `fresh`.
+    rows: HashMap<Vec<u8>, u64>,
+    /// Rows whose latest change deletes cells, by row key: published with the next checkpoint.
+    noted: BTreeMap<Vec<u8>, Noted>,
+    /// What `recover` was given, applied before the first HBase write: the checkpoint's generation
+    /// and noted rows (a new sink starts as if from scratch).
+    resume: Option<(u64, BTreeMap<Vec<u8>, Noted>)>,
+    stop: Arc<AtomicBool>,
     pub retries: u64,
 }
 
@@ -293,8 +504,13 @@ impl HBaseSink {
             key_idx,
             ts_idx,
             columns,
-            pending: BTreeMap::new(),
-            pending_rows: 0,
+            queued: BTreeMap::new(),
+            generation: 0,
+            fresh: false,
+            rows: HashMap::new(),
+            noted: BTreeMap::new(),
+            resume: Some((0, BTreeMap::new())),
+            stop: Arc::new(AtomicBool::new(false)),
             retries: 0,
         };
         if sink.opts.create_table {
@@ -303,20 +519,25 @@ impl HBaseSink {
         Ok(sink)
     }
 
-    /// Run `f` with a connected client; on failure reconnect and retry with backoff until it works.
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Run `f` with a connected client; on failure reconnect and retry with backoff until it works,
+    /// or until the query is stopping (then the error is returned).
     fn with_retry<T>(&mut self, mut f: impl FnMut(&mut Client, &HBaseOptions) -> Result<T>) -> Result<T> {
         let mut backoff = Duration::from_millis(100);
         let mut since: Option<Instant> = None;
         loop {
             let attempt = match self.client.as_mut() {
                 Some(c) => f(c, &self.opts),
-                None => connect(&self.opts.thrift).and_then(|mut c| {
+                None => open_client(&self.opts.thrift, &self.stop).and_then(|mut c| {
                     let r = f(&mut c, &self.opts);
                     self.client = Some(c);
                     r
                 }),
             };
-            match attempt {
+            let e = match attempt {
                 Ok(v) => {
                     if let Some(t) = since {
                         eprintln!(
@@ -328,36 +549,286 @@ impl HBaseSink {
                     return Ok(v);
                 }
                 Err(Error::Plan(m)) => return Err(Error::Plan(m)),
-                Err(e) => {
-                    if since.is_none() {
-                        eprintln!("hbase: {e}; retrying (writes wait until HBase is back)");
-                        since = Some(Instant::now());
-                    }
-                    self.client = None;
-                    self.retries += 1;
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                Err(e) => e,
+            };
+            self.client = None;
+            let gave_up = |e: &Error| Error::External(format!("{e} (gave up: the query is stopping)"));
+            if self.stopping() {
+                return Err(gave_up(&e));
             }
+            if since.is_none() {
+                eprintln!("hbase: {e}; retrying (writes wait until HBase is back)");
+                since = Some(Instant::now());
+            }
+            self.retries += 1;
+            let until = Instant::now() + backoff;
+            while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                if self.stopping() {
+                    return Err(gave_up(&e));
+                }
+                std::thread::sleep(left.min(POLL));
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
+    fn queue(&mut self, ts: i64, row: &[u8], mutations: Vec<Mutation>) {
+        if mutations.is_empty() {
+            return;
+        }
+        self.queued.entry(ts).or_default().push(BatchMutation {
+            row: Some(row.to_vec()),
+            mutations: Some(mutations),
+        });
+    }
+
     fn flush(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_rows = 0;
-        for (ts, rows) in pending {
+        let queued = std::mem::take(&mut self.queued);
+        for (ts, rows) in queued {
             for chunk in rows.chunks(self.opts.batch_rows) {
                 self.with_retry(|c, o| {
-                    let r = if ts == i64::MIN {
-                        c.mutate_rows(o.table.clone().into_bytes(), chunk.to_vec(), BTreeMap::new())
-                    } else {
-                        c.mutate_rows_ts(o.table.clone().into_bytes(), chunk.to_vec(), ts, BTreeMap::new())
-                    };
-                    r.map_err(|e| hb(&format!("writing to table '{}'", o.table), e))
+                    c.mutate_rows_ts(o.table.clone().into_bytes(), chunk.to_vec(), ts, BTreeMap::new())
+                        .map_err(|e| hb(&format!("writing to table '{}'", o.table), e))
                 })?;
             }
         }
         Ok(())
+    }
+
+    fn generation_column(&self) -> Vec<u8> {
+        format!("{}:generation", self.opts.family).into_bytes()
+    }
+
+    /// The highest generation published to the table (0: none).
+    fn stored_generation(&mut self) -> Result<u64> {
+        let column = self.generation_column();
+        let rows = self.with_retry(|c, o| {
+            c.get_row_with_columns(
+                o.table.clone().into_bytes(),
+                GENERATION_ROW.to_vec(),
+                vec![column.clone()],
+                BTreeMap::new(),
+            )
+            .map_err(|e| hb(&format!("reading table '{}'", o.table), e))
+        })?;
+        let cell = rows
+            .into_iter()
+            .filter_map(|r| r.columns)
+            .find_map(|mut cols| cols.remove(&column));
+        Ok(cell
+            .and_then(|c| c.value)
+            .and_then(|v| String::from_utf8(v).ok()?.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Before the first write: take up the generation `recover` was given (or the table's, from
+    /// scratch) and publish the checkpoint's noted rows.
+    fn resume(&mut self) -> Result<()> {
+        let Some((generation, noted)) = self.resume.take() else {
+            return Ok(());
+        };
+        let stored = match self.stored_generation() {
+            Ok(g) => g,
+            Err(e) => {
+                self.resume = Some((generation, noted));
+                return Err(e);
+            }
+        };
+        self.generation = generation;
+        self.noted = noted;
+        if let Err(e) = self.publish_noted() {
+            self.resume = Some((generation, std::mem::take(&mut self.noted)));
+            return Err(e);
+        }
+        // Cells of this generation may hold what an earlier run wrote after the checkpoint (or
+        // before the table's newest generation, if a checkpoint was lost): nothing is known exactly.
+        self.generation = self.generation.max(stored);
+        self.fresh = false;
+        self.rows.clear();
+        Ok(())
+    }
+
+    /// Write the noted rows' deletes (a marker at `base + g` on every column, the non-NULL values
+    /// again at `base + g + 1`) and move to generation `g + 1`.
+    fn publish_noted(&mut self) -> Result<()> {
+        if self.noted.is_empty() {
+            return Ok(());
+        }
+        let g = self.generation;
+        let noted = std::mem::take(&mut self.noted);
+        let columns = std::mem::take(&mut self.columns);
+        for (key, n) in &noted {
+            self.queue(
+                cell_ts(n.base, g),
+                key,
+                columns.iter().map(|(_, c)| delete(c)).collect(),
+            );
+            let puts = columns
+                .iter()
+                .zip(&n.cells)
+                .filter_map(|((_, c), v)| Some(put(c, v.clone()?)))
+                .collect();
+            self.queue(cell_ts(n.base, g + 1), key, puts);
+        }
+        self.columns = columns;
+        let column = self.generation_column();
+        let next = g + 1;
+        self.queue(
+            cell_ts(0, next),
+            GENERATION_ROW,
+            vec![put(&column, next.to_string().into_bytes())],
+        );
+        if let Err(e) = self.flush() {
+            self.noted = noted;
+            return Err(e);
+        }
+        self.generation = next;
+        self.fresh = true;
+        self.rows = noted
+            .into_iter()
+            .map(|(key, n)| {
+                let held = n
+                    .cells
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(i, _)| bit(i));
+                (key, held.fold(0, |a, b| a | b))
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn base(&self, b: &RecordBatch, r: usize) -> Result<i64> {
+        let Some(i) = self.ts_idx else {
+            return Ok(0);
+        };
+        let ms = match ScalarValue::try_from_array(b.column(i), r)? {
+            ScalarValue::TimestampMillisecond(Some(t), _) | ScalarValue::Int64(Some(t)) => t,
+            ScalarValue::TimestampSecond(Some(t), _) => t.saturating_mul(1000),
+            ScalarValue::TimestampMicrosecond(Some(t), _) => t.div_euclid(1000),
+            ScalarValue::TimestampNanosecond(Some(t), _) => t.div_euclid(1_000_000),
+            _ => 0,
+        };
+        // HBase refuses negative timestamps.
+        Ok(ms.max(0))
+    }
+
+    /// Queue one write's upserts and note its deletes (nothing is sent).
+    fn stage(&mut self, out: &Output) -> Result<()> {
+        let b = &out.batch;
+        // A changelog applies by row key: within one write, the last change of a key wins (a `-U`
+        // followed by its `+U` is one upsert; a final `-D` deletes the row's cells).
+        let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        for r in 0..b.num_rows() {
+            let mut key = Vec::new();
+            for i in &self.key_idx {
+                encode_key(&mut key, &ScalarValue::try_from_array(b.column(*i), r)?)?;
+            }
+            if last.insert(key.clone(), r).is_none() {
+                order.push(key);
+            }
+        }
+        for key in order {
+            let r = last[&key];
+            let base = self.base(b, r)?;
+            let cells = if out.kind(r).is_add() {
+                self.columns
+                    .iter()
+                    .map(|(i, _)| {
+                        let v = ScalarValue::try_from_array(b.column(*i), r)?;
+                        Ok((!v.is_null()).then(|| encode_value(&v, self.opts.value_format)))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                vec![None; self.columns.len()]
+            };
+            self.stage_row(key, base, cells);
+        }
+        Ok(())
+    }
+
+    fn stage_row(&mut self, key: Vec<u8>, base: i64, cells: Vec<Option<Vec<u8>>>) {
+        let g = self.generation;
+        let known = self.rows.get(&key).copied();
+        if known.is_none() && g > 0 {
+            let hide = self.columns.iter().map(|(_, c)| delete(c)).collect();
+            self.queue(cell_ts(base, g - 1), &key, hide);
+        }
+        let mut held = known.unwrap_or(0);
+        let mut puts = Vec::new();
+        let mut deletes = false;
+        for (i, v) in cells.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    puts.push(put(&self.columns[i].1, v.clone()));
+                    held |= bit(i);
+                }
+                // Unless this sink knows the cell holds nothing in this generation, it must go.
+                None => deletes |= !self.fresh || i >= 64 || held & bit(i) != 0,
+            }
+        }
+        self.queue(cell_ts(base, g), &key, puts);
+        if g > 0 || self.fresh {
+            if known.is_none() && self.rows.len() >= ROWS_CAP {
+                self.rows.clear();
+                self.fresh = false;
+            }
+            self.rows.insert(key.clone(), held);
+        }
+        if deletes {
+            self.noted.insert(key, Noted { base, cells });
+        } else {
+            self.noted.remove(&key);
+        }
+    }
+
+    /// The checkpoint's part of this sink: the generation and the noted rows.
+    fn pending_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .noted
+            .iter()
+            .map(|(key, n)| {
+                serde_json::json!({
+                    "row": hex(key),
+                    "base": n.base,
+                    "cells": n.cells.iter().map(|c| c.as_deref().map(hex)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({"generation": self.generation, "deletes": rows})
+    }
+
+    fn parse_pending(&self, v: &serde_json::Value) -> Result<(u64, BTreeMap<Vec<u8>, Noted>)> {
+        let bad = |what: &str| Error::External(format!("hbase: the checkpoint's sink state: {what}"));
+        if v.is_null() {
+            return Ok((0, BTreeMap::new()));
+        }
+        let generation = v["generation"].as_u64().ok_or_else(|| bad("no generation"))?;
+        let mut noted = BTreeMap::new();
+        for r in v["deletes"].as_array().ok_or_else(|| bad("no deletes"))? {
+            let key = r["row"].as_str().and_then(unhex).ok_or_else(|| bad("a bad row key"))?;
+            let base = r["base"].as_i64().ok_or_else(|| bad("a bad base"))?;
+            let cells = r["cells"]
+                .as_array()
+                .ok_or_else(|| bad("no cells"))?
+                .iter()
+                .map(|c| match c {
+                    serde_json::Value::Null => Ok(None),
+                    c => c.as_str().and_then(unhex).map(Some).ok_or_else(|| bad("a bad cell")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if cells.len() != self.columns.len() {
+                return Err(bad(&format!(
+                    "{} cells in a row, the query writes {}",
+                    cells.len(),
+                    self.columns.len()
+                )));
+            }
+            noted.insert(key, Noted { base, cells });
+        }
+        Ok((generation, noted))
     }
 }
 
@@ -388,57 +859,46 @@ impl Sink for HBaseSink {
     }
 
     fn write(&mut self, out: &Output) -> Result<()> {
-        let b = &out.batch;
-        // A changelog applies by row key: within one write, the last change of a key wins (a `-U`
-        // followed by its `+U` is one put; a final `-D` deletes the row's cells).
-        let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
-        let mut order: Vec<Vec<u8>> = Vec::new();
-        for r in 0..b.num_rows() {
-            let mut key = Vec::new();
-            for i in &self.key_idx {
-                encode_key(&mut key, &ScalarValue::try_from_array(b.column(*i), r)?)?;
-            }
-            if last.insert(key.clone(), r).is_none() {
-                order.push(key);
-            }
-        }
-        for key in order {
-            let r = last[&key];
-            let delete = !out.kind(r).is_add();
-            let ts = match self.ts_idx {
-                Some(i) => match ScalarValue::try_from_array(b.column(i), r)? {
-                    ScalarValue::TimestampMillisecond(Some(t), _) | ScalarValue::Int64(Some(t)) => t,
-                    _ => i64::MIN,
-                },
-                None => i64::MIN,
-            };
-            let mut mutations = Vec::with_capacity(self.columns.len());
-            for (i, col) in &self.columns {
-                let v = ScalarValue::try_from_array(b.column(*i), r)?;
-                let is_delete = delete || v.is_null();
-                mutations.push(Mutation {
-                    is_delete: Some(is_delete),
-                    column: Some(col.clone()),
-                    value: Some(if is_delete {
-                        Vec::new()
-                    } else {
-                        encode_value(&v, self.opts.value_format)
-                    }),
-                    write_to_w_a_l: Some(true),
-                });
-            }
-            self.pending.entry(ts).or_default().push(BatchMutation {
-                row: Some(key),
-                mutations: Some(mutations),
-            });
-            self.pending_rows += 1;
-        }
+        self.resume()?;
+        self.stage(out)?;
         // Each write is one micro-batch's changes: send them now, for latency.
         self.flush()
     }
 
+    /// Without checkpoints: send everything and publish the noted deletes at once.
     fn commit(&mut self) -> Result<()> {
-        self.flush()
+        self.resume()?;
+        self.flush()?;
+        self.publish_noted()
+    }
+
+    fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {
+        self.resume()?;
+        self.flush()?;
+        Ok(self.pending_json())
+    }
+
+    fn publish(&mut self, _epoch: u64) -> Result<()> {
+        self.resume()?;
+        self.publish_noted()
+    }
+
+    fn recover(&mut self, epoch: Option<u64>, pending: &serde_json::Value) -> Result<()> {
+        let resume = match epoch {
+            Some(_) => self.parse_pending(pending)?,
+            None => (0, BTreeMap::new()),
+        };
+        self.queued.clear();
+        self.noted.clear();
+        self.rows.clear();
+        self.fresh = false;
+        self.generation = 0;
+        self.resume = Some(resume);
+        Ok(())
+    }
+
+    fn interrupt_handle(&self) -> Option<Arc<AtomicBool>> {
+        Some(self.stop.clone())
     }
 }
 
@@ -501,6 +961,10 @@ pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
         }
         for r in got {
             let key = r.row.unwrap_or_default();
+            // The sink's own row (GENERATION_ROW), after every data row: not data.
+            if key.first() == Some(&0xFF) {
+                continue;
+            }
             let mut keys = BTreeMap::new();
             let mut at = 0;
             for (name, t) in opts.row_key.iter().zip(&key_types) {
@@ -605,5 +1069,177 @@ mod tests {
             at += used;
         }
         assert_eq!(at, k.len());
+    }
+}
+
+#[cfg(test)]
+mod staging_tests {
+    use datafusion::arrow::array::{Int8Array, Int64Array, StringArray, TimestampMillisecondArray};
+
+    use super::*;
+    use crate::operator::RowKind;
+
+    const END: i64 = 60_000;
+
+    fn sink() -> HBaseSink {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let o = Options(BTreeMap::from(
+            [
+                ("connector", "hbase"),
+                ("table", "t"),
+                ("row_key", "k"),
+                ("thrift", "127.0.0.1:1"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        ));
+        let mut s = HBaseSink::open(&o, schema).expect("open");
+        s.resume = None;
+        s
+    }
+
+    fn out(s: &HBaseSink, rows: &[(RowKind, i64, Option<i64>, Option<&str>)]) -> Output {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        assert_eq!(s.columns.len(), 3, "window_end, a, b are cells");
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| END))),
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2))),
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3))),
+            ],
+        )
+        .expect("batch");
+        Output {
+            batch,
+            kinds: Some(Int8Array::from_iter_values(rows.iter().map(|r| r.0 as i8))),
+            key: None,
+        }
+    }
+
+    /// What is queued, as (timestamp, row's k, puts (column names), deletes (column names)).
+    fn taken(s: &mut HBaseSink) -> Vec<(i64, i64, Vec<String>, Vec<String>)> {
+        let mut got = Vec::new();
+        for (ts, rows) in std::mem::take(&mut s.queued) {
+            for r in rows {
+                let key = r.row.expect("row");
+                let (k, _) = decode_key(&key, &DataType::Int64).expect("key");
+                let ScalarValue::Int64(Some(k)) = k else {
+                    panic!("{k:?}")
+                };
+                let (mut puts, mut dels) = (Vec::new(), Vec::new());
+                for m in r.mutations.expect("mutations") {
+                    let col = String::from_utf8(m.column.expect("column")).expect("utf8");
+                    let col = col.trim_start_matches("v:").to_string();
+                    if m.is_delete == Some(true) {
+                        dels.push(col);
+                    } else {
+                        puts.push(col);
+                    }
+                }
+                got.push((ts, k, puts, dels));
+            }
+        }
+        got
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn upserts_go_out_at_the_base_and_deletes_wait_for_the_checkpoint() {
+        use RowKind::*;
+        let mut s = sink();
+        s.stage(&out(&s, &[(Insert, 1, Some(1), Some("x")), (Insert, 2, Some(5), None)]))
+            .expect("stage");
+        assert_eq!(
+            taken(&mut s),
+            vec![
+                (END, 1, names(&["window_end", "a", "b"]), vec![]),
+                (END, 2, names(&["window_end", "a"]), vec![]),
+            ]
+        );
+        // Row 2's b may hold a value an earlier run wrote: noted, not deleted now.
+        assert_eq!(s.noted.keys().count(), 1);
+        // A -U then its +U is one upsert; a NULL is noted; a -D is noted with every cell gone.
+        s.stage(&out(
+            &s,
+            &[
+                (UpdateBefore, 1, Some(1), Some("x")),
+                (UpdateAfter, 1, None, Some("y")),
+                (Delete, 2, Some(5), None),
+            ],
+        ))
+        .expect("stage");
+        assert_eq!(taken(&mut s), vec![(END, 1, names(&["window_end", "b"]), vec![])]);
+        assert_eq!(s.noted.len(), 2);
+        assert!(s.noted.values().any(|n| n.cells.iter().all(Option::is_none)));
+        // The row back with every value: nothing left to delete for it.
+        s.stage(&out(&s, &[(Insert, 2, Some(6), Some("z"))])).expect("stage");
+        assert_eq!(s.noted.len(), 1);
+        let json = s.pending_json();
+        assert_eq!(json["generation"], 0);
+        let (g, noted) = s.parse_pending(&json).expect("parses");
+        assert_eq!((g, &noted), (0, &s.noted), "the checkpoint's part round-trips");
+        assert_eq!(
+            s.parse_pending(&serde_json::Value::Null).expect("parses"),
+            (0, BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn a_row_first_met_in_a_later_generation_hides_its_older_versions_once() {
+        use RowKind::*;
+        let mut s = sink();
+        s.generation = 3;
+        s.stage(&out(&s, &[(Insert, 1, Some(1), Some("x"))])).expect("stage");
+        s.stage(&out(&s, &[(UpdateAfter, 1, Some(2), Some("x"))]))
+            .expect("stage");
+        assert_eq!(
+            taken(&mut s),
+            vec![
+                (END + 2, 1, vec![], names(&["window_end", "a", "b"])),
+                (END + 3, 1, names(&["window_end", "a", "b"]), vec![]),
+                (END + 3, 1, names(&["window_end", "a", "b"]), vec![]),
+            ]
+        );
+        assert!(s.noted.is_empty());
+    }
+
+    #[test]
+    fn in_a_generation_it_began_the_sink_deletes_only_cells_it_wrote() {
+        use RowKind::*;
+        let mut s = sink();
+        s.generation = 1;
+        s.fresh = true;
+        // First met: older versions hidden, so a NULL b needs no delete.
+        s.stage(&out(&s, &[(Insert, 1, Some(1), None)])).expect("stage");
+        assert!(s.noted.is_empty());
+        // a was written in this generation: its NULL must be deleted.
+        s.stage(&out(&s, &[(UpdateAfter, 1, None, None)])).expect("stage");
+        assert_eq!(s.noted.len(), 1);
+        // A row met only to be retracted holds nothing: no delete.
+        s.stage(&out(&s, &[(Delete, 7, None, None)])).expect("stage");
+        assert_eq!(s.noted.len(), 1);
+        assert_eq!(
+            taken(&mut s)
+                .iter()
+                .filter(|t| !t.3.is_empty())
+                .map(|t| (t.0, t.1))
+                .collect::<Vec<_>>(),
+            vec![(END, 1), (END, 7)],
+            "each row's older versions hidden once, at base + g - 1"
+        );
     }
 }

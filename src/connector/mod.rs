@@ -14,6 +14,7 @@ pub mod testing;
 pub use prefetch::Prefetch;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use datafusion::arrow::array::{ArrayRef, Int8Array, StringArray};
 use datafusion::arrow::compute::cast;
@@ -201,6 +202,14 @@ pub trait Sink: Send {
     /// Take back what [`Sink::snapshot`] wrote (at start, after `recover`, before any write).
     fn restore(&mut self, _state: crate::operator::state::OpState) -> Result<()> {
         Err(Error::plan("this sink keeps no state to restore"))
+    }
+    /// A flag for the engine to set, from any thread, once the query is asked to stop: a sink
+    /// blocked retrying a service that does not answer (HBase through an outage) then gives up with
+    /// an error instead of waiting for it forever. While the service answers the sink keeps
+    /// writing, so the stop's last commit still goes out. Take it right after opening the sink.
+    /// `None` (the default): the sink never blocks for long.
+    fn interrupt_handle(&self) -> Option<Arc<AtomicBool>> {
+        None
     }
 }
 
