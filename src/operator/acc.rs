@@ -692,7 +692,10 @@ where
 }
 
 /// Read what [`multiset_columns`] wrote: per row, (value bytes, count) pairs.
-fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Vec<Vec<(Box<[u8]>, i64)>>> {
+/// (value bytes, count) pairs of one group.
+type Counted = Vec<(Box<[u8]>, i64)>;
+
+fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Vec<Counted>> {
     let values = cols.list("values")?;
     let counts = cols.list("counts")?;
     if values.value_offsets() != counts.value_offsets() {

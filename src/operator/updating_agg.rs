@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int8Array, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, DurationMicrosecondArray, Int8Array, Int64Array, RecordBatch};
 use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -19,6 +19,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
 use super::groups::GroupTable;
+use super::state::{self, OpState, keyed_table, plain_table};
 use super::{ChangeBatch, Context, Operator, RowKind, batch_of, conformed_batch};
 use crate::error::{Error, Result};
 
@@ -223,6 +224,81 @@ impl Operator for UpdatingAgg {
     fn state_size(&self) -> usize {
         self.table.len()
     }
+
+    /// Tables: `updating_agg` (one row: `wm`, `last_sweep_age`) and `groups` (keyed: per group,
+    /// `changed_age`, then the aggregate state, see [`Aggregates::state_columns`]). The values a
+    /// group emitted last (what a `-U` retracts) are its aggregates' values, so they need no column
+    /// of their own.
+    ///
+    /// State TTL runs in processing time (`Instant`s, which mean nothing in another process): a
+    /// group's last change and the last sweep are written as ages (how long before the snapshot),
+    /// and restored as that long before the restore. Time the query spent stopped does not count
+    /// toward a TTL.
+    fn snapshot(&self) -> Result<OpState> {
+        let now = std::time::Instant::now();
+        let age = |t: &std::time::Instant| now.saturating_duration_since(*t).as_micros() as i64;
+        let mut st = OpState::new();
+        st.put(
+            "updating_agg",
+            plain_table(vec![
+                ("wm", Arc::new(Int64Array::from(vec![self.wm])) as ArrayRef),
+                (
+                    "last_sweep_age",
+                    Arc::new(DurationMicrosecondArray::from(vec![age(&self.last_sweep)])),
+                ),
+            ])?,
+        );
+        let (gids, keys) = self.table.snapshot();
+        // NULL: no change time kept (without a TTL).
+        let changed = DurationMicrosecondArray::from_iter(gids.iter().map(|g| self.changed.get(*g as usize).map(age)));
+        let aggs = self.aggs.state_columns(&gids)?;
+        let mut cols: Vec<(&str, ArrayRef)> = vec![("changed_age", Arc::new(changed))];
+        cols.extend(aggs.iter().map(|(n, a)| (n.as_str(), a.clone())));
+        st.put("groups", keyed_table(keys, cols)?);
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut st: OpState) -> Result<()> {
+        let meta = st.take("updating_agg")?;
+        if meta.num_rows() != 1 {
+            return Err(Error::Internal(format!(
+                "state table 'updating_agg' has {} rows, not 1",
+                meta.num_rows()
+            )));
+        }
+        let wm = state::column::<Int64Array>(&meta, "wm")?;
+        let sweep = state::column::<DurationMicrosecondArray>(&meta, "last_sweep_age")?;
+        if wm.is_null(0) || sweep.is_null(0) {
+            return Err(Error::Internal("state table 'updating_agg' has NULLs".into()));
+        }
+        let groups = st.take("groups")?;
+        let changed = state::column::<DurationMicrosecondArray>(&groups, "changed_age")?;
+        let mut table = GroupTable::new(&self.cfg.key_types)?;
+        let gids = table.restore(state::keys(&groups)?)?;
+        let mut aggs = Aggregates::new(&self.cfg.calls, self.cfg.retracting)?;
+        aggs.restore_columns(&gids, &groups)?;
+        let now = std::time::Instant::now();
+        let ago = |us: i64| {
+            now.checked_sub(std::time::Duration::from_micros(us.max(0) as u64))
+                .unwrap_or(now)
+        };
+        let mut times = Vec::new();
+        if self.cfg.state_ttl.is_some() {
+            // A group without a change time (a state written without a TTL) starts its TTL now.
+            times = vec![now; table.capacity()];
+            for (i, g) in gids.iter().enumerate() {
+                if changed.is_valid(i) {
+                    times[*g as usize] = ago(changed.value(i));
+                }
+            }
+        }
+        self.table = table;
+        self.aggs = aggs;
+        self.changed = times;
+        self.last_sweep = ago(sweep.value(0));
+        self.wm = wm.value(0);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -332,5 +408,226 @@ mod tests {
         let out = op.process(0, ChangeBatch::append(b, 0), &mut cx).expect("p");
         assert_eq!(out[0].kind(0), RowKind::Insert, "the key starts afresh");
         assert_eq!(out[0].batch.column(1).as_primitive::<Int64Type>().value(0), 2);
+    }
+
+    use crate::operator::acc::testing::{all_calls, fields, generic, native_calls, rows as xrows};
+    use crate::operator::state::testing::{Step, assert_restores_identically};
+
+    /// `GROUP BY k` (or, with `keyed` false, no key) over `k, t, x` with `calls`.
+    fn op_with(keyed: bool, calls: Vec<AggCall>, retracting: bool, ttl: Option<std::time::Duration>) -> UpdatingAgg {
+        let s = crate::operator::acc::testing::schema();
+        let mut out = if keyed {
+            vec![Field::new("k", DataType::Utf8, false)]
+        } else {
+            vec![]
+        };
+        out.extend(fields(&calls));
+        UpdatingAgg::new(Config {
+            keys: if keyed { vec![col("k", &s).expect("k")] } else { vec![] },
+            key_names: if keyed { vec!["k".into()] } else { vec![] },
+            key_types: if keyed { vec![DataType::Utf8] } else { vec![] },
+            calls: calls.into(),
+            schema: Arc::new(Schema::new(out)),
+            retracting,
+            state_ttl: ttl,
+        })
+        .expect("op")
+    }
+
+    /// Changes `(kind, k, x)`.
+    fn changes(rows: &[(RowKind, &str, Option<i64>)]) -> Step {
+        let keys: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        let xs: Vec<Option<i64>> = rows.iter().map(|r| r.2).collect();
+        let b = xrows(&keys, &vec![0; rows.len()], &xs, &vec![0; rows.len()]);
+        Step::Rows(0, ChangeBatch::changes(b.batch, rows.iter().map(|r| r.0).collect(), 0))
+    }
+
+    fn restores_at_every_split(make: impl Fn() -> UpdatingAgg, steps: &[Step]) -> usize {
+        (0..=steps.len())
+            .map(|split| assert_restores_identically(|| Box::new(make()), steps, split))
+            .sum()
+    }
+
+    use RowKind::{Delete as D, Insert as I, UpdateAfter as UA, UpdateBefore as UB};
+
+    fn changelog_steps() -> Vec<Step> {
+        vec![
+            changes(&[
+                (I, "a", Some(1)),
+                (I, "b", Some(2)),
+                (I, "a", Some(3)),
+                (I, "a", Some(3)),
+            ]),
+            changes(&[(D, "b", Some(2)), (UB, "a", Some(3)), (UA, "a", Some(5))]),
+            // Net nothing for a: no output.
+            changes(&[(D, "a", Some(1)), (I, "a", Some(1))]),
+            Step::Advance(1_000),
+            // a's MIN and MAX fall back on what is left; c comes and b returns.
+            changes(&[(I, "c", Some(7)), (D, "a", Some(1)), (D, "a", Some(5)), (I, "b", None)]),
+            // a's last row goes: -D; a NULL joins c.
+            changes(&[
+                (D, "a", Some(3)),
+                (UB, "c", Some(7)),
+                (UA, "c", None),
+                (I, "c", Some(7)),
+            ]),
+            changes(&[(I, "a", Some(4)), (I, "b", Some(4)), (I, "b", Some(4)), (D, "c", None)]),
+            Step::Advance(2_000),
+        ]
+    }
+
+    #[test]
+    fn a_changelog_aggregate_restores_its_retractions() {
+        let n = restores_at_every_split(|| op_with(true, all_calls(), true, None), &changelog_steps());
+        assert!(n > 0);
+    }
+
+    #[test]
+    fn an_aggregate_without_keys_restores() {
+        restores_at_every_split(|| op_with(false, all_calls(), true, None), &changelog_steps());
+    }
+
+    #[test]
+    fn an_append_only_aggregate_restores() {
+        let mut calls = native_calls();
+        calls.push(generic("stddev", DataType::Float64));
+        let steps = vec![
+            Step::Rows(
+                0,
+                xrows(&["a", "b", "a"], &[0; 3], &[Some(1), Some(2), Some(3)], &[0; 3]),
+            ),
+            Step::Rows(0, xrows(&["a", "b"], &[0; 2], &[Some(5), None], &[0; 2])),
+            Step::Advance(10),
+            Step::Rows(
+                0,
+                xrows(&["c", "a", "a"], &[0; 3], &[Some(9), Some(7), Some(7)], &[10; 3]),
+            ),
+        ];
+        restores_at_every_split(|| op_with(true, calls.clone(), false, None), &steps);
+    }
+
+    #[test]
+    fn a_state_ttl_restores() {
+        let steps = vec![
+            Step::Rows(
+                0,
+                xrows(&["a", "a", "b"], &[0; 3], &[Some(1), Some(2), Some(3)], &[0; 3]),
+            ),
+            Step::Advance(0),
+            Step::Rows(0, xrows(&["a"], &[0], &[Some(4)], &[0])),
+            Step::Rows(0, xrows(&["a", "b"], &[0; 2], &[Some(5), Some(6)], &[0; 2])),
+            Step::Advance(1),
+        ];
+        for ttl in [std::time::Duration::ZERO, std::time::Duration::from_secs(3_600)] {
+            restores_at_every_split(|| op_with(true, native_calls(), false, Some(ttl)), &steps);
+        }
+    }
+
+    /// `st` with column `col` of table `table` replaced by `with`.
+    fn replace_column(st: &OpState, table: &str, col: &str, with: ArrayRef) -> OpState {
+        let mut out = OpState::new();
+        for (n, t) in &st.tables {
+            if n != table {
+                out.put(n, t.clone());
+                continue;
+            }
+            let i = t.schema().index_of(col).expect("column");
+            let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[i] = Field::new(col, with.data_type().clone(), true);
+            let mut cols = t.columns().to_vec();
+            cols[i] = with.clone();
+            out.put(
+                n,
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("table"),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn group_ages_carry_the_ttl_across_a_restore() {
+        let ttl = std::time::Duration::from_secs(3_600);
+        let mut op = op_with(true, native_calls(), false, Some(ttl));
+        let mut cx = Context::default();
+        op.process(0, xrows(&["a", "b"], &[0, 0], &[Some(1), Some(2)], &[0, 0]), &mut cx)
+            .expect("p");
+        let st = op.snapshot().expect("snapshot");
+        let groups = &st.tables[1].1;
+        let ages = state::column::<DurationMicrosecondArray>(groups, "changed_age").expect("ages");
+        assert!(ages.values().iter().all(|a| (0..60_000_000).contains(a)), "{ages:?}");
+        // Restored as last changed 2 h ago (a) and now (b), swept 2 h ago: a sweep forgets a.
+        let old = 2 * 3_600 * 1_000_000;
+        let st = replace_column(
+            &st,
+            "groups",
+            "changed_age",
+            Arc::new(DurationMicrosecondArray::from(vec![old, 0])),
+        );
+        let st = replace_column(
+            &st,
+            "updating_agg",
+            "last_sweep_age",
+            Arc::new(DurationMicrosecondArray::from(vec![old])),
+        );
+        let mut restored = op_with(true, native_calls(), false, Some(ttl));
+        restored.restore(st).expect("restore");
+        assert_eq!(restored.state_size(), 2);
+        restored.advance(0, &mut cx).expect("advance");
+        assert_eq!(restored.state_size(), 1, "a is forgotten, b kept");
+        let out = restored
+            .process(0, xrows(&["a", "b"], &[0, 0], &[Some(1), Some(1)], &[0, 0]), &mut cx)
+            .expect("p");
+        let kinds: Vec<RowKind> = (0..out[0].num_rows()).map(|i| out[0].kind(i)).collect();
+        assert_eq!(
+            kinds,
+            vec![RowKind::Insert, RowKind::UpdateBefore, RowKind::UpdateAfter]
+        );
+    }
+
+    #[test]
+    fn a_corrupted_state_is_refused() {
+        let make = || op_with(true, all_calls(), true, None);
+        let mut op = make();
+        let mut cx = Context::default();
+        for s in &changelog_steps()[..2] {
+            if let Step::Rows(_, b) = s {
+                op.process(0, b.clone(), &mut cx).expect("p");
+            }
+        }
+        let st = op.snapshot().expect("snapshot");
+        let names: Vec<&str> = st.tables.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["updating_agg", "groups"]);
+        for t in names {
+            let mut missing = st.clone();
+            missing.tables.retain(|(n, _)| n != t);
+            let err = make().restore(missing).expect_err("missing table");
+            assert!(err.to_string().contains(t), "{err}");
+        }
+        let n = st.tables[1].1.num_rows();
+        assert_eq!(n, 1, "a (b was deleted)");
+        let strings = |n: usize| Arc::new(StringArray::from(vec!["x"; n])) as ArrayRef;
+        for (table, col, n) in [
+            ("updating_agg", "wm", 1),
+            ("updating_agg", "last_sweep_age", 1),
+            ("groups", "key", n),
+            ("groups", "changed_age", n),
+            ("groups", "rows", n),
+            ("groups", "a3_n", n),
+            ("groups", "a5_best", n),
+            ("groups", "a5_counts", n),
+            ("groups", "a7_present", n),
+        ] {
+            let err = make()
+                .restore(replace_column(&st, table, col, strings(n)))
+                .expect_err(col);
+            assert!(err.to_string().contains(col), "{col}: {err}");
+        }
+        let mut missing_col = st.clone();
+        let t = &mut missing_col.tables[1].1;
+        let i = t.schema().index_of("a2_sum").expect("a2_sum");
+        t.remove_column(i);
+        let err = make().restore(missing_col).expect_err("missing column");
+        assert!(err.to_string().contains("a2_sum"), "{err}");
+        make().restore(st).expect("the state as written restores");
     }
 }
