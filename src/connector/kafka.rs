@@ -42,7 +42,6 @@ const SOURCE_KEYS: &[&str] = &[
     "bounded",
     "idle_timeout_ms",
 ];
-const SINK_KEYS: &[&str] = &["connector", "bootstrap_servers", "topic", "key", "format"];
 
 fn check_keys(o: &Options, what: &str, valid: &[&str]) -> Result<Vec<(String, String)>> {
     let mut props = Vec::new();
@@ -649,35 +648,553 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
     Ok(())
 }
 
-pub struct KafkaSink {
-    producer: BaseProducer<DeliveryErrors>,
-    topic: String,
-    key_cols: Vec<usize>,
+// ---------------------------------------------------------------------------------------------- sink
+//
+// Exactly-once (`'sink.delivery-guarantee' = 'exactly-once'`, the default) follows the engine's
+// two-phase epochs (see `Sink` in `connector/mod.rs`):
+//
+// * One transactional producer per sink, with a stable `transactional.id` (`properties.transactional.id`,
+//   else `freshet-sink-<topic>`). `recover` calls `init_transactions`, which fences a producer of an
+//   earlier run still alive (a zombie) and aborts the transaction it left open.
+// * `write` begins a transaction before the first row after a commit; every transaction gets a number
+//   (`txn`, increasing per `transactional.id`, never reused).
+// * `prepare(epoch)` waits until every record is acknowledged (delivery failures fail the query) and
+//   adds to the transaction an offset commit for the consumer group `freshet-commits.<transactional.id>`:
+//   offset `txn` on partition 0 of the topic. Kafka commits that offset atomically with the records,
+//   so after a restart the group's committed offset says which transaction committed last: a marker
+//   that cannot disagree with the data. The transaction is NOT committed; the checkpoint stores its
+//   number and where its records landed (partition → offset ranges, from the delivery reports).
+// * `publish(epoch)` commits the transaction.
+//
+// The crash window between the checkpoint and `commit_transaction`: librdkafka cannot commit a
+// transaction of an earlier producer instance (Flink's "resumeTransaction" sets the producer id and epoch
+// by reflection into the Java client; KIP-939's keepPreparedTxn is neither in librdkafka 2.12 nor enabled
+// in brokers by default), and the restarted `init_transactions` aborts it. The engine resumes after
+// the epoch's input, so it cannot produce the rows again. So `recover(k, pending)` reads the marker: if
+// the checkpoint's transaction is not committed, its records — aborted, but still in the log — are
+// read back with `isolation.level = read_uncommitted` at the offsets the checkpoint holds and written
+// again in a new transaction that carries the same marker, then committed. A crash during that is
+// recovered the same way (the marker still says "not committed"); after it, the marker says
+// "committed" and nothing is written twice. This is what Arroyo's issue #224 / PR #218 describe as
+// the workable approach for librdkafka ("replay the data by reading the uncommitted records off of
+// kafka into a new commit"), with the marker answering "did it commit?".
+
+/// `'sink.delivery-guarantee'`, as Flink names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryGuarantee {
+    /// Transactions committed with the engine's checkpoints (the default).
+    ExactlyOnce,
+    /// An idempotent producer flushed at every commit; a restart may write rows again.
+    AtLeastOnce,
+}
+
+const SINK_KEYS: &[&str] = &[
+    "connector",
+    "bootstrap_servers",
+    "topic",
+    "key",
+    "format",
+    "sink.delivery-guarantee",
+];
+
+/// How long a transactional call (init, commit, abort, offsets) may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The consumer group whose committed offset on partition 0 of the topic is the number of the last
+/// transaction committed under `transactional_id`.
+pub fn commit_marker_group(transactional_id: &str) -> String {
+    format!("freshet-commits.{transactional_id}")
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSinkOptions {
+    pub brokers: String,
+    pub topic: String,
+    pub key: Vec<String>,
     /// Each row with its kind in an `op` field (`format = 'changelog'`).
-    changelog: bool,
+    pub changelog: bool,
     /// Debezium-style JSON (`format = 'debezium-json'`).
-    debezium: bool,
+    pub debezium: bool,
+    pub guarantee: DeliveryGuarantee,
+    /// Exactly-once: the producer's `transactional.id` (`properties.transactional.id`, else
+    /// `freshet-sink-<topic>`).
+    pub transactional_id: Option<String>,
+    /// `properties.<librdkafka key>` but `transactional.id`.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSinkOptions {
+    pub fn parse(o: &Options) -> Result<Self> {
+        let mut properties = check_keys(o, "connector 'kafka' (sink)", SINK_KEYS)?;
+        let brokers = o.required("bootstrap_servers", "connector 'kafka'")?.to_string();
+        let topic = o.required("topic", "connector 'kafka'")?.to_string();
+        super::json_only(o)?;
+        let guarantee = match o.get("sink.delivery-guarantee").unwrap_or("exactly-once") {
+            "exactly-once" => DeliveryGuarantee::ExactlyOnce,
+            "at-least-once" => DeliveryGuarantee::AtLeastOnce,
+            other => {
+                return Err(Error::option(
+                    "sink.delivery-guarantee",
+                    format!("'{other}'; valid: exactly-once, at-least-once"),
+                ));
+            }
+        };
+        let given = properties
+            .iter()
+            .position(|(k, _)| k == "transactional.id")
+            .map(|i| properties.remove(i).1);
+        let transactional_id = match guarantee {
+            DeliveryGuarantee::ExactlyOnce => {
+                let id = given.unwrap_or_else(|| format!("freshet-sink-{topic}"));
+                if id.is_empty() {
+                    return Err(Error::option("properties.transactional.id", "must not be empty"));
+                }
+                Some(id)
+            }
+            DeliveryGuarantee::AtLeastOnce if given.is_some() => {
+                return Err(Error::option(
+                    "properties.transactional.id",
+                    "only with 'sink.delivery-guarantee' = 'exactly-once'",
+                ));
+            }
+            DeliveryGuarantee::AtLeastOnce => None,
+        };
+        Ok(KafkaSinkOptions {
+            brokers,
+            topic,
+            key: o
+                .get("key")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect(),
+            changelog: o.get("format") == Some("changelog"),
+            debezium: o.get("format") == Some("debezium-json"),
+            guarantee,
+            transactional_id,
+            properties,
+        })
+    }
+}
+
+/// Offset ranges `[start, end)` per partition.
+type Ranges = BTreeMap<i32, Vec<(i64, i64)>>;
+
+fn add_offset(r: &mut Ranges, partition: i32, offset: i64) {
+    let v = r.entry(partition).or_default();
+    match v.last_mut() {
+        Some(last) if last.1 == offset => last.1 = offset + 1,
+        _ => v.push((offset, offset + 1)),
+    }
+}
+
+/// `from` added to `into`, each partition's ranges sorted and merged.
+fn merge_ranges(into: &mut Ranges, from: Ranges) {
+    for (p, mut v) in from {
+        let all = into.entry(p).or_default();
+        all.append(&mut v);
+        all.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(all.len());
+        for &(s, e) in all.iter() {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *all = merged;
+    }
+}
+
+fn count_ranges(r: &Ranges) -> u64 {
+    r.values().flatten().map(|(s, e)| (e - s) as u64).sum()
+}
+
+/// Delivery reports of a sink's producer: the failures, and where each delivered record landed
+/// (exactly-once recovery reads a transaction's records back from there).
+#[derive(Default)]
+pub struct SinkDeliveries {
+    errors: std::sync::Mutex<Vec<String>>,
+    landed: std::sync::Mutex<Ranges>,
+    track: bool,
+}
+
+impl ClientContext for SinkDeliveries {}
+
+impl ProducerContext for SinkDeliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) if self.track => {
+                let mut l = self.landed.lock().unwrap_or_else(|p| p.into_inner());
+                add_offset(&mut l, m.partition(), m.offset());
+            }
+            Ok(_) => {}
+            Err((e, _)) => self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.to_string()),
+        }
+    }
+}
+
+type SinkProducer = BaseProducer<SinkDeliveries>;
+
+/// A producer as [`producer`] makes one; transactional when `transactional_id` is given.
+fn sink_producer(o: &KafkaSinkOptions, transactional_id: Option<&str>) -> Result<SinkProducer> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &o.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000");
+    if let Some(id) = transactional_id {
+        cfg.set("transactional.id", id);
+    }
+    for (k, v) in &o.properties {
+        cfg.set(k, v);
+    }
+    cfg.create_with_context(SinkDeliveries {
+        track: transactional_id.is_some(),
+        ..SinkDeliveries::default()
+    })
+    .map_err(|e| kafka_err("creating the producer", e))
+}
+
+/// A consumer for the sink's own bookkeeping (the commit marker, reading records back).
+fn sink_consumer(o: &KafkaSinkOptions, group: &str, isolation: &str) -> Result<BaseConsumer> {
+    let mut cfg = ClientConfig::new();
+    // The user's properties carry security settings the consumer needs too; producer-only keys
+    // are ignored by librdkafka (with a log line).
+    for (k, v) in &o.properties {
+        cfg.set(k, v);
+    }
+    cfg.set("bootstrap.servers", &o.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", isolation);
+    cfg.create().map_err(|e| kafka_err("creating a consumer", e))
+}
+
+/// Send one record (to `partition`, or where the key leads), waiting while librdkafka's queue is full.
+fn send_record(
+    p: &SinkProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    timestamp: Option<i64>,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> Result<()> {
+    let mut headers = headers;
+    loop {
+        let mut rec = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(part) = partition {
+            rec = rec.partition(part);
+        }
+        if let Some(t) = timestamp {
+            rec = rec.timestamp(t);
+        }
+        if let Some(h) = headers.take() {
+            rec = rec.headers(h);
+        }
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                headers = rec.headers;
+                p.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => return Err(kafka_err(&format!("producing to '{topic}'"), e)),
+        }
+    }
+}
+
+fn take_errors(p: &SinkProducer) -> Result<()> {
+    let errs = std::mem::take(&mut *p.context().errors.lock().unwrap_or_else(|e| e.into_inner()));
+    match errs.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::External(format!(
+            "kafka: {} record(s) not delivered: {first}",
+            errs.len()
+        ))),
+    }
+}
+
+fn take_landed(p: &SinkProducer) -> Ranges {
+    std::mem::take(&mut *p.context().landed.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Wait until every record sent is acknowledged or failed (as [`flush_within`]); report failures.
+fn flush_sink(p: &SinkProducer, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let _ = p.flush(Duration::ZERO);
+    while p.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(Error::External(format!(
+                "kafka: flushing: {} record(s) not acknowledged within {timeout:?}",
+                p.in_flight_count()
+            )));
+        }
+        p.poll(Duration::ZERO);
+        if p.in_flight_count() > 0 {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    take_errors(p)
+}
+
+/// The commit marker of one `transactional.id`: reads the number of the last transaction committed,
+/// and adds "transaction n committed" to an open transaction.
+struct Marker {
+    /// The `transactional.id` it belongs to.
+    id: String,
+    consumer: BaseConsumer,
+    cgm: rdkafka::consumer::ConsumerGroupMetadata,
+    topic: String,
+}
+
+impl Marker {
+    fn open(o: &KafkaSinkOptions, transactional_id: &str, topic: &str) -> Result<Marker> {
+        let consumer = sink_consumer(o, &commit_marker_group(transactional_id), "read_committed")?;
+        let cgm = consumer
+            .group_metadata()
+            .ok_or_else(|| Error::External("kafka: no consumer group metadata for the commit marker".into()))?;
+        Ok(Marker {
+            id: transactional_id.to_string(),
+            consumer,
+            cgm,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// The number of the last transaction committed (0: none). Read after `init_transactions`, so no
+    /// transaction of this id is still pending.
+    fn committed(&self) -> Result<u64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, 0);
+        let c = self
+            .consumer
+            .committed_offsets(tpl, METADATA_TIMEOUT)
+            .map_err(|e| kafka_err("reading the sink's commit marker", e))?;
+        let mut n = 0;
+        for e in c.elements() {
+            e.error()
+                .map_err(|e| kafka_err("reading the sink's commit marker", e))?;
+            if let Offset::Offset(o) = e.offset() {
+                n = n.max(o.max(0) as u64);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Make the open transaction say that it is transaction `txn` (of `epoch`) when it commits.
+    fn mark(&self, p: &SinkProducer, txn: u64, epoch: u64) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(txn as i64))
+            .map_err(|e| kafka_err("commit marker", e))?;
+        if let Some(mut e) = tpl.find_partition(&self.topic, 0) {
+            e.set_metadata(format!("freshet: transaction {txn}, epoch {epoch}"));
+        }
+        p.send_offsets_to_transaction(&tpl, &self.cgm, TXN_TIMEOUT)
+            .map_err(|e| kafka_err("adding the commit marker to the transaction", e))
+    }
+}
+
+/// `commit_transaction`, retried while librdkafka says the error is retriable.
+fn commit_txn(p: &SinkProducer) -> rdkafka::error::KafkaResult<()> {
+    let mut attempt = 0;
+    loop {
+        match p.commit_transaction(TXN_TIMEOUT) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+/// Write transaction `txn`'s records again — they were delivered under it, then aborted — in a new
+/// transaction that carries the marker `txn`, and commit it. They are read back from `topic` with
+/// `isolation.level = read_uncommitted` at the offsets the delivery reports gave (aborted records stay
+/// in the log until retention deletes them), each to its partition with its key, timestamp and headers.
+/// Returns how many records were written.
+fn rewrite(
+    o: &KafkaSinkOptions,
+    p: &SinkProducer,
+    marker: &Marker,
+    records: &Ranges,
+    txn: u64,
+    epoch: u64,
+) -> Result<u64> {
+    let topic = marker.topic.as_str();
+    let want = count_ranges(records);
+    let lost = |why: String| {
+        Error::External(format!(
+            "kafka sink: the {want} record(s) of transaction {txn} (epoch {epoch}) in '{topic}' were not committed \
+             and cannot be written again: {why}"
+        ))
+    };
+    let reader = sink_consumer(
+        o,
+        &format!("{}.reread", commit_marker_group(&marker.id)),
+        "read_uncommitted",
+    )?;
+    let mut tpl = TopicPartitionList::new();
+    for (part, ranges) in records {
+        let Some(&(first, _)) = ranges.first() else { continue };
+        let (low, _) = reader
+            .fetch_watermarks(topic, *part, METADATA_TIMEOUT)
+            .map_err(|e| kafka_err(&format!("offsets of {topic}/{part}"), e))?;
+        if first < low {
+            return Err(lost(format!(
+                "{topic}/{part} now starts at offset {low}, after {first} (deleted by retention)"
+            )));
+        }
+        tpl.add_partition_offset(topic, *part, Offset::Offset(first))
+            .map_err(|e| kafka_err("assigning partitions", e))?;
+    }
+    p.begin_transaction()
+        .map_err(|e| kafka_err("beginning a transaction", e))?;
+    let copied = copy_records(p, &reader, &tpl, records, topic).and_then(|written| {
+        if written != want {
+            return Err(lost(format!(
+                "{written} found (compaction or retention removed the others)"
+            )));
+        }
+        flush_sink(p, TXN_TIMEOUT)?;
+        take_landed(p);
+        marker.mark(p, txn, epoch)?;
+        commit_txn(p).map_err(|e| kafka_err("committing the transaction", e))?;
+        Ok(written)
+    });
+    if copied.is_err() {
+        let _ = p.abort_transaction(TXN_TIMEOUT);
+        take_landed(p);
+    }
+    copied.map_err(|e| match e {
+        Error::External(m) if !m.starts_with("kafka sink:") => lost(m),
+        e => e,
+    })
+}
+
+/// Read `records` from `reader` (assigned at `tpl`, their first offsets) and send each to `p`.
+fn copy_records(
+    p: &SinkProducer,
+    reader: &BaseConsumer,
+    tpl: &TopicPartitionList,
+    records: &Ranges,
+    topic: &str,
+) -> Result<u64> {
+    let mut written = 0u64;
+    if tpl.count() == 0 {
+        return Ok(0);
+    }
+    reader.assign(tpl).map_err(|e| kafka_err("assigning partitions", e))?;
+    // Per partition: the index of the range being read.
+    let mut at: BTreeMap<i32, usize> = records.keys().map(|p| (*p, 0)).collect();
+    let mut last_progress = Instant::now();
+    while at.iter().any(|(part, i)| *i < records[part].len()) {
+        if last_progress.elapsed() > Duration::from_secs(30) {
+            return Err(Error::External(format!("only {written} read back within 30 s")));
+        }
+        let m = match reader.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(e)) => return Err(kafka_err("reading records back", e)),
+            Some(Ok(m)) => m,
+        };
+        last_progress = Instant::now();
+        let (part, off) = (m.partition(), m.offset());
+        let (Some(ranges), Some(i)) = (records.get(&part), at.get_mut(&part)) else {
+            continue;
+        };
+        while *i < ranges.len() && off >= ranges[*i].1 {
+            *i += 1;
+        }
+        if *i < ranges.len() && off >= ranges[*i].0 {
+            let ts = match m.timestamp() {
+                rdkafka::Timestamp::CreateTime(t) => Some(t),
+                _ => None,
+            };
+            let headers = m.headers().map(|h| h.detach());
+            send_record(
+                p,
+                topic,
+                Some(part),
+                m.key(),
+                m.payload().unwrap_or_default(),
+                ts,
+                headers,
+            )?;
+            p.poll(Duration::ZERO);
+            written += 1;
+            if off + 1 == ranges[*i].1 {
+                *i += 1;
+            }
+        }
+        if *i == ranges.len() {
+            // Read to its last record: stop fetching it.
+            let mut done = TopicPartitionList::new();
+            done.add_partition(topic, part);
+            let _ = reader.pause(&done);
+        }
+    }
+    Ok(written)
+}
+
+/// What a checkpoint stores for an exactly-once Kafka sink.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KafkaPending {
+    pub transactional_id: String,
+    pub topic: String,
+    /// The open transaction holding this epoch's unpublished rows (and those of earlier epochs whose
+    /// checkpoint failed), if any.
+    pub txn: Option<u64>,
+    pub epoch: u64,
+    /// Where that transaction's records landed: partition → `[start, end)` offset ranges.
+    #[serde(default)]
+    pub records: BTreeMap<i32, Vec<(i64, i64)>>,
+    /// The number the next transaction gets.
+    pub next: u64,
+}
+
+struct Txn {
+    id: String,
+    /// Set once `init_transactions` ran (at `recover`, or before the first write if nothing recovered).
+    marker: Option<Marker>,
+    /// The open transaction's number.
+    open: Option<u64>,
+    next: u64,
+    /// Where the open transaction's records landed (as of the last prepare).
+    records: Ranges,
+    /// Rows written since the last prepare.
+    unprepared: bool,
+    /// The epoch last prepared.
+    epoch: u64,
+}
+
+pub struct KafkaSink {
+    opts: KafkaSinkOptions,
+    producer: SinkProducer,
+    key_cols: Vec<usize>,
+    /// Exactly-once only.
+    txn: Option<Txn>,
 }
 
 impl KafkaSink {
     pub fn validate(o: &Options) -> Result<()> {
-        check_keys(o, "connector 'kafka' (sink)", SINK_KEYS)?;
-        o.required("bootstrap_servers", "connector 'kafka'")?;
-        o.required("topic", "connector 'kafka'")?;
-        super::json_only(o)
+        KafkaSinkOptions::parse(o).map(|_| ())
     }
 
     pub fn open(o: &Options, schema: SchemaRef) -> Result<Self> {
-        Self::validate(o)?;
-        let props = check_keys(o, "connector 'kafka' (sink)", SINK_KEYS)?;
+        let opts = KafkaSinkOptions::parse(o)?;
         let mut key_cols = Vec::new();
-        for k in o
-            .get("key")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-        {
+        for k in &opts.key {
             let i = schema.index_of(k).map_err(|_| {
                 Error::option(
                     "key",
@@ -686,13 +1203,154 @@ impl KafkaSink {
             })?;
             key_cols.push(i);
         }
+        let producer = sink_producer(&opts, opts.transactional_id.as_deref())?;
+        let txn = opts.transactional_id.clone().map(|id| Txn {
+            id,
+            marker: None,
+            open: None,
+            next: 1,
+            records: Ranges::new(),
+            unprepared: false,
+            epoch: 0,
+        });
         Ok(KafkaSink {
-            producer: producer(o.required("bootstrap_servers", "connector 'kafka'")?, &props)?,
-            topic: o.required("topic", "connector 'kafka'")?.to_string(),
+            opts,
+            producer,
             key_cols,
-            changelog: o.get("format") == Some("changelog"),
-            debezium: o.get("format") == Some("debezium-json"),
+            txn,
         })
+    }
+
+    pub fn guarantee(&self) -> DeliveryGuarantee {
+        self.opts.guarantee
+    }
+
+    /// Exactly-once: `init_transactions` (fencing an earlier instance, aborting what it left open)
+    /// and the commit marker, once.
+    fn init(&mut self) -> Result<()> {
+        let Some(t) = &mut self.txn else { return Ok(()) };
+        if t.marker.is_some() {
+            return Ok(());
+        }
+        self.producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| kafka_err(&format!("initializing transactions of '{}'", t.id), e))?;
+        let marker = Marker::open(&self.opts, &t.id, &self.opts.topic)?;
+        t.next = t.next.max(marker.committed()? + 1);
+        t.marker = Some(marker);
+        Ok(())
+    }
+
+    /// Prepare the open transaction (exactly-once): everything delivered, the marker added.
+    fn prepare_txn(&mut self, epoch: u64) -> Result<Option<KafkaPending>> {
+        self.init()?;
+        flush_sink(&self.producer, Duration::from_secs(60))?;
+        let landed = take_landed(&self.producer);
+        let Some(t) = &mut self.txn else { return Ok(None) };
+        merge_ranges(&mut t.records, landed);
+        if let (Some(n), Some(m)) = (t.open, &t.marker) {
+            m.mark(&self.producer, n, epoch)?;
+        }
+        t.unprepared = false;
+        t.epoch = epoch;
+        Ok(Some(KafkaPending {
+            transactional_id: t.id.clone(),
+            topic: self.opts.topic.clone(),
+            txn: t.open,
+            epoch,
+            records: if t.open.is_some() {
+                t.records.clone()
+            } else {
+                Ranges::new()
+            },
+            next: t.next,
+        }))
+    }
+
+    /// Commit the open transaction (exactly-once). If Kafka aborted it meanwhile (its
+    /// `transaction.timeout.ms` passed), its records are written again in a new one.
+    fn commit_open(&mut self) -> Result<()> {
+        let Some(t) = &mut self.txn else { return Ok(()) };
+        let Some(n) = t.open else { return Ok(()) };
+        if t.unprepared {
+            return Err(Error::Internal(
+                "kafka sink: publishing a transaction with rows written after its prepare".into(),
+            ));
+        }
+        match commit_txn(&self.producer) {
+            Ok(()) => {}
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                eprintln!(
+                    "kafka sink '{}': transaction {n} could not be committed ({e}); writing its records again",
+                    self.opts.topic
+                );
+                self.producer
+                    .abort_transaction(TXN_TIMEOUT)
+                    .map_err(|e| kafka_err("aborting the transaction", e))?;
+                let m = t
+                    .marker
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal("kafka sink: no marker".into()))?;
+                rewrite(&self.opts, &self.producer, m, &t.records, n, t.epoch)?;
+            }
+            Err(e) => return Err(kafka_err("committing the transaction", e)),
+        }
+        t.open = None;
+        t.records.clear();
+        Ok(())
+    }
+
+    /// Settle the transaction a checkpoint left unpublished: nothing if the marker says it committed,
+    /// else its records written again (see the notes above [`DeliveryGuarantee`]).
+    fn settle(&mut self, p: &KafkaPending) -> Result<()> {
+        let own = self.txn.as_ref().is_some_and(|t| t.id == p.transactional_id) && p.topic == self.opts.topic;
+        let (committed, rewritten) = if own {
+            let t = self
+                .txn
+                .as_mut()
+                .ok_or_else(|| Error::Internal("kafka sink: no transaction state".into()))?;
+            let m = t
+                .marker
+                .as_ref()
+                .ok_or_else(|| Error::Internal("kafka sink: no marker".into()))?;
+            let committed = m.committed()?;
+            let rewritten = match p.txn {
+                Some(n) if n > committed => Some(rewrite(&self.opts, &self.producer, m, &p.records, n, p.epoch)?),
+                _ => None,
+            };
+            t.next = t.next.max(p.next).max(committed + 1);
+            (committed, rewritten)
+        } else {
+            // The checkpoint was taken under another transactional.id or topic (the options changed):
+            // settle it with a producer of that id, which also fences what is left of it.
+            let producer = sink_producer(&self.opts, Some(&p.transactional_id))?;
+            producer
+                .init_transactions(TXN_TIMEOUT)
+                .map_err(|e| kafka_err(&format!("initializing transactions of '{}'", p.transactional_id), e))?;
+            let m = Marker::open(&self.opts, &p.transactional_id, &p.topic)?;
+            let committed = m.committed()?;
+            let rewritten = match p.txn {
+                Some(n) if n > committed => Some(rewrite(&self.opts, &producer, &m, &p.records, n, p.epoch)?),
+                _ => None,
+            };
+            (committed, rewritten)
+        };
+        if let Some(rows) = rewritten {
+            eprintln!(
+                "kafka sink '{}': transaction {} of epoch {} was not committed before the restart; \
+                 its {rows} record(s) were written again and committed",
+                p.topic,
+                p.txn.unwrap_or_default(),
+                p.epoch
+            );
+        } else if committed >= p.next {
+            eprintln!(
+                "kafka sink '{}': transactions after checkpoint {} were committed (up to {committed}), but the query \
+                 resumes from that older checkpoint: the rows of the later epochs will appear twice",
+                p.topic, p.epoch
+            );
+        }
+        Ok(())
     }
 }
 
@@ -711,14 +1369,27 @@ impl Sink for KafkaSink {
     }
 
     fn write(&mut self, out: &Output) -> Result<()> {
+        if self.txn.is_some() {
+            self.init()?;
+        }
         let b = &out.batch;
-        let json = if self.debezium {
+        let json = if self.opts.debezium {
             out.to_debezium_json()?
-        } else if self.changelog || !out.inserts_only() {
+        } else if self.opts.changelog || !out.inserts_only() {
             to_json_lines(&out.with_op_column()?)?
         } else {
             to_json_lines(b)?
         };
+        if let Some(t) = &mut self.txn {
+            if t.open.is_none() && !json.is_empty() {
+                self.producer
+                    .begin_transaction()
+                    .map_err(|e| kafka_err("beginning a transaction", e))?;
+                t.open = Some(t.next);
+                t.next += 1;
+            }
+            t.unprepared |= !json.is_empty();
+        }
         let opts = FormatOptions::default();
         let fmts: Vec<ArrayFormatter> = self
             .key_cols
@@ -733,13 +1404,62 @@ impl Sink for KafkaSink {
                     .join("|")
                     .into_bytes()
             });
-            send(&self.producer, &self.topic, key.as_deref(), line)?;
+            send_record(&self.producer, &self.opts.topic, None, key.as_deref(), line, None, None)?;
         }
         self.producer.poll(Duration::ZERO);
-        delivery_errors(&self.producer)
+        take_errors(&self.producer)
     }
 
+    /// Everything written so far durable and visible: at-least-once a flush; exactly-once the open
+    /// transaction prepared and committed.
     fn commit(&mut self) -> Result<()> {
-        flush(&self.producer)
+        if self.txn.is_none() {
+            return flush_sink(&self.producer, Duration::from_secs(60));
+        }
+        self.prepare_txn(0)?;
+        self.commit_open()
+    }
+
+    /// Exactly-once: every record of the open transaction acknowledged and the commit marker added,
+    /// not committed; returns the transaction's number and where its records are ([`KafkaPending`]).
+    /// At-least-once: a flush.
+    fn prepare(&mut self, epoch: u64) -> Result<serde_json::Value> {
+        if self.txn.is_none() {
+            flush_sink(&self.producer, Duration::from_secs(60))?;
+            return Ok(serde_json::Value::Null);
+        }
+        let pending = self.prepare_txn(epoch)?;
+        serde_json::to_value(pending).map_err(|e| Error::Internal(format!("kafka sink: {e}")))
+    }
+
+    fn publish(&mut self, _epoch: u64) -> Result<()> {
+        self.commit_open()
+    }
+
+    fn recover(&mut self, epoch: Option<u64>, pending: &serde_json::Value) -> Result<()> {
+        self.init()?;
+        if epoch.is_none() || pending.is_null() {
+            return Ok(());
+        }
+        let p: KafkaPending = serde_json::from_value(pending.clone()).map_err(|e| {
+            Error::External(format!(
+                "kafka sink: checkpoint {} holds no transaction state ({e}): {pending}",
+                epoch.unwrap_or_default()
+            ))
+        })?;
+        self.settle(&p)
+    }
+}
+
+impl Drop for KafkaSink {
+    /// A transaction left open (the query failed) is aborted, so that `read_committed` readers are not
+    /// held back until `transaction.timeout.ms`; a checkpoint that holds it writes its records again.
+    fn drop(&mut self) {
+        if let Some(t) = &self.txn
+            && t.open.is_some()
+            && t.marker.is_some()
+        {
+            let _ = self.producer.abort_transaction(Duration::from_secs(5));
+        }
     }
 }

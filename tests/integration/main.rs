@@ -5,6 +5,7 @@ mod checkpoints;
 mod cli;
 mod collector;
 mod joins;
+mod kafka_exactly_once;
 mod nexmark;
 mod oracle;
 mod over;

@@ -1,0 +1,302 @@
+//! The Kafka sink's delivery guarantees against a real broker (`scripts/services start`), driven
+//! through the engine's two-phase epoch protocol (`Sink::recover` / `prepare` / `publish`) by hand so
+//! that every crash window can be hit exactly. A crash is the sink dropped (the query failed: the
+//! open transaction is aborted) or forgotten (`kill -9`: the producer lives on as a zombie with its
+//! transaction open). Under `CI=true` a missing Kafka fails these tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::Int64Array;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use freshet::connector::kafka::{self, DeliveryGuarantee, KafkaSink, KafkaSinkOptions};
+use freshet::connector::{Output, Sink};
+use freshet::sql::parser::Options;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::support::{service_up, unique};
+
+const KAFKA: &str = "127.0.0.1:9092";
+const PARTITIONS: i32 = 3;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
+}
+
+fn rows(range: std::ops::RangeInclusive<i64>) -> Output {
+    let batch = RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from_iter_values(range))]).expect("batch");
+    Output::append(batch)
+}
+
+fn options(topic: &str, extra: &[(&str, &str)]) -> Options {
+    let mut m = BTreeMap::new();
+    for (k, v) in [
+        ("connector", "kafka"),
+        ("bootstrap_servers", KAFKA),
+        ("topic", topic),
+        ("key", "n"),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        m.insert(k.to_string(), v.to_string());
+    }
+    Options(m)
+}
+
+fn sink(topic: &str, extra: &[(&str, &str)]) -> KafkaSink {
+    KafkaSink::open(&options(topic, extra), schema()).expect("open sink")
+}
+
+async fn topic(prefix: &str) -> String {
+    let t = unique(prefix);
+    kafka::ensure_topic(KAFKA, &t, PARTITIONS).await.expect("topic");
+    t
+}
+
+/// Every value of `n` in the topic, sorted, as a consumer with `isolation.level = isolation` sees
+/// them (read from the start until nothing new arrives for 1.5 s).
+fn read(topic: &str, isolation: &str) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(1_500) {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.expect("consume");
+            let v: Value = serde_json::from_slice(m.payload().expect("payload")).expect("json");
+            out.push(v["n"].as_i64().expect("n"));
+            quiet = Instant::now();
+        }
+    }
+    out.sort();
+    out
+}
+
+fn committed(topic: &str) -> Vec<i64> {
+    read(topic, "read_committed")
+}
+
+fn seq(ranges: &[std::ops::RangeInclusive<i64>]) -> Vec<i64> {
+    let mut v: Vec<i64> = ranges.iter().cloned().flatten().collect();
+    v.sort();
+    v
+}
+
+/// One epoch: rows written, prepared (the returned value is what the checkpoint stores).
+fn epoch(s: &mut KafkaSink, e: u64, r: std::ops::RangeInclusive<i64>) -> Value {
+    s.write(&rows(r)).expect("write");
+    s.prepare(e).expect("prepare")
+}
+
+#[test]
+fn sink_options() {
+    let o = KafkaSinkOptions::parse(&options("out", &[])).expect("defaults");
+    assert_eq!(o.guarantee, DeliveryGuarantee::ExactlyOnce);
+    assert_eq!(o.transactional_id.as_deref(), Some("freshet-sink-out"));
+    let o = KafkaSinkOptions::parse(&options(
+        "out",
+        &[("properties.transactional.id", "q1-out"), ("properties.linger.ms", "1")],
+    ))
+    .expect("own id");
+    assert_eq!(o.transactional_id.as_deref(), Some("q1-out"));
+    assert_eq!(o.properties, vec![("linger.ms".to_string(), "1".to_string())]);
+    let o = KafkaSinkOptions::parse(&options("out", &[("sink.delivery-guarantee", "at-least-once")])).expect("alo");
+    assert_eq!(o.guarantee, DeliveryGuarantee::AtLeastOnce);
+    assert_eq!(o.transactional_id, None);
+    let e = KafkaSinkOptions::parse(&options("out", &[("sink.delivery-guarantee", "none")]))
+        .expect_err("unknown guarantee")
+        .to_string();
+    assert!(
+        e.contains("sink.delivery-guarantee") && e.contains("exactly-once"),
+        "{e}"
+    );
+    let e = KafkaSinkOptions::parse(&options(
+        "out",
+        &[
+            ("sink.delivery-guarantee", "at-least-once"),
+            ("properties.transactional.id", "x"),
+        ],
+    ))
+    .expect_err("id without transactions")
+    .to_string();
+    assert!(e.contains("transactional.id"), "{e}");
+}
+
+/// (1) An epoch prepared but never checkpointed nor published, then a crash: a read_committed
+/// reader never sees its rows; the epochs after the recovery are seen exactly once. Also: a crash
+/// after a publish (before the next checkpoint) writes nothing again.
+#[tokio::test]
+async fn unpublished_epoch_stays_invisible_after_a_crash() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_unpublished").await;
+    let mut s = sink(&t, &[]);
+    s.recover(None, &Value::Null).expect("recover");
+    let p1 = epoch(&mut s, 1, 1..=10);
+    assert_eq!(committed(&t), Vec::<i64>::new(), "prepared rows are not visible");
+    s.publish(1).expect("publish");
+    assert_eq!(committed(&t), seq(&[1..=10]));
+    assert!(p1["txn"].as_u64().is_some(), "{p1}");
+
+    // Epoch 2 is prepared; the query fails before its checkpoint is written (the sink is dropped).
+    let _ = epoch(&mut s, 2, 11..=20);
+    drop(s);
+    let mut s = sink(&t, &[]);
+    s.recover(Some(1), &p1).expect("recover from checkpoint 1");
+    assert_eq!(committed(&t), seq(&[1..=10]), "epoch 2 was never published");
+    // The engine replays from checkpoint 1: epoch 2 again (here other rows, to tell them apart).
+    let p2 = epoch(&mut s, 2, 21..=30);
+    s.publish(2).expect("publish");
+    assert_eq!(committed(&t), seq(&[1..=10, 21..=30]));
+
+    // kill -9 during epoch 3 (prepared, no checkpoint): the producer stays alive as a zombie with
+    // its transaction open, which holds read_committed readers back until a restart fences it.
+    let _ = epoch(&mut s, 3, 31..=40);
+    std::mem::forget(s);
+    // Checkpoint 2 was published before the crash: recovering from it writes nothing again.
+    let mut s = sink(&t, &[]);
+    s.recover(Some(2), &p2).expect("recover from checkpoint 2");
+    assert_eq!(committed(&t), seq(&[1..=10, 21..=30]));
+    let _ = epoch(&mut s, 3, 41..=50);
+    s.publish(3).expect("publish");
+    assert_eq!(committed(&t), seq(&[1..=10, 21..=30, 41..=50]));
+}
+
+/// (2) The crash window between the checkpoint and the publish: the checkpoint holds epoch 2, whose
+/// transaction Kafka aborts at the restart. Recovery writes its records again: each row is seen
+/// exactly once — also when recovery itself is repeated, and with another producer writing to the
+/// same partitions in between. The old producer, if still alive, is fenced.
+#[tokio::test]
+async fn crash_between_checkpoint_and_publish_loses_nothing() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_window").await;
+    let mut s = sink(&t, &[]);
+    s.recover(None, &Value::Null).expect("recover");
+    let _ = epoch(&mut s, 1, 1..=10);
+    s.publish(1).expect("publish");
+    s.write(&rows(11..=20)).expect("write");
+    // Someone else writes to the same partitions while the transaction is open.
+    let other = kafka::producer(KAFKA, &[]).expect("producer");
+    for n in 1000..1010 {
+        let line = format!("{{\"n\":{n}}}");
+        kafka::send(&other, &t, Some(n.to_string().as_bytes()), line.as_bytes()).expect("send");
+    }
+    kafka::flush(&other).expect("flush");
+    let p2 = epoch(&mut s, 2, 21..=25);
+    assert!(
+        p2["records"].as_object().is_some_and(|r| !r.is_empty()),
+        "the checkpoint says where the records are: {p2}"
+    );
+    // Checkpoint 2 is written; the process dies before `publish(2)` — but the old producer is not
+    // dead yet (a zombie): the restart must fence it.
+    let mut zombie = s;
+    let mut s = sink(&t, &[]);
+    s.recover(Some(2), &p2).expect("recover from checkpoint 2");
+    let want = seq(&[1..=25, 1000..=1009]);
+    assert_eq!(committed(&t), want, "epoch 2 written again, once");
+    let fenced = zombie.publish(2);
+    assert!(fenced.is_err(), "the zombie cannot commit any more");
+    drop(zombie);
+    assert_eq!(committed(&t), want);
+
+    // The restarted query dies again before its next checkpoint: recovering from checkpoint 2 once
+    // more finds epoch 2 committed and writes nothing.
+    drop(s);
+    let mut s = sink(&t, &[]);
+    s.recover(Some(2), &p2).expect("recover again");
+    assert_eq!(committed(&t), want);
+    let _ = epoch(&mut s, 3, 26..=30);
+    s.publish(3).expect("publish");
+    assert_eq!(committed(&t), seq(&[1..=30, 1000..=1009]));
+
+    // A kill -9 in the same window (no zombie left to abort anything, a checkpoint with two epochs'
+    // rows in one transaction because checkpoint 4 failed) is recovered the same way.
+    let _ = epoch(&mut s, 4, 31..=35);
+    let p5 = epoch(&mut s, 5, 36..=40);
+    std::mem::forget(s);
+    let mut s = sink(&t, &[]);
+    s.recover(Some(5), &p5).expect("recover from checkpoint 5");
+    assert_eq!(committed(&t), seq(&[1..=40, 1000..=1009]));
+    drop(s);
+}
+
+/// (3) `'sink.delivery-guarantee' = 'at-least-once'`: no transactions — rows are visible once
+/// flushed, and a replay after a crash writes them again.
+#[tokio::test]
+async fn at_least_once_writes_without_transactions() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_alo").await;
+    let alo = [("sink.delivery-guarantee", "at-least-once")];
+    let mut s = sink(&t, &alo);
+    assert_eq!(s.guarantee(), DeliveryGuarantee::AtLeastOnce);
+    s.recover(None, &Value::Null).expect("recover");
+    let p1 = epoch(&mut s, 1, 1..=10);
+    assert_eq!(p1, Value::Null);
+    assert_eq!(
+        committed(&t),
+        seq(&[1..=10]),
+        "visible once flushed, before the publish"
+    );
+    s.publish(1).expect("publish");
+    let _ = epoch(&mut s, 2, 11..=20);
+    drop(s);
+    // Replayed from checkpoint 1: epoch 2's rows arrive twice.
+    let mut s = sink(&t, &alo);
+    s.recover(Some(1), &p1).expect("recover");
+    let _ = epoch(&mut s, 2, 11..=20);
+    s.publish(2).expect("publish");
+    assert_eq!(committed(&t), seq(&[1..=20, 11..=20]));
+    assert_eq!(read(&t, "read_uncommitted"), seq(&[1..=20, 11..=20]));
+}
+
+/// (4) A reader with `isolation.level = read_uncommitted` (Kafka's Java default, so Flink's unless
+/// set) sees the rows of aborted transactions: those of an epoch never published, and the first copy
+/// of an epoch written again by recovery.
+#[tokio::test]
+async fn read_uncommitted_readers_see_aborted_rows() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_uncommitted").await;
+    let mut s = sink(&t, &[]);
+    s.recover(None, &Value::Null).expect("recover");
+    let p1 = epoch(&mut s, 1, 1..=5);
+    s.publish(1).expect("publish");
+    let _ = epoch(&mut s, 2, 6..=10);
+    drop(s); // epoch 2 never checkpointed: aborted
+    let mut s = sink(&t, &[]);
+    s.recover(Some(1), &p1).expect("recover");
+    let p2 = epoch(&mut s, 2, 11..=15);
+    std::mem::forget(s); // checkpoint 2 written, not published
+    let mut s = sink(&t, &[]);
+    s.recover(Some(2), &p2).expect("recover");
+    drop(s);
+    assert_eq!(committed(&t), seq(&[1..=5, 11..=15]));
+    assert_eq!(
+        read(&t, "read_uncommitted"),
+        seq(&[1..=5, 6..=10, 11..=15, 11..=15]),
+        "aborted rows, and the aborted first copy of epoch 2, are visible to read_uncommitted"
+    );
+}
