@@ -188,4 +188,30 @@ mod tests {
         assert_eq!(g, vec![0, 1, 0], "the freed id is reused");
         assert!(key_group(t.key_bytes(1).expect("key")) < KEY_GROUPS);
     }
+
+    #[test]
+    fn a_snapshot_restores_keys_in_order() {
+        let mut t = GroupTable::new(&[DataType::Utf8]).expect("table");
+        let cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["a", "b", "c"]))];
+        t.intern(&cols, 3).expect("intern");
+        t.remove(0);
+        let (ids, keys) = t.snapshot();
+        assert_eq!(ids, vec![1, 2]);
+        let mut r = GroupTable::new(&[DataType::Utf8]).expect("table");
+        let gids = r.restore(&BinaryArray::from_vec(keys.clone())).expect("restore");
+        assert_eq!(gids, vec![0, 1]);
+        let back = r.keys_of(&gids).expect("keys");
+        assert_eq!(
+            back[0].as_string::<i32>().iter().collect::<Vec<_>>(),
+            vec![Some("b"), Some("c")]
+        );
+        let twice = BinaryArray::from_vec(vec![keys[0], keys[0]]);
+        let mut r = GroupTable::new(&[DataType::Utf8]).expect("table");
+        assert!(r.restore(&twice).is_err(), "a key twice");
+        let mut none = GroupTable::new(&[]).expect("table");
+        assert!(
+            none.restore(&BinaryArray::from_vec(vec![b"x"])).is_err(),
+            "a key without key columns"
+        );
+    }
 }
