@@ -8,12 +8,20 @@
 //! DataFusion can retract them.
 //!
 //! `FILTER (WHERE …)` is applied before the update; `DISTINCT` is kept as a count per distinct value.
+//!
+//! For a checkpoint the state of chosen groups is written as Arrow columns, one row per group
+//! ([`Aggregates::state_columns`], restored by [`Aggregates::restore_columns`] into other group ids
+//! if need be): `rows`, then per call `a{i}_…` — `n` (COUNT), `sum`/`n` (SUM, AVG), `best` and over a
+//! changelog `values`/`counts` lists (MIN/MAX), `values`/`counts` (COUNT(DISTINCT)), all values in
+//! the argument's own type; a DataFusion accumulator writes `present` and its
+//! [`Accumulator::state`] as `state0`, `state1`, … and is restored with `merge_batch`. Since
+//! `state()` may consume the accumulator, a checkpoint rebuilds it from the state it wrote: it and a
+//! copy restored from that state go on exactly alike (a floating-point aggregate such as `stddev`
+//! may round its last bits differently from one never checkpointed, as DataFusion's own merges do).
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, ListArray, UInt32Array,
@@ -691,10 +699,10 @@ where
     ]))
 }
 
-/// Read what [`multiset_columns`] wrote: per row, (value bytes, count) pairs.
 /// (value bytes, count) pairs of one group.
 type Counted = Vec<(Box<[u8]>, i64)>;
 
+/// Read what [`multiset_columns`] wrote: per row, (value bytes, count) pairs.
 fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Vec<Counted>> {
     let values = cols.list("values")?;
     let counts = cols.list("counts")?;
