@@ -9,6 +9,7 @@ pub mod memory;
 pub mod nexmark;
 pub mod parquet;
 pub mod prefetch;
+pub mod system_stream;
 pub mod testing;
 
 pub use prefetch::Prefetch;

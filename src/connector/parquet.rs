@@ -113,6 +113,15 @@ impl Stage {
     }
 }
 
+/// `(run, epoch, seq)` of a published file's name (`part-<run>-<epoch>-<seq>.parquet`), for readers
+/// of a sink's directory (see [`super::system_stream`]); `None` for any other name.
+pub fn published_part(name: &str) -> Option<(&str, u64, u64)> {
+    match Stage::parse(name)? {
+        (Stage::Published, run, epoch, seq) => Some((run, epoch, seq)),
+        _ => None,
+    }
+}
+
 struct OpenFile {
     writer: ArrowWriter<File>,
     temp: PathBuf,

@@ -19,6 +19,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::watch;
 
+use crate::connector::parquet::{ParquetOptions, ParquetSink};
+use crate::connector::system_stream::SystemStreamSource;
 use crate::connector::{self, Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
 use crate::format::{BadRecord, to_json_lines};
@@ -186,9 +188,13 @@ pub struct SysRow {
     pub position: String,
     pub raw: String,
     pub reason: String,
+    /// When it was recorded (wall clock, ms since the epoch).
+    pub at: i64,
 }
 
-/// The `_errors` and `_late` streams, kept as bounded in-memory tables (the newest rows).
+/// The `_errors` and `_late` streams as bounded in-memory tables (the newest rows), what a plain
+/// `SELECT … FROM _errors` reads. Queries with checkpoints also write them to side logs, read as
+/// streams by continuous queries (see [`SideLogs`] and [`crate::connector::system_stream`]).
 #[derive(Debug, Default)]
 pub struct SystemTables {
     errors: Mutex<VecDeque<SysRow>>,
@@ -196,6 +202,14 @@ pub struct SystemTables {
 }
 
 const SYSTEM_ROWS_KEPT: usize = 10_000;
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
 
 impl SystemTables {
     fn push(q: &Mutex<VecDeque<SysRow>>, rows: impl IntoIterator<Item = SysRow>) {
@@ -208,22 +222,22 @@ impl SystemTables {
         }
     }
 
+    /// `query, source, position, raw, reason` (text) and `at` (when it was recorded).
     pub fn schema() -> SchemaRef {
-        Arc::new(Schema::new(
-            ["query", "source", "position", "raw", "reason"]
-                .iter()
-                .map(|n| Field::new(*n, DataType::Utf8, false))
-                .collect::<Vec<_>>(),
-        ))
+        let mut fields: Vec<Field> = ["query", "source", "position", "raw", "reason"]
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, false))
+            .collect();
+        fields.push(Field::new(
+            "at",
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            false,
+        ));
+        Arc::new(Schema::new(fields))
     }
 
-    pub fn snapshot(&self, name: &str) -> Result<RecordBatch> {
-        let q = match name {
-            "_errors" => &self.errors,
-            "_late" => &self.late,
-            other => return Err(Error::plan(format!("no system table '{other}'"))),
-        };
-        let rows = q.lock().unwrap_or_else(|p| p.into_inner());
+    /// Rows as a batch of [`Self::schema`].
+    pub fn batch(rows: &[SysRow]) -> Result<RecordBatch> {
         let col = |f: fn(&SysRow) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.iter().map(f))) };
         Ok(RecordBatch::try_new(
             Self::schema(),
@@ -233,8 +247,109 @@ impl SystemTables {
                 col(|r| &r.position),
                 col(|r| &r.raw),
                 col(|r| &r.reason),
+                Arc::new(datafusion::arrow::array::TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.at),
+                )),
             ],
         )?)
+    }
+
+    pub fn snapshot(&self, name: &str) -> Result<RecordBatch> {
+        let q = match name {
+            "_errors" => &self.errors,
+            "_late" => &self.late,
+            other => return Err(Error::plan(format!("no system table '{other}'"))),
+        };
+        let rows = q.lock().unwrap_or_else(|p| p.into_inner());
+        let rows: Vec<SysRow> = rows.iter().cloned().collect();
+        Self::batch(&rows)
+    }
+}
+
+/// The side logs of a query with checkpoints: its `_errors` and `_late` rows, each written to
+/// `<checkpoint dir>/_streams/<stream>/<query>-<fingerprint>/` by a Parquet sink that rides the
+/// query's epochs (prepared, published and recovered with the query's own sink), so a row becomes
+/// visible exactly once, when the checkpoint covering the input it came from is durable.
+struct SideLogs {
+    errors: ParquetSink,
+    late: ParquetSink,
+}
+
+/// Where stream `stream` (`_errors`, `_late`) keeps its side logs under checkpoint directory `root`.
+pub fn side_log_root(root: &std::path::Path, stream: &str) -> std::path::PathBuf {
+    root.join("_streams").join(stream)
+}
+
+impl SideLogs {
+    fn open(root: &std::path::Path, query_dir: &str) -> SideLogs {
+        let sink = |stream: &str| {
+            ParquetSink::new(
+                ParquetOptions {
+                    path: side_log_root(root, stream).join(query_dir),
+                    rollover_rows: 100_000,
+                    // Files close at every checkpoint anyway.
+                    rollover_seconds: 3_600,
+                    changelog: false,
+                },
+                SystemTables::schema(),
+            )
+        };
+        SideLogs {
+            errors: sink("_errors"),
+            late: sink("_late"),
+        }
+    }
+
+    fn each(&mut self) -> [(&'static str, &mut ParquetSink); 2] {
+        [("_errors", &mut self.errors), ("_late", &mut self.late)]
+    }
+
+    fn write(&mut self, stream: &str, rows: &[SysRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sink = if stream == "_errors" {
+            &mut self.errors
+        } else {
+            &mut self.late
+        };
+        sink.write(&Output::append(SystemTables::batch(rows)?))
+    }
+
+    /// Phase 1 of epoch `epoch` for both logs: what recovery needs, by stream.
+    fn prepare(&mut self, epoch: u64) -> Result<serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for (stream, s) in self.each() {
+            out.insert(stream.to_string(), s.prepare(epoch)?);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    fn publish(&mut self, epoch: u64) -> Result<()> {
+        for (_, s) in self.each() {
+            s.publish(epoch)?;
+        }
+        Ok(())
+    }
+
+    /// At start: resume from checkpoint `epoch`, whose meta holds `pending` (what [`Self::prepare`]
+    /// returned). A checkpoint without an entry for a log (written before side logs existed)
+    /// recovers that log from scratch.
+    fn recover(&mut self, epoch: Option<u64>, pending: Option<&serde_json::Value>) -> Result<()> {
+        for (stream, s) in self.each() {
+            match (epoch, pending.and_then(|p| p.get(stream)).filter(|p| !p.is_null())) {
+                (Some(e), Some(p)) => s.recover(Some(e), p)?,
+                _ => s.recover(None, &serde_json::Value::Null)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        for (_, s) in self.each() {
+            s.close()?;
+        }
+        Ok(())
     }
 }
 
@@ -308,6 +423,8 @@ pub struct QueryRuntime {
     checkpoints: Option<Checkpointing>,
     /// The last epoch begun (checkpoint `epoch` covers everything before it).
     epoch: u64,
+    /// `_errors` and `_late` as side logs (a query with checkpoints only).
+    side: Option<SideLogs>,
 }
 
 /// A query's checkpoints (see [`crate::state`]).
@@ -461,6 +578,47 @@ impl QueryRuntime {
                 .filter(|(_, n)| matches!(&n.op, Op::Source { name, .. } if *name == sname))
                 .map(|(i, _)| i)
                 .collect();
+            if crate::sql::catalog::SYSTEM_TABLES.contains(&sname.as_str()) && catalog.get(&sname).is_none() {
+                let Some(root) = &config.checkpoint_dir else {
+                    return Err(Error::plan(format!(
+                        "'{sname}' is read as a stream from the side logs that queries with checkpoints write, \
+                         and there is no checkpoint directory: run with --checkpoint-dir (or a data directory), \
+                         or look at its newest rows with a plain SELECT … FROM {sname}"
+                    )));
+                };
+                if needs_watermark {
+                    return Err(Error::plan(format!(
+                        "'{sname}' has no event time (no WATERMARK): windows cannot read it"
+                    )));
+                }
+                let mut source = SystemStreamSource::new(
+                    &side_log_root(root, &sname),
+                    Some(&dir_name(name)),
+                    SystemTables::schema(),
+                    config.batch_interval,
+                );
+                let at = source_meta(&sname);
+                if let Some(p) = at.as_ref().and_then(|m| m.get("position")).filter(|p| !p.is_null()) {
+                    source.seek(p)?;
+                }
+                sources.push(SourceRt {
+                    name: sname.clone(),
+                    source: Box::new(connector::Prefetch::spawn(
+                        Box::new(source),
+                        config.batch_size,
+                        config.batch_interval,
+                    )),
+                    nodes,
+                    time_idx: None,
+                    delay: 0,
+                    max_ts: i64::MIN,
+                    exhausted: false,
+                    floor: i64::MIN,
+                    // No event time: it never holds the watermark back.
+                    timeless: true,
+                });
+                continue;
+            }
             if let Some(crate::sql::catalog::Object::MaterializedView(mv)) = catalog.get(&sname) {
                 if let Some(c) = &mut checkpoints {
                     c.disabled = Some(format!(
@@ -566,6 +724,22 @@ impl QueryRuntime {
         if let Some(st) = sink_state {
             sink.restore(st)?;
         }
+        // The side logs ride the same epochs (and sit next to the checkpoints, not in their
+        // directory: a finished query removes its checkpoints, not what it published).
+        let mut side = match (&config.checkpoint_dir, &checkpoints) {
+            (Some(root), Some(c)) if c.disabled.is_none() => {
+                let query_dir = c.store.dir().file_name().map(|n| n.to_string_lossy().into_owned());
+                Some(SideLogs::open(root, &query_dir.unwrap_or_else(|| dir_name(name))))
+            }
+            _ => None,
+        };
+        if let Some(s) = &mut side {
+            s.recover(
+                restored.as_ref().map(|c| c.epoch),
+                restored.as_ref().and_then(|c| c.meta.get("side_sinks")),
+            )
+            .map_err(|e| Error::External(format!("query '{name}': recovering its _errors/_late side logs: {e}")))?;
+        }
         let sink_key: Option<Arc<[usize]>> = match graph.nodes[root].props.mode {
             Mode::Append => None,
             _ => graph.nodes[root].props.key.clone().map(Into::into),
@@ -615,6 +789,7 @@ impl QueryRuntime {
             arrived: Vec::new(),
             checkpoints,
             epoch,
+            side,
         })
     }
 
@@ -630,21 +805,39 @@ impl QueryRuntime {
         self.sources.iter().all(|s| s.source.bounded())
     }
 
-    fn record_bad(&self, source: &str, bad: Vec<BadRecord>) {
+    fn record_bad(&mut self, source: &str, bad: Vec<BadRecord>) -> Result<()> {
         if bad.is_empty() {
-            return;
+            return Ok(());
         }
         self.metrics.errors.fetch_add(bad.len() as u64, Ordering::Relaxed);
-        SystemTables::push(
-            &self.system.errors,
-            bad.into_iter().map(|b| SysRow {
+        let at = now_ms();
+        let rows: Vec<SysRow> = bad
+            .into_iter()
+            .map(|b| SysRow {
                 query: self.name.clone(),
                 source: source.to_string(),
                 position: b.position,
                 raw: b.raw,
                 reason: b.reason,
-            }),
-        );
+                at,
+            })
+            .collect();
+        self.record("_errors", rows)
+    }
+
+    /// Rows for `_errors` or `_late`: into the in-memory table and, with checkpoints, the side log.
+    fn record(&mut self, stream: &str, rows: Vec<SysRow>) -> Result<()> {
+        if let Some(side) = &mut self.side {
+            side.write(stream, &rows)
+                .map_err(|e| Error::External(format!("query '{}': writing its {stream} side log: {e}", self.name)))?;
+        }
+        let table = if stream == "_errors" {
+            &self.system.errors
+        } else {
+            &self.system.late
+        };
+        SystemTables::push(table, rows);
+        Ok(())
     }
 
     /// Rows whose event time is NULL cannot be placed in time: they go to `_errors`.
@@ -661,7 +854,6 @@ impl QueryRuntime {
         let text = String::from_utf8_lossy(&to_json_lines(&bad)?).into_owned();
         let name = self.sources[i].name.clone();
         let column = batch.schema().field(ti).name().clone();
-        let n = bad.num_rows();
         self.record_bad(
             &name,
             text.lines()
@@ -671,8 +863,7 @@ impl QueryRuntime {
                     reason: format!("event time column '{column}' is NULL"),
                 })
                 .collect(),
-        );
-        let _ = n;
+        )?;
         Ok(filter_record_batch(&batch, &valid)?)
     }
 
@@ -740,9 +931,18 @@ impl QueryRuntime {
         self.epoch += 1;
         let epoch = self.epoch;
         let pending = self.sink.prepare(epoch)?;
+        let side_pending = match &mut self.side {
+            Some(s) => Some(s.prepare(epoch).map_err(|e| {
+                Error::External(format!(
+                    "query '{}': preparing its _errors/_late side logs: {e}",
+                    self.name
+                ))
+            })?),
+            None => None,
+        };
         if let Some(c) = self.checkpoints.as_ref().filter(|c| c.disabled.is_none()) {
             let written = self
-                .snapshot(epoch, &c.fingerprint, pending)
+                .snapshot(epoch, &c.fingerprint, pending, side_pending)
                 .and_then(|s| c.store.write(&s));
             match written {
                 Ok(stats) => {
@@ -765,6 +965,9 @@ impl QueryRuntime {
             "checkpoint-before-publish"
         ));
         self.sink.publish(epoch)?;
+        if let Some(s) = &mut self.side {
+            s.publish(epoch)?;
+        }
         let safe = self.low_water();
         // Windows up to the floor were emitted before the restart, so the floor stays true. At the end
         // of a bounded source the watermark is "forever": store the newest event time instead, so rows
@@ -778,7 +981,13 @@ impl QueryRuntime {
     }
 
     /// The query's state now, as checkpoint `epoch`.
-    fn snapshot(&self, epoch: u64, fingerprint: &str, sink: serde_json::Value) -> Result<Checkpoint> {
+    fn snapshot(
+        &self,
+        epoch: u64,
+        fingerprint: &str,
+        sink: serde_json::Value,
+        side_sinks: Option<serde_json::Value>,
+    ) -> Result<Checkpoint> {
         let mut operators = Vec::new();
         for (i, op) in self.ops.iter().enumerate() {
             let state = op.snapshot()?;
@@ -802,19 +1011,24 @@ impl QueryRuntime {
                 })
             })
             .collect();
+        let mut meta = serde_json::json!({
+            "watermark": self.watermark,
+            "sources": sources,
+            "sink": sink,
+        });
+        if let Some(side) = side_sinks {
+            meta["side_sinks"] = side;
+        }
         Ok(Checkpoint {
             epoch,
             fingerprint: fingerprint.to_string(),
-            meta: serde_json::json!({
-                "watermark": self.watermark,
-                "sources": sources,
-                "sink": sink,
-            }),
+            meta,
             operators,
         })
     }
 
-    fn late_rows(&self, cx: Context) -> Result<()> {
+    fn late_rows(&mut self, cx: Context) -> Result<()> {
+        let at = now_ms();
         for l in cx.late {
             self.metrics.late.fetch_add(l.rows.num_rows() as u64, Ordering::Relaxed);
             let mut rows = Vec::with_capacity(l.rows.num_rows());
@@ -838,16 +1052,18 @@ impl QueryRuntime {
                     rows.extend(text.lines().map(|t| (String::new(), t.to_string())));
                 }
             }
-            SystemTables::push(
-                &self.system.late,
-                rows.into_iter().map(|(source, raw)| SysRow {
+            let rows = rows
+                .into_iter()
+                .map(|(source, raw)| SysRow {
                     query: self.name.clone(),
                     source,
                     position: String::new(),
                     raw,
                     reason: l.reason.clone(),
-                }),
-            );
+                    at,
+                })
+                .collect();
+            self.record("_late", rows)?;
         }
         Ok(())
     }
@@ -947,7 +1163,7 @@ impl QueryRuntime {
                 }
                 Poll::Ready(batch, bad) => {
                     let name = self.sources[i].name.clone();
-                    self.record_bad(&name, bad);
+                    self.record_bad(&name, bad)?;
                     got = true;
                     if let Some(b) = batch {
                         self.metrics.rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
@@ -1002,13 +1218,20 @@ impl QueryRuntime {
             let got = self.turn().await?;
             if self.sources.iter().all(|s| s.exhausted) {
                 self.sink.close()?;
-                // Finished: the last epoch is published without a checkpoint (below) and the
-                // others are forgotten — there is nothing to resume. A crash before the publish
-                // resumes from the last checkpoint, whose recovery discards what later epochs
-                // left and writes it again.
-                if let Some(c) = self.checkpoints.take() {
+                if let Some(s) = &mut self.side {
+                    s.close()?;
+                }
+                // Finished: the last epoch is checkpointed and published like any other, then the
+                // checkpoints are forgotten — there is nothing to resume. (Not published without a
+                // checkpoint: a crash before the checkpoints are removed would then resume from an
+                // older one and write that epoch again, and other queries may already have read
+                // its `_errors`/`_late` side logs.) A crash before the removal resumes from the
+                // last checkpoint, finds every source at its end and finishes again.
+                if self.checkpoints.is_some() {
                     self.commit()?;
-                    c.store.remove_all()?;
+                    if let Some(c) = self.checkpoints.take() {
+                        c.store.remove_all()?;
+                    }
                 }
                 break;
             }

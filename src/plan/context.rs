@@ -90,6 +90,16 @@ impl TableProvider for BoundedTable {
     }
 }
 
+/// What a context reads as streams rather than as bounded snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Streams {
+    /// Materialized views: as changelog streams.
+    pub views: bool,
+    /// `_errors` and `_late`: as append-only streams without event time, over the side logs of
+    /// queries with checkpoints ([`crate::connector::system_stream`]).
+    pub system: bool,
+}
+
 /// A context for planning continuous queries over `catalog`. With `load`, bounded tables are read
 /// (for running); without, they stand in with their schema only (`freshet check`, EXPLAIN).
 pub struct PlanContext {
@@ -104,18 +114,19 @@ impl PlanContext {
         load: bool,
         wanted: &super::Inputs,
     ) -> Result<PlanContext> {
-        Self::with_views_as_streams(catalog, system, load, wanted, false).await
+        Self::with_streams(catalog, system, load, wanted, Streams::default()).await
     }
 
-    /// [`Self::new`]; with `mv_streams`, materialized views are read as changelog streams (a
-    /// continuous query), not as snapshots (a bounded query).
-    pub async fn with_views_as_streams(
+    /// [`Self::new`], reading as streams what `streams` says (a continuous query), not as snapshots
+    /// (a bounded query).
+    pub async fn with_streams(
         catalog: &Catalog,
         system: &SystemTables,
         load: bool,
         wanted: &super::Inputs,
-        mv_streams: bool,
+        streams: Streams,
     ) -> Result<PlanContext> {
+        let mv_streams = streams.views;
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
@@ -133,6 +144,30 @@ impl PlanContext {
             .build();
         let ctx = SessionContext::new_with_state(state);
         let mut pc = PlanContext { ctx, next_tvf: 0 };
+        // Before the catalog's views, which may read them.
+        for name in crate::sql::catalog::SYSTEM_TABLES {
+            if streams.system {
+                pc.register(
+                    name,
+                    Arc::new(StreamTable {
+                        name: name.to_string(),
+                        schema: SystemTables::schema(),
+                        rowtime: None,
+                        changelog: false,
+                    }),
+                )?;
+                continue;
+            }
+            let snap = system.snapshot(name)?;
+            pc.register(
+                name,
+                Arc::new(BoundedTable {
+                    name: name.to_string(),
+                    schema: snap.schema(),
+                    inner: Some(Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?)),
+                }),
+            )?;
+        }
         for (name, obj) in catalog.ordered() {
             match obj {
                 Object::Source(def) if def.kind == SourceKind::Stream => {
@@ -192,17 +227,6 @@ impl PlanContext {
                 }
                 Object::Sink(_) => {}
             }
-        }
-        for name in crate::sql::catalog::SYSTEM_TABLES {
-            let snap = system.snapshot(name)?;
-            pc.register(
-                name,
-                Arc::new(BoundedTable {
-                    name: name.to_string(),
-                    schema: snap.schema(),
-                    inner: Some(Arc::new(MemTable::try_new(snap.schema(), vec![vec![snap]])?)),
-                }),
-            )?;
         }
         Ok(pc)
     }

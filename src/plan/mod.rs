@@ -218,9 +218,23 @@ pub async fn compile(
     let mut q = query.clone();
     q.order_by = None;
     q.limit_clause = None;
-    let streaming = !inputs.streams.is_empty() || (reads == Reads::Continuous && !inputs.mviews.is_empty());
-    let mut pc =
-        context::PlanContext::with_views_as_streams(catalog, system, load && streaming, &inputs, streaming).await?;
+    // A continuous query (a sink, a materialized view) reads materialized views as changelogs and
+    // `_errors`/`_late` as streams (the side logs of queries with checkpoints); a SELECT reads their
+    // snapshots (the newest rows kept in memory), unless it reads a stream too.
+    let continuous = reads == Reads::Continuous;
+    let streaming =
+        !inputs.streams.is_empty() || (continuous && (!inputs.mviews.is_empty() || !inputs.system.is_empty()));
+    let mut pc = context::PlanContext::with_streams(
+        catalog,
+        system,
+        load && streaming,
+        &inputs,
+        context::Streams {
+            views: streaming,
+            system: continuous,
+        },
+    )
+    .await?;
     if !streaming {
         // Bounded: the session runs it in batch; only the schema is needed here.
         let plan = pc.plan_query(query).await?;
