@@ -36,16 +36,22 @@
 //! again at `base + g + 1`, then moves to generation `g + 1`. [`Sink::recover`] does the same from
 //! the checkpoint (the same cells at the same timestamps: harmless if it was done). A row written
 //! in generation `g > 0` for the first time since the sink started or since `g` began gets a marker
-//! at `base + g − 1` first, hiding its older versions. A row whose latest change in the epoch is an
-//! upsert with every once-held value non-NULL needs no delete at all.
+//! at `base + g − 1` first, hiding its older versions (a query that never deletes stays at
+//! generation 0, where cell timestamps are exactly the base and nothing needs hiding; one that does
+//! pays one more mutation per row and generation, and its cells sit `g` ms above the base). A row
+//! whose latest change in the epoch is an upsert with every once-held value non-NULL needs no
+//! delete at all.
 //!
-//! **Guarantee.** Every cell holds one version (older ones are hidden by markers); every marker the
-//! sink writes is recorded in a checkpoint and sits below the timestamps the sink writes from then
-//! on, including a replay's. After a restart from checkpoint N the sink is in N's generation, so the
-//! replay rewrites the first run's cells in place, and once it has passed the point where the first
-//! run stopped, every row it wrote holds its final value (deleted rows and NULL cells absent), in
-//! one version. Deletes and NULLs show in HBase when their epoch's checkpoint completes (every
-//! commit interval), upserts at once. Not guaranteed:
+//! **Guarantee.** Every cell holds one version (older ones are hidden by markers), and no marker
+//! ever sits at or above a timestamp the sink writes later, a replay's included: delete markers go
+//! out only once the checkpoint recording them is durable, and every start takes up the highest
+//! generation published (the checkpoint's, or the table's if that is higher), so hiding markers at
+//! `g − 1` stay below. After a restart from checkpoint N the sink is in N's generation, as the first
+//! run was after N, so the replay rewrites the first run's cells in place; once it has passed the
+//! point where the first run stopped, every row it wrote holds its final value (deleted rows and
+//! NULL cells absent), in one version. A crash during recovery, and a start from scratch over a
+//! table earlier runs wrote, keep this. Deletes and NULLs show in HBase when their epoch's
+//! checkpoint completes (every commit interval), upserts at once. Not guaranteed:
 //!
 //! - while a replay catches up, a row may show an earlier value than it did before the crash: the
 //!   replay writes the same timestamps, and at equal timestamps HBase keeps the last write, not the
@@ -97,7 +103,7 @@ pub type Client = HbaseSyncClient<
     TBinaryOutputProtocol<TBufferedWriteTransport<Conn>>,
 >;
 
-/// One half of a Thrift connection: a TCP stream whose reads and writes wait in [`POLL`] steps, up
+/// One half of a Thrift connection: a TCP stream whose reads and writes wait in short steps, up
 /// to [`IO_TIMEOUT`], or [`STOP_GRACE`] once the stop flag is set.
 pub struct Conn {
     stream: TcpStream,
