@@ -53,6 +53,8 @@ impl Prefetch {
         let resumed = inner.resumed_watermark();
         let partitioned = inner.partitioned();
         let position = inner.position();
+        // Its watermark before any delivery (a source resumed from a checkpoint already has one).
+        let watermark = inner.watermark();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Delivery>(2);
         let (commits, commit_rx) = std::sync::mpsc::channel::<(i64, u64, i64)>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -91,7 +93,7 @@ impl Prefetch {
             bounded,
             resumed,
             partitioned,
-            watermark: None,
+            watermark,
             polls: 0,
             position,
             ended: false,

@@ -318,6 +318,10 @@ impl Sink for CaptureSink {
         self.0.mode()
     }
 
+    fn interrupt_handle(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        self.0.lock().inner.interrupt_handle()
+    }
+
     fn write(&mut self, out: &Output) -> Result<()> {
         let mut st = self.0.lock();
         st.inner.write(out)?;

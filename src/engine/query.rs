@@ -1305,6 +1305,21 @@ pub struct QueryTask {
 
 impl QueryTask {
     pub fn spawn(rt: QueryRuntime, stop: watch::Receiver<bool>) -> Result<Self> {
+        // A sink blocked on a service (HBase retrying through an outage) is on the query's thread,
+        // which cannot see the stop: tell the sink from here.
+        if let Some(flag) = rt.sink.interrupt_handle()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let mut stop = stop.clone();
+            handle.spawn(async move {
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        return;
+                    }
+                }
+                flag.store(true, Ordering::SeqCst);
+            });
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let finished = done.clone();

@@ -6,6 +6,7 @@ mod cli;
 mod collector;
 mod hbase_idempotent;
 mod joins;
+mod kafka_kills;
 mod kafka_exactly_once;
 mod nexmark;
 mod oracle;

@@ -13,10 +13,10 @@ use freshet::connector::kafka;
 
 use crate::support::*;
 
-const KAFKA: &str = "127.0.0.1:9092";
-const THRIFT: &str = "127.0.0.1:9090";
+pub(crate) const KAFKA: &str = "127.0.0.1:9092";
+pub(crate) const THRIFT: &str = "127.0.0.1:9090";
 
-fn up(name: &str, addr: &str) -> bool {
+pub(crate) fn up(name: &str, addr: &str) -> bool {
     let reachable = addr
         .to_socket_addrs()
         .ok()
@@ -36,7 +36,7 @@ fn up(name: &str, addr: &str) -> bool {
 }
 
 /// Produce the generator's events (or `extra` raw payloads first) to a new topic.
-async fn produce(topic: &str, opts: &GenOptions, extra: &[&[u8]]) {
+pub(crate) async fn produce(topic: &str, opts: &GenOptions, extra: &[&[u8]]) {
     kafka::ensure_topic(KAFKA, topic, 4).await.expect("topic");
     let p = kafka::producer(KAFKA, &[]).expect("producer");
     for raw in extra {
