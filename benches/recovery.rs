@@ -43,11 +43,13 @@ async fn start(config: &EngineConfig) -> Session {
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this as a quick smoke test.
+    let bench = std::env::args().any(|a| a == "--bench");
     let keys: u64 = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if bench { 1_000_000 } else { 20_000 });
     let dir = tempfile::tempdir().expect("tmp");
     let config = EngineConfig {
         checkpoint_dir: Some(dir.path().to_path_buf()),
