@@ -58,23 +58,24 @@ pub(crate) async fn produce(topic: &str, opts: &GenOptions, extra: &[&[u8]]) {
     kafka::flush(&p).expect("flush");
 }
 
-fn kafka_source(name: &str, topic: &str) -> String {
+pub(crate) fn kafka_source(name: &str, topic: &str) -> String {
     format!(
         "CREATE SOURCE {name} ({COURSE_COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{KAFKA}', topic = '{topic}',
          startup = 'earliest', bounded = 'latest', group_id = '{topic}-g');"
     )
 }
 
-const VIEWS_SQL: &str =
+pub(crate) const VIEWS_SQL: &str =
     "SELECT course_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT user_id) AS viewers,
        SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases
 FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND) GROUP BY course_id, window_start, window_end";
 
-const ORACLE_SQL: &str = "SELECT course_id, date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01'),
+pub(crate) const ORACLE_SQL: &str =
+    "SELECT course_id, date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01'),
        COUNT(*), COUNT(DISTINCT user_id), SUM(CASE WHEN purchased THEN 1 ELSE 0 END) FROM ev GROUP BY 1, 2";
 
 /// Read an HBase table back through Freshet's own lookup-table reader.
-async fn hbase_rows(s: &mut freshet::session::Session, table: &str, thrift: &str) -> Vec<String> {
+pub(crate) async fn hbase_rows(s: &mut freshet::session::Session, table: &str, thrift: &str) -> Vec<String> {
     let name = unique("read");
     exec(
         s,
@@ -179,15 +180,15 @@ async fn invalid_kafka_messages_go_to_errors_and_the_run_goes_on() {
 /// A TCP proxy in front of HBase's Thrift server that the test can take down and bring back.
 /// Forwarding happens under the same lock as `down`, so once `down` returns no byte gets through —
 /// not even one a copy thread had already read.
-struct Proxy {
-    addr: String,
+pub(crate) struct Proxy {
+    pub(crate) addr: String,
     /// Whether traffic flows, and the sockets to cut when it stops.
     state: Arc<Mutex<(bool, Vec<TcpStream>)>>,
-    bytes: Arc<AtomicU64>,
+    pub(crate) bytes: Arc<AtomicU64>,
 }
 
 impl Proxy {
-    fn start(upstream: &'static str) -> Proxy {
+    pub(crate) fn start(upstream: &'static str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let state: Arc<Mutex<(bool, Vec<TcpStream>)>> = Arc::new(Mutex::new((true, Vec::new())));
@@ -234,7 +235,7 @@ impl Proxy {
         Proxy { addr, state, bytes }
     }
 
-    fn down(&self) {
+    pub(crate) fn down(&self) {
         let mut guard = self.state.lock().expect("state");
         guard.0 = false;
         for sock in guard.1.drain(..) {
@@ -242,7 +243,7 @@ impl Proxy {
         }
     }
 
-    fn up(&self) {
+    pub(crate) fn up(&self) {
         self.state.lock().expect("state").0 = true;
     }
 }
