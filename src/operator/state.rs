@@ -130,6 +130,7 @@ pub mod testing {
 
     /// One step of an operator's input.
     #[derive(Clone)]
+    #[allow(clippy::large_enum_variant)] // test input, built once per case
     pub enum Step {
         /// Rows on input `port`, then `flush`.
         Rows(usize, ChangeBatch),
