@@ -63,7 +63,10 @@ async fn main() {
     let t0 = Instant::now();
     while Metrics::get(&m.groups) < keys {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(t0.elapsed() < Duration::from_secs(1800), "state did not reach {keys} keys");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1800),
+            "state did not reach {keys} keys"
+        );
     }
     let events = Metrics::get(&m.rows_in);
     // Stopping takes a checkpoint; then the session (the process's state) is gone.
