@@ -50,6 +50,6 @@ for q in queries/*.sql examples/*/*.sql; do
   sed -e "s/events = '1000000'/events = '100000'/" "$q" > "$work/job.sql"
   cp -r examples "$work/" 2>/dev/null || true
   echo "-- $q"
-  (cd "$work" && "$bin" run job.sql > "$work/out.txt") || { echo "FAILED: $q"; cat "$work/out.txt"; exit 1; }
+  (cd "$work" && FRESHET_DATA_DIR="$work/data" "$bin" run job.sql > "$work/out.txt") || { echo "FAILED: $q"; cat "$work/out.txt"; exit 1; }
 done
 echo "shipped queries: all ran"

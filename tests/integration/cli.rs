@@ -3,7 +3,13 @@
 use std::process::Command;
 
 fn freshet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_freshet"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_freshet"));
+    // Checkpoints (and any catalog) of these runs stay out of the user's data directory.
+    c.env(
+        "FRESHET_DATA_DIR",
+        std::env::temp_dir().join(format!("freshet-cli-tests-{}", std::process::id())),
+    );
+    c
 }
 
 #[test]
