@@ -54,3 +54,21 @@ echo "$duck"
 dsecs=$(echo "$duck" | awk '{print $2}')
 fsecs=$(grep -oE '[0-9.]+ s \(' "$dir/tumble_file.log" | grep -oE '[0-9.]+' | head -1)
 awk -v f="$fsecs" -v d="$dsecs" 'BEGIN { printf "tumble_file: Freshet %.2f s, DuckDB %.2f s, Freshet/DuckDB time ratio %.2f\n", f, d, f / d }'
+
+echo "== dirty input: the tumble_file query over the same events with 2% late and 1% malformed lines"
+dirty="$dir/events-$EVENTS-dirty.jsonl"
+if [ ! -s "$dirty" ]; then
+  "$bin" generate courses --events "$EVENTS" --seed 42 --late-ratio 0.02 --out - \
+    | awk '{ print } NR % 99 == 0 { print "{\"user_id\": 1, \"course_id\": oops" }' > "$dirty.tmp"
+  mv "$dirty.tmp" "$dirty"
+fi
+cp "$dir/tumble_file.log" "$dir/tumble_clean.log"
+clean_file="$file"
+file="$dirty"
+printf "%-18s " "tumble_dirty"
+run_case tumble_file "$EVENTS"
+file="$clean_file"
+csecs=$(grep -oE '[0-9.]+ s \(' "$dir/tumble_clean.log" | grep -oE '[0-9.]+' | head -1)
+xsecs=$(grep -oE '[0-9.]+ s \(' "$dir/tumble_file.log" | grep -oE '[0-9.]+' | head -1)
+grep -oE '[0-9]+ errors?|[0-9]+ late' "$dir/tumble_file.log" | head -2 | tr '\n' ' '
+awk -v c="$csecs" -v x="$xsecs" 'BEGIN { printf "\ndirty input throughput: %.0f%% of clean\n", 100 * c / x }'
