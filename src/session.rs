@@ -657,6 +657,20 @@ impl Session {
     /// `SET key = value`, for the queries started after it.
     fn set(&mut self, key: &str, value: &str) -> Result<Outcome> {
         match key {
+            "execution.checkpointing.interval" | "checkpoint_interval" => {
+                let ms = crate::sql::parser::duration_ms(value)
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        Error::option(
+                            key,
+                            format!("'{value}' is not a duration (e.g. '10 s', '1 min', '500 ms')"),
+                        )
+                    })?;
+                self.config.commit_interval = std::time::Duration::from_millis(ms as u64);
+                Ok(Outcome::Done(format!(
+                    "{key} = {value}: queries started from now on checkpoint that often"
+                )))
+            }
             "table.exec.state.ttl" | "state_ttl" => {
                 let ttl = crate::sql::parser::duration_ms(value).ok_or_else(|| {
                     Error::option(

@@ -596,6 +596,8 @@ impl HBaseSink {
                     c.mutate_rows_ts(o.table.clone().into_bytes(), chunk.to_vec(), ts, BTreeMap::new())
                         .map_err(|e| hb(&format!("writing to table '{}'", o.table), e))
                 })?;
+                // A crash between two calls of one batch (the fault tests' named point).
+                fail::fail_point!("hbase-mid-batch", |_| crate::state::crash("hbase-mid-batch"));
             }
         }
         Ok(())

@@ -264,3 +264,82 @@ async fn ten_sigkills_of_a_live_kafka_run_leave_hbase_parquet_and_views_exact() 
     .await;
     assert_rows_eq(&got, &want, "the windowed join after kills");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_an_hbase_batch_leaves_hbase_exact() {
+    if !up("Kafka", KAFKA) || !up("HBase Thrift", THRIFT) {
+        return;
+    }
+    let topic = unique("hbase_crash");
+    let table = unique("hbase_crash");
+    let opts = gen_opts(60_000, 19);
+    produce(&topic, &opts, &[]).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("job.sql"),
+        format!(
+            "CREATE SOURCE views ({COURSE_COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{KAFKA}',
+                 topic = '{topic}', startup = 'earliest', bounded = 'latest');
+             CREATE SINK per_minute WITH (connector = 'hbase', thrift = '{THRIFT}', table = '{table}',
+                 column_family = 'v', row_key = 'course_id, window_start', create_table = 'true', batch_rows = '50') AS
+             SELECT course_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT user_id) AS viewers,
+                    SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases
+             FROM TABLE(TUMBLE(TABLE views, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
+             GROUP BY course_id, window_start, window_end;"
+        ),
+    )
+    .expect("write");
+    let run = |failpoints: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_freshet"));
+        if let Some(f) = failpoints {
+            c.env("FAILPOINTS", f);
+        }
+        c.current_dir(dir.path())
+            .args([
+                "run",
+                "job.sql",
+                "--checkpoint-dir",
+                "chk",
+                "--checkpoint-interval",
+                "0.2",
+            ])
+            .args(["--batch-size", "1000"])
+            .output()
+            .expect("run")
+    };
+    let crashed = run(Some("hbase-mid-batch=30*off->return"));
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert!(
+        !crashed.status.success() && stderr.contains("crash point hbase-mid-batch"),
+        "{stderr}"
+    );
+    let out = run(None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut s = session(10_000);
+    let name = unique("read");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE TABLE {name} (course_id BIGINT, window_start TIMESTAMP, views BIGINT, viewers BIGINT, purchases BIGINT)
+             WITH (connector = 'hbase', thrift = '{THRIFT}', table = '{table}', row_key = 'course_id, window_start');"
+        ),
+    )
+    .await;
+    let got = sorted_rows(
+        &exec(
+            &mut s,
+            &format!("SELECT course_id, window_start, views, viewers, purchases FROM {name};"),
+        )
+        .await,
+    );
+    let want = batch_rows(
+        &oracle_ctx(&opts, "ev"),
+        "SELECT course_id, date_bin(INTERVAL '1 minute', event_time, TIMESTAMP '1970-01-01'), COUNT(*),
+                COUNT(DISTINCT user_id), SUM(CASE WHEN purchased THEN 1 ELSE 0 END) FROM ev GROUP BY 1, 2",
+    )
+    .await;
+    assert_rows_eq(&got, &want, "HBase after a crash mid-batch");
+    let many: Vec<_> = versions(&table).into_iter().filter(|(_, n)| *n != 1).take(5).collect();
+    assert!(many.is_empty(), "cells with more than one version: {many:?}");
+}
