@@ -307,6 +307,23 @@ impl KafkaSource {
         }
     }
 
+    /// A transactionally written topic holds commit/abort markers (and, read committed, records of
+    /// aborted transactions) that take offsets but are never returned, so the offset after the last
+    /// record returned can stay short of the end for good (a bounded read would never finish, an idle
+    /// partition never look caught up). librdkafka moves the consumer's position past them: take it.
+    fn skip_control_records(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for e in positions.elements_for_topic(&self.opts.topic) {
+            if let (Offset::Offset(o), Some(p)) = (e.offset(), self.partitions.get_mut(&e.partition()))
+                && o > p.next_offset
+            {
+                p.next_offset = o;
+            }
+        }
+    }
+
     fn done(&self) -> bool {
         self.partitions
             .values()
@@ -363,6 +380,7 @@ impl Source for KafkaSource {
         }
         self.refresh_silent_partitions();
         if n == 0 {
+            self.skip_control_records();
             return Ok(if self.done() { Poll::Exhausted } else { Poll::Pending });
         }
         self.polls += 1;
