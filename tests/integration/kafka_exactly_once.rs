@@ -300,3 +300,198 @@ async fn read_uncommitted_readers_see_aborted_rows() {
         "aborted rows, and the aborted first copy of epoch 2, are visible to read_uncommitted"
     );
 }
+
+// ------------------------------------------------------------------------ through `freshet run`
+
+const EVENTS: u64 = 200_000;
+/// The kill test's job: long enough that no killed run reaches its end (a kill while a finished
+/// query removes its checkpoints is a hazard of the checkpoint store, not of this sink).
+const KILLED_EVENTS: u64 = 1_000_000;
+const SEED: u64 = 11;
+
+/// A windowed count per course and second into a Kafka sink (rows in every epoch), checkpointed every
+/// 0.1 s.
+fn job(topic: &str, events: u64) -> String {
+    format!(
+        "CREATE SOURCE views ({})
+           WITH (connector = 'generator', events = '{events}', seed = '{SEED}');
+         CREATE SINK per_minute WITH (connector = 'kafka', bootstrap_servers = '{KAFKA}', topic = '{topic}',
+                                      key = 'course_id') AS
+         SELECT course_id, window_start, COUNT(*) AS views
+         FROM TABLE(TUMBLE(TABLE views, DESCRIPTOR(event_time), INTERVAL '1' SECOND))
+         GROUP BY course_id, window_start, window_end;",
+        crate::support::COURSE_COLUMNS
+    )
+}
+
+fn start(dir: &std::path::Path, failpoints: Option<&str>) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_freshet"));
+    if let Some(f) = failpoints {
+        cmd.env("FAILPOINTS", f);
+    }
+    cmd.current_dir(dir)
+        .args([
+            "run",
+            "job.sql",
+            "--checkpoint-dir",
+            "chk",
+            "--checkpoint-interval",
+            "0.1",
+            "--batch-size",
+            "500",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start freshet")
+}
+
+/// The newest checkpoint epoch under `chk` (0: none).
+fn newest_checkpoint(chk: &std::path::Path) -> u64 {
+    let Ok(queries) = std::fs::read_dir(chk) else {
+        return 0;
+    };
+    queries
+        .filter_map(|q| q.ok())
+        .filter_map(|q| std::fs::read_dir(q.path()).ok())
+        .flatten()
+        .filter_map(|c| c.ok())
+        .filter_map(|c| c.file_name().to_str()?.strip_prefix("chk-")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The job's rows in the topic as `course_id|window_start|views`, sorted, read with `isolation`.
+fn job_rows(topic: &str, isolation: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(1_500) {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let v: Value = serde_json::from_slice(m.expect("consume").payload().expect("payload")).expect("json");
+            out.push(format!(
+                "{}|{}|{}",
+                v["course_id"],
+                v["window_start"].as_str().expect("window_start"),
+                v["views"]
+            ));
+            quiet = Instant::now();
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn batch_answer(events: u64) -> Vec<String> {
+    let oracle = crate::support::oracle_ctx(&crate::support::gen_opts(events, SEED), "ev");
+    crate::support::batch_rows(
+        &oracle,
+        "SELECT course_id, date_bin(INTERVAL '1 second', event_time, TIMESTAMP '1970-01-01'), COUNT(*)
+         FROM ev GROUP BY 1, 2",
+    )
+    .await
+}
+
+/// (2), through the engine: the process dies (abort, as `kill -9`: no destructor aborts anything)
+/// right after checkpoint 4 is written, before its publish. The run after it writes epoch 4's rows
+/// again; a read_committed reader then holds exactly the batch answer, a read_uncommitted one sees
+/// epoch 4's first copy too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshet_run_crashing_before_publish_leaves_the_topic_exact() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_run_crash").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("job.sql"), job(&t, EVENTS)).expect("write");
+    let crashed = start(dir.path(), Some("checkpoint-before-publish=3*off->return"))
+        .wait_with_output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert!(
+        !crashed.status.success() && stderr.contains("crash point checkpoint-before-publish"),
+        "the run did not crash before publishing: {stderr}"
+    );
+    let out = start(dir.path(), None).wait_with_output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from checkpoint 4"), "{stderr}");
+    assert!(stderr.contains("were written again and committed"), "{stderr}");
+    let want = batch_answer(EVENTS).await;
+    let got = job_rows(&t, "read_committed");
+    crate::support::assert_rows_eq(&got, &want, "read_committed after a crash before publish");
+    let uncommitted = job_rows(&t, "read_uncommitted");
+    assert!(
+        uncommitted.len() > got.len(),
+        "read_uncommitted also sees the aborted first copy of epoch 4 ({} rows, {} committed)",
+        uncommitted.len(),
+        got.len()
+    );
+}
+
+/// SIGKILLs at different points of an epoch (writing, preparing, between checkpoint and publish),
+/// then a run to the end: a read_committed reader holds exactly the batch answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshet_run_killed_again_and_again_leaves_the_topic_exact() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_run_kills").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("job.sql"), job(&t, KILLED_EVENTS)).expect("write");
+    let chk = dir.path().join("chk");
+    let mut kills = 0;
+    let mut finished = None;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let wait = x % 150;
+        let mut child = start(dir.path(), None);
+        let before = newest_checkpoint(&chk);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while newest_checkpoint(&chk) == before && child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(wait));
+        if child.try_wait().expect("wait").is_none() {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            kills += 1;
+        } else {
+            finished = Some(child.wait_with_output().expect("output"));
+            break;
+        }
+    }
+    let out = match finished {
+        Some(out) => out,
+        None => start(dir.path(), None).wait_with_output().expect("final run"),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        kills, 8,
+        "a run finished before it could be killed: make the job longer"
+    );
+    assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+    let got = job_rows(&t, "read_committed");
+    crate::support::assert_rows_eq(
+        &got,
+        &batch_answer(KILLED_EVENTS).await,
+        "read_committed after SIGKILLs",
+    );
+}
