@@ -993,37 +993,92 @@ impl Marker {
         })
     }
 
-    /// The number of the last transaction committed (0: none). Read after `init_transactions`, so no
+    /// The last transaction committed (number 0: none). Read after `init_transactions`, so no
     /// transaction of this id is still pending.
-    fn committed(&self) -> Result<u64> {
+    fn committed(&self) -> Result<Committed> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.topic, 0);
         let c = self
             .consumer
             .committed_offsets(tpl, METADATA_TIMEOUT)
             .map_err(|e| kafka_err("reading the sink's commit marker", e))?;
-        let mut n = 0;
+        let mut last = Committed { txn: 0, lineage: None };
         for e in c.elements() {
             e.error()
                 .map_err(|e| kafka_err("reading the sink's commit marker", e))?;
             if let Offset::Offset(o) = e.offset() {
-                n = n.max(o.max(0) as u64);
+                last = Committed {
+                    txn: o.max(0) as u64,
+                    lineage: e
+                        .metadata()
+                        .strip_prefix("freshet:")
+                        .and_then(|m| m.split(':').next())
+                        .map(str::to_string),
+                };
             }
         }
-        Ok(n)
+        Ok(last)
     }
 
-    /// Make the open transaction say that it is transaction `txn` (of `epoch`) when it commits.
-    fn mark(&self, p: &SinkProducer, txn: u64, epoch: u64) -> Result<()> {
+    /// Make the open transaction say that it is transaction `txn` of `lineage` (and `epoch`) when it
+    /// commits.
+    fn mark(&self, p: &SinkProducer, lineage: &str, txn: u64, epoch: u64) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Offset(txn as i64))
             .map_err(|e| kafka_err("commit marker", e))?;
         if let Some(mut e) = tpl.find_partition(&self.topic, 0) {
-            e.set_metadata(format!("freshet: transaction {txn}, epoch {epoch}"));
+            e.set_metadata(format!("freshet:{lineage}:{txn}:{epoch}"));
         }
         p.send_offsets_to_transaction(&tpl, &self.cgm, TXN_TIMEOUT)
-            .map_err(|e| kafka_err("adding the commit marker to the transaction", e))
+            .map_err(|e| txn_err("adding the commit marker to the transaction", e, &self.id))
     }
+}
+
+/// What the commit marker says: the last transaction committed and the sink lineage that committed it.
+struct Committed {
+    txn: u64,
+    lineage: Option<String>,
+}
+
+impl Committed {
+    /// Whether the transaction a checkpoint left unpublished (`p.txn`) was committed. A marker written
+    /// by another lineage at or past it means two sinks share the transactional.id: the answer cannot
+    /// be told, so the sink refuses (rather than lose or repeat the epoch).
+    fn covers(&self, p: &KafkaPending, topic: &str) -> Result<bool> {
+        let ours = self.lineage.as_deref() == Some(p.lineage.as_str());
+        let at_or_past = match p.txn {
+            Some(n) => self.txn >= n,
+            None => self.txn >= p.next,
+        };
+        if at_or_past && !ours {
+            return Err(Error::External(format!(
+                "kafka sink '{topic}': the commit marker of transactional.id '{}' (consumer group '{}') was written \
+                 by another sink ({}, transaction {}) since checkpoint {}: two sinks use this transactional.id, so \
+                 whether that checkpoint's output was committed cannot be told. Give each sink its own \
+                 'properties.transactional.id'",
+                p.transactional_id,
+                commit_marker_group(&p.transactional_id),
+                self.lineage.as_deref().unwrap_or("no Freshet lineage"),
+                self.txn,
+                p.epoch
+            )));
+        }
+        Ok(p.txn.is_none_or(|n| self.txn >= n))
+    }
+}
+
+/// A transactional call's error; a fatal one (the producer is fenced) explains the two causes.
+fn txn_err(what: &str, e: KafkaError, transactional_id: &str) -> Error {
+    let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+    let mut err = kafka_err(what, e);
+    if fatal && let Error::External(m) = &mut err {
+        m.push_str(&format!(
+            " (another producer with transactional.id '{transactional_id}' started, or the transaction stayed \
+             open longer than transaction.timeout.ms — keep that well above the checkpoint interval; the query's \
+             output since its last published checkpoint is written again when it resumes from its checkpoint)"
+        ));
+    }
+    err
 }
 
 /// `commit_transaction`, retried while librdkafka says the error is retriable.
@@ -1046,6 +1101,7 @@ fn rewrite(
     o: &KafkaSinkOptions,
     p: &SinkProducer,
     marker: &Marker,
+    lineage: &str,
     records: &Ranges,
     txn: u64,
     epoch: u64,
@@ -1087,7 +1143,7 @@ fn rewrite(
         }
         flush_sink(p, TXN_TIMEOUT)?;
         take_landed(p);
-        marker.mark(p, txn, epoch)?;
+        marker.mark(p, lineage, txn, epoch)?;
         commit_txn(p).map_err(|e| kafka_err("committing the transaction", e))?;
         Ok(written)
     });
@@ -1179,6 +1235,23 @@ pub struct KafkaPending {
     pub records: BTreeMap<i32, Vec<(i64, i64)>>,
     /// The number the next transaction gets.
     pub next: u64,
+    /// The sink's lineage: a random name given at a start from scratch and kept through every
+    /// recovery from its checkpoints, written into the commit marker.
+    pub lineage: String,
+}
+
+/// A name no other sink lineage has.
+fn new_lineage() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }
 
 struct Txn {
@@ -1194,6 +1267,7 @@ struct Txn {
     unprepared: bool,
     /// The epoch last prepared.
     epoch: u64,
+    lineage: String,
 }
 
 pub struct KafkaSink {
@@ -1230,6 +1304,7 @@ impl KafkaSink {
             records: Ranges::new(),
             unprepared: false,
             epoch: 0,
+            lineage: new_lineage(),
         });
         Ok(KafkaSink {
             opts,
@@ -1254,7 +1329,7 @@ impl KafkaSink {
             .init_transactions(TXN_TIMEOUT)
             .map_err(|e| kafka_err(&format!("initializing transactions of '{}'", t.id), e))?;
         let marker = Marker::open(&self.opts, &t.id, &self.opts.topic)?;
-        t.next = t.next.max(marker.committed()? + 1);
+        t.next = t.next.max(marker.committed()?.txn + 1);
         t.marker = Some(marker);
         Ok(())
     }
@@ -1267,7 +1342,7 @@ impl KafkaSink {
         let Some(t) = &mut self.txn else { return Ok(None) };
         merge_ranges(&mut t.records, landed);
         if let (Some(n), Some(m)) = (t.open, &t.marker) {
-            m.mark(&self.producer, n, epoch)?;
+            m.mark(&self.producer, &t.lineage, n, epoch)?;
         }
         t.unprepared = false;
         t.epoch = epoch;
@@ -1282,6 +1357,7 @@ impl KafkaSink {
                 Ranges::new()
             },
             next: t.next,
+            lineage: t.lineage.clone(),
         }))
     }
 
@@ -1309,9 +1385,9 @@ impl KafkaSink {
                     .marker
                     .as_ref()
                     .ok_or_else(|| Error::Internal("kafka sink: no marker".into()))?;
-                rewrite(&self.opts, &self.producer, m, &t.records, n, t.epoch)?;
+                rewrite(&self.opts, &self.producer, m, &t.lineage, &t.records, n, t.epoch)?;
             }
-            Err(e) => return Err(kafka_err("committing the transaction", e)),
+            Err(e) => return Err(txn_err(&format!("committing transaction {n}"), e, &t.id)),
         }
         t.open = None;
         t.records.clear();
@@ -1333,10 +1409,20 @@ impl KafkaSink {
                 .ok_or_else(|| Error::Internal("kafka sink: no marker".into()))?;
             let committed = m.committed()?;
             let rewritten = match p.txn {
-                Some(n) if n > committed => Some(rewrite(&self.opts, &self.producer, m, &p.records, n, p.epoch)?),
+                Some(n) if !committed.covers(p, &self.opts.topic)? => Some(rewrite(
+                    &self.opts,
+                    &self.producer,
+                    m,
+                    &p.lineage,
+                    &p.records,
+                    n,
+                    p.epoch,
+                )?),
                 _ => None,
             };
-            t.next = t.next.max(p.next).max(committed + 1);
+            // The lineage goes on; no transaction number is used twice.
+            t.lineage = p.lineage.clone();
+            t.next = t.next.max(p.next).max(committed.txn + 1);
             (committed, rewritten)
         } else {
             // The checkpoint was taken under another transactional.id or topic (the options changed):
@@ -1348,7 +1434,9 @@ impl KafkaSink {
             let m = Marker::open(&self.opts, &p.transactional_id, &p.topic)?;
             let committed = m.committed()?;
             let rewritten = match p.txn {
-                Some(n) if n > committed => Some(rewrite(&self.opts, &producer, &m, &p.records, n, p.epoch)?),
+                Some(n) if !committed.covers(p, &p.topic)? => {
+                    Some(rewrite(&self.opts, &producer, &m, &p.lineage, &p.records, n, p.epoch)?)
+                }
                 _ => None,
             };
             (committed, rewritten)
@@ -1361,11 +1449,13 @@ impl KafkaSink {
                 p.txn.unwrap_or_default(),
                 p.epoch
             );
-        } else if committed >= p.next {
+        } else if committed.txn >= p.next {
             eprintln!(
                 "kafka sink '{}': transactions after checkpoint {} were committed (up to {committed}), but the query \
                  resumes from that older checkpoint: the rows of the later epochs will appear twice",
-                p.topic, p.epoch
+                p.topic,
+                p.epoch,
+                committed = committed.txn
             );
         }
         Ok(())
@@ -1402,7 +1492,7 @@ impl Sink for KafkaSink {
             if t.open.is_none() && !json.is_empty() {
                 self.producer
                     .begin_transaction()
-                    .map_err(|e| kafka_err("beginning a transaction", e))?;
+                    .map_err(|e| txn_err("beginning a transaction", e, &t.id))?;
                 t.open = Some(t.next);
                 t.next += 1;
             }

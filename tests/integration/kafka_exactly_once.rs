@@ -495,3 +495,58 @@ async fn freshet_run_killed_again_and_again_leaves_the_topic_exact() {
         "read_committed after SIGKILLs",
     );
 }
+
+/// A transaction open longer than `transaction.timeout.ms` (a checkpoint interval longer than it,
+/// or checkpoints failing for that long) is aborted by Kafka, which then reports the producer as
+/// fenced — as it would a zombie, so the sink cannot go on by itself: the publish fails and says
+/// why; the restart from the checkpoint writes the epoch again, once.
+#[tokio::test]
+async fn a_transaction_kafka_expired_fails_the_publish_and_the_restart_restores_it() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_expired").await;
+    let short = [("properties.transaction.timeout.ms", "2000")];
+    let mut s = sink(&t, &short);
+    s.recover(None, &Value::Null).expect("recover");
+    let _ = epoch(&mut s, 1, 1..=10);
+    s.publish(1).expect("publish");
+    let p2 = epoch(&mut s, 2, 11..=20);
+    // The broker looks for expired transactions every 10 s
+    // (transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    std::thread::sleep(Duration::from_secs(13));
+    let e = s.publish(2).expect_err("the transaction expired").to_string();
+    assert!(e.contains("transaction.timeout.ms"), "{e}");
+    drop(s);
+    assert_eq!(committed(&t), seq(&[1..=10]));
+    let mut s = sink(&t, &short);
+    s.recover(Some(2), &p2).expect("recover from checkpoint 2");
+    assert_eq!(committed(&t), seq(&[1..=20]));
+    let _ = epoch(&mut s, 3, 21..=30);
+    s.publish(3).expect("publish");
+    assert_eq!(committed(&t), seq(&[1..=30]));
+}
+
+/// Two sinks sharing a `transactional.id` (two queries writing one topic with the default id) fence
+/// each other; the one recovering then finds the commit marker written by the other, cannot tell
+/// whether its checkpoint's transaction committed, and refuses instead of guessing.
+#[tokio::test]
+async fn a_transactional_id_shared_by_two_sinks_is_refused_at_recovery() {
+    if !service_up("Kafka", KAFKA) {
+        return;
+    }
+    let t = topic("eos_shared").await;
+    let mut a = sink(&t, &[]);
+    a.recover(None, &Value::Null).expect("recover");
+    let _ = epoch(&mut a, 1, 1..=5);
+    a.publish(1).expect("publish");
+    let pa2 = epoch(&mut a, 2, 6..=10);
+    std::mem::forget(a); // checkpoint 2 written, then a crash
+    let mut b = sink(&t, &[]); // another query, same topic, same default transactional.id
+    b.recover(None, &Value::Null).expect("recover");
+    let _ = epoch(&mut b, 1, 100..=105);
+    b.publish(1).expect("publish");
+    let mut a = sink(&t, &[]);
+    let e = a.recover(Some(2), &pa2).expect_err("ambiguous marker").to_string();
+    assert!(e.contains("two sinks use this transactional.id"), "{e}");
+}
