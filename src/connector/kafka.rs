@@ -1,5 +1,6 @@
 //! `connector = 'kafka'`: a source reading every partition of a topic, and an append sink producing
-//! JSON rows. librdkafka is bundled (rdkafka's default features).
+//! JSON rows, exactly once through transactions by default (see the sink section below).
+//! librdkafka is bundled (rdkafka's default features).
 //!
 //! Source: partitions are assigned explicitly (one process reads them all; `startup = 'group'` resumes
 //! from the consumer group's committed offsets). Offsets are never auto-committed: the engine calls
@@ -693,7 +694,13 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
 // read back with `isolation.level = read_uncommitted` at the offsets the checkpoint holds and written
 // again in a new transaction that carries the same marker, then committed. A crash during that is
 // recovered the same way (the marker still says "not committed"); after it, the marker says
-// "committed" and nothing is written twice. This is what Arroyo's issue #224 / PR #218 describe as
+// "committed" and nothing is written twice. The marker's metadata names the sink's lineage (a random
+// name from a start from scratch, kept through recoveries): a marker of another lineage at or past the
+// checkpoint's transaction means two sinks share the transactional.id, and recovery refuses to guess.
+// Guarantee for `read_committed` readers, per crash window: before the checkpoint — the transaction is
+// aborted and the replay writes the rows again: once; between the checkpoint and the commit — copied by
+// recovery: once; during or after the commit — committed (a commit the coordinator started completes)
+// and recovery sees the marker: once. A `read_uncommitted` reader sees the aborted copies as well. This is what Arroyo's issue #224 / PR #218 describe as
 // the workable approach for librdkafka ("replay the data by reading the uncommitted records off of
 // kafka into a new commit"), with the marker answering "did it commit?".
 
