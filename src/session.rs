@@ -288,6 +288,7 @@ impl Session {
         let (metrics, bounded, stop, handle) = match sink_options {
             Some(opts) => {
                 let what = sink_label(name, &opts);
+                let opts = sink_identity(name, &opts);
                 self.start(name, &compiled, connector::sink_accepts(&opts), &what, |schema| {
                     connector::open_sink(&opts, schema)
                 })
@@ -570,7 +571,7 @@ impl Session {
                     connector::validate_sink_schema(options, &schema)?;
                     None
                 } else {
-                    let opts = options.clone();
+                    let opts = sink_identity(name, options);
                     Some(
                         self.start(name, &compiled, accepts, &what, |schema| {
                             connector::open_sink(&opts, schema)
@@ -688,7 +689,7 @@ impl Session {
             }
             other => Err(Error::option(
                 other,
-                "unknown setting; valid: 'table.exec.state.ttl' (or state_ttl)",
+                "unknown setting; valid: 'table.exec.state.ttl' (or state_ttl), 'execution.checkpointing.interval' (or checkpoint_interval)",
             )),
         }
     }
@@ -988,4 +989,16 @@ pub async fn present(table: &MemoryTable, presentation: &str) -> Result<Vec<Reco
         .await?
         .collect()
         .await?)
+}
+
+/// A sink's options with what identifies it across restarts: an exactly-once Kafka sink's
+/// `transactional.id` is `freshet-sink-<sink name>` unless the user set one, so two sinks writing
+/// one topic never share it.
+fn sink_identity(name: &str, options: &crate::sql::parser::Options) -> crate::sql::parser::Options {
+    let mut o = options.clone();
+    let exactly_once = o.get("sink.delivery-guarantee").is_none_or(|g| g == "exactly-once");
+    if o.get("connector") == Some("kafka") && exactly_once && o.get("properties.transactional.id").is_none() {
+        o.0.insert("properties.transactional.id".into(), format!("freshet-sink-{name}"));
+    }
+    o
 }

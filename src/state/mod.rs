@@ -121,6 +121,10 @@ impl CheckpointStore {
     /// The store of query `query` in `dir` (created if missing); leftovers of checkpoints that were
     /// being written when a process died are removed.
     pub fn open(dir: &Path, query: &str, keep: usize) -> Result<CheckpointStore> {
+        let gone = removed_name(dir);
+        if gone.exists() {
+            std::fs::remove_dir_all(&gone).map_err(io(&gone))?;
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = dir.join("lock");
         let lock = std::fs::OpenOptions::new()
@@ -200,8 +204,12 @@ impl CheckpointStore {
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         sync_dir(&self.dir)?;
         for old in self.epochs()?.into_iter().skip(self.keep) {
+            // Out of sight first (a kill during the removal must not leave a half checkpoint that
+            // looks like one): renamed as a leftover `open` removes.
             let p = self.path_of(old);
-            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+            let gone = self.dir.join(format!(".chk-{old:08}.tmp"));
+            std::fs::rename(&p, &gone).map_err(io(&p))?;
+            std::fs::remove_dir_all(&gone).map_err(io(&gone))?;
         }
         Ok(WriteStats {
             bytes,
@@ -350,13 +358,32 @@ impl CheckpointStore {
         })
     }
 
-    /// Remove every checkpoint (the query finished: there is nothing to resume).
+    /// Remove every checkpoint (the query finished: there is nothing to resume). The directory is
+    /// renamed out of sight first and fsynced, so a kill during the removal leaves no checkpoint
+    /// that is half gone (the leftover is removed when the query's store is next opened).
     pub fn remove_all(&self) -> Result<()> {
-        if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))?;
+        if !self.dir.exists() {
+            return Ok(());
         }
-        Ok(())
+        let gone = removed_name(&self.dir);
+        if gone.exists() {
+            std::fs::remove_dir_all(&gone).map_err(io(&gone))?;
+        }
+        std::fs::rename(&self.dir, &gone).map_err(io(&self.dir))?;
+        if let Some(parent) = self.dir.parent() {
+            sync_dir(parent)?;
+        }
+        std::fs::remove_dir_all(&gone).map_err(io(&gone))
     }
+}
+
+/// Where [`CheckpointStore::remove_all`] moves a query's directory before removing it.
+fn removed_name(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".{name}.removed"))
 }
 
 fn sanitize(name: &str) -> String {
@@ -623,5 +650,13 @@ mod tests {
         let s = written(&dir, 2);
         s.remove_all().expect("rm");
         assert!(!dir.exists());
+        drop(s);
+        // A removal cut short by a kill: the renamed leftover is not a checkpoint and goes away.
+        let s = written(&dir, 2);
+        drop(s);
+        std::fs::rename(&dir, removed_name(&dir)).expect("as if killed mid-removal");
+        let s = store(&dir);
+        assert!(s.load_latest("fp").expect("load").is_none());
+        assert!(!removed_name(&dir).exists());
     }
 }

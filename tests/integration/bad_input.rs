@@ -195,3 +195,21 @@ async fn show_describe_explain_and_drop() {
         .expect("gone");
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
+
+#[tokio::test]
+async fn set_takes_flinks_keys_and_names_what_it_refuses() {
+    let mut s = session(1_000);
+    exec(&mut s, "SET 'execution.checkpointing.interval' = '2 s';").await;
+    assert_eq!(s.config.commit_interval, std::time::Duration::from_secs(2));
+    exec(&mut s, "SET 'table.exec.state.ttl' = '1 h';").await;
+    assert_eq!(s.config.state_ttl, Some(std::time::Duration::from_secs(3600)));
+    exec(&mut s, "SET 'table.exec.state.ttl' = '0';").await;
+    assert_eq!(s.config.state_ttl, None);
+    let e = error_of("SET 'execution.checkpointing.interval' = 'soon';").await;
+    assert!(
+        e.contains("execution.checkpointing.interval") && e.contains("not a duration"),
+        "{e}"
+    );
+    let e = error_of("SET 'pipeline.name' = 'x';").await;
+    assert!(e.contains("pipeline.name") && e.contains("unknown setting"), "{e}");
+}
