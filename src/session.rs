@@ -992,13 +992,17 @@ pub async fn present(table: &MemoryTable, presentation: &str) -> Result<Vec<Reco
 }
 
 /// A sink's options with what identifies it across restarts: an exactly-once Kafka sink's
-/// `transactional.id` is `freshet-sink-<sink name>` unless the user set one, so two sinks writing
-/// one topic never share it.
+/// `transactional.id` is `freshet-sink-<sink name>-<topic>` unless the user set one, so two sinks
+/// writing one topic never share it (nor do sinks of one name writing other topics).
 fn sink_identity(name: &str, options: &crate::sql::parser::Options) -> crate::sql::parser::Options {
     let mut o = options.clone();
     let exactly_once = o.get("sink.delivery-guarantee").is_none_or(|g| g == "exactly-once");
     if o.get("connector") == Some("kafka") && exactly_once && o.get("properties.transactional.id").is_none() {
-        o.0.insert("properties.transactional.id".into(), format!("freshet-sink-{name}"));
+        let topic = o.get("topic").unwrap_or_default().to_string();
+        o.0.insert(
+            "properties.transactional.id".into(),
+            format!("freshet-sink-{name}-{topic}"),
+        );
     }
     o
 }

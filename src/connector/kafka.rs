@@ -673,8 +673,9 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
 // two-phase epochs (see `Sink` in `connector/mod.rs`):
 //
 // * One transactional producer per sink, with a stable `transactional.id` (`properties.transactional.id`,
-//   else `freshet-sink-<sink name>` as the session sets it, else `freshet-sink-<topic>`). `recover` calls `init_transactions`, which fences a producer of an
-//   earlier run still alive (a zombie) and aborts the transaction it left open.
+//   else `freshet-sink-<sink name>-<topic>` as the session sets it, else `freshet-sink-<topic>`).
+//   `recover` calls `init_transactions`, which fences a producer of an earlier run still alive (a
+//   zombie) and aborts the transaction it left open.
 // * `write` begins a transaction before the first row after a commit; every transaction gets a number
 //   (`txn`, increasing per `transactional.id`, never reused).
 // * `prepare(epoch)` waits until every record is acknowledged (delivery failures fail the query) and
@@ -742,7 +743,7 @@ pub struct KafkaSinkOptions {
     pub debezium: bool,
     pub guarantee: DeliveryGuarantee,
     /// Exactly-once: the producer's `transactional.id` (`properties.transactional.id`, else
-    /// `freshet-sink-<sink name>` as the session sets it, else `freshet-sink-<topic>`).
+    /// `freshet-sink-<sink name>-<topic>` as the session sets it, else `freshet-sink-<topic>`).
     pub transactional_id: Option<String>,
     /// `properties.<librdkafka key>` but `transactional.id`.
     pub properties: Vec<(String, String)>,
