@@ -950,7 +950,16 @@ fn a_restart_runs_running_queries_again_and_keeps_paused_ones_paused() {
     assert_eq!(states[2].2, state("running"), "{states:?}");
 
     let server = Server::start(dir.path(), &[]);
-    assert!(server.log[0].contains("2 queries"), "{}", server.log[0]);
+    assert!(server.log.iter().any(|l| l.contains("2 queries")), "{:?}", server.log);
+    // The running view resumes from the checkpoint its query took when the server stopped.
+    assert!(
+        server
+            .log
+            .iter()
+            .any(|l| l.contains("query 'course_views': resuming from checkpoint")),
+        "{:?}",
+        server.log
+    );
     let archive = server.query("course_views_archive");
     assert_eq!(archive["status"], "paused", "{archive}");
     assert_eq!(u64_of(&archive, "rows_in"), 0, "{archive}");
