@@ -15,7 +15,7 @@ const SQL: &str = "CREATE SOURCE ev (user_id BIGINT NOT NULL, course_id BIGINT N
         purchased BOOLEAN, event_time TIMESTAMP NOT NULL,
         WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND)
     WITH (connector = 'generator', seed = '3');
-CREATE SINK per_pair WITH (connector = 'blackhole') AS
+CREATE SINK per_pair WITH (connector = 'blackhole', format = 'changelog') AS
 SELECT user_id, course_id, COUNT(*) AS views, SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases
 FROM ev GROUP BY user_id, course_id;";
 

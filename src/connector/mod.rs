@@ -370,7 +370,17 @@ pub fn validate_sink(options: &Options) -> Result<()> {
         "console" => options.check_keys("connector 'console'", &["connector"]),
         "kafka" => kafka::KafkaSink::validate(options),
         "hbase" => hbase::HBaseOptions::parse(options).map(|_| ()),
-        "blackhole" => options.check_keys("connector 'blackhole'", &["connector"]),
+        // Discards rows of any stream: `format = 'changelog'` lets it take an updating one.
+        "blackhole" => {
+            options.check_keys("connector 'blackhole'", &["connector", "format"])?;
+            match options.get("format") {
+                None | Some("changelog") => Ok(()),
+                Some(other) => Err(Error::option(
+                    "format",
+                    format!("'{other}' for connector 'blackhole'; valid: changelog"),
+                )),
+            }
+        }
         other => Err(Error::option(
             "connector",
             format!(
