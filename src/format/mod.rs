@@ -46,11 +46,19 @@ pub struct Decoded {
 pub struct LineDecoder {
     schema: SchemaRef,
     format: Format,
+    /// The last JSON chunk had malformed lines: the next one goes straight to the scan that sets
+    /// them aside, instead of a whole-chunk decode that would fail first (input that has bad lines
+    /// tends to keep having them).
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl LineDecoder {
     pub fn new(schema: SchemaRef, format: Format) -> Self {
-        LineDecoder { schema, format }
+        LineDecoder {
+            schema,
+            format,
+            dirty: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn decode_bytes(&self, bytes: &[u8], rows: usize) -> Result<Option<RecordBatch>, String> {
@@ -97,8 +105,16 @@ impl LineDecoder {
                 errors: vec![],
             });
         }
+        let json = matches!(self.format, Format::Json);
+        let dirty = json && self.dirty.load(std::sync::atomic::Ordering::Relaxed);
+        if dirty && let Some(d) = self.decode_around_malformed(chunk, lines, first_line, origin, false)? {
+            self.dirty
+                .store(!d.errors.is_empty(), std::sync::atomic::Ordering::Relaxed);
+            return Ok(d);
+        }
         // Fast path: the whole chunk in one vectorised decode.
-        if std::str::from_utf8(chunk).is_ok()
+        if !dirty
+            && std::str::from_utf8(chunk).is_ok()
             && let Ok(Some(b)) = self.decode_bytes(chunk, lines)
             && b.num_rows() == lines
         {
@@ -106,6 +122,17 @@ impl LineDecoder {
                 batch: Some(b),
                 errors: vec![],
             });
+        }
+        // JSON with a few malformed lines: those a JSON parser rejects are set aside (decoded alone
+        // below, for arrow's reason), the rest decoded together — one vectorised decode, not one
+        // per line. If that still fails (a well-formed record of the wrong types), line by line.
+        if json
+            && !dirty
+            && let Some(d) = self.decode_around_malformed(chunk, lines, first_line, origin, false)?
+        {
+            self.dirty
+                .store(!d.errors.is_empty(), std::sync::atomic::Ordering::Relaxed);
+            return Ok(d);
         }
         // Slow path: line by line, so that each bad record is isolated with its reason.
         let mut text_lines = Vec::with_capacity(lines);
@@ -129,6 +156,68 @@ impl LineDecoder {
             batch: out.batch,
             errors,
         })
+    }
+
+    /// [`Self::decode_chunk`]'s middle path for JSON: `None` when the well-formed lines do not
+    /// decode together (the caller goes line by line).
+    /// First pass (`strict = false`): a line is set aside when a quick scan shows it is not one
+    /// JSON object; second pass (`strict`): when a JSON parser rejects it.
+    fn decode_around_malformed(
+        &self,
+        chunk: &[u8],
+        lines: usize,
+        first_line: u64,
+        origin: &str,
+        strict: bool,
+    ) -> Result<Option<Decoded>> {
+        let mut good = Vec::with_capacity(chunk.len());
+        let mut good_rows = 0;
+        let mut bad = Vec::new();
+        for (i, raw) in chunk.split(|b| *b == b'\n').enumerate().take(lines) {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let pos = first_line + i as u64;
+            let Ok(text) = std::str::from_utf8(raw) else {
+                return Ok(None); // reported as invalid UTF-8 by the line-by-line path
+            };
+            let well_formed = if strict {
+                serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+            } else {
+                looks_like_an_object(raw)
+            };
+            if well_formed {
+                good.extend_from_slice(raw);
+                good.push(b'\n');
+                good_rows += 1;
+            } else {
+                bad.push((pos, text));
+            }
+        }
+        let batch = match good_rows {
+            0 => None,
+            n => match self.decode_bytes(&good, n) {
+                Ok(Some(b)) if b.num_rows() == n => Some(b),
+                // A line the quick check let through is bad: check every line with a parser.
+                _ if !strict => return self.decode_around_malformed(chunk, lines, first_line, origin, true),
+                _ => return Ok(None),
+            },
+        };
+        // The reason is the JSON parser's (with the column where the line goes wrong): asking
+        // arrow line by line would cost a decoder per bad line.
+        let errors = bad
+            .into_iter()
+            .map(|(n, text)| BadRecord {
+                position: format!("{origin}:{n}"),
+                raw: text.to_string(),
+                reason: match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    Err(e) => format!("not JSON: {e}"),
+                    Ok(_) => "not a JSON object".into(),
+                },
+            })
+            .collect();
+        Ok(Some(Decoded { batch, errors }))
     }
 
     /// Decode one record per message (e.g. Kafka values); positions of bad records are
@@ -213,6 +302,43 @@ impl LineDecoder {
     }
 }
 
+/// A quick scan, not a parse: `{`, then braces and brackets that balance outside strings (with
+/// escapes), closing at the last byte. A line that fails it is certainly not one JSON object; one
+/// that passes may still be malformed (the caller then parses).
+fn looks_like_an_object(line: &[u8]) -> bool {
+    let line = line.trim_ascii();
+    if line.first() != Some(&b'{') {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, b) in line.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = match depth.checked_sub(1) {
+                    Some(d) => d,
+                    None => return false,
+                };
+                if depth == 0 {
+                    return i == line.len() - 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Encode a batch as JSON lines (timestamps as RFC 3339 text).
 pub fn to_json_lines(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -235,6 +361,54 @@ mod tests {
             .enumerate()
             .map(|(i, l)| (format!("line {}", i + 1), l))
             .collect()
+    }
+
+    #[test]
+    fn the_quick_object_scan_rejects_only_what_cannot_be_one_object() {
+        for ok in [r#"{"a":1}"#, r#" {"a":"}{\"","b":[1,{"c":2}]} "#, "{}"] {
+            assert!(looks_like_an_object(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            r#"{"a":1"#,
+            r#"{"a":1}}"#,
+            r#"{"a":1} x"#,
+            "[1]",
+            "",
+            r#"{"a":"}"#,
+            "oops",
+        ] {
+            assert!(!looks_like_an_object(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_with_malformed_lines_keeps_every_good_row_in_order_and_each_bad_one_with_its_reason() {
+        let d = LineDecoder::new(course_schema(), Format::Json);
+        let good = |u: i64| {
+            format!(
+                r#"{{"user_id":{u},"course_id":2,"region":"eu","purchased":false,"event_time":"2026-01-01T00:00:00Z"}}"#
+            )
+        };
+        let mut lines = Vec::new();
+        for u in 0..300 {
+            lines.push(good(u));
+            if u % 99 == 98 {
+                lines.push(r#"{"user_id": 1, "course_id": oops"#.to_string()); // caught by the scan
+            }
+        }
+        lines.insert(10, r#"{"user_id": 1, "course_id": oops}"#.to_string()); // balanced, still bad
+        let text = lines.join("\n");
+        let out = d.decode_chunk(text.as_bytes(), 1, "f").expect("decode");
+        let users = out.batch.expect("rows");
+        let users = users.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        assert_eq!(users.values().to_vec(), (0..300).collect::<Vec<i64>>());
+        let positions: Vec<_> = out.errors.iter().map(|e| e.position.clone()).collect();
+        assert_eq!(positions, ["f:11", "f:101", "f:201", "f:301"]);
+        assert!(
+            out.errors
+                .iter()
+                .all(|e| !e.reason.is_empty() && e.raw.contains("oops"))
+        );
     }
 
     #[test]
