@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
-use datafusion::prelude::SessionContext;
 
-use crate::support::{COURSE_COLUMNS, batch_rows, oracle_ctx};
+use crate::support::{COURSE_COLUMNS, batch_rows, oracle_ctx, parquet_rows, progress};
 
 const EVENTS: u64 = 400_000;
 const SEED: u64 = 5;
@@ -68,23 +67,6 @@ fn start_with(dir: &Path, failpoints: Option<&str>) -> Child {
         .expect("start freshet")
 }
 
-/// The sum of the newest checkpoint epoch of every query under `chk` (grows with any progress).
-fn progress(chk: &Path) -> u64 {
-    let Ok(queries) = std::fs::read_dir(chk) else {
-        return 0;
-    };
-    queries
-        .filter_map(|q| q.ok())
-        .filter_map(|q| {
-            std::fs::read_dir(q.path())
-                .ok()?
-                .filter_map(|c| c.ok())
-                .filter_map(|c| c.file_name().to_str()?.strip_prefix("chk-")?.parse::<u64>().ok())
-                .max()
-        })
-        .sum()
-}
-
 /// A small deterministic pseudo-random sequence (the kill points), so a failure can be replayed.
 fn delays(n: usize) -> Vec<u64> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -96,15 +78,6 @@ fn delays(n: usize) -> Vec<u64> {
             x % 120
         })
         .collect()
-}
-
-/// Parquet rows of `dir`'s published files, in file (epoch, sequence) order, as text.
-async fn parquet_rows(dir: &Path, sql: &str) -> Vec<String> {
-    let ctx = SessionContext::new();
-    ctx.register_parquet("t", dir.to_str().expect("utf8"), Default::default())
-        .await
-        .expect("parquet");
-    batch_rows(&ctx, sql).await
 }
 
 /// Published Parquet files of `dir` in the order they were written: by epoch, then sequence (the

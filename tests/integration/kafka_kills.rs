@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use datafusion::prelude::SessionContext;
 use hbase_thrift::hbase::THbaseSyncClient;
 
 use crate::services::{KAFKA, THRIFT, produce, up};
 use crate::support::{
-    COURSE_COLUMNS, assert_rows_eq, batch_rows, exec, gen_opts, oracle_ctx, session, sorted_rows, unique,
+    COURSE_COLUMNS, assert_rows_eq, batch_rows, exec, gen_opts, oracle_ctx, parquet_rows, progress, session,
+    sorted_rows, unique,
 };
 
 const EVENTS: u64 = 300_000;
@@ -74,31 +74,6 @@ fn start(dir: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start freshet")
-}
-
-/// The sum of the newest checkpoint epoch of every query under `chk` (grows with any progress).
-fn progress(chk: &Path) -> u64 {
-    let Ok(queries) = std::fs::read_dir(chk) else {
-        return 0;
-    };
-    queries
-        .filter_map(|q| q.ok())
-        .filter_map(|q| {
-            std::fs::read_dir(q.path())
-                .ok()?
-                .filter_map(|c| c.ok())
-                .filter_map(|c| c.file_name().to_str()?.strip_prefix("chk-")?.parse::<u64>().ok())
-                .max()
-        })
-        .sum()
-}
-
-async fn parquet_rows(dir: &Path, sql: &str) -> Vec<String> {
-    let ctx = SessionContext::new();
-    ctx.register_parquet("t", dir.to_str().expect("utf8"), Default::default())
-        .await
-        .expect("parquet");
-    batch_rows(&ctx, sql).await
 }
 
 /// How many versions each cell of `table` holds: cell → versions.

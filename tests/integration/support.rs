@@ -178,3 +178,29 @@ pub fn unique(prefix: &str) -> String {
         .unwrap_or_default();
     format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
 }
+
+/// The sum of the newest checkpoint epoch of every query under `chk` (grows with any progress).
+pub fn progress(chk: &Path) -> u64 {
+    let Ok(queries) = std::fs::read_dir(chk) else {
+        return 0;
+    };
+    queries
+        .filter_map(|q| q.ok())
+        .filter_map(|q| {
+            std::fs::read_dir(q.path())
+                .ok()?
+                .filter_map(|c| c.ok())
+                .filter_map(|c| c.file_name().to_str()?.strip_prefix("chk-")?.parse::<u64>().ok())
+                .max()
+        })
+        .sum()
+}
+
+/// The published Parquet files of `dir` as table `t`, queried with `sql`; rows as text, sorted.
+pub async fn parquet_rows(dir: &Path, sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new();
+    ctx.register_parquet("t", dir.to_str().expect("utf8"), Default::default())
+        .await
+        .expect("parquet");
+    batch_rows(&ctx, sql).await
+}
