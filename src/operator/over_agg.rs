@@ -834,15 +834,7 @@ mod tests {
     }
 
     use crate::operator::acc::testing as calls;
-    use crate::operator::state::testing::{Step, assert_restores_identically};
-
-    /// Restores at every split point give what the uninterrupted run gives; the rows compared.
-    fn restores(make: impl Fn() -> OverAgg, steps: &[Step]) -> usize {
-        let make = || Box::new(make()) as Box<dyn Operator>;
-        (0..=steps.len())
-            .map(|split| assert_restores_identically(make, steps, split))
-            .sum()
-    }
+    use crate::operator::state::testing::{Step, assert_restores_at_every_split};
 
     /// Every kind of aggregate call over `x` ([`calls::all_calls`]), partitioned by `k`, ordered by
     /// `t`, call `i` over `frames[i % frames.len()]`.
@@ -878,7 +870,7 @@ mod tests {
             Step::Advance(i64::MAX),
         ];
         for frame in [Frame::Rows(Some(1)), Frame::Rows(Some(3)), Frame::Rows(None)] {
-            assert!(restores(|| op(frame), &steps) > 10, "{frame:?}");
+            assert!(assert_restores_at_every_split(|| op(frame), &steps) > 10, "{frame:?}");
         }
     }
 
@@ -896,7 +888,7 @@ mod tests {
             Step::Advance(300),
         ];
         for frame in [Frame::Range(Some(10)), Frame::Range(None)] {
-            assert!(restores(|| op(frame), &steps) > 8, "{frame:?}");
+            assert!(assert_restores_at_every_split(|| op(frame), &steps) > 8, "{frame:?}");
         }
     }
 
@@ -925,7 +917,7 @@ mod tests {
             vec![Frame::Range(Some(10)), Frame::Rows(Some(2)), Frame::Rows(None)],
         ];
         for f in frames {
-            assert!(restores(|| op_all(&f), &steps) > 10, "{f:?}");
+            assert!(assert_restores_at_every_split(|| op_all(&f), &steps) > 10, "{f:?}");
         }
     }
 

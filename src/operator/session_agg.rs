@@ -515,7 +515,7 @@ mod tests {
     }
 
     use crate::operator::acc::testing::{all_calls, fields, rows as xrows};
-    use crate::operator::state::testing::{Step, assert_restores_identically};
+    use crate::operator::state::testing::{Step, assert_restores_at_every_split};
 
     /// A session aggregate over `k, t, x` grouped by `k` with `calls`.
     fn op_with(gap: i64, calls: Vec<AggCall>) -> SessionAgg {
@@ -539,12 +539,6 @@ mod tests {
             schema: Arc::new(Schema::new(out)),
         })
         .expect("op")
-    }
-
-    fn restores_at_every_split(make: impl Fn() -> SessionAgg, steps: &[Step]) -> usize {
-        (0..=steps.len())
-            .map(|split| assert_restores_identically(|| Box::new(make()), steps, split))
-            .sum()
     }
 
     /// Sessions that merge across steps, fire, free their ids for new ones, take late rows, and
@@ -609,7 +603,7 @@ mod tests {
 
     #[test]
     fn sessions_restore_with_every_accumulator_kind() {
-        let n = restores_at_every_split(|| op_with(1_000, all_calls()), &steps());
+        let n = assert_restores_at_every_split(|| op_with(1_000, all_calls()), &steps());
         assert!(n > 0);
     }
 
@@ -633,7 +627,7 @@ mod tests {
             Step::Advance(i64::MAX),
             Step::Rows(0, xrows(&["u"], &[100], &[Some(6)], &[5_000])),
         ];
-        restores_at_every_split(|| op_with(1_000, all_calls()), &steps);
+        assert_restores_at_every_split(|| op_with(1_000, all_calls()), &steps);
     }
 
     #[test]

@@ -166,6 +166,14 @@ pub mod testing {
         out
     }
 
+    /// [`assert_restores_identically`] at every split point of `steps`, from before the first step
+    /// to after the last; returns the rows compared over all of them.
+    pub fn assert_restores_at_every_split<O: Operator + 'static>(make: impl Fn() -> O, steps: &[Step]) -> usize {
+        (0..=steps.len())
+            .map(|split| assert_restores_identically(|| Box::new(make()) as Box<dyn Operator>, steps, split))
+            .sum()
+    }
+
     /// Run `steps` through one operator; and through another that is snapshotted after `split`
     /// steps, the snapshot written as Arrow IPC and read back, restored into a third (fresh)
     /// operator that takes the rest. Both must emit the same rows after the split (the restored one

@@ -1251,15 +1251,7 @@ mod tests {
         assert_eq!(t.state_size(), 0);
     }
 
-    use crate::operator::state::testing::{Step, assert_restores_identically};
-
-    /// Restores at every split point give what the uninterrupted run gives; the rows compared.
-    fn restores(make: impl Fn() -> TopN, steps: &[Step]) -> usize {
-        let make = || Box::new(make()) as Box<dyn Operator>;
-        (0..=steps.len())
-            .map(|split| assert_restores_identically(make, steps, split))
-            .sum()
-    }
+    use crate::operator::state::testing::{Step, assert_restores_at_every_split};
 
     fn ins(r: &[(&str, i64, i64)], wm: i64) -> Step {
         Step::Rows(0, rows(r, &vec![wm; r.len()], None))
@@ -1278,10 +1270,10 @@ mod tests {
             ins(&[("b", 9, 5), ("c", 1, 6)], 0),
             ins(&[("a", 8, 7), ("b", 9, 8)], 0),
         ];
-        let n = restores(|| op(RankFn::RowNumber, 1, Emit::Updates, false, None), &steps);
+        let n = assert_restores_at_every_split(|| op(RankFn::RowNumber, 1, Emit::Updates, false, None), &steps);
         assert!(n > 10, "{n}");
         for f in [RankFn::Rank, RankFn::DenseRank] {
-            assert!(restores(|| op(f, 2, Emit::Updates, false, None), &steps) > 0);
+            assert!(assert_restores_at_every_split(|| op(f, 2, Emit::Updates, false, None), &steps) > 0);
         }
     }
 
@@ -1308,11 +1300,11 @@ mod tests {
             changes(&[("a", 8, 1), ("c", 1, 1)], vec![Delete, Delete]),
         ];
         for f in [RankFn::RowNumber, RankFn::Rank, RankFn::DenseRank] {
-            let n = restores(|| op(f, 3, Emit::Updates, true, None), &steps);
+            let n = assert_restores_at_every_split(|| op(f, 3, Emit::Updates, true, None), &steps);
             assert!(n > 10, "{f:?}: {n}");
         }
         // Equal rows retract the later arrival first, also where later arrivals rank first.
-        let n = restores(|| op(RankFn::RowNumber, 6, Emit::Updates, true, Some(false)), &steps);
+        let n = assert_restores_at_every_split(|| op(RankFn::RowNumber, 6, Emit::Updates, true, Some(false)), &steps);
         assert!(n > 0);
     }
 
@@ -1324,7 +1316,7 @@ mod tests {
             ins(&[("a", 4, 10), ("b", 5, 4)], 0),
             ins(&[("b", 6, 7), ("a", 7, 9)], 0),
         ];
-        let n = restores(|| op(RankFn::RowNumber, 1, Emit::Updates, false, Some(false)), &last);
+        let n = assert_restores_at_every_split(|| op(RankFn::RowNumber, 1, Emit::Updates, false, Some(false)), &last);
         assert!(n > 0);
         // Keep-first: emitted once final; older rows after that are late, also after the restore.
         let first = [
@@ -1338,7 +1330,7 @@ mod tests {
             ins(&[("d", 13, 1)], 30),
         ];
         let make = || op(RankFn::RowNumber, 1, Emit::FirstByTime { time: 2 }, false, Some(true));
-        assert!(restores(make, &first) > 10);
+        assert!(assert_restores_at_every_split(make, &first) > 10);
     }
 
     #[test]
@@ -1355,7 +1347,7 @@ mod tests {
         ];
         for f in [RankFn::RowNumber, RankFn::Rank, RankFn::DenseRank] {
             let make = || op(f, 2, Emit::Window { start: 2, end: 2 }, false, None);
-            assert!(restores(make, &steps) > 5);
+            assert!(assert_restores_at_every_split(make, &steps) > 5);
         }
     }
 

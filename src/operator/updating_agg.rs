@@ -411,7 +411,7 @@ mod tests {
     }
 
     use crate::operator::acc::testing::{all_calls, fields, generic, native_calls, rows as xrows};
-    use crate::operator::state::testing::{Step, assert_restores_identically};
+    use crate::operator::state::testing::{Step, assert_restores_at_every_split};
 
     /// `GROUP BY k` (or, with `keyed` false, no key) over `k, t, x` with `calls`.
     fn op_with(keyed: bool, calls: Vec<AggCall>, retracting: bool, ttl: Option<std::time::Duration>) -> UpdatingAgg {
@@ -440,12 +440,6 @@ mod tests {
         let xs: Vec<Option<i64>> = rows.iter().map(|r| r.2).collect();
         let b = xrows(&keys, &vec![0; rows.len()], &xs, &vec![0; rows.len()]);
         Step::Rows(0, ChangeBatch::changes(b.batch, rows.iter().map(|r| r.0).collect(), 0))
-    }
-
-    fn restores_at_every_split(make: impl Fn() -> UpdatingAgg, steps: &[Step]) -> usize {
-        (0..=steps.len())
-            .map(|split| assert_restores_identically(|| Box::new(make()), steps, split))
-            .sum()
     }
 
     use RowKind::{Delete as D, Insert as I, UpdateAfter as UA, UpdateBefore as UB};
@@ -478,13 +472,13 @@ mod tests {
 
     #[test]
     fn a_changelog_aggregate_restores_its_retractions() {
-        let n = restores_at_every_split(|| op_with(true, all_calls(), true, None), &changelog_steps());
+        let n = assert_restores_at_every_split(|| op_with(true, all_calls(), true, None), &changelog_steps());
         assert!(n > 0);
     }
 
     #[test]
     fn an_aggregate_without_keys_restores() {
-        restores_at_every_split(|| op_with(false, all_calls(), true, None), &changelog_steps());
+        assert_restores_at_every_split(|| op_with(false, all_calls(), true, None), &changelog_steps());
     }
 
     #[test]
@@ -503,7 +497,7 @@ mod tests {
                 xrows(&["c", "a", "a"], &[0; 3], &[Some(9), Some(7), Some(7)], &[10; 3]),
             ),
         ];
-        restores_at_every_split(|| op_with(true, calls.clone(), false, None), &steps);
+        assert_restores_at_every_split(|| op_with(true, calls.clone(), false, None), &steps);
     }
 
     #[test]
@@ -519,7 +513,7 @@ mod tests {
             Step::Advance(1),
         ];
         for ttl in [std::time::Duration::ZERO, std::time::Duration::from_secs(3_600)] {
-            restores_at_every_split(|| op_with(true, native_calls(), false, Some(ttl)), &steps);
+            assert_restores_at_every_split(|| op_with(true, native_calls(), false, Some(ttl)), &steps);
         }
     }
 

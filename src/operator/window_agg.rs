@@ -624,7 +624,7 @@ mod tests {
     }
 
     use crate::operator::acc::testing::{all_calls, fields, native_calls, rows as xrows};
-    use crate::operator::state::testing::{Step, assert_restores_identically};
+    use crate::operator::state::testing::{Step, assert_restores_at_every_split};
 
     /// A window aggregate over `k, t, x` grouped by `k` with `calls`.
     fn op_with(window: WindowSpec, early_fire: bool, calls: Vec<AggCall>) -> WindowAgg {
@@ -649,13 +649,6 @@ mod tests {
             early_fire,
         })
         .expect("op")
-    }
-
-    /// Every split point of `steps`; returns the rows compared over all of them.
-    fn restores_at_every_split(make: impl Fn() -> WindowAgg, steps: &[Step]) -> usize {
-        (0..=steps.len())
-            .map(|split| assert_restores_identically(|| Box::new(make()), steps, split))
-            .sum()
     }
 
     fn tumble_steps() -> Vec<Step> {
@@ -694,7 +687,7 @@ mod tests {
     #[test]
     fn tumble_restores_with_every_accumulator_kind() {
         let steps = tumble_steps();
-        let n = restores_at_every_split(
+        let n = assert_restores_at_every_split(
             || op_with(WindowSpec::Tumble { size: 1_000 }, false, all_calls()),
             &steps,
         );
@@ -704,7 +697,7 @@ mod tests {
     #[test]
     fn tumble_with_early_firing_restores_its_touched_groups() {
         let steps = tumble_steps();
-        let n = restores_at_every_split(
+        let n = assert_restores_at_every_split(
             || op_with(WindowSpec::Tumble { size: 1_000 }, true, all_calls()),
             &steps,
         );
@@ -729,7 +722,7 @@ mod tests {
             Step::Rows(0, xrows(&["a", "b"], &[400, 500], &[Some(5), Some(8)], &[0, 0])),
             Step::Advance(i64::MAX),
         ];
-        restores_at_every_split(
+        assert_restores_at_every_split(
             || op_with(WindowSpec::Tumble { size: 1_000 }, false, calls.clone()),
             &steps,
         );
@@ -763,9 +756,9 @@ mod tests {
             slide: 2_000,
             size: 4_000,
         };
-        let n = restores_at_every_split(|| op_with(hop, false, native_calls()), &steps);
+        let n = assert_restores_at_every_split(|| op_with(hop, false, native_calls()), &steps);
         assert!(n > 0);
-        restores_at_every_split(|| op_with(hop, true, native_calls()), &steps);
+        assert_restores_at_every_split(|| op_with(hop, true, native_calls()), &steps);
     }
 
     #[test]
@@ -794,9 +787,9 @@ mod tests {
             step: 1_000,
             size: 3_000,
         };
-        let n = restores_at_every_split(|| op_with(cum, false, native_calls()), &steps);
+        let n = assert_restores_at_every_split(|| op_with(cum, false, native_calls()), &steps);
         assert!(n > 0);
-        restores_at_every_split(|| op_with(cum, true, native_calls()), &steps);
+        assert_restores_at_every_split(|| op_with(cum, true, native_calls()), &steps);
     }
 
     /// `st` with column `col` of table `table` replaced by `with`.
