@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt16Array, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{cast, interleave};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -24,7 +24,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::acc::{AggCall, Aggregates};
-use super::groups::{GroupTable, key_group};
+use super::groups::GroupTable;
 use super::state::{self, OpState, column, keyed_table, plain_table};
 use super::window::millis;
 use super::{ChangeBatch, Context, Operator};
@@ -385,7 +385,7 @@ impl OverAgg {
     /// one stored beside it.
     fn read_rows(&self, name: &str, t: &RecordBatch, book: usize) -> Result<(Vec<u32>, Rows)> {
         let bad = |what: String| Error::Internal(format!("OVER aggregate state table '{name}': {what}"));
-        check_keys(name, t)?;
+        state::check_key_groups(name, t)?;
         let from = 2 + book;
         let nin = self.input_schema.fields().len();
         if t.num_columns() != from + nin {
@@ -434,31 +434,6 @@ impl OverAgg {
         }
         Ok((gids, self.rows.convert_columns(batch.columns())?))
     }
-}
-
-/// Column `name` of state table `table` as `T`, without NULLs.
-fn dense<'a, T: Array + 'static>(table: &str, t: &'a RecordBatch, name: &str) -> Result<&'a T> {
-    let c = column::<T>(t, name)?;
-    if c.null_count() > 0 {
-        return Err(Error::Internal(format!(
-            "OVER aggregate state table '{table}': column '{name}' has NULLs"
-        )));
-    }
-    Ok(c)
-}
-
-/// Whether a keyed table's `key_group` column is its keys'.
-fn check_keys(name: &str, t: &RecordBatch) -> Result<()> {
-    let groups = column::<UInt16Array>(t, "key_group")?;
-    let keys = state::keys(t)?;
-    for i in 0..t.num_rows() {
-        if groups.is_null(i) || keys.is_null(i) || u32::from(groups.value(i)) != key_group(keys.value(i)) {
-            return Err(Error::Internal(format!(
-                "OVER aggregate state table '{name}': row {i}'s key_group is not its key's"
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl Operator for OverAgg {
@@ -614,28 +589,22 @@ impl Operator for OverAgg {
     }
 
     fn restore(&mut self, mut st: OpState) -> Result<()> {
-        let meta = st.take("meta")?;
-        if meta.num_rows() != 1 {
-            return Err(Error::Internal(format!(
-                "OVER aggregate state table 'meta' has {} rows, not 1",
-                meta.num_rows()
-            )));
-        }
-        let plan = dense::<StringArray>("meta", &meta, "plan")?.value(0);
+        let meta = st.take_single_row("meta")?;
+        let plan = state::dense_column::<StringArray>("meta", &meta, "plan")?.value(0);
         if plan != self.plan_text() {
             return Err(Error::Internal(format!(
                 "the checkpoint holds the state of another OVER aggregate ({plan}), not of this one ({})",
                 self.plan_text()
             )));
         }
-        self.seq = dense::<UInt64Array>("meta", &meta, "seq")?.value(0);
-        self.wm = dense::<Int64Array>("meta", &meta, "wm")?.value(0);
+        self.seq = state::dense_column::<UInt64Array>("meta", &meta, "seq")?.value(0);
+        self.wm = state::dense_column::<Int64Array>("meta", &meta, "wm")?.value(0);
         self.emit_floor = self
             .emit_floor
-            .max(dense::<Int64Array>("meta", &meta, "emit_floor")?.value(0));
+            .max(state::dense_column::<Int64Array>("meta", &meta, "emit_floor")?.value(0));
 
         let parts = st.take("partitions")?;
-        check_keys("partitions", &parts)?;
+        state::check_key_groups("partitions", &parts)?;
         let done = column::<Int64Array>(&parts, "done")?;
         let gids = self.table.restore(state::keys(&parts)?)?;
         let cap = self.table.capacity();
@@ -646,7 +615,7 @@ impl Operator for OverAgg {
         for (i, fg) in self.groups.iter_mut().enumerate() {
             let name = format!("aggregates_{i}");
             let t = st.take(&name)?;
-            check_keys(&name, &t)?;
+            state::check_key_groups(&name, &t)?;
             if state::keys(&t)? != state::keys(&parts)? {
                 return Err(Error::Internal(format!(
                     "OVER aggregate state table '{name}' has other partitions than 'partitions'"

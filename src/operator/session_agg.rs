@@ -337,13 +337,7 @@ impl Operator for SessionAgg {
     }
 
     fn restore(&mut self, mut st: OpState) -> Result<()> {
-        let meta = st.take("session_agg")?;
-        if meta.num_rows() != 1 {
-            return Err(Error::Internal(format!(
-                "state table 'session_agg' has {} rows, not 1",
-                meta.num_rows()
-            )));
-        }
+        let meta = st.take_single_row("session_agg")?;
         let next = state::column::<UInt32Array>(&meta, "next_gid")?;
         let wm = state::column::<Int64Array>(&meta, "wm")?;
         let floor = state::column::<Int64Array>(&meta, "emit_floor")?;

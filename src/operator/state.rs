@@ -49,6 +49,19 @@ impl OpState {
         }
     }
 
+    /// Table `name` (removed from the state), which must have exactly one row: an operator's
+    /// scalars.
+    pub fn take_single_row(&mut self, name: &str) -> Result<RecordBatch> {
+        let t = self.take(name)?;
+        if t.num_rows() != 1 {
+            return Err(Error::Internal(format!(
+                "state table '{name}' has {} rows, not 1",
+                t.num_rows()
+            )));
+        }
+        Ok(t)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tables.is_empty()
     }
@@ -96,6 +109,32 @@ pub fn column<'a, T: Array + 'static>(table: &'a RecordBatch, name: &str) -> Res
             c.data_type()
         ))
     })
+}
+
+/// [`column`], which must hold no NULLs (`table` names the state table in the error).
+pub fn dense_column<'a, T: Array + 'static>(table: &str, t: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    let c = column::<T>(t, name)?;
+    if c.null_count() > 0 {
+        return Err(Error::Internal(format!(
+            "state table '{table}': column '{name}' has NULLs"
+        )));
+    }
+    Ok(c)
+}
+
+/// That every row of a keyed table (see [`keyed_table`]) has its key's `key_group`; the error
+/// names table `table` and the first row that does not.
+pub fn check_key_groups(table: &str, t: &RecordBatch) -> Result<()> {
+    let groups = column::<UInt16Array>(t, "key_group")?;
+    let keys = keys(t)?;
+    for i in 0..t.num_rows() {
+        if groups.is_null(i) || keys.is_null(i) || u32::from(groups.value(i)) != key_group(keys.value(i)) {
+            return Err(Error::Internal(format!(
+                "state table '{table}': row {i}'s key_group is not its key's"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The key bytes of a keyed table (see [`keyed_table`]).

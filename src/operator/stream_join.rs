@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int8Array, Int64Array, UInt16Array, UInt32Array, UInt64Array, new_null_array,
+    Array, ArrayRef, AsArray, Int8Array, Int64Array, UInt32Array, UInt64Array, new_null_array,
 };
 use datafusion::arrow::compute::{cast, interleave, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -29,7 +29,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::groups::{GroupTable, key_group};
+use super::groups::GroupTable;
 use super::state::{self, OpState};
 use super::{ChangeBatch, Context, Operator, RowKind, batch_of, conformed_batch};
 use crate::error::{Error, Result};
@@ -574,13 +574,7 @@ pub(crate) fn rows_from_table(
             return Err(bad(format!("column {i} is '{}', not '{h}'", ts.field(i).name())));
         }
     }
-    let groups = state::column::<UInt16Array>(table, "key_group").map_err(|e| bad(message(e)))?;
-    let keys = state::keys(table).map_err(|e| bad(message(e)))?;
-    for i in 0..table.num_rows() {
-        if groups.is_null(i) || keys.is_null(i) || u32::from(groups.value(i)) != key_group(keys.value(i)) {
-            return Err(bad(format!("row {i}'s key_group is not its key's")));
-        }
-    }
+    state::check_key_groups(name, table).map_err(|e| Error::Internal(format!("join {}", message(e))))?;
     let cols = schema
         .fields()
         .iter()

@@ -29,8 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Int8Array, Int64Array, StringArray, UInt16Array, UInt32Array,
-    UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, Int8Array, Int64Array, StringArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::{cast, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
@@ -38,7 +37,7 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::groups::{GroupTable, key_group};
+use super::groups::GroupTable;
 use super::state::{self, OpState, column, keyed_table, plain_table};
 use super::window::millis;
 use super::{ChangeBatch, Context, Operator, RowKind};
@@ -649,7 +648,7 @@ impl TopN {
 
     /// The input's columns of state table `name`, from column `from` on, as an input batch.
     fn read_rows(&self, name: &str, t: &RecordBatch, from: usize) -> Result<RecordBatch> {
-        check_keys(name, t)?;
+        state::check_key_groups(name, t)?;
         let schema = self.input_schema();
         let nin = schema.fields().len();
         if t.num_columns() != from + nin {
@@ -715,7 +714,7 @@ impl TopN {
 
     fn restore_rows(&mut self, t: RecordBatch) -> Result<()> {
         let stored = state::keys(&t)?.clone();
-        let ties = dense::<UInt64Array>("rows", &t, "tie")?.clone();
+        let ties = state::dense_column::<UInt64Array>("rows", &t, "tie")?.clone();
         let batch = self.read_rows("rows", &t, 3)?;
         let gids = self.intern_checked("rows", &batch, &stored)?;
         let sort = self.sort.convert_columns(&Self::eval(&self.cfg.order, &batch)?)?;
@@ -773,9 +772,9 @@ impl TopN {
 
     fn restore_windows(&mut self, t: RecordBatch) -> Result<()> {
         let keys = state::keys(&t)?;
-        check_keys("windows", &t)?;
-        let starts = dense::<Int64Array>("windows", &t, "window_start")?;
-        let ends = dense::<Int64Array>("windows", &t, "window_end")?;
+        state::check_key_groups("windows", &t)?;
+        let starts = state::dense_column::<Int64Array>("windows", &t, "window_start")?;
+        let ends = state::dense_column::<Int64Array>("windows", &t, "window_end")?;
         for i in 0..t.num_rows() {
             let g = self.table.intern_bytes(keys.value(i));
             let part = self.part(g);
@@ -834,10 +833,10 @@ impl TopN {
     }
 
     fn restore_first(&mut self, t: RecordBatch) -> Result<()> {
-        check_keys("first", &t)?;
+        state::check_key_groups("first", &t)?;
         let keys = state::keys(&t)?.clone();
         let times = column::<Int64Array>(&t, "time")?.clone();
-        let emitted = dense::<BooleanArray>("first", &t, "emitted")?.clone();
+        let emitted = state::dense_column::<BooleanArray>("first", &t, "emitted")?.clone();
         // Partition ids as they were: the table never forgets a key here, so ids are dense.
         for i in 0..t.num_rows() {
             if self.table.intern_bytes(keys.value(i)) as usize != i {
@@ -870,31 +869,6 @@ impl TopN {
         }
         Ok(())
     }
-}
-
-/// Column `name` of state table `table` as `T`, without NULLs.
-fn dense<'a, T: Array + 'static>(table: &str, t: &'a RecordBatch, name: &str) -> Result<&'a T> {
-    let c = column::<T>(t, name)?;
-    if c.null_count() > 0 {
-        return Err(Error::Internal(format!(
-            "Top-N state table '{table}': column '{name}' has NULLs"
-        )));
-    }
-    Ok(c)
-}
-
-/// Whether a keyed table's `key_group` column is its keys'.
-fn check_keys(table: &str, t: &RecordBatch) -> Result<()> {
-    let groups = column::<UInt16Array>(t, "key_group")?;
-    let keys = state::keys(t)?;
-    for i in 0..t.num_rows() {
-        if groups.is_null(i) || keys.is_null(i) || u32::from(groups.value(i)) != key_group(keys.value(i)) {
-            return Err(Error::Internal(format!(
-                "Top-N state table '{table}': row {i}'s key_group is not its key's"
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl Operator for TopN {
@@ -985,25 +959,19 @@ impl Operator for TopN {
     }
 
     fn restore(&mut self, mut st: OpState) -> Result<()> {
-        let meta = st.take("meta")?;
-        if meta.num_rows() != 1 {
-            return Err(Error::Internal(format!(
-                "Top-N state table 'meta' has {} rows, not 1",
-                meta.num_rows()
-            )));
-        }
-        let plan = dense::<StringArray>("meta", &meta, "plan")?.value(0);
+        let meta = st.take_single_row("meta")?;
+        let plan = state::dense_column::<StringArray>("meta", &meta, "plan")?.value(0);
         if plan != self.plan_text() {
             return Err(Error::Internal(format!(
                 "the checkpoint holds the state of another Top-N ({plan}), not of this one ({})",
                 self.plan_text()
             )));
         }
-        self.seq = dense::<UInt64Array>("meta", &meta, "seq")?.value(0);
-        self.wm = dense::<Int64Array>("meta", &meta, "wm")?.value(0);
+        self.seq = state::dense_column::<UInt64Array>("meta", &meta, "seq")?.value(0);
+        self.wm = state::dense_column::<Int64Array>("meta", &meta, "wm")?.value(0);
         self.emit_floor = self
             .emit_floor
-            .max(dense::<Int64Array>("meta", &meta, "emit_floor")?.value(0));
+            .max(state::dense_column::<Int64Array>("meta", &meta, "emit_floor")?.value(0));
         match self.cfg.emit {
             Emit::Updates => self.restore_rows(st.take("rows")?)?,
             Emit::FirstByTime { .. } => self.restore_first(st.take("first")?)?,

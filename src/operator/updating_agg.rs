@@ -259,13 +259,7 @@ impl Operator for UpdatingAgg {
     }
 
     fn restore(&mut self, mut st: OpState) -> Result<()> {
-        let meta = st.take("updating_agg")?;
-        if meta.num_rows() != 1 {
-            return Err(Error::Internal(format!(
-                "state table 'updating_agg' has {} rows, not 1",
-                meta.num_rows()
-            )));
-        }
+        let meta = st.take_single_row("updating_agg")?;
         let wm = state::column::<Int64Array>(&meta, "wm")?;
         let sweep = state::column::<DurationMicrosecondArray>(&meta, "last_sweep_age")?;
         if wm.is_null(0) || sweep.is_null(0) {

@@ -411,13 +411,7 @@ impl Operator for WindowAgg {
     }
 
     fn restore(&mut self, mut st: OpState) -> Result<()> {
-        let meta = st.take("window_agg")?;
-        if meta.num_rows() != 1 {
-            return Err(Error::Internal(format!(
-                "state table 'window_agg' has {} rows, not 1",
-                meta.num_rows()
-            )));
-        }
+        let meta = st.take_single_row("window_agg")?;
         let scalar = |name: &str| -> Result<i64> {
             let c = state::column::<Int64Array>(&meta, name)?;
             if c.is_null(0) {
