@@ -205,6 +205,28 @@ pub mod testing {
         out
     }
 
+    /// `st` with column `col` of table `table` replaced by `with` (a corrupted state, for the tests
+    /// of what `restore` refuses).
+    pub fn replace_column(st: &OpState, table: &str, col: &str, with: ArrayRef) -> OpState {
+        let mut out = OpState::new();
+        for (n, t) in &st.tables {
+            if n != table {
+                out.put(n, t.clone());
+                continue;
+            }
+            let i = t.schema().index_of(col).expect("column");
+            let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[i] = Field::new(col, with.data_type().clone(), true);
+            let mut cols = t.columns().to_vec();
+            cols[i] = with.clone();
+            out.put(
+                n,
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("table"),
+            );
+        }
+        out
+    }
+
     /// [`assert_restores_identically`] at every split point of `steps`, from before the first step
     /// to after the last; returns the rows compared over all of them.
     pub fn assert_restores_at_every_split<O: Operator + 'static>(make: impl Fn() -> O, steps: &[Step]) -> usize {

@@ -405,7 +405,7 @@ mod tests {
     }
 
     use crate::operator::acc::testing::{all_calls, fields, generic, native_calls, rows as xrows};
-    use crate::operator::state::testing::{Step, assert_restores_at_every_split};
+    use crate::operator::state::testing::{Step, assert_restores_at_every_split, replace_column};
 
     /// `GROUP BY k` (or, with `keyed` false, no key) over `k, t, x` with `calls`.
     fn op_with(keyed: bool, calls: Vec<AggCall>, retracting: bool, ttl: Option<std::time::Duration>) -> UpdatingAgg {
@@ -512,25 +512,6 @@ mod tests {
     }
 
     /// `st` with column `col` of table `table` replaced by `with`.
-    fn replace_column(st: &OpState, table: &str, col: &str, with: ArrayRef) -> OpState {
-        let mut out = OpState::new();
-        for (n, t) in &st.tables {
-            if n != table {
-                out.put(n, t.clone());
-                continue;
-            }
-            let i = t.schema().index_of(col).expect("column");
-            let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-            fields[i] = Field::new(col, with.data_type().clone(), true);
-            let mut cols = t.columns().to_vec();
-            cols[i] = with.clone();
-            out.put(
-                n,
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("table"),
-            );
-        }
-        out
-    }
 
     #[test]
     fn group_ages_carry_the_ttl_across_a_restore() {
