@@ -879,37 +879,35 @@ impl QueryRuntime {
             .min()
             .unwrap_or(i64::MAX);
         let floor = self.watermark;
-        let s = &self.sources[i];
         let n = batch.num_rows();
-        // Rows of a partitioned source (Kafka) interleave parts, each in its own order: they all
-        // arrived under the watermark from before the poll (the source's own, the minimum over its
-        // partitions, has already moved with them).
-        let Some(ti) = s.time_idx else {
-            let w = floor.max(at_start[i].min(others));
-            return Ok(Int64Array::from_value(w, n));
+        // The watermark from before the poll.
+        let before = floor.max(at_start[i].min(others));
+        let Some(ti) = self.sources[i].time_idx else {
+            return Ok(Int64Array::from_value(before, n));
         };
         let ts = crate::operator::window::millis(batch.column(ti))?;
-        if s.source.partitioned() {
-            let newest = ts.values().iter().copied().max().unwrap_or(i64::MIN);
-            if self.track_latency {
-                self.batch_times.extend(ts.values().iter().copied());
-            }
-            self.sources[i].max_ts = self.sources[i].max_ts.max(newest);
-            let w = floor.max(at_start[i].min(others));
-            return Ok(Int64Array::from_value(w, n));
-        }
-        let (delay, sfloor) = (s.delay, s.floor);
-        let mut max = s.max_ts;
-        let mut out = Vec::with_capacity(n);
-        for t in ts.values().iter() {
-            let mine = if max == i64::MIN { i64::MIN } else { max - delay }.max(sfloor);
-            out.push(floor.max(mine.min(others)));
-            max = max.max(*t);
-        }
         if self.track_latency {
             self.batch_times.extend(ts.values().iter().copied());
         }
-        self.sources[i].max_ts = max;
+        let s = &mut self.sources[i];
+        if s.source.partitioned() {
+            // Rows of a partitioned source (Kafka) interleave parts, each in its own order: they
+            // all arrived under the watermark from before the poll (the source's own, the minimum
+            // over its partitions, has already moved with them).
+            s.max_ts = s.max_ts.max(ts.values().iter().copied().max().unwrap_or(i64::MIN));
+            return Ok(Int64Array::from_value(before, n));
+        }
+        let mut out = Vec::with_capacity(n);
+        for t in ts.values().iter() {
+            let mine = if s.max_ts == i64::MIN {
+                i64::MIN
+            } else {
+                s.max_ts - s.delay
+            }
+            .max(s.floor);
+            out.push(floor.max(mine.min(others)));
+            s.max_ts = s.max_ts.max(*t);
+        }
         Ok(Int64Array::from(out))
     }
 
