@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 
-use crate::support::{COURSE_COLUMNS, batch_rows, oracle_ctx, parquet_rows, progress};
+use crate::support::{
+    COURSE_COLUMNS, batch_rows, kill_after_checkpoints, kill_delays, oracle_ctx, parquet_rows, progress,
+};
 
 const EVENTS: u64 = 400_000;
 const SEED: u64 = 5;
@@ -65,19 +67,6 @@ fn start_with(dir: &Path, failpoints: Option<&str>) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start freshet")
-}
-
-/// A small deterministic pseudo-random sequence (the kill points), so a failure can be replayed.
-fn delays(n: usize) -> Vec<u64> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % 120
-        })
-        .collect()
 }
 
 /// Published Parquet files of `dir` in the order they were written: by epoch, then sequence (the
@@ -143,34 +132,7 @@ async fn ten_sigkills_leave_every_sink_exact() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("job.sql"), job(EVENTS)).expect("write");
     let chk = dir.path().join("chk");
-    let mut kills = 0;
-    let mut finished = None;
-    for wait in delays(12) {
-        let mut child = start(dir.path());
-        // Kill somewhere after the next checkpoint: every run makes progress, and the kill lands at a
-        // different point of the epoch each time.
-        let before = progress(&chk);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while progress(&chk) == before && child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        std::thread::sleep(Duration::from_millis(wait));
-        if child.try_wait().expect("wait").is_none() {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-            kills += 1;
-        } else {
-            // It finished first (running it again would start over: a finished query keeps no
-            // checkpoints).
-            finished = Some(child.wait_with_output().expect("output"));
-            break;
-        }
-    }
-    let out = match finished {
-        Some(out) => out,
-        None => start(dir.path()).wait_with_output().expect("final run"),
-    };
+    let (kills, out) = kill_after_checkpoints(|| start(dir.path()), &chk, &kill_delays(0x9E37_79B9_7F4A_7C15, 12, 120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use hbase_thrift::hbase::THbaseSyncClient;
 
 use crate::services::{KAFKA, THRIFT, produce, up};
 use crate::support::{
-    COURSE_COLUMNS, assert_rows_eq, batch_rows, exec, gen_opts, oracle_ctx, parquet_rows, progress, session,
-    sorted_rows, unique,
+    COURSE_COLUMNS, assert_rows_eq, batch_rows, exec, gen_opts, kill_after_checkpoints, kill_delays, oracle_ctx,
+    parquet_rows, session, sorted_rows, unique,
 };
 
 const EVENTS: u64 = 300_000;
@@ -122,34 +121,7 @@ async fn ten_sigkills_of_a_live_kafka_run_leave_hbase_parquet_and_views_exact() 
     std::fs::write(dir.path().join("job.sql"), job(&topic, &table)).expect("write");
     let chk = dir.path().join("chk");
 
-    let mut kills = 0;
-    let mut finished = None;
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for _ in 0..12 {
-        let mut child = start(dir.path());
-        let before = progress(&chk);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while progress(&chk) == before && child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        std::thread::sleep(Duration::from_millis(x % 250));
-        if child.try_wait().expect("wait").is_none() {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-            kills += 1;
-        } else {
-            finished = Some(child.wait_with_output().expect("output"));
-            break;
-        }
-    }
-    let out = match finished {
-        Some(out) => out,
-        None => start(dir.path()).wait_with_output().expect("final run"),
-    };
+    let (kills, out) = kill_after_checkpoints(|| start(dir.path()), &chk, &kill_delays(0x2545_F491_4F6C_DD1D, 12, 250));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(

@@ -204,3 +204,48 @@ pub async fn parquet_rows(dir: &Path, sql: &str) -> Vec<String> {
         .expect("parquet");
     batch_rows(&ctx, sql).await
 }
+
+/// `n` pseudo-random delays below `max_ms` from `seed` (xorshift), so that kill points can be
+/// replayed.
+pub fn kill_delays(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % max_ms
+        })
+        .collect()
+}
+
+/// Run a job (`start` starts it) and SIGKILL it once after each new checkpoint under `chk`, each
+/// kill `waits_ms[i]` after that checkpoint appeared, so every run makes progress and the kill lands
+/// at another point of an epoch each time; then let it finish. Returns how many runs were killed
+/// mid-run and the output of the run that finished (one that finishes before its kill ends the
+/// killing: run again, it would start over, as a finished query keeps no checkpoints).
+pub fn kill_after_checkpoints(
+    start: impl Fn() -> std::process::Child,
+    chk: &Path,
+    waits_ms: &[u64],
+) -> (usize, std::process::Output) {
+    use std::time::{Duration, Instant};
+    let mut kills = 0;
+    for wait in waits_ms {
+        let mut child = start();
+        let before = progress(chk);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while progress(chk) == before && child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(*wait));
+        if child.try_wait().expect("wait").is_some() {
+            return (kills, child.wait_with_output().expect("output"));
+        }
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        kills += 1;
+    }
+    (kills, start().wait_with_output().expect("final run"))
+}
