@@ -127,6 +127,22 @@ async fn bad_sql_and_options_are_reported_precisely() {
     ))
     .await;
     assert!(e.contains("nope"), "{e}");
+    // A blackhole takes an updating result only as a changelog, and no other format.
+    let e = error_of(&format!(
+        "CREATE SOURCE s ({COURSE_COLUMNS}) WITH (connector = 'generator', events = '10');
+         CREATE SINK k WITH (connector = 'blackhole', format = 'json') AS SELECT course_id, COUNT(*) FROM s GROUP BY course_id;"
+    ))
+    .await;
+    assert!(e.contains("option 'format'") && e.contains("valid: changelog"), "{e}");
+    let e = error_of(&format!(
+        "CREATE SOURCE s ({COURSE_COLUMNS}) WITH (connector = 'generator', events = '10');
+         CREATE SINK k WITH (connector = 'blackhole') AS SELECT course_id, COUNT(*) FROM s GROUP BY course_id;"
+    ))
+    .await;
+    assert!(
+        e.contains("takes an append-only stream") && e.contains("format = 'changelog'"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
