@@ -25,7 +25,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use super::groups::GroupTable;
 use super::state::{self, OpState};
-use super::stream_join::{message, no_other_tables, read_scalars, rows_from_table, rows_table, scalars_table};
+pub use super::stream_join::{PROGRESS_TABLE, SIDE_TABLES};
+use super::stream_join::{join_state, message, restore_join_state, rows_from_table, rows_table};
 use super::window::millis;
 use super::window_join::{JoinRows, LEFT, RIGHT, gather};
 use super::{ChangeBatch, Context, Operator};
@@ -468,39 +469,24 @@ impl Operator for IntervalJoin {
         self.emit_floor = floor;
     }
 
-    /// Per side, its live rows (see [`SIDE_TABLES`]) in the order they expire (by time, then
-    /// arrival), which is also the order a probe meets a key's rows; and the watermark and emit floor
+    /// Per side, its live rows (see [`SIDE_TABLES`]; bookkeeping: `event_time` (Int64, ms: the
+    /// row's time attribute), `matched` (Boolean: it has matched a row of the other side)) in the
+    /// order they expire (by time, then arrival), which is also the order a probe meets a key's rows; and the watermark and emit floor
     /// ([`PROGRESS_TABLE`]). The per-key index and the expiry order are rebuilt on restore.
     fn snapshot(&self) -> Result<OpState> {
-        let mut st = OpState::new();
-        for (side, name) in SIDE_TABLES.iter().enumerate() {
-            st.put(name, self.side_table(side)?);
-        }
-        st.put(
-            PROGRESS_TABLE,
-            scalars_table(&[("watermark", self.wm), ("emit_floor", self.emit_floor)])?,
-        );
-        Ok(st)
+        join_state(|side| self.side_table(side), Some((self.wm, self.emit_floor)))
     }
 
-    fn restore(&mut self, mut state: OpState) -> Result<()> {
-        for (side, name) in SIDE_TABLES.iter().enumerate() {
-            let t = state.take(name)?;
-            self.restore_side(side, name, &t)?;
+    fn restore(&mut self, state: OpState) -> Result<()> {
+        let progress = restore_join_state(state, "an interval join", true, |side, name, t| {
+            self.restore_side(side, name, t)
+        })?;
+        if let Some([wm, emit_floor]) = progress {
+            (self.wm, self.emit_floor) = (wm, emit_floor);
         }
-        [self.wm, self.emit_floor] = read_scalars(&mut state, PROGRESS_TABLE, ["watermark", "emit_floor"])?;
-        no_other_tables("an interval join", &state)
+        Ok(())
     }
 }
-
-/// The state tables of an interval join, per side: `key_group`, `key` (the join key's bytes),
-/// `event_time` (Int64, ms: the row's time attribute), `matched` (Boolean: it has matched a row of
-/// the other side), then the input's columns.
-pub const SIDE_TABLES: [&str; 2] = ["left_rows", "right_rows"];
-
-/// A one-row table: `watermark` (Int64, the watermark padded rows carry) and `emit_floor` (Int64,
-/// see [`Operator::set_emit_floor`]; `i64::MIN`: none).
-pub const PROGRESS_TABLE: &str = "progress";
 
 impl IntervalJoin {
     fn side_table(&self, side: usize) -> Result<RecordBatch> {

@@ -456,25 +456,21 @@ impl Operator for StreamJoin {
     /// multiplicity and its matches on the other side, key by key, each key's rows in the order a
     /// probe meets them. The index (row bytes → slot, key → rows) is rebuilt on restore.
     fn snapshot(&self) -> Result<OpState> {
-        let mut st = OpState::new();
-        for (side, name) in SIDE_TABLES.iter().enumerate() {
-            st.put(name, self.side_table(side)?);
-        }
-        Ok(st)
+        join_state(|side| self.side_table(side), None)
     }
 
-    fn restore(&mut self, mut state: OpState) -> Result<()> {
-        for (side, name) in SIDE_TABLES.iter().enumerate() {
-            let t = state.take(name)?;
-            self.restore_side(side, name, &t)?;
-        }
-        no_other_tables("a regular join", &state)
+    fn restore(&mut self, state: OpState) -> Result<()> {
+        restore_join_state(state, "a regular join", false, |side, name, t| {
+            self.restore_side(side, name, t)
+        })?;
+        Ok(())
     }
 }
 
-/// The state tables of a regular join, per side: `key_group`, `key` (the join key's bytes),
-/// `count` (UInt64, copies of the row held), `matches` (UInt64, rows of the other side it matches,
-/// with multiplicity), then the input's columns.
+/// The state tables of a join, per side, each starting `key_group`, `key` (the join key's bytes),
+/// then the operator's bookkeeping, then the input's columns. A regular join's bookkeeping: `count`
+/// (UInt64, copies of the row held), `matches` (UInt64, rows of the other side it matches, with
+/// multiplicity).
 pub const SIDE_TABLES: [&str; 2] = ["left_rows", "right_rows"];
 
 impl StreamJoin {
@@ -608,6 +604,51 @@ pub(crate) fn message(e: Error) -> String {
         Error::Internal(m) => m,
         other => other.to_string(),
     }
+}
+
+/// A one-row table of a time-bounded join (interval, window): `watermark` (Int64, the watermark
+/// the rows it emits carry) and `emit_floor` (Int64, see [`Operator::set_emit_floor`]; `i64::MIN`:
+/// none).
+pub const PROGRESS_TABLE: &str = "progress";
+
+/// A join's state: each side's table ([`SIDE_TABLES`], written by `side_table`) and, for a
+/// time-bounded join, its watermark and emit floor ([`PROGRESS_TABLE`]).
+pub(crate) fn join_state(
+    mut side_table: impl FnMut(usize) -> Result<RecordBatch>,
+    progress: Option<(i64, i64)>,
+) -> Result<OpState> {
+    let mut st = OpState::new();
+    for (side, name) in SIDE_TABLES.iter().enumerate() {
+        st.put(name, side_table(side)?);
+    }
+    if let Some((wm, emit_floor)) = progress {
+        st.put(
+            PROGRESS_TABLE,
+            scalars_table(&[("watermark", wm), ("emit_floor", emit_floor)])?,
+        );
+    }
+    Ok(st)
+}
+
+/// Take [`join_state`]'s tables back: `restore_side` gets each side's; returns the watermark and
+/// emit floor when `timed`; refuses tables `op` did not write.
+pub(crate) fn restore_join_state(
+    mut state: OpState,
+    op: &str,
+    timed: bool,
+    mut restore_side: impl FnMut(usize, &str, &RecordBatch) -> Result<()>,
+) -> Result<Option<[i64; 2]>> {
+    for (side, name) in SIDE_TABLES.iter().enumerate() {
+        let t = state.take(name)?;
+        restore_side(side, name, &t)?;
+    }
+    let progress = if timed {
+        Some(read_scalars(&mut state, PROGRESS_TABLE, ["watermark", "emit_floor"])?)
+    } else {
+        None
+    };
+    no_other_tables(op, &state)?;
+    Ok(progress)
 }
 
 /// An error if `state` holds tables `op` did not take (a state written by another plan).

@@ -26,7 +26,8 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::groups::GroupTable;
 use super::state::{self, OpState};
-use super::stream_join::{message, no_other_tables, read_scalars, rows_from_table, rows_table, scalars_table};
+pub use super::stream_join::{PROGRESS_TABLE, SIDE_TABLES};
+use super::stream_join::{join_state, message, restore_join_state, rows_from_table, rows_table};
 use super::window::{WindowSpec, millis};
 use super::{ChangeBatch, Context, Operator};
 use crate::error::{Error, Result};
@@ -439,39 +440,24 @@ impl Operator for WindowJoin {
         self.emit_floor = floor;
     }
 
-    /// Per side, the rows of the windows that have not fired (see [`SIDE_TABLES`]), window by
+    /// Per side, the rows of the windows that have not fired (see [`SIDE_TABLES`]; a NULL key's
+    /// bytes too; bookkeeping: `window_start`, `window_end` (Int64, ms: the row's window)), window by
     /// window in firing order, each window's rows in arrival order; and the watermark and emit floor
     /// ([`PROGRESS_TABLE`]). Fired windows hold nothing: they are gone from the state.
     fn snapshot(&self) -> Result<OpState> {
-        let mut st = OpState::new();
-        for (side, name) in SIDE_TABLES.iter().enumerate() {
-            st.put(name, self.side_table(side)?);
-        }
-        st.put(
-            PROGRESS_TABLE,
-            scalars_table(&[("watermark", self.wm), ("emit_floor", self.emit_floor)])?,
-        );
-        Ok(st)
+        join_state(|side| self.side_table(side), Some((self.wm, self.emit_floor)))
     }
 
-    fn restore(&mut self, mut state: OpState) -> Result<()> {
-        for (side, name) in SIDE_TABLES.iter().enumerate() {
-            let t = state.take(name)?;
-            self.restore_side(side, name, &t)?;
+    fn restore(&mut self, state: OpState) -> Result<()> {
+        let progress = restore_join_state(state, "a window join", true, |side, name, t| {
+            self.restore_side(side, name, t)
+        })?;
+        if let Some([wm, emit_floor]) = progress {
+            (self.wm, self.emit_floor) = (wm, emit_floor);
         }
-        [self.wm, self.emit_floor] = read_scalars(&mut state, PROGRESS_TABLE, ["watermark", "emit_floor"])?;
-        no_other_tables("a window join", &state)
+        Ok(())
     }
 }
-
-/// The state tables of a window join, per side: `key_group`, `key` (the join key's bytes; a NULL
-/// key's too), `window_start` and `window_end` (Int64, ms: the row's window), then the input's
-/// columns.
-pub const SIDE_TABLES: [&str; 2] = ["left_rows", "right_rows"];
-
-/// A one-row table: `watermark` (Int64, the watermark emitted rows carry) and `emit_floor` (Int64,
-/// see [`Operator::set_emit_floor`]; `i64::MIN`: none).
-pub const PROGRESS_TABLE: &str = "progress";
 
 impl WindowJoin {
     fn side_table(&self, side: usize) -> Result<RecordBatch> {
