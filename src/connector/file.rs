@@ -35,7 +35,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
-use crate::format::{Format, LineDecoder, to_json_lines};
+use crate::format::{Format, LineDecoder, count_lines, to_json_lines};
 use crate::sql::parser::Options;
 
 #[derive(Debug, Clone)]
@@ -112,22 +112,15 @@ impl FileSource {
 
     /// Byte offset just past the `max`-th newline in `pending`, if there are that many.
     fn cut(&self, max: usize) -> Option<usize> {
-        let mut seen = 0;
-        for (i, b) in self.pending.iter().enumerate() {
-            if *b == b'\n' {
-                seen += 1;
-                if seen == max {
-                    return Some(i + 1);
-                }
-            }
-        }
-        None
+        memchr::memchr_iter(b'\n', &self.pending)
+            .nth(max.checked_sub(1)?)
+            .map(|i| i + 1)
     }
 }
 
 impl Source for FileSource {
     fn poll(&mut self, max: usize) -> Result<Poll> {
-        let mut scanned_lines = self.pending.iter().filter(|b| **b == b'\n').count();
+        let mut scanned_lines = count_lines(&self.pending);
         while !self.eof && scanned_lines < max + usize::from(self.skip_header) {
             let old = self.pending.len();
             self.pending.resize(old + (1 << 20), 0);
@@ -140,10 +133,10 @@ impl Source for FileSource {
             if n == 0 {
                 self.eof = true;
             }
-            scanned_lines += self.pending[old..].iter().filter(|b| **b == b'\n').count();
+            scanned_lines += count_lines(&self.pending[old..]);
         }
         if self.skip_header {
-            match self.pending.iter().position(|b| *b == b'\n') {
+            match memchr::memchr(b'\n', &self.pending) {
                 Some(i) => {
                     self.pending.drain(..=i);
                     self.line_no += 1;
@@ -161,9 +154,11 @@ impl Source for FileSource {
         if end == 0 {
             return Ok(Poll::Exhausted);
         }
-        let chunk: Vec<u8> = self.pending.drain(..end).collect();
+        // Keep the (short) rest rather than copy the chunk out.
+        let rest = self.pending.split_off(end);
+        let chunk = std::mem::replace(&mut self.pending, rest);
         let first = self.line_no;
-        self.line_no += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        self.line_no += count_lines(&chunk) as u64;
         let decoded = self.decoder.decode_chunk(&chunk, first, &self.path)?;
         Ok(Poll::Ready(decoded.batch, decoded.errors))
     }

@@ -97,8 +97,7 @@ impl LineDecoder {
     /// Decode a chunk of whole lines (`\n`-separated) whose first line is line `first_line` of
     /// `origin`. Positions of bad records are `origin:line`.
     pub fn decode_chunk(&self, chunk: &[u8], first_line: u64, origin: &str) -> Result<Decoded> {
-        let newlines = chunk.iter().filter(|b| **b == b'\n').count();
-        let lines = newlines + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
+        let lines = count_lines(chunk) + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
         if lines == 0 {
             return Ok(Decoded {
                 batch: None,
@@ -107,14 +106,19 @@ impl LineDecoder {
         }
         let json = matches!(self.format, Format::Json);
         let dirty = json && self.dirty.load(std::sync::atomic::Ordering::Relaxed);
-        if dirty && let Some(d) = self.decode_around_malformed(chunk, lines, first_line, origin, false)? {
+        // Invalid UTF-8 anywhere: the line-by-line path names the line.
+        let utf8 = std::str::from_utf8(chunk).is_ok();
+        if dirty
+            && utf8
+            && let Some(d) = self.decode_around_malformed(chunk, first_line, origin, ObjectCheck::Ends)?
+        {
             self.dirty
                 .store(!d.errors.is_empty(), std::sync::atomic::Ordering::Relaxed);
             return Ok(d);
         }
         // Fast path: the whole chunk in one vectorised decode.
         if !dirty
-            && std::str::from_utf8(chunk).is_ok()
+            && utf8
             && let Ok(Some(b)) = self.decode_bytes(chunk, lines)
             && b.num_rows() == lines
         {
@@ -128,7 +132,8 @@ impl LineDecoder {
         // per line. If that still fails (a well-formed record of the wrong types), line by line.
         if json
             && !dirty
-            && let Some(d) = self.decode_around_malformed(chunk, lines, first_line, origin, false)?
+            && utf8
+            && let Some(d) = self.decode_around_malformed(chunk, first_line, origin, ObjectCheck::Ends)?
         {
             self.dirty
                 .store(!d.errors.is_empty(), std::sync::atomic::Ordering::Relaxed);
@@ -159,65 +164,78 @@ impl LineDecoder {
     }
 
     /// [`Self::decode_chunk`]'s middle path for JSON: `None` when the well-formed lines do not
-    /// decode together (the caller goes line by line).
-    /// First pass (`strict = false`): a line is set aside when a quick scan shows it is not one
-    /// JSON object; second pass (`strict`): when a JSON parser rejects it.
+    /// decode together (the caller goes line by line). The lines set aside are those that fail
+    /// `check`; when the rest still do not decode, the next, stricter check runs. The good lines
+    /// are fed to one decoder as the runs between bad lines, in place (no copy).
     fn decode_around_malformed(
         &self,
         chunk: &[u8],
-        lines: usize,
         first_line: u64,
         origin: &str,
-        strict: bool,
+        check: ObjectCheck,
     ) -> Result<Option<Decoded>> {
-        let mut good = Vec::with_capacity(chunk.len());
+        let mut runs: Vec<&[u8]> = Vec::new();
         let mut good_rows = 0;
         let mut bad = Vec::new();
-        for (i, raw) in chunk.split(|b| *b == b'\n').enumerate().take(lines) {
-            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
+        let (mut line_start, mut run_start) = (0, 0);
+        for (i, end) in memchr::memchr_iter(b'\n', chunk)
+            .chain((chunk.last() != Some(&b'\n')).then_some(chunk.len()))
+            .enumerate()
+        {
+            let raw = &chunk[line_start..end];
+            let next = end + 1;
+            let trimmed = raw.trim_ascii();
+            if !trimmed.is_empty() {
+                if check.passes(trimmed) {
+                    good_rows += 1;
+                } else {
+                    runs.push(&chunk[run_start..line_start]);
+                    run_start = next.min(chunk.len());
+                    bad.push((first_line + i as u64, raw.strip_suffix(b"\r").unwrap_or(raw)));
+                }
             }
-            let pos = first_line + i as u64;
-            let Ok(text) = std::str::from_utf8(raw) else {
-                return Ok(None); // reported as invalid UTF-8 by the line-by-line path
-            };
-            let well_formed = if strict {
-                serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-            } else {
-                looks_like_an_object(raw)
-            };
-            if well_formed {
-                good.extend_from_slice(raw);
-                good.push(b'\n');
-                good_rows += 1;
-            } else {
-                bad.push((pos, text));
-            }
+            line_start = next.min(chunk.len());
         }
+        runs.push(&chunk[run_start..]);
         let batch = match good_rows {
             0 => None,
-            n => match self.decode_bytes(&good, n) {
+            n => match self.decode_runs(&runs, n) {
                 Ok(Some(b)) if b.num_rows() == n => Some(b),
-                // A line the quick check let through is bad: check every line with a parser.
-                _ if !strict => return self.decode_around_malformed(chunk, lines, first_line, origin, true),
-                _ => return Ok(None),
+                _ => match check.stricter() {
+                    Some(stricter) => return self.decode_around_malformed(chunk, first_line, origin, stricter),
+                    None => return Ok(None),
+                },
             },
         };
         // The reason is the JSON parser's (with the column where the line goes wrong): asking
         // arrow line by line would cost a decoder per bad line.
         let errors = bad
             .into_iter()
-            .map(|(n, text)| BadRecord {
+            .map(|(n, raw)| BadRecord {
                 position: format!("{origin}:{n}"),
-                raw: text.to_string(),
-                reason: match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                raw: String::from_utf8_lossy(raw).into_owned(),
+                reason: match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
                     Err(e) => format!("not JSON: {e}"),
                     Ok(_) => "not a JSON object".into(),
                 },
             })
             .collect();
         Ok(Some(Decoded { batch, errors }))
+    }
+
+    /// Decode consecutive pieces of JSON lines as one batch of `rows` rows.
+    fn decode_runs(&self, runs: &[&[u8]], rows: usize) -> Result<Option<RecordBatch>, String> {
+        let mut d = JsonReaderBuilder::new(self.schema.clone())
+            .with_batch_size(rows.max(1))
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        for run in runs {
+            let used = d.decode(run).map_err(|e| e.to_string())?;
+            if used < run.len() {
+                return Err("more records than expected".into());
+            }
+        }
+        d.flush().map_err(|e| e.to_string())
     }
 
     /// Decode one record per message (e.g. Kafka values); positions of bad records are
@@ -300,6 +318,41 @@ impl LineDecoder {
         };
         Ok(Decoded { batch, errors })
     }
+}
+
+/// How [`LineDecoder::decode_around_malformed`] tells a line that cannot be one JSON object,
+/// cheapest first: each pass that still leaves the rest undecodable moves to the next.
+#[derive(Debug, Clone, Copy)]
+enum ObjectCheck {
+    /// `{` first and `}` last (catches truncated lines and stray text in O(1)).
+    Ends,
+    /// [`looks_like_an_object`]: braces and brackets balance outside strings.
+    Balanced,
+    /// A JSON parser accepts it.
+    Parse,
+}
+
+impl ObjectCheck {
+    fn passes(self, line: &[u8]) -> bool {
+        match self {
+            ObjectCheck::Ends => line.first() == Some(&b'{') && line.last() == Some(&b'}'),
+            ObjectCheck::Balanced => looks_like_an_object(line),
+            ObjectCheck::Parse => serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok(),
+        }
+    }
+
+    fn stricter(self) -> Option<Self> {
+        match self {
+            ObjectCheck::Ends => Some(ObjectCheck::Balanced),
+            ObjectCheck::Balanced => Some(ObjectCheck::Parse),
+            ObjectCheck::Parse => None,
+        }
+    }
+}
+
+/// The number of `\n` in `bytes` (SIMD).
+pub fn count_lines(bytes: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', bytes).count()
 }
 
 /// A quick scan, not a parse: `{`, then braces and brackets that balance outside strings (with
@@ -397,18 +450,33 @@ mod tests {
             }
         }
         lines.insert(10, r#"{"user_id": 1, "course_id": oops}"#.to_string()); // balanced, still bad
-        let text = lines.join("\n");
-        let out = d.decode_chunk(text.as_bytes(), 1, "f").expect("decode");
-        let users = out.batch.expect("rows");
-        let users = users.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
-        assert_eq!(users.values().to_vec(), (0..300).collect::<Vec<i64>>());
-        let positions: Vec<_> = out.errors.iter().map(|e| e.position.clone()).collect();
-        assert_eq!(positions, ["f:11", "f:101", "f:201", "f:301"]);
-        assert!(
-            out.errors
-                .iter()
-                .all(|e| !e.reason.is_empty() && e.raw.contains("oops"))
-        );
+        // Each check level in turn: a second line that passes the ends check only, and a chunk
+        // whose lines end in \r\n (the \r is not part of the raw record).
+        let mut harder = lines.clone();
+        harder.insert(50, r#"{"oops": 1}}"#.to_string());
+        for (text, expected) in [
+            (lines.join("\n"), vec!["f:11", "f:101", "f:201", "f:301"]),
+            (lines.join("\r\n") + "\r\n", vec!["f:11", "f:101", "f:201", "f:301"]),
+            (harder.join("\n"), vec!["f:11", "f:51", "f:102", "f:202", "f:302"]),
+        ] {
+            // Twice: the first chunk finds the bad lines after a failed whole-chunk decode, the
+            // second goes straight to setting them aside (the decoder remembers dirty input).
+            for _ in 0..2 {
+                let out = d.decode_chunk(text.as_bytes(), 1, "f").expect("decode");
+                let users = out.batch.expect("rows");
+                let users = users.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+                assert_eq!(users.values().to_vec(), (0..300).collect::<Vec<i64>>());
+                let positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
+                assert_eq!(positions, expected);
+                assert!(
+                    out.errors.iter().all(|e| e.reason.starts_with("not JSON: ")
+                        && e.raw.contains("oops")
+                        && !e.raw.ends_with('\r')),
+                    "{:?}",
+                    out.errors
+                );
+            }
+        }
     }
 
     #[test]
