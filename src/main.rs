@@ -792,6 +792,7 @@ async fn run(file: PathBuf, config: EngineConfig, data_dir: Option<PathBuf>, for
         eprintln!("peak memory: {:.1} MiB", kb as f64 / 1024.0);
     }
     anyhow::ensure!(!failed, "a query failed");
+    session.forget_finished()?;
     Ok(())
 }
 

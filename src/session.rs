@@ -424,6 +424,23 @@ impl Session {
         self.stop_all().await;
     }
 
+    /// When every query of this session finished by itself (a `freshet run` job over bounded
+    /// sources done), forget their checkpoints: there is nothing left to resume, and the next run
+    /// of the job starts over. Otherwise they stay, so a restart resumes each query — one that had
+    /// finished finishes again with nothing new, rather than writing its output twice.
+    pub fn forget_finished(&self) -> Result<bool> {
+        let all = self
+            .queries
+            .iter()
+            .all(|q| matches!(&q.outcome, Some(Ok(r)) if r.finished));
+        if all {
+            for q in &self.queries {
+                crate::engine::query::remove_checkpoints(&self.config, &q.name)?;
+            }
+        }
+        Ok(all)
+    }
+
     /// Stop every query, letting each commit its sink.
     pub async fn stop_all(&mut self) {
         for q in &self.queries {

@@ -247,6 +247,8 @@ impl MemoryTable {
             table: self.clone(),
             first: (first.num_rows() > 0).then_some(first),
             rx,
+            seen: Seen::new(&self.schema),
+            restored: false,
         })
     }
 
@@ -262,33 +264,185 @@ impl MemoryTable {
 }
 
 /// A materialized view read as a changelog stream (see the module doc).
+///
+/// The reader checkpoints the view as it has consumed it (`seen`), not a position: the view's
+/// own query restores it from a checkpoint of its own, taken at another moment. After a restart
+/// the reader first emits the difference between what it had seen and the view now (deletes,
+/// then inserts), then the view's changes: downstream state, restored with `seen`, ends where an
+/// uninterrupted reader would be, with the changes in between coalesced.
 pub struct MvSource {
     table: MemoryTable,
     first: Option<RecordBatch>,
     rx: Receiver<Change>,
+    /// The rows consumed so far; an error when the view's column types have no row format (the
+    /// reader then cannot be checkpointed).
+    seen: Result<Seen, datafusion::arrow::error::ArrowError>,
+    /// `seen` came from a checkpoint: the first poll emits the difference to the view now.
+    restored: bool,
+}
+
+/// A multiset of rows in arrow's row format.
+struct Seen {
+    converter: RowConverter,
+    rows: HashMap<Box<[u8]>, usize>,
+}
+
+impl Seen {
+    fn new(schema: &SchemaRef) -> Result<Seen, datafusion::arrow::error::ArrowError> {
+        let fields = schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(Seen {
+            converter: RowConverter::new(fields)?,
+            rows: HashMap::new(),
+        })
+    }
+
+    /// Count in (or out, for retractions) the rows of a changelog batch.
+    fn apply(&mut self, batch: &RecordBatch, kinds: Option<&Int8Array>) -> Result<()> {
+        let converted = self.converter.convert_columns(batch.columns())?;
+        for (i, row) in converted.iter().enumerate() {
+            let add = kinds.is_none_or(|k| RowKind::from_i8(k.value(i)).is_add());
+            if add {
+                *self.rows.entry(row.as_ref().into()).or_default() += 1;
+            } else if let Some(n) = self.rows.get_mut(row.as_ref()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.rows.remove(row.as_ref());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows as a batch of `schema` (each as many times as it is held).
+    fn batch(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let parser = self.converter.parser();
+        let columns = self.converter.convert_rows(
+            self.rows
+                .iter()
+                .flat_map(|(row, n)| std::iter::repeat_n(parser.parse(row), *n)),
+        )?;
+        Ok(RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns,
+            &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(self.rows.values().sum())),
+        )?)
+    }
+}
+
+impl MvSource {
+    /// After a restart: what the view gained (inserts) and lost (deletes) since the checkpoint,
+    /// as one changelog batch (`None` when nothing changed). `seen` becomes the view now.
+    fn catch_up(&mut self) -> Result<Option<(RecordBatch, Int8Array)>> {
+        let schema = self.table.schema();
+        let Ok(seen) = &mut self.seen else {
+            return Ok(None);
+        };
+        let now = self
+            .first
+            .take()
+            .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+        let converted = seen.converter.convert_columns(now.columns())?;
+        let mut gone = Seen::new(&schema)?;
+        gone.rows = std::mem::take(&mut seen.rows);
+        let mut inserted = Vec::new();
+        for (i, row) in converted.iter().enumerate() {
+            *seen.rows.entry(row.as_ref().into()).or_default() += 1;
+            match gone.rows.get_mut(row.as_ref()) {
+                Some(n) => {
+                    *n -= 1;
+                    if *n == 0 {
+                        gone.rows.remove(row.as_ref());
+                    }
+                }
+                None => inserted.push(i as u32),
+            }
+        }
+        let deleted = gone.batch(&schema)?;
+        let inserted = datafusion::arrow::compute::take_record_batch(&now, &UInt32Array::from(inserted))?;
+        if deleted.num_rows() + inserted.num_rows() == 0 {
+            return Ok(None);
+        }
+        let kinds = Int8Array::from_iter_values(
+            std::iter::repeat_n(RowKind::Delete as i8, deleted.num_rows())
+                .chain(std::iter::repeat_n(RowKind::Insert as i8, inserted.num_rows())),
+        );
+        let batch = datafusion::arrow::compute::concat_batches(&schema, [&deleted, &inserted])?;
+        Ok(Some((batch, kinds)))
+    }
+
+    fn seen_mut(&mut self) -> Option<&mut Seen> {
+        self.seen.as_mut().ok()
+    }
 }
 
 impl Source for MvSource {
     fn poll(&mut self, _max: usize) -> Result<Poll> {
+        if self.restored {
+            self.restored = false;
+            if let Some((batch, kinds)) = self.catch_up()? {
+                return Ok(Poll::Changes(batch, kinds));
+            }
+        }
         if let Some(b) = self.first.take() {
+            if let Some(seen) = self.seen_mut() {
+                seen.apply(&b, None)?;
+            }
             return Ok(Poll::Ready(Some(b), Vec::new()));
         }
-        match self.rx.try_recv() {
-            Ok(c) => Ok(Poll::Changes(c.batch, c.kinds)),
+        let change = match self.rx.try_recv() {
+            Ok(c) => c,
             Err(TryRecvError::Empty) if self.table.lock().closed => {
                 // Closed after its last change was sent: drained.
                 match self.rx.try_recv() {
-                    Ok(c) => Ok(Poll::Changes(c.batch, c.kinds)),
-                    Err(_) => Ok(Poll::Exhausted),
+                    Ok(c) => c,
+                    Err(_) => return Ok(Poll::Exhausted),
                 }
             }
-            Err(TryRecvError::Empty) => Ok(Poll::Pending),
-            Err(TryRecvError::Disconnected) => Ok(Poll::Exhausted),
+            Err(TryRecvError::Empty) => return Ok(Poll::Pending),
+            Err(TryRecvError::Disconnected) => return Ok(Poll::Exhausted),
+        };
+        if let Some(seen) = self.seen_mut() {
+            seen.apply(&change.batch, Some(&change.kinds))?;
         }
+        Ok(Poll::Changes(change.batch, change.kinds))
     }
 
     fn bounded(&self) -> bool {
         self.table.lock().bounded
+    }
+
+    fn snapshot(&self) -> Result<Option<OpState>> {
+        let seen = self.seen.as_ref().map_err(|e| {
+            crate::error::Error::plan(format!(
+                "a materialized view read as a stream needs column types with a row format: {e}"
+            ))
+        })?;
+        let mut st = OpState::new();
+        st.put("seen", seen.batch(&self.table.schema())?);
+        Ok(Some(st))
+    }
+
+    fn restore(&mut self, mut state: OpState) -> Result<()> {
+        let table = state.take("seen")?;
+        let schema = self.table.schema();
+        let Ok(seen) = &mut self.seen else {
+            return Err(crate::error::Error::plan("this view's reader cannot be restored"));
+        };
+        if table.schema().fields().len() != schema.fields().len() {
+            return Err(crate::error::Error::Internal(format!(
+                "the checkpoint saw the view with {} columns, the view has {}",
+                table.schema().fields().len(),
+                schema.fields().len()
+            )));
+        }
+        seen.rows.clear();
+        seen.apply(&table, None)?;
+        self.restored = true;
+        Ok(())
     }
 }
 
@@ -403,6 +557,66 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// Every row a reader got, as (kind, key, value), until it has nothing more.
+    fn drain(src: &mut MvSource) -> Vec<(RowKind, String, i64)> {
+        let mut got = Vec::new();
+        loop {
+            let (b, kinds) = match src.poll(1000).expect("poll") {
+                Poll::Ready(Some(b), _) => (b, None),
+                Poll::Changes(b, k) => (b, Some(k)),
+                _ => return got,
+            };
+            for i in 0..b.num_rows() {
+                got.push((
+                    kinds.as_ref().map_or(RowKind::Insert, |k| RowKind::from_i8(k.value(i))),
+                    b.column(0).as_string::<i32>().value(i).to_string(),
+                    b.column(1).as_primitive::<Int64Type>().value(i),
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn a_reader_restored_from_its_checkpoint_catches_up_with_the_view_by_its_difference() {
+        use RowKind::*;
+        let table = MemoryTable::new(out(&[], &[], &[], None).batch.schema());
+        table
+            .apply(&out(&["a", "b", "b"], &[1, 2, 2], &[Insert, Insert, Insert], None))
+            .expect("w");
+        let mut reader = table.subscribe().expect("subscribe");
+        assert_eq!(drain(&mut reader).len(), 3);
+        table.apply(&out(&["a"], &[1], &[Delete], None)).expect("w");
+        table.apply(&out(&["c"], &[3], &[Insert], None)).expect("w");
+        assert_eq!(
+            drain(&mut reader),
+            vec![(Delete, "a".into(), 1), (Insert, "c".into(), 3)]
+        );
+        // The reader's checkpoint: {b 2, b 2, c 3}, through Arrow IPC.
+        let mut state = reader.snapshot().expect("snapshot").expect("a reader has state");
+        for (_, t) in &mut state.tables {
+            *t = crate::operator::state::from_ipc(&crate::operator::state::to_ipc(t).expect("ipc")).expect("ipc");
+        }
+        // The view moved on before the restart (its own query checkpointed later): one b gone,
+        // d added, c unchanged.
+        table
+            .apply(&out(&["b", "d"], &[2, 4], &[Delete, Insert], None))
+            .expect("w");
+        let mut again = table.subscribe().expect("subscribe");
+        again.restore(state).expect("restore");
+        assert_eq!(
+            drain(&mut again),
+            vec![(Delete, "b".into(), 2), (Insert, "d".into(), 4)]
+        );
+        // Then the view's own changes, as for any reader.
+        table.apply(&out(&["e"], &[5], &[Insert], None)).expect("w");
+        assert_eq!(drain(&mut again), vec![(Insert, "e".into(), 5)]);
+        // Nothing changed since the checkpoint: nothing to catch up.
+        let st = again.snapshot().expect("snapshot").expect("state");
+        let mut third = table.subscribe().expect("subscribe");
+        third.restore(st).expect("restore");
+        assert!(drain(&mut third).is_empty());
     }
 
     #[test]

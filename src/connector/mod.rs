@@ -79,6 +79,15 @@ pub trait Source: Send {
     fn seek(&mut self, _position: &serde_json::Value) -> Result<()> {
         Err(Error::plan("this source cannot resume from a checkpoint"))
     }
+    /// State the source keeps for a checkpoint beyond its position (a materialized view read as a
+    /// stream: the rows it has consumed). `None`: nothing.
+    fn snapshot(&self) -> Result<Option<crate::operator::state::OpState>> {
+        Ok(None)
+    }
+    /// Take back what [`Source::snapshot`] wrote, before the first poll.
+    fn restore(&mut self, _state: crate::operator::state::OpState) -> Result<()> {
+        Err(Error::plan("this source keeps no state to restore"))
+    }
 }
 
 /// Upsert sinks get the changed window rows after every micro-batch; append sinks get each window row

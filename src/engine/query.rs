@@ -393,6 +393,8 @@ pub struct Report {
     pub late: u64,
     pub batches: u64,
     pub elapsed: Duration,
+    /// Every source reached its end (rather than the query being stopped).
+    pub finished: bool,
 }
 
 pub struct QueryRuntime {
@@ -438,6 +440,14 @@ struct Checkpointing {
 
 /// The identity of a query for its checkpoints: its SQL, the directory it runs in, its sources'
 /// definitions, its operator graph and its output columns. A checkpoint is only ever restored into the same query.
+/// Checkpointed state of a source (not an operator) is stored under this name plus the source's,
+/// as a node past the sink's.
+const SOURCE_STATE: &str = "Source ";
+
+fn source_state_name(source: &str) -> String {
+    format!("{SOURCE_STATE}{source}")
+}
+
 fn fingerprint(compiled: &Compiled, catalog: &Catalog) -> String {
     let mut text = compiled.query.to_string();
     // Relative paths in the SQL name different files from another directory.
@@ -620,14 +630,27 @@ impl QueryRuntime {
                 continue;
             }
             if let Some(crate::sql::catalog::Object::MaterializedView(mv)) = catalog.get(&sname) {
-                if let Some(c) = &mut checkpoints {
-                    c.disabled = Some(format!(
-                        "it reads materialized view '{sname}', whose changes cannot be replayed from a position"
-                    ));
+                // Its checkpoint holds the view's rows as this query consumed them (the view's own
+                // query restored the view itself, before this one started).
+                let mut source = mv.table.subscribe()?;
+                let label = source_state_name(&sname);
+                if let Some(c) = &mut checkpoints
+                    && c.disabled.is_none()
+                    && let Err(e) = source.snapshot()
+                {
+                    c.disabled = Some(e.to_string());
+                }
+                if let Some((_, _, state)) = restored
+                    .as_ref()
+                    .and_then(|c| c.operators.iter().find(|(_, o, _)| *o == label))
+                {
+                    source.restore(state.clone()).map_err(|e| {
+                        Error::External(format!("checkpoint of query '{name}': restoring {label}: {e}"))
+                    })?;
                 }
                 sources.push(SourceRt {
                     name: sname.clone(),
-                    source: Box::new(mv.table.subscribe()?),
+                    source: Box::new(source),
                     nodes,
                     time_idx: None,
                     delay: 0,
@@ -691,6 +714,9 @@ impl QueryRuntime {
                 if node == sink_node && opname == "Sink" {
                     sink_state = Some(state);
                     continue;
+                }
+                if node > sink_node && opname.starts_with(SOURCE_STATE) {
+                    continue; // a source's, taken back when it was opened
                 }
                 let here = (node < ops.len()).then(|| graph.op_name(node));
                 if here.as_deref() != Some(opname.as_str()) {
@@ -996,6 +1022,11 @@ impl QueryRuntime {
         if let Some(state) = self.sink.snapshot()? {
             operators.push((self.ops.len(), "Sink".to_string(), state));
         }
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(state) = s.source.snapshot()? {
+                operators.push((self.ops.len() + 1 + i, source_state_name(&s.name), state));
+            }
+        }
         let sources: Vec<serde_json::Value> = self
             .sources
             .iter()
@@ -1209,6 +1240,7 @@ impl QueryRuntime {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<Report> {
         let t0 = Instant::now();
         let mut last_commit = Instant::now();
+        let mut finished = false;
         loop {
             if *stop.borrow() {
                 break;
@@ -1219,18 +1251,12 @@ impl QueryRuntime {
                 if let Some(s) = &mut self.side {
                     s.close()?;
                 }
-                // Finished: the last epoch is checkpointed and published like any other, then the
-                // checkpoints are forgotten — there is nothing to resume. (Not published without a
-                // checkpoint: a crash before the checkpoints are removed would then resume from an
-                // older one and write that epoch again, and other queries may already have read
-                // its `_errors`/`_late` side logs.) A crash before the removal resumes from the
-                // last checkpoint, finds every source at its end and finishes again.
-                if self.checkpoints.is_some() {
-                    self.commit()?;
-                    if let Some(c) = self.checkpoints.take() {
-                        c.store.remove_all()?;
-                    }
-                }
+                // Finished: the last epoch is checkpointed and published like any other (below).
+                // The checkpoints stay: a restart of a job killed while its other queries still
+                // ran resumes this one from there, finds every source at its end and finishes
+                // again with nothing new. `freshet run` forgets them once the whole job is done
+                // (see `Session::forget_finished`), DROP does otherwise.
+                finished = true;
                 break;
             }
             if last_commit.elapsed() >= self.config.commit_interval {
@@ -1254,6 +1280,7 @@ impl QueryRuntime {
             late: Metrics::get(&m.late),
             batches: Metrics::get(&m.batches),
             elapsed: t0.elapsed(),
+            finished,
         })
     }
 

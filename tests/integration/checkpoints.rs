@@ -38,7 +38,12 @@ fn job(events: u64) -> String {
          GROUP BY user_id, window_start, window_end;
          -- An updating aggregate, archived as a changelog.
          CREATE SINK per_course WITH (connector = 'parquet', path = 'out/per_course', format = 'changelog') AS
-         SELECT course_id, COUNT(*) AS views FROM views GROUP BY course_id;"
+         SELECT course_id, COUNT(*) AS views FROM views GROUP BY course_id;
+         -- A materialized view, and a query reading it as a stream (its checkpoint holds the view
+         -- as it had read it; after a restart it first catches up with the restored view).
+         CREATE MATERIALIZED VIEW course_totals AS SELECT course_id, COUNT(*) AS views FROM views GROUP BY course_id;
+         CREATE SINK popularity WITH (connector = 'parquet', path = 'out/popularity', format = 'changelog') AS
+         SELECT views / 1000 AS band, COUNT(*) AS courses FROM course_totals GROUP BY views / 1000;"
     )
 }
 
@@ -88,7 +93,7 @@ fn files_in_order(dir: &Path) -> Vec<PathBuf> {
     files.into_iter().map(|(_, _, p)| p).collect()
 }
 
-/// Replay a changelog archive (`op`, `course_id`, `views`) in order: the final table.
+/// Replay a changelog archive (`op`, a BIGINT key, a BIGINT value) in order: the final table.
 fn replayed(dir: &Path) -> Vec<String> {
     let mut table: BTreeMap<i64, i64> = BTreeMap::new();
     for f in files_in_order(dir) {
@@ -154,7 +159,7 @@ async fn assert_sinks_exact(out: &Path, events: u64) {
         ..Default::default()
     };
     let oracle = oracle_ctx(&opts, "ev");
-    let temp_files: Vec<String> = ["per_minute", "hopping", "sessions", "per_course"]
+    let temp_files: Vec<String> = ["per_minute", "hopping", "sessions", "per_course", "popularity"]
         .iter()
         .flat_map(|d| std::fs::read_dir(out.join(d)).expect("dir"))
         .filter_map(|e| e.ok())
@@ -209,6 +214,14 @@ async fn assert_sinks_exact(out: &Path, events: u64) {
     let got = replayed(&out.join("per_course"));
     let want = batch_rows(&oracle, "SELECT course_id, COUNT(*) FROM ev GROUP BY 1").await;
     crate::support::assert_rows_eq(&got, &want, "updating GROUP BY changelog after kills");
+
+    let got = replayed(&out.join("popularity"));
+    let want = batch_rows(
+        &oracle,
+        "SELECT views / 1000, COUNT(*) FROM (SELECT course_id, COUNT(*) AS views FROM ev GROUP BY 1) GROUP BY 1",
+    )
+    .await;
+    crate::support::assert_rows_eq(&got, &want, "a stream over a materialized view, after kills");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
