@@ -181,19 +181,32 @@ pub fn unique(prefix: &str) -> String {
 
 /// The sum of the newest checkpoint epoch of every query under `chk` (grows with any progress).
 pub fn progress(chk: &Path) -> u64 {
+    newest_epochs(chk).values().sum()
+}
+
+/// The newest checkpoint epoch of each query directory under `chk`.
+fn newest_epochs(chk: &Path) -> std::collections::BTreeMap<std::ffi::OsString, u64> {
     let Ok(queries) = std::fs::read_dir(chk) else {
-        return 0;
+        return Default::default();
     };
     queries
         .filter_map(|q| q.ok())
         .filter_map(|q| {
-            std::fs::read_dir(q.path())
+            let newest = std::fs::read_dir(q.path())
                 .ok()?
                 .filter_map(|c| c.ok())
                 .filter_map(|c| c.file_name().to_str()?.strip_prefix("chk-")?.parse::<u64>().ok())
-                .max()
+                .max()?;
+            Some((q.file_name(), newest))
         })
-        .sum()
+        .collect()
+}
+
+/// Every query that had a checkpoint in `before` has a newer one now, and there is at least one:
+/// each query of the job has made progress in this run (so a kill tests every query's restore).
+fn every_query_moved(chk: &Path, before: &std::collections::BTreeMap<std::ffi::OsString, u64>) -> bool {
+    let now = newest_epochs(chk);
+    !now.is_empty() && before.iter().all(|(q, e)| now.get(q).is_some_and(|n| n > e))
 }
 
 /// The published Parquet files of `dir` as table `t`, queried with `sql`; rows as text, sorted.
@@ -219,11 +232,11 @@ pub fn kill_delays(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Run a job (`start` starts it) and SIGKILL it once after each new checkpoint under `chk`, each
-/// kill `waits_ms[i]` after that checkpoint appeared, so every run makes progress and the kill lands
-/// at another point of an epoch each time; then let it finish. Returns how many runs were killed
+/// Run a job (`start` starts it) and SIGKILL it once every query under `chk` has taken a new
+/// checkpoint in this run, each kill `waits_ms[i]` after that, so every run makes progress and
+/// the kill lands at another point of an epoch each time; then let it finish. Returns how many runs were killed
 /// mid-run and the output of the run that finished (one that finishes before its kill ends the
-/// killing: run again, it would start over, as a finished query keeps no checkpoints).
+/// killing: run again, it would start over, as a finished job keeps no checkpoints).
 pub fn kill_after_checkpoints(
     start: impl Fn() -> std::process::Child,
     chk: &Path,
@@ -233,9 +246,9 @@ pub fn kill_after_checkpoints(
     let mut kills = 0;
     for wait in waits_ms {
         let mut child = start();
-        let before = progress(chk);
+        let before = newest_epochs(chk);
         let deadline = Instant::now() + Duration::from_secs(120);
-        while progress(chk) == before && child.try_wait().expect("wait").is_none() {
+        while !every_query_moved(chk, &before) && child.try_wait().expect("wait").is_none() {
             assert!(Instant::now() < deadline, "no checkpoint within 120 s");
             std::thread::sleep(Duration::from_millis(2));
         }
