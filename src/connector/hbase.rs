@@ -479,6 +479,8 @@ pub struct HBaseSink {
     resume: Option<(u64, BTreeMap<Vec<u8>, Noted>)>,
     stop: Arc<AtomicBool>,
     pub retries: u64,
+    /// `create_table` could not reach HBase when the sink was opened: done before the first write.
+    create_pending: bool,
 }
 
 impl HBaseSink {
@@ -518,9 +520,26 @@ impl HBaseSink {
             resume: Some((0, BTreeMap::new())),
             stop: Arc::new(AtomicBool::new(false)),
             retries: 0,
+            create_pending: false,
         };
         if sink.opts.create_table {
-            sink.with_retry(|c, o| ensure_table(c, &o.table, &o.family))?;
+            // Once, now: a bad table or family name fails the statement that made the sink. An
+            // HBase that does not answer must not hold the statement up (nor the server's
+            // session): the table is then made before the first write, on the query's thread,
+            // waiting like any write does.
+            let attempt = open_client(&sink.opts.thrift, &sink.stop).and_then(|mut c| {
+                ensure_table(&mut c, &sink.opts.table, &sink.opts.family)?;
+                sink.client = Some(c);
+                Ok(())
+            });
+            match attempt {
+                Ok(()) => {}
+                Err(Error::Plan(m)) => return Err(Error::Plan(m)),
+                Err(e) => {
+                    eprintln!("hbase: {e}; table '{}' is created once HBase answers", sink.opts.table);
+                    sink.create_pending = true;
+                }
+            }
         }
         Ok(sink)
     }
@@ -632,6 +651,10 @@ impl HBaseSink {
     /// Before the first write: take up the generation `recover` was given (or the table's, from
     /// scratch) and publish the checkpoint's noted rows.
     fn resume(&mut self) -> Result<()> {
+        if self.create_pending {
+            self.with_retry(|c, o| ensure_table(c, &o.table, &o.family))?;
+            self.create_pending = false;
+        }
         let Some((generation, noted)) = self.resume.take() else {
             return Ok(());
         };

@@ -991,3 +991,131 @@ fn a_restart_runs_running_queries_again_and_keeps_paused_ones_paused() {
     });
     assert_eq!(stored(dir.path())[1].2, state("running"));
 }
+
+impl Server {
+    /// Wait until the server writes a line containing `needle` to stderr; returns the line.
+    fn wait_for_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no '{needle}' on stderr:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    /// Forget the log so far (a later [`Self::wait_for_log`] looks only at new lines).
+    fn clear_log(&mut self) {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+        self.log.clear();
+    }
+}
+
+/// A call that must come back promptly even while a sink waits for HBase.
+fn promptly<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let out = f();
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "{what} took {:?} while HBase was unreachable",
+        t0.elapsed()
+    );
+    out
+}
+
+/// HBase unreachable (a proxy in front of its Thrift gateway that drops every connection) blocks
+/// only the query writing to it: the server keeps answering `/metrics` and the query list, the
+/// other query keeps running, and pause, resume, DROP and SIGTERM of the blocked query all return.
+#[test]
+fn an_hbase_outage_blocks_only_its_query_and_the_server_keeps_answering() {
+    use crate::services::{Proxy, THRIFT, up};
+    if !up("HBase Thrift", THRIFT) {
+        return;
+    }
+    let proxy = Proxy::start(THRIFT);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut server = Server::start(dir.path(), &[]);
+    let table = crate::support::unique("serve_outage");
+    let sink = |name: &str| {
+        format!(
+            "CREATE SINK {name} WITH (connector = 'hbase', thrift = '{}', table = '{table}',
+                 row_key = 'course_id, window_start', create_table = 'true', batch_rows = '50') AS
+             SELECT course_id, window_start, COUNT(*) AS views
+             FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
+             GROUP BY course_id, window_start, window_end;",
+            proxy.addr
+        )
+    };
+    let sql = format!(
+        "CREATE SOURCE ev ({}) WITH (connector = 'generator', rate = '2000', seed = '3');
+         {}
+         CREATE MATERIALIZED VIEW total AS SELECT COUNT(*) AS n FROM ev;",
+        crate::support::COURSE_COLUMNS,
+        sink("hb")
+    );
+    server.post("/v1/statements", &sql).expect(200);
+    server.wait_for("hb", "rows written to HBase", |q| q["rows_out"].as_u64() > Some(0));
+    let total = |server: &Server| -> u64 {
+        let rows = server.select("SELECT n FROM total");
+        rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0)
+    };
+
+    proxy.down();
+    server.clear_log();
+    server.wait_for_log("retrying");
+    let during = total(&server);
+    for _ in 0..3 {
+        let m = promptly("GET /metrics", || metrics(&server));
+        assert_eq!(
+            m.get(&("freshet_query_running".to_string(), "hb".to_string())),
+            Some(&1.0),
+            "the blocked query is still running"
+        );
+        promptly("GET /v1/queries", || server.queries());
+    }
+    poll("the other query to keep running", || {
+        (total(&server) > during + 1000).then_some(())
+    });
+
+    let paused = promptly("pausing the blocked query", || {
+        server.post("/v1/queries/hb/pause", "").expect(200)
+    });
+    assert_eq!(paused["status"], "paused", "{paused}");
+    promptly("GET /metrics after the pause", || metrics(&server));
+    server.clear_log();
+    promptly("resuming it", || server.post("/v1/queries/hb/resume", "").expect(200));
+    server.wait_for_log("retrying");
+    let dropped = promptly("dropping it", || server.delete("/v1/queries/hb").expect(200));
+    assert_eq!(dropped["message"], "dropped sink hb");
+    assert_eq!(server.names(), ["total"]);
+
+    // A new sink to the same unreachable HBase: the statement returns at once (`create_table` is
+    // done before its first write, on its own thread), the query waits, and a shutdown still ends it.
+    server.clear_log();
+    promptly("creating a sink while HBase is away", || {
+        server.post("/v1/statements", &sink("hb2")).expect(200)
+    });
+    server.wait_for_log("retrying");
+    let t0 = Instant::now();
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "SIGTERM took {:?} with a sink waiting for HBase",
+        t0.elapsed()
+    );
+    proxy.up();
+}
