@@ -39,6 +39,10 @@ struct EngineArgs {
     /// Take no checkpoints: a restarted query starts over (or from its Kafka group's offsets).
     #[arg(long, conflicts_with = "checkpoint_dir")]
     no_checkpoints: bool,
+    /// Threads each source decodes on (a file's chunks of lines in parallel) [default: the number
+    /// of cores].
+    #[arg(long, env = "FRESHET_WORKERS")]
+    workers: Option<usize>,
 }
 
 impl EngineArgs {
@@ -48,6 +52,10 @@ impl EngineArgs {
             batch_interval: Duration::from_millis(self.batch_interval_ms),
             commit_interval: Duration::from_secs_f64(self.checkpoint_interval.max(0.01)),
             checkpoint_dir: self.checkpoint_dir.clone(),
+            workers: self
+                .workers
+                .unwrap_or_else(freshet::engine::query::default_workers)
+                .max(1),
             ..EngineConfig::default()
         }
     }

@@ -704,9 +704,21 @@ impl Session {
                     None => "state ttl off: groups are kept while they have rows".into(),
                 }))
             }
+            "parallelism.default" | "workers" => {
+                let n = value
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Error::option(key, format!("'{value}' is not a positive number of threads")))?;
+                self.config.workers = n;
+                Ok(Outcome::Done(format!(
+                    "{key} = {n}: sources of queries started from now on decode on {n} thread(s)"
+                )))
+            }
             other => Err(Error::option(
                 other,
-                "unknown setting; valid: 'table.exec.state.ttl' (or state_ttl), 'execution.checkpointing.interval' (or checkpoint_interval)",
+                "unknown setting; valid: 'table.exec.state.ttl' (or state_ttl), 'execution.checkpointing.interval' (or checkpoint_interval), 'parallelism.default' (or workers)",
             )),
         }
     }

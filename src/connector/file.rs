@@ -30,9 +30,11 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 
+use super::decode_pool::DecodePool;
 use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
 use crate::format::{Format, LineDecoder, count_lines, to_json_lines};
@@ -82,7 +84,7 @@ impl FileOptions {
 
 pub struct FileSource {
     file: File,
-    decoder: LineDecoder,
+    decoder: Arc<LineDecoder>,
     path: String,
     /// Bytes read but not yet decoded (an incomplete last line).
     pending: Vec<u8>,
@@ -92,6 +94,20 @@ pub struct FileSource {
     eof: bool,
     /// Bytes read from the file so far.
     read: u64,
+    /// Chunks decoded on worker threads (see [`FileSource::decode_on`]); `None`: on the polling one.
+    pool: Option<DecodePool>,
+    /// With a pool: the byte offset and line number of the first line not yet returned.
+    returned: (u64, u64),
+}
+
+/// What [`FileSource::cut_next`] found.
+enum Cut {
+    /// Whole lines, and the line number of the first.
+    Chunk(Vec<u8>, u64),
+    /// Not a whole line more yet.
+    Pending,
+    /// Everything was cut.
+    End,
 }
 
 impl FileSource {
@@ -100,26 +116,20 @@ impl FileSource {
         let skip_header = matches!(opts.format, Format::Csv { header: true, .. });
         Ok(FileSource {
             file,
-            decoder: LineDecoder::new(schema, opts.format),
+            decoder: Arc::new(LineDecoder::new(schema, opts.format)),
             path: opts.path.display().to_string(),
             pending: Vec::new(),
             line_no: 1,
             skip_header,
             eof: false,
             read: 0,
+            pool: None,
+            returned: (0, 1),
         })
     }
 
-    /// Byte offset just past the `max`-th newline in `pending`, if there are that many.
-    fn cut(&self, max: usize) -> Option<usize> {
-        memchr::memchr_iter(b'\n', &self.pending)
-            .nth(max.checked_sub(1)?)
-            .map(|i| i + 1)
-    }
-}
-
-impl Source for FileSource {
-    fn poll(&mut self, max: usize) -> Result<Poll> {
+    /// The next chunk of up to `max` whole lines (after the header, if any).
+    fn cut_next(&mut self, max: usize) -> Result<Cut> {
         let mut scanned_lines = count_lines(&self.pending);
         while !self.eof && scanned_lines < max + usize::from(self.skip_header) {
             let old = self.pending.len();
@@ -141,26 +151,89 @@ impl Source for FileSource {
                     self.pending.drain(..=i);
                     self.line_no += 1;
                     self.skip_header = false;
+                    // Nothing is in flight before the header: it counts as returned.
+                    self.returned = (self.read - self.pending.len() as u64, self.line_no);
                 }
                 None if self.eof => self.pending.clear(),
-                None => return Ok(Poll::Pending),
+                None => return Ok(Cut::Pending),
             }
         }
         let end = match self.cut(max) {
             Some(end) => end,
             None if self.eof => self.pending.len(),
-            None => return Ok(Poll::Pending),
+            None => return Ok(Cut::Pending),
         };
         if end == 0 {
-            return Ok(Poll::Exhausted);
+            return Ok(Cut::End);
         }
         // Keep the (short) rest rather than copy the chunk out.
         let rest = self.pending.split_off(end);
         let chunk = std::mem::replace(&mut self.pending, rest);
         let first = self.line_no;
         self.line_no += count_lines(&chunk) as u64;
-        let decoded = self.decoder.decode_chunk(&chunk, first, &self.path)?;
-        Ok(Poll::Ready(decoded.batch, decoded.errors))
+        Ok(Cut::Chunk(chunk, first))
+    }
+
+    /// Byte offset just past the `max`-th newline in `pending`, if there are that many.
+    fn cut(&self, max: usize) -> Option<usize> {
+        memchr::memchr_iter(b'\n', &self.pending)
+            .nth(max.checked_sub(1)?)
+            .map(|i| i + 1)
+    }
+}
+
+impl Source for FileSource {
+    fn poll(&mut self, max: usize) -> Result<Poll> {
+        if self.pool.is_none() {
+            return match self.cut_next(max)? {
+                Cut::Chunk(chunk, first) => {
+                    let decoded = self.decoder.decode_chunk(&chunk, first, &self.path)?;
+                    Ok(Poll::Ready(decoded.batch, decoded.errors))
+                }
+                Cut::Pending => Ok(Poll::Pending),
+                Cut::End => Ok(Poll::Exhausted),
+            };
+        }
+        // Keep every worker busy, then wait for the oldest chunk.
+        let mut ended = false;
+        while self.pool.as_ref().is_some_and(DecodePool::has_room) {
+            match self.cut_next(max)? {
+                Cut::Chunk(chunk, first) => {
+                    let after = (self.read - self.pending.len() as u64, self.line_no);
+                    let pool = self
+                        .pool
+                        .as_mut()
+                        .ok_or_else(|| Error::Internal("no decode pool".into()))?;
+                    pool.submit(chunk, first, after)?;
+                }
+                Cut::Pending => break,
+                Cut::End => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let pool = self
+            .pool
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no decode pool".into()))?;
+        match pool.next()? {
+            Some((decoded, after)) => {
+                self.returned = after;
+                Ok(Poll::Ready(decoded.batch, decoded.errors))
+            }
+            None if ended => Ok(Poll::Exhausted),
+            None => Ok(Poll::Pending),
+        }
+    }
+
+    fn decode_on(&mut self, workers: usize) -> Result<()> {
+        self.pool = match workers {
+            0 | 1 => None,
+            n => Some(DecodePool::new(n, self.decoder.clone(), Arc::from(self.path.as_str()))?),
+        };
+        self.returned = (self.read - self.pending.len() as u64, self.line_no);
+        Ok(())
     }
 
     fn bounded(&self) -> bool {
@@ -169,9 +242,13 @@ impl Source for FileSource {
 
     /// The byte offset of the first line not yet returned, and its line number.
     fn position(&self) -> Option<serde_json::Value> {
+        let (offset, line) = match &self.pool {
+            Some(_) => self.returned,
+            None => (self.read - self.pending.len() as u64, self.line_no),
+        };
         Some(serde_json::json!({
-            "offset": self.read - self.pending.len() as u64,
-            "line": self.line_no,
+            "offset": offset,
+            "line": line,
             "header_skipped": !self.skip_header,
         }))
     }
@@ -206,11 +283,15 @@ impl Source for FileSource {
         self.file
             .seek(std::io::SeekFrom::Start(offset))
             .map_err(|e| Error::io(&self.path, e))?;
+        if self.pool.as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(Error::Internal("a file source seeks before its first poll".into()));
+        }
         self.read = offset;
         self.pending.clear();
         self.line_no = line;
         self.skip_header = !skipped;
         self.eof = false;
+        self.returned = (offset, line);
         Ok(())
     }
 }
@@ -598,6 +679,60 @@ mod sink_tests {
         let mut third = FileSource::open(opts, schema).expect("open");
         let err = third.seek(&at).expect_err("refused").to_string();
         assert!(err.contains("replaced or truncated"), "{err}");
+    }
+
+    #[test]
+    fn decoding_on_several_threads_returns_the_same_rows_errors_and_positions_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("in.csv");
+        let mut text = String::from("x\n");
+        for i in 0..2000 {
+            if i % 131 == 7 {
+                text.push_str("oops\n");
+            } else {
+                text.push_str(&format!("{i}\n"));
+            }
+        }
+        std::fs::write(&path, text).expect("write");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let opts = FileOptions {
+            path,
+            format: Format::parse("csv", true, b',').expect("csv"),
+        };
+        // Every poll: its values, its bad positions and the position after it.
+        type Step = (Vec<i64>, Vec<String>, serde_json::Value);
+        let steps = |src: &mut FileSource, max: usize| -> Vec<Step> {
+            let mut out = Vec::new();
+            loop {
+                match src.poll(max).expect("poll") {
+                    Poll::Ready(b, bad) => {
+                        let values = b.map_or(Vec::new(), |b| {
+                            b.column(0)
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .expect("i64")
+                                .values()
+                                .to_vec()
+                        });
+                        let bad = bad.into_iter().map(|e| e.position).collect();
+                        out.push((values, bad, src.position().expect("position")));
+                    }
+                    Poll::Exhausted => return out,
+                    _ => {}
+                }
+            }
+        };
+        let mut one = FileSource::open(opts.clone(), schema.clone()).expect("open");
+        let want = steps(&mut one, 37);
+        assert!(want.iter().any(|s| !s.1.is_empty()), "the file has bad lines");
+        let mut three = FileSource::open(opts.clone(), schema.clone()).expect("open");
+        three.decode_on(3).expect("pool");
+        assert_eq!(steps(&mut three, 37), want);
+        // Resumed from a position taken mid-way on threads, the rest is the same too.
+        let mut resumed = FileSource::open(opts, schema).expect("open");
+        resumed.seek(&want[20].2).expect("seek");
+        resumed.decode_on(2).expect("pool");
+        assert_eq!(steps(&mut resumed, 37), want[21..].to_vec());
     }
 
     fn batch(v: &[i64]) -> Output {

@@ -140,6 +140,9 @@ struct Partition {
     chunks: VecDeque<(u64, i64, i64)>,
 }
 
+/// One partition's records of a poll: offset and payload.
+type Records = Vec<(i64, Vec<u8>)>;
+
 pub struct KafkaSource {
     consumer: BaseConsumer,
     opts: KafkaSourceOptions,
@@ -152,6 +155,8 @@ pub struct KafkaSource {
     resumed: Option<i64>,
     /// When a transient error was last reported (they are reported at most every 10 s).
     last_warning: Option<Instant>,
+    /// Threads the partitions of one poll are decoded on (see [`Source::decode_on`]).
+    workers: usize,
 }
 
 /// Errors a consumer cannot get past by waiting: the rest (a broker down, a connection reset, a
@@ -288,6 +293,7 @@ impl KafkaSource {
             polls: 0,
             resumed,
             last_warning: None,
+            workers: 1,
         })
     }
 
@@ -343,7 +349,7 @@ impl Source for KafkaSource {
         if self.done() {
             return Ok(Poll::Exhausted);
         }
-        let mut records: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+        let mut records: BTreeMap<i32, Records> = BTreeMap::new();
         let mut n = 0;
         let started = Instant::now();
         while n < max && started.elapsed() < Duration::from_millis(100) {
@@ -385,12 +391,35 @@ impl Source for KafkaSource {
             return Ok(if self.done() { Poll::Exhausted } else { Poll::Pending });
         }
         self.polls += 1;
+        // Each partition's records decode on their own thread (up to `workers` at a time), in
+        // partition order for what follows.
+        let topic = &self.opts.topic;
+        let decoder = &self.decoder;
+        let decode = |p: &i32, recs: &Records| {
+            let view: Vec<(i64, &[u8])> = recs.iter().map(|(o, r)| (*o, r.as_slice())).collect();
+            decoder.decode_records(&view, &format!("{topic}/{p}"))
+        };
+        let parts: Vec<(&i32, &Records)> = records.iter().collect();
+        let mut decoded_parts = Vec::with_capacity(parts.len());
+        for group in parts.chunks(self.workers.max(1)) {
+            if group.len() == 1 {
+                decoded_parts.push(decode(group[0].0, group[0].1));
+                continue;
+            }
+            std::thread::scope(|s| {
+                let handles: Vec<_> = group.iter().map(|(p, recs)| s.spawn(move || decode(p, recs))).collect();
+                for h in handles {
+                    decoded_parts.push(
+                        h.join()
+                            .unwrap_or_else(|_| Err(Error::Internal("a decode thread panicked".into()))),
+                    );
+                }
+            });
+        }
         let mut batches = Vec::new();
         let mut bad = Vec::new();
-        for (p, recs) in records {
-            let view: Vec<(i64, &[u8])> = recs.iter().map(|(o, r)| (*o, r.as_slice())).collect();
-            let origin = format!("{}/{p}", self.opts.topic);
-            let decoded = self.decoder.decode_records(&view, &origin)?;
+        for ((p, recs), decoded) in records.into_iter().zip(decoded_parts) {
+            let decoded = decoded?;
             let newest = decoded
                 .batch
                 .as_ref()
@@ -419,6 +448,11 @@ impl Source for KafkaSource {
 
     fn bounded(&self) -> bool {
         self.opts.bounded
+    }
+
+    fn decode_on(&mut self, workers: usize) -> Result<()> {
+        self.workers = workers.max(1);
+        Ok(())
     }
 
     fn watermark(&self) -> Option<i64> {

@@ -1,6 +1,7 @@
 //! Connectors: where rows come from and where results go. One module per connector; `open_source` and
 //! `open_sink` below are the single registry that lists them all (no magic registration).
 
+mod decode_pool;
 pub mod file;
 pub mod generator;
 pub mod hbase;
@@ -78,6 +79,11 @@ pub trait Source: Send {
     /// Read on from `position` (what [`Source::position`] returned), before the first poll.
     fn seek(&mut self, _position: &serde_json::Value) -> Result<()> {
         Err(Error::plan("this source cannot resume from a checkpoint"))
+    }
+    /// Decode on `workers` threads where the source can (a file: chunks of lines decoded in
+    /// parallel, returned in order). Called once, before the first poll.
+    fn decode_on(&mut self, _workers: usize) -> Result<()> {
+        Ok(())
     }
     /// State the source keeps for a checkpoint beyond its position (a materialized view read as a
     /// stream: the rows it has consumed). `None`: nothing.

@@ -48,6 +48,13 @@ pub struct EngineConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// How many checkpoints of a query are kept.
     pub checkpoints_kept: usize,
+    /// Threads a source may decode on (`--workers`; Flink's `parallelism.default`).
+    pub workers: usize,
+}
+
+/// The default for [`EngineConfig::workers`]: every core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Default for EngineConfig {
@@ -59,6 +66,7 @@ impl Default for EngineConfig {
             state_ttl: None,
             checkpoint_dir: None,
             checkpoints_kept: 3,
+            workers: default_workers(),
         }
     }
 }
@@ -517,7 +525,7 @@ impl QueryRuntime {
         config: EngineConfig,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
-        let (batch_size, interval) = (config.batch_size, config.batch_interval);
+        let (batch_size, interval, workers) = (config.batch_size, config.batch_interval, config.workers);
         let query = name.to_string();
         let open = |def: &SourceDef, position: Option<&serde_json::Value>| -> Result<Box<dyn Source>> {
             // Each query reads through its own consumer group: two queries never share progress.
@@ -531,6 +539,7 @@ impl QueryRuntime {
             if let Some(p) = position {
                 source.seek(p)?;
             }
+            source.decode_on(workers)?;
             Ok(Box::new(connector::Prefetch::spawn(source, batch_size, interval)))
         };
         Self::with_sources(name, compiled, catalog, system, config, open, make_sink).await
