@@ -20,7 +20,9 @@
 //! may round its last bits differently from one never checkpointed, as DataFusion's own merges do).
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{

@@ -2,7 +2,7 @@
 //! from group ids to key columns. Snapshot-ready (the keys are plain bytes) and splittable by key
 //! group ([`key_group`]) for a later scale-out.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray};
 use datafusion::arrow::datatypes::DataType;

@@ -16,7 +16,9 @@
 //! millisecond, as event times finer than that are truncated to it here, so they never cut a true
 //! match); whether a pair matches is decided by the join condition itself, as the batch join does.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};

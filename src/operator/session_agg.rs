@@ -9,7 +9,9 @@
 //! the old one — the same result whatever the micro-batch size. A row whose own session `[t, t+gap)`
 //! had ended is late.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array};
@@ -367,7 +369,7 @@ impl Operator for SessionAgg {
             ));
         }
         // Every id below `next_gid`, each once: an open session's or a free one.
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = datafusion::common::HashSet::new();
         for g in gid.values().iter().chain(free.values().iter()) {
             if *g >= next_gid || !seen.insert(*g) {
                 return Err(Error::Internal(format!(

@@ -17,7 +17,7 @@
 //! NULL keys match nothing (unless the join says NULLs are equal); such rows are never stored: an
 //! outer or anti side shows them at once, and takes them back when they are retracted.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{

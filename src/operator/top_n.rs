@@ -25,7 +25,9 @@
 //! depend on micro-batch boundaries: for a window Top-N, a row whose window had fired; for first-row
 //! deduplication, a row older than the first row its key had already settled on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{

@@ -8,7 +8,7 @@
 //! forgotten without a word: its result row stays where it was written, and a later row of its key
 //! starts the group afresh — the user trades exactness for bounded state.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, DurationMicrosecondArray, Int8Array, Int64Array, RecordBatch};

@@ -12,7 +12,9 @@
 //! watermark it arrived under. A HOP/CUMULATE row late for only some of its windows splits the
 //! batch at the window ends between, so it joins exactly the windows that had not fired.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::common::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, TimestampMillisecondArray, UInt32Array};
