@@ -302,7 +302,7 @@ async fn a_full_checkpoint_disk_publishes_nothing_partial_and_checkpoints_resume
     let _disk = Tmpfs::mount(&chk, "32m");
     let filler = fill(&chk);
 
-    let mut child = start(dir.path());
+    let mut child = crate::support::KillOnDrop::new(start(dir.path()));
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {

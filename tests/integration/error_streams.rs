@@ -259,7 +259,7 @@ enum Until<'a> {
 fn run_and_kill(dir: &Path, job: Job, until: Until, wait: u64) {
     let chk = dir.join("chk");
     let with_main = job != Job::Readers;
-    let mut child = start(dir, job);
+    let mut child = crate::support::KillOnDrop::new(start(dir, job));
     let reached = |before: u64| match until {
         Until::CheckpointOf(q) => epoch_of(&chk, q) > before || (with_main && main_finished(dir)),
         Until::MainFinished => main_finished(dir),
@@ -331,7 +331,7 @@ fn sinks_over_errors_and_late_hold_each_bad_and_late_record_once_across_sigkills
 
     // The last run: until the windowed query finished and the readers have all rows, then a while
     // longer (anything read twice would show), then SIGTERM (a final checkpoint).
-    let mut child = start(d, if main_done { Job::Readers } else { Job::All });
+    let mut child = crate::support::KillOnDrop::new(start(d, if main_done { Job::Readers } else { Job::All }));
     let (out_bad, out_late) = (d.join("out/bad"), d.join("out/late"));
     let deadline = Instant::now() + Duration::from_secs(180);
     while !(main_finished(d) && count(&out_bad) >= input.bad.len() && count(&out_late) >= input.late.len()) {

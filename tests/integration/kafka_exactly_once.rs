@@ -460,7 +460,7 @@ async fn freshet_run_killed_again_and_again_leaves_the_topic_exact() {
         x ^= x >> 7;
         x ^= x << 17;
         let wait = x % 150;
-        let mut child = start(dir.path(), None);
+        let mut child = crate::support::KillOnDrop::new(start(dir.path(), None));
         let before = newest_checkpoint(&chk);
         let deadline = Instant::now() + Duration::from_secs(120);
         while newest_checkpoint(&chk) == before && child.try_wait().expect("wait").is_none() {
@@ -473,7 +473,7 @@ async fn freshet_run_killed_again_and_again_leaves_the_topic_exact() {
             let _ = child.wait();
             kills += 1;
         } else {
-            finished = Some(child.wait_with_output().expect("output"));
+            finished = Some(child.into_inner().wait_with_output().expect("output"));
             break;
         }
     }

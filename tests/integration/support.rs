@@ -245,7 +245,7 @@ pub fn kill_after_checkpoints(
     use std::time::{Duration, Instant};
     let mut kills = 0;
     for wait in waits_ms {
-        let mut child = start();
+        let mut child = KillOnDrop::new(start());
         let before = newest_epochs(chk);
         let deadline = Instant::now() + Duration::from_secs(120);
         while !every_query_moved(chk, &before) && child.try_wait().expect("wait").is_none() {
@@ -254,11 +254,50 @@ pub fn kill_after_checkpoints(
         }
         std::thread::sleep(Duration::from_millis(*wait));
         if child.try_wait().expect("wait").is_some() {
-            return (kills, child.wait_with_output().expect("output"));
+            return (kills, child.into_inner().wait_with_output().expect("output"));
         }
         child.kill().expect("SIGKILL");
         let _ = child.wait();
         kills += 1;
     }
     (kills, start().wait_with_output().expect("final run"))
+}
+
+/// A child process killed (SIGKILL) when this is dropped — also when a test panics while the child
+/// runs, so that a failed test never leaves an engine running behind it.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    pub fn new(child: std::process::Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    /// The child, no longer killed on drop.
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("the child is there until into_inner")
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("the child is there until into_inner")
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child is there until into_inner")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0
+            && let Ok(None) = c.try_wait()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
