@@ -9,7 +9,8 @@
 #   QUERIES="q0 q12" scripts/bench-nexmark.sh 1000000
 #
 # Environment: SEED (42), RATE (events per second of event time, 10000), BENCH_DIR (where data and
-# results go; default $CARGO_TARGET_DIR/bench/nexmark). DuckDB comes from PyPI into a venv under
+# results go; default $CARGO_TARGET_DIR/bench/nexmark), WORKERS (freshet --workers; default every
+# core), RESULTS_TSV (append rows for scripts/bench.sh's table). DuckDB comes from PyPI into a venv under
 # ~/.cache/freshet (created on first use). Exit status 1 when a result Freshet produced differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ if [ ! -s "$data/bid.jsonl" ]; then
   mv "$data.tmp" "$data"
 fi
 
-venv="$HOME/.cache/freshet/nexmark-venv"
+venv="${BENCH_VENV:-$HOME/.cache/freshet/bench-venv}"
 if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
   echo "installing duckdb into $venv"
   python3 -m venv "$venv"
@@ -49,20 +50,21 @@ tsv="$work/freshet.tsv"
 echo "== Freshet (release), $EVENTS events, $(nproc) cores; logs in $work"
 for q in $QUERIES; do
   log="$work/$q.log"
-  t0=$(date +%s.%N)
   status=ok
-  (cd "$work" && "$bin" run "$root/queries/nexmark/$q.sql" > "$work/$q.out" 2> "$log") || status=refused
-  t1=$(date +%s.%N)
+  ( TIMEFORMAT='%R %U %S'; time (cd "$work" && "$bin" run "$root/queries/nexmark/$q.sql" \
+      --no-checkpoints --workers "${WORKERS:-$(nproc)}" > "$work/$q.out" 2> "$log") ) 2> "$work/$q.time" \
+    || status=refused
   if [ "$status" != ok ] && grep -q 'a query failed' "$log"; then status=failed; fi
-  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+  secs=$(awk '{ printf "%.2f", $1 }' "$work/$q.time" | tail -1)
+  cpu=$(awk '{ printf "%.2f", $2 + $3 }' "$work/$q.time" | tail -1)
   rows_in=$(grep -oE ': [0-9]+ rows in' "$log" | grep -oE '[0-9]+' | head -1 || true)
   peak=$(grep -oE 'peak memory: [0-9.]+' "$log" | grep -oE '[0-9.]+$' | head -1 || true)
   msg=""
   [ "$status" = ok ] || msg=$(grep -E 'error:|failed:' "$log" | head -1 | sed -E 's/^error: //' | tr '\t' ' ')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$q" "$status" "${rows_in:-}" "$secs" "${peak:-}" "$msg" >> "$tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$q" "$status" "${rows_in:-}" "$secs" "${peak:-}" "$msg" "$cpu" >> "$tsv"
   printf '%-4s %-8s %6s s\n' "$q" "$status" "$secs"
 done
 
 echo "== DuckDB batch oracle on the same files, and the comparison"
 "$venv/bin/python" "$root/scripts/nexmark_oracle.py" --data "$data" --results "$work/out/nexmark" \
-  --freshet "$tsv" --queries "$(echo $QUERIES | tr ' ' ',')"
+  --freshet "$tsv" --queries "$(echo $QUERIES | tr ' ' ',')" ${RESULTS_TSV:+--tsv "$RESULTS_TSV"}

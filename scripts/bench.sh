@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# Throughput benchmark (not a test): events/s and peak memory of the shipped window queries, in a
-# release build, plus DuckDB on the same file and query for a ratio. Figures go to docs/benchmarks.md.
+# Throughput benchmark (not a test), in one run on the same files: Freshet (release build) on the
+# course queries and Nexmark, DuckDB on the same files and queries, and — with BENCH_PEERS=1 —
+# Spark Structured Streaming (local[2]) and PyFlink (parallelism 2) from PyPI. Every engine's output
+# is checked against a batch answer before its time counts. Prints one table (events/s, CPU
+# seconds, peak memory, ratio to DuckDB) and writes it with a plot to $BENCH_DIR/report.{md,svg};
+# docs/benchmarks.md keeps the figures of a run.
 #
-#   scripts/bench.sh                 # 10 M events (about 1.1 GB of JSON, generated once and cached)
-#   EVENTS=1000000 scripts/bench.sh  # a quicker run
+#   scripts/bench.sh                    # 10 M course events (1.1 GB JSON) and 1 M Nexmark events
+#   EVENTS=3000000 scripts/bench.sh     # quicker
+#   BENCH_PEERS=1 scripts/bench.sh      # also Spark SS and PyFlink (downloads ~1 GB from PyPI once)
+#   WORKERS=1 scripts/bench.sh          # Freshet on one decode thread per source
+#
+# Environment: EVENTS (course events, 10 M), NEXMARK_EVENTS (1 M), NEXMARK_QUERIES ("q0 q1 q2 q3 q4
+# q5 q7 q8 q9 q11"), WORKERS (default: every core), BENCH_DIR (data and results; default
+# $CARGO_TARGET_DIR/bench), BENCH_PEERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
 EVENTS="${EVENTS:-10000000}"
+NEXMARK_EVENTS="${NEXMARK_EVENTS:-1000000}"
+NEXMARK_QUERIES="${NEXMARK_QUERIES:-q0 q1 q2 q3 q4 q5 q7 q8 q9 q11}"
+WORKERS="${WORKERS:-$(nproc)}"
 dir="${BENCH_DIR:-$CARGO_TARGET_DIR/bench}"
 mkdir -p "$dir"
+results="$dir/results.tsv"
+printf 'case\tengine\tevents\tseconds\tcpu_s\tpeak_mib\tcheck\n' > "$results"
 
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/freshet"
@@ -18,57 +34,68 @@ if [ ! -s "$file" ]; then
   echo "generating $EVENTS events into $file"
   "$bin" generate courses --events "$EVENTS" --seed 42 --out "$file.tmp" && mv "$file.tmp" "$file"
 fi
-
-# run CASE EVENTS -> prints "seconds events_per_s peak_mib"
-run_case() {
-  local case="$1" n="$2"
-  sed -e "s#EVENTS_FILE#$file#; s#OUT_DIR#$dir/out#; s#'EVENTS'#'$n'#" "benches/$case.sql" > "$dir/$case.sql"
-  rm -rf "$dir/out/$case"
-  local log="$dir/$case.log"
-  "$bin" run "$dir/$case.sql" 2> "$log" > /dev/null || { cat "$log"; exit 1; }
-  local secs peak
-  secs=$(grep -oE 'rows out, .* ([0-9.]+) s \(' "$log" | grep -oE '[0-9.]+ s \(' | grep -oE '[0-9.]+' | head -1)
-  peak=$(grep -oE 'peak memory: [0-9.]+' "$log" | grep -oE '[0-9.]+$')
-  awk -v n="$n" -v s="$secs" -v p="$peak" 'BEGIN { printf "%8.2f s  %12.0f events/s  %8.1f MiB peak\n", s, n / s, p }'
-}
-
-echo "== Freshet (release), $EVENTS events, $(nproc) cores"
-for case in tumble_file tumble_generator hop_file session_file; do
-  printf "%-18s " "$case"
-  run_case "$case" "$EVENTS"
-done
-
-echo "== peak memory against input length (generator, fixed key count)"
-for n in 1000000 "$EVENTS"; do
-  printf "%-18s " "generator $n"
-  run_case tumble_generator "$n"
-done
-
-echo "== DuckDB, same file and query"
-if [ ! -x "$dir/venv/bin/python" ]; then
-  python3 -m venv "$dir/venv"
-  "$dir/venv/bin/pip" install --quiet duckdb
-fi
-duck=$("$dir/venv/bin/python" benches/duckdb_tumble.py "$file" "$dir/out/duckdb.parquet")
-echo "$duck"
-dsecs=$(echo "$duck" | awk '{print $2}')
-fsecs=$(grep -oE '[0-9.]+ s \(' "$dir/tumble_file.log" | grep -oE '[0-9.]+' | head -1)
-awk -v f="$fsecs" -v d="$dsecs" 'BEGIN { printf "tumble_file: Freshet %.2f s, DuckDB %.2f s, Freshet/DuckDB time ratio %.2f\n", f, d, f / d }'
-
-echo "== dirty input: the tumble_file query over the same events with 2% late and 1% malformed lines"
 dirty="$dir/events-$EVENTS-dirty.jsonl"
 if [ ! -s "$dirty" ]; then
   "$bin" generate courses --events "$EVENTS" --seed 42 --late-ratio 0.02 --out - \
     | awk '{ print } NR % 99 == 0 { print "{\"user_id\": 1, \"course_id\": oops" }' > "$dirty.tmp"
   mv "$dirty.tmp" "$dirty"
 fi
-cp "$dir/tumble_file.log" "$dir/tumble_clean.log"
-clean_file="$file"
-file="$dirty"
-printf "%-18s " "tumble_dirty"
-run_case tumble_file "$EVENTS"
-file="$clean_file"
-csecs=$(grep -oE '[0-9.]+ s \(' "$dir/tumble_clean.log" | grep -oE '[0-9.]+' | head -1)
-xsecs=$(grep -oE '[0-9.]+ s \(' "$dir/tumble_file.log" | grep -oE '[0-9.]+' | head -1)
-grep -oE '[0-9]+ errors?|[0-9]+ late' "$dir/tumble_file.log" | head -2 | tr '\n' ' '
-awk -v c="$csecs" -v x="$xsecs" 'BEGIN { printf "\ndirty input throughput: %.0f%% of clean\n", 100 * c / x }'
+
+venv="$HOME/.cache/freshet/bench-venv"
+if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
+  echo "installing duckdb into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  "$venv/bin/pip" install --quiet duckdb
+fi
+
+# freshet CASE INPUT EVENTS [SQL CASE] -> a row in $results; the run's output stays in $dir/out/CASE
+freshet() {
+  local case="$1" input="$2" n="$3" sqlcase="${4:-$1}"
+  sed -e "s#EVENTS_FILE#$input#; s#OUT_DIR#$dir/out#; s#'EVENTS'#'$n'#" "benches/$sqlcase.sql" \
+    | sed -e "s#$dir/out/$sqlcase#$dir/out/$case#" > "$dir/$case.sql"
+  rm -rf "$dir/out/$case"
+  local log="$dir/$case.log" timing="$dir/$case.time"
+  ( TIMEFORMAT='%R %U %S'; time "$bin" run "$dir/$case.sql" --no-checkpoints --workers "$WORKERS" \
+      2> "$log" > /dev/null ) 2> "$timing" || { cat "$log"; exit 1; }
+  local wall cpu peak
+  wall=$(awk '{ print $1 }' "$timing")
+  cpu=$(awk '{ printf "%.2f", $2 + $3 }' "$timing")
+  peak=$(grep -oE 'peak memory: [0-9.]+' "$log" | grep -oE '[0-9.]+$')
+  printf '%s\tfreshet\t%s\t%s\t%s\t%s\t%s\n' "$case" "$n" "$wall" "$cpu" "$peak" "${CHECK:--}" >> "$results"
+  awk -v c="$case" -v n="$n" -v s="$wall" -v u="$cpu" -v p="$peak" \
+    'BEGIN { printf "%-22s %7.2f s %7.2f M events/s %7.2f CPU s %8.1f MiB\n", c, s, n / s / 1e6, u, p }'
+}
+
+echo "== Freshet (release, --workers $WORKERS), $EVENTS course events, $(nproc) cores"
+freshet tumble_file "$file" "$EVENTS"
+freshet tumble_generator "$file" "$EVENTS"
+freshet hop_file "$file" "$EVENTS"
+freshet session_file "$file" "$EVENTS"
+freshet tumble_dirty "$dirty" "$EVENTS" tumble_file
+grep -oE '[0-9]+ errors, [0-9]+ late' "$dir/tumble_dirty.log" | head -1 | sed 's/^/tumble_dirty: /'
+echo "== peak memory against input length (generator, fixed key count)"
+freshet tumble_generator_1m "$file" 1000000 tumble_generator
+
+echo "== DuckDB ($("$venv/bin/python" -c 'import duckdb; print(duckdb.__version__)'), 2 threads), same file and query; results compared"
+"$venv/bin/python" benches/duckdb_tumble.py "$file" "$dir/out/duckdb.parquet" \
+  --freshet "$dir/out/tumble_file" --tsv "$results" --events "$EVENTS"
+
+echo "== Nexmark ($NEXMARK_EVENTS events): Freshet and the DuckDB oracle on the same files"
+QUERIES="$NEXMARK_QUERIES" RESULTS_TSV="$results" WORKERS="$WORKERS" \
+  scripts/bench-nexmark.sh "$NEXMARK_EVENTS" || echo "(a Nexmark result differed: see above)"
+
+if [ "${BENCH_PEERS:-0}" = 1 ]; then
+  echo "== peers: Spark Structured Streaming local[2] and PyFlink parallelism 2, same files"
+  PEERS_TSV="$dir/peers.tsv" scripts/bench-peers.sh "$file" \
+    "${BENCH_DIR:-$CARGO_TARGET_DIR/bench}/nexmark/data-$NEXMARK_EVENTS-42-10000"
+  # Its rows: case, engine, seconds, events/s, check → this table's columns and names.
+  awk -F'\t' '$1 != "case" && NF >= 5 {
+      c = $1; if (c ~ /^q[0-9]+$/) c = "nexmark_" c
+      e = $2; if (e ~ /spark/) e = "spark"; else if (e ~ /flink/) e = "flink"
+      printf "%s\t%s\t%.0f\t%s\t\t\t%s\n", c, e, $3 * $4, $3, $5 }' "$dir/peers.tsv" >> "$results"
+fi
+
+echo "== the table (also $dir/report.md, plot $dir/report.svg)"
+"$venv/bin/python" benches/report.py "$results" --md "$dir/report.md" --svg "$dir/report.svg" \
+  --clean tumble_file --dirty tumble_dirty

@@ -18,6 +18,7 @@ differs from the oracle. Used by scripts/bench-nexmark.sh, which installs duckdb
 import argparse
 import glob
 import os
+import resource
 import sys
 import time
 
@@ -279,6 +280,7 @@ def main():
     ap.add_argument("--queries", default=",".join(QUERIES), help="comma-separated, e.g. q0,q5")
     ap.add_argument("--freshet", help="the bench script's Freshet figures (TSV)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--tsv", help="append rows to this results table (scripts/bench.sh)")
     args = ap.parse_args()
 
     con = duckdb.connect()
@@ -299,18 +301,30 @@ def main():
         if status == "ok" and rows_in and wall and float(wall) > 0:
             eps = f"{int(rows_in) / float(wall) / 1e6:.2f} M"
         duck = "-"
+        duck_cpu = ""
         result = ""
+        check = status if status != "ok" else "-"
         if sql is None:
             result = "no batch oracle (see queries/nexmark/README.md)"
         else:
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             con.execute(f"CREATE OR REPLACE TEMP TABLE expected AS {sql}")
             duck = f"{time.perf_counter() - t0:.2f}"
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            duck_cpu = f"{r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime:.2f}"
         if status == "ok" and sql is not None and args.results:
             ok, result = compare(con, os.path.join(args.results, q))
             failed |= not ok
+            check = "ok" if ok else "WRONG"
         elif status not in ("ok", "-"):
             result = f"{status}: {msg}"
+        if args.tsv and f:
+            cpu = f[6] if len(f) > 6 else ""
+            with open(args.tsv, "a") as out:
+                out.write(f"nexmark_{q}\tfreshet\t{rows_in}\t{wall}\t{cpu}\t{peak}\t{check}\n")
+                if duck != "-":
+                    out.write(f"nexmark_{q}\tduckdb\t{rows_in}\t{duck}\t{duck_cpu}\t\tok\n")
         print(f"{q:6} {status:8} {rows_in:>10} {wall:>8} {eps:>10} {peak:>9} {duck:>9}  {result}", flush=True)
     sys.exit(1 if failed else 0)
 
