@@ -83,6 +83,10 @@ use super::{Output, Sink, SinkMode};
 use crate::error::{Error, Result};
 use crate::sql::parser::{Options, SourceDef};
 
+/// Thrift connections per HBase sink unless `connections` says otherwise (see docs/hbase.md for the
+/// measurements behind it).
+const DEFAULT_CONNECTIONS: usize = 4;
+
 /// Connecting to the Thrift server gives up after this long (then the sink retries).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One read or write on the Thrift socket gives up after this long without progress (a region in
@@ -220,6 +224,8 @@ pub struct HBaseOptions {
     pub value_format: ValueFormat,
     pub timestamp_column: Option<String>,
     pub batch_rows: usize,
+    /// Thrift connections a flush sends its batches over at once.
+    pub connections: usize,
 }
 
 const KEYS: &[&str] = &[
@@ -232,6 +238,7 @@ const KEYS: &[&str] = &[
     "value_format",
     "timestamp_column",
     "batch_rows",
+    "connections",
 ];
 
 impl HBaseOptions {
@@ -259,6 +266,10 @@ impl HBaseOptions {
             },
             timestamp_column: o.get("timestamp_column").map(|c| c.to_ascii_lowercase()),
             batch_rows: o.parse_or("batch_rows", 1000usize)?.max(1),
+            connections: match o.parse_or("connections", DEFAULT_CONNECTIONS)? {
+                n @ 1..=64 => n,
+                n => return Err(Error::option("connections", format!("{n}; valid: 1 to 64"))),
+            },
         })
     }
 }
@@ -481,6 +492,9 @@ pub struct HBaseSink {
     pub retries: u64,
     /// `create_table` could not reach HBase when the sink was opened: done before the first write.
     create_pending: bool,
+    /// Connections besides `client` for sending the batches of one flush at once (opened on
+    /// demand; one that fails is dropped, and its batches go out again through `with_retry`).
+    pool: Vec<Client>,
 }
 
 impl HBaseSink {
@@ -521,6 +535,7 @@ impl HBaseSink {
             stop: Arc::new(AtomicBool::new(false)),
             retries: 0,
             create_pending: false,
+            pool: Vec::new(),
         };
         if sink.opts.create_table {
             // Once, now: a bad table or family name fails the statement that made the sink. An
@@ -610,7 +625,15 @@ impl HBaseSink {
     fn flush(&mut self) -> Result<()> {
         let queued = std::mem::take(&mut self.queued);
         for (ts, rows) in queued {
-            for chunk in rows.chunks(self.opts.batch_rows) {
+            let chunks: Vec<&[BatchMutation]> = rows.chunks(self.opts.batch_rows).collect();
+            // Batches of one timestamp hold distinct rows (a write keeps one change per row), so
+            // their order does not matter: up to `connections` go out at once. Timestamps stay in
+            // order. Whatever did not go out that way goes through `with_retry`, one by one.
+            let sent = match chunks.len() {
+                0 | 1 => vec![false; chunks.len()],
+                _ => self.send_parallel(ts, &chunks),
+            };
+            for (chunk, _) in chunks.iter().zip(sent).filter(|(_, sent)| !sent) {
                 self.with_retry(|c, o| {
                     c.mutate_rows_ts(o.table.clone().into_bytes(), chunk.to_vec(), ts, BTreeMap::new())
                         .map_err(|e| hb(&format!("writing to table '{}'", o.table), e))
@@ -620,6 +643,61 @@ impl HBaseSink {
             }
         }
         Ok(())
+    }
+
+    /// Send `chunks` (all at timestamp `ts`) over the pool's connections at once, connection `w`
+    /// taking chunks `w`, `w + n`, … in order and stopping at its first error (that connection is
+    /// then dropped). Returns which chunks went out.
+    fn send_parallel(&mut self, ts: i64, chunks: &[&[BatchMutation]]) -> Vec<bool> {
+        let mut sent = vec![false; chunks.len()];
+        let want = self.opts.connections.min(chunks.len());
+        if want < 2 || self.stopping() {
+            return sent;
+        }
+        while self.pool.len() < want {
+            match open_client(&self.opts.thrift, &self.stop) {
+                Ok(c) => self.pool.push(c),
+                Err(_) => break,
+            }
+        }
+        let n = self.pool.len();
+        if n < 2 {
+            return sent;
+        }
+        let table = self.opts.table.as_bytes();
+        let outcomes: Vec<(Vec<usize>, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .pool
+                .iter_mut()
+                .enumerate()
+                .map(|(w, client)| {
+                    s.spawn(move || {
+                        let mut done = Vec::new();
+                        for i in (w..chunks.len()).step_by(n) {
+                            let r = client.mutate_rows_ts(table.to_vec(), chunks[i].to_vec(), ts, BTreeMap::new());
+                            if r.is_err() {
+                                return (done, true);
+                            }
+                            done.push(i);
+                            fail::fail_point!("hbase-mid-batch", |_| crate::state::crash("hbase-mid-batch"));
+                        }
+                        (done, false)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or((Vec::new(), true)))
+                .collect()
+        });
+        let mut broken = outcomes.iter().map(|(_, b)| *b);
+        self.pool.retain(|_| !broken.next().unwrap_or(true));
+        for (done, _) in outcomes {
+            for i in done {
+                sent[i] = true;
+            }
+        }
+        sent
     }
 
     fn generation_column(&self) -> Vec<u8> {
