@@ -88,7 +88,8 @@ QUERIES="$NEXMARK_QUERIES" RESULTS_TSV="$results" WORKERS="$WORKERS" \
 if [ "${BENCH_PEERS:-0}" = 1 ]; then
   echo "== peers: Spark Structured Streaming local[2] and PyFlink parallelism 2, same files"
   PEERS_TSV="$dir/peers.tsv" scripts/bench-peers.sh "$file" \
-    "${BENCH_DIR:-$CARGO_TARGET_DIR/bench}/nexmark/data-$NEXMARK_EVENTS-42-10000"
+    "${BENCH_DIR:-$CARGO_TARGET_DIR/bench}/nexmark/data-$NEXMARK_EVENTS-42-10000" \
+    || echo "(a peer's result differed from DuckDB's: marked WRONG in the table)"
   # Its rows: case, engine, seconds, events/s, check → this table's columns and names.
   awk -F'\t' '$1 != "case" && NF >= 5 {
       c = $1; if (c ~ /^q[0-9]+$/) c = "nexmark_" c

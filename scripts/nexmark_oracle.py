@@ -112,7 +112,7 @@ QUERIES = {
     "q11": """WITH t AS (SELECT bidder, date_time, count(*) AS n FROM bid GROUP BY bidder, date_time),
              marked AS (
                 SELECT *, CASE WHEN date_time - lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time)
-                                    < INTERVAL 10 SECOND THEN 0 ELSE 1 END AS new_session
+                                    <= INTERVAL 10 SECOND THEN 0 ELSE 1 END AS new_session
                 FROM t),
              numbered AS (
                 SELECT *, sum(new_session) OVER (PARTITION BY bidder ORDER BY date_time

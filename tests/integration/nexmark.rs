@@ -120,7 +120,7 @@ fn expect(q: u32) -> Expect {
             "WITH t AS (SELECT bidder, date_time, COUNT(*) AS n FROM bid GROUP BY bidder, date_time),
              marked AS (
                 SELECT *, CASE WHEN date_time - LAG(date_time) OVER (PARTITION BY bidder ORDER BY date_time)
-                                    < INTERVAL '10 seconds' THEN 0 ELSE 1 END AS new_session
+                                    <= INTERVAL '10 seconds' THEN 0 ELSE 1 END AS new_session
                 FROM t),
              numbered AS (
                 SELECT *, SUM(new_session) OVER (PARTITION BY bidder ORDER BY date_time ROWS UNBOUNDED PRECEDING) AS sid
