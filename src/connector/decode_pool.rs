@@ -121,77 +121,57 @@ mod tests {
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
+    /// Chunk `c` of the test input: `1 + (c·7919 mod 400)` lines (sizes differ, so workers
+    /// finish out of order), every 97th of them malformed.
+    fn chunk(c: u64) -> Vec<(u64, bool)> {
+        (0..1 + (c * 7919) % 400)
+            .map(|i| (c * 1000 + i, (c + i) % 97 == 0))
+            .collect()
+    }
+
     #[test]
     fn results_come_back_in_input_order_with_their_tags_and_bad_records() {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         let decoder = Arc::new(LineDecoder::new(schema, Format::Json));
         let mut pool = DecodePool::new(3, decoder, "f".into()).expect("pool");
-        let mut got = Vec::new();
-        let mut bad = Vec::new();
-        let mut tags = Vec::new();
-        let mut line = 1;
-        for chunk in 0..20u64 {
-            // Chunks of different sizes, so that workers finish out of order.
-            let n = 1 + (chunk * 7919) % 400;
+        let (mut got, mut bad, mut tags) = (Vec::new(), Vec::new(), Vec::new());
+        let mut take = |pool: &mut DecodePool| match pool.next().expect("decode") {
+            Some((d, tag)) => {
+                let values = d.batch.map_or(Vec::new(), |b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .expect("i64")
+                        .values()
+                        .to_vec()
+                });
+                got.extend(values);
+                bad.extend(d.errors.into_iter().map(|e| e.position));
+                tags.push(tag);
+                true
+            }
+            None => false,
+        };
+        let (mut line, mut want, mut want_bad) = (1, Vec::new(), Vec::new());
+        for c in 0..20u64 {
             let mut text = String::new();
-            for i in 0..n {
-                if (chunk + i) % 97 == 0 {
+            for (i, (v, malformed)) in chunk(c).into_iter().enumerate() {
+                if malformed {
                     text.push_str("{\"x\": oops\n");
+                    want_bad.push(format!("f:{}", line + i as u64));
                 } else {
-                    text.push_str(&format!("{{\"x\": {}}}\n", chunk * 1000 + i));
+                    text.push_str(&format!("{{\"x\": {v}}}\n"));
+                    want.push(v as i64);
                 }
             }
             while !pool.has_room() {
-                let (d, tag) = pool.next().expect("decode").expect("in flight");
-                got.extend(
-                    d.batch
-                        .map(|b| {
-                            b.column(0)
-                                .as_any()
-                                .downcast_ref::<Int64Array>()
-                                .expect("i64")
-                                .values()
-                                .to_vec()
-                        })
-                        .unwrap_or_default(),
-                );
-                bad.extend(d.errors.into_iter().map(|e| e.position));
-                tags.push(tag);
+                assert!(take(&mut pool), "a chunk in flight");
             }
-            pool.submit(text.into_bytes(), line, (chunk, line)).expect("submit");
-            line += n;
+            pool.submit(text.into_bytes(), line, (c, line)).expect("submit");
+            line += chunk(c).len() as u64;
         }
-        while let Some((d, tag)) = pool.next().expect("decode") {
-            got.extend(
-                d.batch
-                    .map(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<Int64Array>()
-                            .expect("i64")
-                            .values()
-                            .to_vec()
-                    })
-                    .unwrap_or_default(),
-            );
-            bad.extend(d.errors.into_iter().map(|e| e.position));
-            tags.push(tag);
-        }
+        while take(&mut pool) {}
         assert!(pool.is_empty());
-        let mut want = Vec::new();
-        let mut want_bad = Vec::new();
-        let mut line = 1;
-        for chunk in 0..20u64 {
-            let n = 1 + (chunk * 7919) % 400;
-            for i in 0..n {
-                if (chunk + i) % 97 == 0 {
-                    want_bad.push(format!("f:{}", line + i));
-                } else {
-                    want.push((chunk * 1000 + i) as i64);
-                }
-            }
-            line += n;
-        }
         assert_eq!(got, want);
         assert_eq!(bad, want_bad);
         assert_eq!(
