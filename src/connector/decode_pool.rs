@@ -125,7 +125,7 @@ mod tests {
     /// finish out of order), every 97th of them malformed.
     fn chunk(c: u64) -> Vec<(u64, bool)> {
         (0..1 + (c * 7919) % 400)
-            .map(|i| (c * 1000 + i, (c + i) % 97 == 0))
+            .map(|i| (c * 1000 + i, (c + i).is_multiple_of(97)))
             .collect()
     }
 
