@@ -92,7 +92,9 @@ def svg(rows):
     cases = [c for c, r in rows.items() if any(eps(r.get(e)) for e in ENGINES)]
     engines = [e for e in ENGINES if any(eps(rows[c].get(e)) for c in cases)]
     top = max(eps(rows[c].get(e)) or 0 for c in cases for e in engines) or 1
-    top = 10 ** math.ceil(math.log10(top))  # linear axis up to a power of ten
+    # A linear axis up to the next 1, 2 or 5 × 10^k.
+    scale = 10 ** math.floor(math.log10(top))
+    top = next(m * scale for m in (1, 2, 5, 10) if m * scale >= top)
     bar, gap, left, height, base = 14, 18, 70, 300, 340
     width = left + len(cases) * (len(engines) * bar + gap) + 20
     parts = [
