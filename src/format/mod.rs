@@ -110,7 +110,8 @@ impl LineDecoder {
         let utf8 = std::str::from_utf8(chunk).is_ok();
         if dirty
             && utf8
-            && let Some(d) = self.decode_around_malformed(chunk, first_line, origin, ObjectCheck::Ends)?
+            && let Some(d) =
+                self.decode_around_malformed(chunk, &|i| format!("{origin}:{}", first_line + i), ObjectCheck::Ends)?
         {
             self.dirty
                 .store(!d.errors.is_empty(), std::sync::atomic::Ordering::Relaxed);
@@ -133,7 +134,8 @@ impl LineDecoder {
         if json
             && !dirty
             && utf8
-            && let Some(d) = self.decode_around_malformed(chunk, first_line, origin, ObjectCheck::Ends)?
+            && let Some(d) =
+                self.decode_around_malformed(chunk, &|i| format!("{origin}:{}", first_line + i), ObjectCheck::Ends)?
         {
             self.dirty
                 .store(!d.errors.is_empty(), std::sync::atomic::Ordering::Relaxed);
@@ -166,12 +168,12 @@ impl LineDecoder {
     /// [`Self::decode_chunk`]'s middle path for JSON: `None` when the well-formed lines do not
     /// decode together (the caller goes line by line). The lines set aside are those that fail
     /// `check`; when the rest still do not decode, the next, stricter check runs. The good lines
-    /// are fed to one decoder as the runs between bad lines, in place (no copy).
+    /// are fed to one decoder as the runs between bad lines, in place (no copy). `position` names
+    /// the line of index `i` (0: the first of `chunk`) for error reports.
     fn decode_around_malformed(
         &self,
         chunk: &[u8],
-        first_line: u64,
-        origin: &str,
+        position: &dyn Fn(u64) -> String,
         check: ObjectCheck,
     ) -> Result<Option<Decoded>> {
         let mut runs: Vec<&[u8]> = Vec::new();
@@ -191,7 +193,7 @@ impl LineDecoder {
                 } else {
                     runs.push(&chunk[run_start..line_start]);
                     run_start = next.min(chunk.len());
-                    bad.push((first_line + i as u64, raw.strip_suffix(b"\r").unwrap_or(raw)));
+                    bad.push((i as u64, raw.strip_suffix(b"\r").unwrap_or(raw)));
                 }
             }
             line_start = next.min(chunk.len());
@@ -202,7 +204,7 @@ impl LineDecoder {
             n => match self.decode_runs(&runs, n) {
                 Ok(Some(b)) if b.num_rows() == n => Some(b),
                 _ => match check.stricter() {
-                    Some(stricter) => return self.decode_around_malformed(chunk, first_line, origin, stricter),
+                    Some(stricter) => return self.decode_around_malformed(chunk, position, stricter),
                     None => return Ok(None),
                 },
             },
@@ -212,7 +214,7 @@ impl LineDecoder {
         let errors = bad
             .into_iter()
             .map(|(n, raw)| BadRecord {
-                position: format!("{origin}:{n}"),
+                position: position(n),
                 raw: String::from_utf8_lossy(raw).into_owned(),
                 reason: match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
                     Err(e) => format!("not JSON: {e}"),
@@ -252,7 +254,8 @@ impl LineDecoder {
             buf.extend_from_slice(r);
             buf.push(b'\n');
         }
-        if std::str::from_utf8(&buf).is_ok()
+        let utf8 = std::str::from_utf8(&buf).is_ok();
+        if utf8
             && let Ok(Some(b)) = self.decode_bytes(&buf, records.len())
             && b.num_rows() == records.len()
         {
@@ -260,6 +263,21 @@ impl LineDecoder {
                 batch: Some(b),
                 errors: vec![],
             });
+        }
+        // JSON records of one line each, none blank: set the malformed ones aside as for a file
+        // (one vectorised decode of the rest, not one decoder per record).
+        if utf8
+            && matches!(self.format, Format::Json)
+            && records
+                .iter()
+                .all(|(_, r)| memchr::memchr(b'\n', r).is_none() && !r.trim_ascii().is_empty())
+            && let Some(d) = self.decode_around_malformed(
+                &buf,
+                &|i| format!("{origin}@{}", records.get(i as usize).map_or(-1, |r| r.0)),
+                ObjectCheck::Ends,
+            )?
+        {
+            return Ok(d);
         }
         let mut text = Vec::with_capacity(records.len());
         let mut errors = Vec::new();
@@ -477,6 +495,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn records_of_a_kafka_poll_keep_every_good_one_and_name_each_bad_one_by_offset() {
+        let d = LineDecoder::new(course_schema(), Format::Json);
+        let good = |u: i64| {
+            format!(
+                r#"{{"user_id":{u},"course_id":2,"region":"eu","purchased":false,"event_time":"2026-01-01T00:00:00Z"}}"#
+            )
+        };
+        let mut owned: Vec<(i64, Vec<u8>)> = (0..200).map(|u| (1000 + u, good(u).into_bytes())).collect();
+        owned[5].1 = br#"{"user_id": 1, "course_id": oops"#.to_vec(); // set aside by the quick check
+        owned[50].1 = br#"{"user_id": "x", "course_id": 2}"#.to_vec(); // well-formed, wrong type
+        owned[120].1 = b"\xff\xfe".to_vec(); // not UTF-8
+        owned[150].1 = b"   ".to_vec(); // blank
+        // A record spread over lines (pretty-printed JSON) is still one record.
+        owned[7].1 = good(7).replace(",", ",\n  ").into_bytes();
+        let records: Vec<(i64, &[u8])> = owned.iter().map(|(o, r)| (*o, r.as_slice())).collect();
+        let out = d.decode_records(&records, "t/0").expect("decode");
+        let users = out.batch.expect("rows");
+        let users = users.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        let want: Vec<i64> = (0..200).filter(|u| ![5, 50, 120, 150].contains(u)).collect();
+        assert_eq!(users.values().to_vec(), want);
+        let mut positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
+        positions.sort();
+        assert_eq!(positions, ["t/0@1005", "t/0@1050", "t/0@1120", "t/0@1150"]);
+        // Only malformed lines (no multi-line, blank, non-UTF-8 or wrongly typed record: those
+        // go record by record): the same answer through the path that sets them aside.
+        for u in [7, 50, 120, 150] {
+            owned[u].1 = good(u as i64).into_bytes();
+        }
+        let records: Vec<(i64, &[u8])> = owned.iter().map(|(o, r)| (*o, r.as_slice())).collect();
+        let out = d.decode_records(&records, "t/0").expect("decode");
+        let users = out.batch.expect("rows");
+        let users = users.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        let want: Vec<i64> = (0..200).filter(|u| *u != 5).collect();
+        assert_eq!(users.values().to_vec(), want);
+        let positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
+        assert_eq!(positions, ["t/0@1005"]);
+        assert!(
+            out.errors[0].reason.starts_with("not JSON: "),
+            "{}",
+            out.errors[0].reason
+        );
     }
 
     #[test]
