@@ -34,13 +34,7 @@ if [ ! -s "$data/bid.jsonl" ]; then
   mv "$data.tmp" "$data"
 fi
 
-venv="${BENCH_VENV:-$HOME/.cache/freshet/bench-venv}"
-if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-  echo "installing duckdb into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet duckdb
-fi
+py=$("$root/scripts/bench-venv")
 
 rm -rf "$work"
 mkdir -p "$work/data"
@@ -66,5 +60,5 @@ for q in $QUERIES; do
 done
 
 echo "== DuckDB batch oracle on the same files, and the comparison"
-"$venv/bin/python" "$root/scripts/nexmark_oracle.py" --data "$data" --results "$work/out/nexmark" \
+"$py" "$root/scripts/nexmark_oracle.py" --data "$data" --results "$work/out/nexmark" \
   --freshet "$tsv" --queries "$(echo $QUERIES | tr ' ' ',')" ${RESULTS_TSV:+--tsv "$RESULTS_TSV"}

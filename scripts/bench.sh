@@ -41,13 +41,7 @@ if [ ! -s "$dirty" ]; then
   mv "$dirty.tmp" "$dirty"
 fi
 
-venv="$HOME/.cache/freshet/bench-venv"
-if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-  echo "installing duckdb into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet duckdb
-fi
+py=$(scripts/bench-venv)
 
 # freshet CASE INPUT EVENTS [SQL CASE] -> a row in $results; the run's output stays in $dir/out/CASE
 freshet() {
@@ -77,8 +71,8 @@ grep -oE '[0-9]+ errors, [0-9]+ late' "$dir/tumble_dirty.log" | head -1 | sed 's
 echo "== peak memory against input length (generator, fixed key count)"
 freshet tumble_generator_1m "$file" 1000000 tumble_generator
 
-echo "== DuckDB ($("$venv/bin/python" -c 'import duckdb; print(duckdb.__version__)'), 2 threads), same file and query; results compared"
-"$venv/bin/python" benches/duckdb_tumble.py "$file" "$dir/out/duckdb.parquet" \
+echo "== DuckDB ($("$py" -c 'import duckdb; print(duckdb.__version__)'), 2 threads), same file and query; results compared"
+"$py" benches/duckdb_tumble.py "$file" "$dir/out/duckdb.parquet" \
   --freshet "$dir/out/tumble_file" --tsv "$results" --events "$EVENTS"
 
 echo "== Nexmark ($NEXMARK_EVENTS events): Freshet and the DuckDB oracle on the same files"
@@ -98,5 +92,5 @@ if [ "${BENCH_PEERS:-0}" = 1 ]; then
 fi
 
 echo "== the table (also $dir/report.md, plot $dir/report.svg)"
-"$venv/bin/python" benches/report.py "$results" --md "$dir/report.md" --svg "$dir/report.svg" \
+"$py" benches/report.py "$results" --md "$dir/report.md" --svg "$dir/report.svg" \
   --clean tumble_file --dirty tumble_dirty
