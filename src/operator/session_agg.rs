@@ -9,7 +9,8 @@
 //! the old one — the same result whatever the micro-batch size. A row whose own session `[t, t+gap)`
 //! had ended is late.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use datafusion::common::HashMap;
 use std::sync::Arc;
@@ -48,19 +49,42 @@ struct Session {
     gid: u32,
 }
 
+/// What a session id stands for: the key of its session and the end under which the session waits
+/// in [`SessionAgg::by_end`] (`i64::MIN`: none — the id is free or its session is new in this
+/// micro-batch).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    kid: u32,
+    end: i64,
+}
+
+/// No end: an open session ends after the watermark, so never at `i64::MIN`.
+const NO_END: i64 = i64::MIN;
+
 pub struct SessionAgg {
     cfg: Config,
     keys: GroupTable,
-    /// Open sessions per key id, by start.
-    sessions: HashMap<u32, Vec<Session>>,
-    /// (end, gid, key id) of every open session, to fire in order.
-    by_end: BTreeSet<(i64, u32, u32)>,
+    /// Open sessions by key id (the index), each key's by start; empty for a key id not in use.
+    sessions: Vec<Vec<Session>>,
+    /// Sessions open now.
+    open: usize,
+    /// By session id: its key and the end it waits under in `by_end`.
+    slots: Vec<Slot>,
+    /// (end, gid) of every open session, earliest end (then lowest id) first, to fire in order.
+    /// Entries go stale when their session grows, merges into another or fires (its slot no longer
+    /// has that end); they are skipped when they come up. A session's entry is written once per
+    /// micro-batch that changed its end, not per row.
+    by_end: BinaryHeap<Reverse<(i64, u32)>>,
     aggs: Aggregates,
     next_gid: u32,
     free: Vec<u32>,
     wm: i64,
     /// Sessions ending at or before this are not emitted (see [`Operator::set_emit_floor`]).
     emit_floor: i64,
+    /// Scratch for `process`: positions in a key's list of the sessions a row touches.
+    hits: Vec<usize>,
+    /// Scratch for `process`: ids of sessions created or grown in this micro-batch.
+    touched: Vec<u32>,
 }
 
 impl SessionAgg {
@@ -69,13 +93,51 @@ impl SessionAgg {
             keys: GroupTable::new(&cfg.key_types)?,
             aggs: Aggregates::new(&cfg.calls, false)?,
             cfg,
-            sessions: HashMap::new(),
-            by_end: BTreeSet::new(),
+            sessions: Vec::new(),
+            open: 0,
+            slots: Vec::new(),
+            by_end: BinaryHeap::new(),
             next_gid: 0,
             free: Vec::new(),
             wm: i64::MIN,
             emit_floor: i64::MIN,
+            hits: Vec::new(),
+            touched: Vec::new(),
         })
+    }
+
+    /// The open sessions of key `kid` (an empty list for a key id seen first).
+    fn list_mut(sessions: &mut Vec<Vec<Session>>, kid: u32) -> &mut Vec<Session> {
+        let k = kid as usize;
+        if k >= sessions.len() {
+            sessions.resize_with(k + 1, Vec::new);
+        }
+        &mut sessions[k]
+    }
+
+    /// Register the new ends of the sessions in `touched` (those still open) in `by_end`.
+    fn register_touched(&mut self) {
+        for g in self.touched.drain(..) {
+            let slot = &mut self.slots[g as usize];
+            let Some(s) = self
+                .sessions
+                .get(slot.kid as usize)
+                .and_then(|l| l.iter().find(|s| s.gid == g))
+            else {
+                continue; // merged into another session in this micro-batch
+            };
+            if s.end != slot.end {
+                slot.end = s.end;
+                self.by_end.push(Reverse((s.end, g)));
+            }
+        }
+    }
+
+    /// Drop key `kid` once it has no open session.
+    fn drop_key_if_idle(&mut self, kid: u32) {
+        if self.sessions.get(kid as usize).is_none_or(Vec::is_empty) {
+            self.keys.remove(kid);
+        }
     }
 }
 
@@ -98,6 +160,9 @@ impl Operator for SessionAgg {
         }
         let b = &input.batch;
         let ts = millis(&self.cfg.time.evaluate(b)?.into_array(n)?)?;
+        if ts.null_count() > 0 {
+            return Err(Error::Internal("a session's time is NULL".into()));
+        }
         let key_cols: Vec<ArrayRef> = self
             .cfg
             .keys
@@ -113,25 +178,23 @@ impl Operator for SessionAgg {
         let mut redirect: HashMap<u32, u32> = HashMap::new();
         let mut merges: Vec<(u32, u32)> = Vec::new();
         let mut retired: Vec<u32> = Vec::new();
-        for i in 0..n {
-            if ts.is_null(i) {
-                return Err(Error::Internal("a session's time is NULL".into()));
-            }
-            let t = ts.value(i) - self.cfg.time_shift;
-            let w = wms[i];
-            if t.saturating_add(gap) <= w {
+        let mut hits = std::mem::take(&mut self.hits);
+        for (i, (t, (&w, &kid))) in ts.values().iter().zip(wms.iter().zip(&kids)).enumerate() {
+            let t = t - self.cfg.time_shift;
+            let (start, end) = (t, t.saturating_add(gap));
+            if end <= w {
                 late.push(i as u32);
                 continue;
             }
-            let (start, end) = (t, t.saturating_add(gap));
-            let list = self.sessions.entry(kids[i]).or_default();
+            let list = Self::list_mut(&mut self.sessions, kid);
             // Open sessions (not ended at this row's watermark) that overlap or touch the row's.
-            let hits: Vec<usize> = list
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.end > w && s.start <= end && s.end >= start)
-                .map(|(j, _)| j)
-                .collect();
+            hits.clear();
+            hits.extend(
+                list.iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.end > w && s.start <= end && s.end >= start)
+                    .map(|(j, _)| j),
+            );
             let gid = match hits.first() {
                 None => {
                     let gid = self.free.pop().unwrap_or_else(|| {
@@ -140,7 +203,16 @@ impl Operator for SessionAgg {
                     });
                     let at = list.partition_point(|s| s.start < start);
                     list.insert(at, Session { start, end, gid });
-                    self.by_end.insert((end, gid, kids[i]));
+                    let slot = Slot { kid, end: NO_END };
+                    match self.slots.get_mut(gid as usize) {
+                        Some(s) => *s = slot,
+                        None => {
+                            self.slots.resize(gid as usize + 1, Slot { kid: 0, end: NO_END });
+                            self.slots[gid as usize] = slot;
+                        }
+                    }
+                    self.open += 1;
+                    self.touched.push(gid);
                     gid
                 }
                 Some(&first) => {
@@ -150,12 +222,10 @@ impl Operator for SessionAgg {
                         end: keep.end.max(end),
                         gid: keep.gid,
                     };
-                    self.by_end.remove(&(keep.end, keep.gid, kids[i]));
                     for &j in hits[1..].iter() {
                         let other = list[j];
                         merged.start = merged.start.min(other.start);
                         merged.end = merged.end.max(other.end);
-                        self.by_end.remove(&(other.end, other.gid, kids[i]));
                         redirect.insert(other.gid, keep.gid);
                         merges.push((keep.gid, other.gid));
                         retired.push(other.gid);
@@ -163,14 +233,18 @@ impl Operator for SessionAgg {
                     for &j in hits[1..].iter().rev() {
                         list.remove(j);
                     }
+                    self.open -= hits.len() - 1;
+                    if merged.end != keep.end {
+                        self.touched.push(keep.gid);
+                    }
                     list[first] = merged;
-                    self.by_end.insert((merged.end, merged.gid, kids[i]));
                     merged.gid
                 }
             };
             assigned.push(gid);
             rows.push(i as u32);
         }
+        self.hits = hits;
         if !late.is_empty() {
             let idx = UInt32Array::from(late);
             let wm = idx.values().iter().map(|i| wms[*i as usize]).min().unwrap_or(i64::MIN);
@@ -182,12 +256,20 @@ impl Operator for SessionAgg {
                     crate::time::format_ms(wm)
                 ),
             )?;
+            // A late row's key with no session of its own is not kept.
+            for i in idx.values() {
+                self.drop_key_if_idle(kids[*i as usize]);
+            }
         }
         // State merges first (in the order they happened), then this batch's rows, once.
         for (dst, src) in merges {
             self.aggs.merge_groups(dst, src)?;
         }
-        let gids: Vec<u32> = assigned.iter().map(|g| resolve(&redirect, *g)).collect();
+        let gids: Vec<u32> = if redirect.is_empty() {
+            assigned
+        } else {
+            assigned.iter().map(|g| resolve(&redirect, *g)).collect()
+        };
         if !gids.is_empty() {
             let ev = Aggregates::evaluate_args(&self.cfg.calls, b)?;
             let sel = UInt32Array::from(rows);
@@ -197,31 +279,38 @@ impl Operator for SessionAgg {
         }
         for g in retired {
             self.aggs.reset(g);
+            self.slots[g as usize].end = NO_END;
             self.free.push(g);
         }
+        self.register_touched();
         Ok(Vec::new())
     }
 
     fn advance(&mut self, wm: i64, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
         let mut closing: Vec<(i64, u32, u32)> = Vec::new();
-        while let Some(first) = self.by_end.first().copied() {
-            if first.0 > wm {
+        while let Some(&Reverse((end, gid))) = self.by_end.peek() {
+            if end > wm {
                 break;
             }
-            self.by_end.pop_first();
-            closing.push(first);
+            self.by_end.pop();
+            let slot = &mut self.slots[gid as usize];
+            if slot.end != end {
+                continue; // stale
+            }
+            slot.end = NO_END;
+            closing.push((end, gid, slot.kid));
         }
         let prev = self.wm;
         self.wm = self.wm.max(wm);
+        self.open -= closing.len();
         // Sessions emitted before a restart: drop what was read again of them.
         let floor = self.emit_floor;
         let (skip, keep): (Vec<_>, Vec<_>) = closing.into_iter().partition(|c| c.0 <= floor);
         for (_, gid, kid) in skip {
-            if let Some(list) = self.sessions.get_mut(&kid) {
-                list.retain(|s| s.gid != gid);
-            }
+            Self::list_mut(&mut self.sessions, kid).retain(|s| s.gid != gid);
             self.aggs.reset(gid);
             self.free.push(gid);
+            self.drop_key_if_idle(kid);
         }
         let closing = keep;
         if closing.is_empty() {
@@ -231,7 +320,7 @@ impl Operator for SessionAgg {
         let mut gids = Vec::with_capacity(closing.len());
         let mut kids = Vec::with_capacity(closing.len());
         for (end, gid, kid) in &closing {
-            let list = self.sessions.entry(*kid).or_default();
+            let list = Self::list_mut(&mut self.sessions, *kid);
             let at = list
                 .iter()
                 .position(|s| s.gid == *gid)
@@ -264,24 +353,21 @@ impl Operator for SessionAgg {
         for (g, k) in gids.iter().zip(&kids) {
             self.aggs.reset(*g);
             self.free.push(*g);
-            if self.sessions.get(k).is_some_and(Vec::is_empty) {
-                self.sessions.remove(k);
-                self.keys.remove(*k);
-            }
+            self.drop_key_if_idle(*k);
         }
         Ok(vec![ChangeBatch::append(batch, prev)])
     }
 
     fn low_water(&self) -> i64 {
         self.sessions
-            .values()
+            .iter()
             .flat_map(|l| l.iter().map(|s| s.start))
             .min()
             .unwrap_or(i64::MAX)
     }
 
     fn state_size(&self) -> usize {
-        self.by_end.len()
+        self.open
     }
 
     fn set_emit_floor(&mut self, floor: i64) {
@@ -311,16 +397,17 @@ impl Operator for SessionAgg {
                 Arc::new(UInt32Array::from(self.free.clone())) as ArrayRef,
             )])?,
         );
-        let mut kids: Vec<u32> = self.sessions.keys().copied().collect();
-        kids.sort_unstable();
         let mut keys: Vec<&[u8]> = Vec::new();
         let (mut starts, mut ends, mut gids) = (Vec::new(), Vec::new(), Vec::new());
-        for kid in kids {
+        for (kid, list) in self.sessions.iter().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
             let key = self
                 .keys
-                .key_bytes(kid)
+                .key_bytes(kid as u32)
                 .ok_or_else(|| Error::Internal("an open session's key is missing".into()))?;
-            for s in &self.sessions[&kid] {
+            for s in list {
                 keys.push(key);
                 starts.push(s.start);
                 ends.push(s.end);
@@ -378,8 +465,9 @@ impl Operator for SessionAgg {
             }
         }
         let mut table = GroupTable::new(&self.cfg.key_types)?;
-        let mut sessions: HashMap<u32, Vec<Session>> = HashMap::new();
-        let mut by_end = BTreeSet::new();
+        let mut sessions: Vec<Vec<Session>> = Vec::new();
+        let mut slots = vec![Slot { kid: 0, end: NO_END }; next_gid as usize];
+        let mut by_end = BinaryHeap::with_capacity(t.num_rows());
         for i in 0..t.num_rows() {
             let kid = table.intern_bytes(keys.value(i));
             let s = Session {
@@ -387,12 +475,15 @@ impl Operator for SessionAgg {
                 end: end.value(i),
                 gid: gid.value(i),
             };
-            sessions.entry(kid).or_default().push(s);
-            by_end.insert((s.end, s.gid, kid));
+            Self::list_mut(&mut sessions, kid).push(s);
+            slots[s.gid as usize] = Slot { kid, end: s.end };
+            by_end.push(Reverse((s.end, s.gid)));
         }
         self.aggs.restore_columns(gid.values(), &t)?;
         self.keys = table;
         self.sessions = sessions;
+        self.open = t.num_rows();
+        self.slots = slots;
         self.by_end = by_end;
         self.next_gid = next_gid;
         self.free = free.values().to_vec();
@@ -405,7 +496,7 @@ impl Operator for SessionAgg {
 impl SessionAgg {
     /// Sessions open now (for tests and metrics).
     pub fn open_sessions(&self) -> usize {
-        self.by_end.len()
+        self.open
     }
 }
 
