@@ -61,20 +61,13 @@ struct Slot {
 /// No end: an open session ends after the watermark, so never at `i64::MIN`.
 const NO_END: i64 = i64::MIN;
 
-/// Keys without an open session that may stay interned however few sessions are open (see
-/// [`SessionAgg::sweep_idle_keys`]).
-const IDLE_KEYS: usize = 1 << 16;
-
 pub struct SessionAgg {
     cfg: Config,
     keys: GroupTable,
-    /// Open sessions by key id (the index), each key's by start; empty for a key with no open
-    /// session and for a key id not in use.
+    /// Open sessions by key id (the index), each key's by start; empty for a key id not in use.
     sessions: Vec<Vec<Session>>,
     /// Sessions open now.
     open: usize,
-    /// Keys with an open session (the others in `keys` are idle, see [`SessionAgg::sweep_idle_keys`]).
-    active_keys: usize,
     /// By session id: its key and the end it waits under in `by_end`.
     slots: Vec<Slot>,
     /// (end, gid) of every open session, earliest end (then lowest id) first, to fire in order.
@@ -102,7 +95,6 @@ impl SessionAgg {
             cfg,
             sessions: Vec::new(),
             open: 0,
-            active_keys: 0,
             slots: Vec::new(),
             by_end: BinaryHeap::new(),
             next_gid: 0,
@@ -141,33 +133,10 @@ impl SessionAgg {
         }
     }
 
-    /// Remove the open session `gid` from key `kid`'s list.
-    fn remove_session(&mut self, kid: u32, gid: u32) -> Result<Session> {
-        let list = Self::list_mut(&mut self.sessions, kid);
-        let at = list
-            .iter()
-            .position(|s| s.gid == gid)
-            .ok_or_else(|| Error::Internal("a closing session is missing".into()))?;
-        let s = list.remove(at);
-        if list.is_empty() {
-            self.active_keys -= 1;
-        }
-        Ok(s)
-    }
-
-    /// A key whose sessions have all fired (or whose rows were all late) stays interned, so that
-    /// when it comes back it finds its id without allocating; idle keys are dropped all at once
-    /// when they outnumber the open sessions (and [`IDLE_KEYS`]), which keeps the key table within
-    /// a constant factor of the open state.
-    fn sweep_idle_keys(&mut self) {
-        let idle = self.keys.len().saturating_sub(self.active_keys);
-        if idle <= self.open.max(IDLE_KEYS) {
-            return;
-        }
-        for kid in 0..self.keys.capacity() as u32 {
-            if self.sessions.get(kid as usize).is_none_or(Vec::is_empty) {
-                self.keys.remove(kid);
-            }
+    /// Drop key `kid` once it has no open session.
+    fn drop_key_if_idle(&mut self, kid: u32) {
+        if self.sessions.get(kid as usize).is_none_or(Vec::is_empty) {
+            self.keys.remove(kid);
         }
     }
 }
@@ -232,9 +201,6 @@ impl Operator for SessionAgg {
                         self.next_gid += 1;
                         self.next_gid - 1
                     });
-                    if list.is_empty() {
-                        self.active_keys += 1;
-                    }
                     let at = list.partition_point(|s| s.start < start);
                     list.insert(at, Session { start, end, gid });
                     let slot = Slot { kid, end: NO_END };
@@ -290,6 +256,10 @@ impl Operator for SessionAgg {
                     crate::time::format_ms(wm)
                 ),
             )?;
+            // A late row's key with no session of its own is not kept.
+            for i in idx.values() {
+                self.drop_key_if_idle(kids[*i as usize]);
+            }
         }
         // State merges first (in the order they happened), then this batch's rows, once.
         for (dst, src) in merges {
@@ -313,7 +283,6 @@ impl Operator for SessionAgg {
             self.free.push(g);
         }
         self.register_touched();
-        self.sweep_idle_keys();
         Ok(Vec::new())
     }
 
@@ -338,20 +307,25 @@ impl Operator for SessionAgg {
         let floor = self.emit_floor;
         let (skip, keep): (Vec<_>, Vec<_>) = closing.into_iter().partition(|c| c.0 <= floor);
         for (_, gid, kid) in skip {
-            self.remove_session(kid, gid)?;
+            Self::list_mut(&mut self.sessions, kid).retain(|s| s.gid != gid);
             self.aggs.reset(gid);
             self.free.push(gid);
+            self.drop_key_if_idle(kid);
         }
         let closing = keep;
         if closing.is_empty() {
-            self.sweep_idle_keys();
             return Ok(Vec::new());
         }
         let mut starts = Vec::with_capacity(closing.len());
         let mut gids = Vec::with_capacity(closing.len());
         let mut kids = Vec::with_capacity(closing.len());
         for (end, gid, kid) in &closing {
-            let s = self.remove_session(*kid, *gid)?;
+            let list = Self::list_mut(&mut self.sessions, *kid);
+            let at = list
+                .iter()
+                .position(|s| s.gid == *gid)
+                .ok_or_else(|| Error::Internal("a closing session is missing".into()))?;
+            let s = list.remove(at);
             debug_assert_eq!(s.end, *end);
             starts.push(s.start);
             gids.push(*gid);
@@ -376,11 +350,11 @@ impl Operator for SessionAgg {
         }
         cols.extend(vals);
         let batch = conformed_batch(&self.cfg.schema, cols, n)?;
-        for g in &gids {
+        for (g, k) in gids.iter().zip(&kids) {
             self.aggs.reset(*g);
             self.free.push(*g);
+            self.drop_key_if_idle(*k);
         }
-        self.sweep_idle_keys();
         Ok(vec![ChangeBatch::append(batch, prev)])
     }
 
@@ -506,7 +480,6 @@ impl Operator for SessionAgg {
             by_end.push(Reverse((s.end, s.gid)));
         }
         self.aggs.restore_columns(gid.values(), &t)?;
-        self.active_keys = table.len();
         self.keys = table;
         self.sessions = sessions;
         self.open = t.num_rows();
