@@ -679,13 +679,9 @@ impl ValueRows {
 }
 
 /// A count per value per group as two list columns, `values` (of the values' type) and `counts`.
-fn multiset_columns<'a, M, K>(
-    rows: &ValueRows,
-    sets: impl Iterator<Item = Option<M>>,
-) -> Result<Vec<(String, ArrayRef)>>
+fn multiset_columns<'a, M>(rows: &ValueRows, sets: impl Iterator<Item = Option<M>>) -> Result<Vec<(String, ArrayRef)>>
 where
-    M: IntoIterator<Item = (&'a K, &'a i64)>,
-    K: AsRef<[u8]> + 'a + ?Sized,
+    M: IntoIterator<Item = (&'a Box<[u8]>, &'a i64)>,
 {
     let mut keys: Vec<Option<&[u8]>> = Vec::new();
     let mut counts: Vec<i64> = Vec::new();
@@ -693,7 +689,7 @@ where
     for set in sets {
         let before = counts.len();
         for (k, n) in set.into_iter().flatten() {
-            keys.push(Some(k.as_ref()));
+            keys.push(Some(k));
             counts.push(*n);
         }
         lens.push(counts.len() - before);
@@ -974,76 +970,11 @@ impl Acc for MinMax {
     }
 }
 
-/// A value's row bytes as a hash key: inline when short (numbers, dates, short strings), so counting
-/// distinct values allocates nothing per value. Hashes and compares as the bytes (`[u8]`).
-#[derive(Clone)]
-enum ValueKey {
-    Inline { len: u8, bytes: [u8; ValueKey::INLINE] },
-    Heap(Box<[u8]>),
-}
-
-impl ValueKey {
-    const INLINE: usize = 22;
-}
-
-impl From<&[u8]> for ValueKey {
-    fn from(b: &[u8]) -> ValueKey {
-        if b.len() <= ValueKey::INLINE {
-            let mut bytes = [0; ValueKey::INLINE];
-            bytes[..b.len()].copy_from_slice(b);
-            ValueKey::Inline {
-                len: b.len() as u8,
-                bytes,
-            }
-        } else {
-            ValueKey::Heap(b.into())
-        }
-    }
-}
-
-impl AsRef<[u8]> for ValueKey {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            ValueKey::Inline { len, bytes } => &bytes[..*len as usize],
-            ValueKey::Heap(b) => b,
-        }
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for ValueKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_ref()
-    }
-}
-
-impl std::hash::Hash for ValueKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_ref().hash(state)
-    }
-}
-
-impl PartialEq for ValueKey {
-    fn eq(&self, other: &ValueKey) -> bool {
-        match (self, other) {
-            // Fixed-size compare (the bytes past `len` are zero).
-            (ValueKey::Inline { len: a, bytes: x }, ValueKey::Inline { len: b, bytes: y }) => a == b && x == y,
-            _ => self.as_ref() == other.as_ref(),
-        }
-    }
-}
-
-impl Eq for ValueKey {}
-
 /// COUNT(DISTINCT x): a count per distinct value per group (so retractions work).
 #[derive(Default)]
 struct CountDistinct {
     rows: ValueRows,
-    seen: Vec<HashMap<ValueKey, i64>>,
-}
-
-impl CountDistinct {
-    /// A reset group keeps a table this small for the group that reuses its id.
-    const KEEP: usize = 64;
+    seen: Vec<HashMap<Box<[u8]>, i64>>,
 }
 
 impl Acc for CountDistinct {
@@ -1053,9 +984,8 @@ impl Acc for CountDistinct {
             .first()
             .ok_or_else(|| Error::Internal("COUNT(DISTINCT) without an argument".into()))?;
         let rows = self.rows.rows(arg)?;
-        let nulls = arg.nulls();
         for (i, g) in gids.iter().enumerate() {
-            if nulls.is_some_and(|n| n.is_null(i)) {
+            if arg.is_null(i) {
                 continue;
             }
             let set = &mut self.seen[*g as usize];
@@ -1068,7 +998,7 @@ impl Acc for CountDistinct {
                     }
                 }
                 None => {
-                    set.insert(ValueKey::from(v.as_ref()), sign(retract, i));
+                    set.insert(v.as_ref().into(), sign(retract, i));
                 }
             }
         }
@@ -1107,11 +1037,7 @@ impl Acc for CountDistinct {
 
     fn reset(&mut self, gid: u32) {
         if let Some(s) = self.seen.get_mut(gid as usize) {
-            if s.capacity() <= CountDistinct::KEEP {
-                s.clear();
-            } else {
-                *s = HashMap::new();
-            }
+            *s = HashMap::new();
         }
     }
 
@@ -1128,7 +1054,7 @@ impl Acc for CountDistinct {
         let sets = restore_multisets(&mut self.rows, cols)?;
         grow(&mut self.seen, capacity_of(gids), HashMap::new());
         for (g, set) in gids.iter().zip(sets) {
-            self.seen[*g as usize] = set.into_iter().map(|(k, n)| (ValueKey::from(&k[..]), n)).collect();
+            self.seen[*g as usize] = set.into_iter().collect();
         }
         Ok(())
     }
