@@ -37,7 +37,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use super::decode_pool::DecodePool;
 use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
-use crate::format::{Format, LineDecoder, count_lines, to_json_lines};
+use crate::format::{Format, LineDecoder, to_json_lines};
 use crate::sql::parser::Options;
 
 #[derive(Debug, Clone)]
@@ -104,8 +104,6 @@ pub struct FileSource {
 enum Cut {
     /// Whole lines, and the line number of the first.
     Chunk(Vec<u8>, u64),
-    /// Not a whole line more yet.
-    Pending,
     /// Everything was cut.
     End,
 }
@@ -128,57 +126,76 @@ impl FileSource {
         })
     }
 
-    /// The next chunk of up to `max` whole lines (after the header, if any).
-    fn cut_next(&mut self, max: usize) -> Result<Cut> {
-        let mut scanned_lines = count_lines(&self.pending);
-        while !self.eof && scanned_lines < max + usize::from(self.skip_header) {
-            let old = self.pending.len();
-            self.pending.resize(old + (1 << 20), 0);
-            let n = self
-                .file
-                .read(&mut self.pending[old..])
-                .map_err(|e| Error::io(&self.path, e))?;
-            self.pending.truncate(old + n);
-            self.read += n as u64;
-            if n == 0 {
-                self.eof = true;
-            }
-            scanned_lines += count_lines(&self.pending[old..]);
+    /// Read up to 1 MiB more into `pending` (into its spare capacity: nothing is zeroed first).
+    fn read_more(&mut self) -> Result<()> {
+        let old = self.pending.len();
+        self.pending.reserve(1 << 20);
+        let n = (&mut self.file)
+            .take(1 << 20)
+            .read_to_end(&mut self.pending)
+            .map_err(|e| Error::io(&self.path, e))?;
+        debug_assert_eq!(self.pending.len(), old + n);
+        self.read += n as u64;
+        if n == 0 {
+            self.eof = true;
         }
+        Ok(())
+    }
+
+    /// The next chunk of up to `max` whole lines (after the header, if any). Each byte is searched
+    /// for newlines once, on the polling thread (the decoders count their own lines).
+    fn cut_next(&mut self, max: usize) -> Result<Cut> {
         if self.skip_header {
-            match memchr::memchr(b'\n', &self.pending) {
-                Some(i) => {
-                    self.pending.drain(..=i);
+            let mut from = 0;
+            loop {
+                if let Some(i) = memchr::memchr(b'\n', &self.pending[from..]) {
+                    self.pending.drain(..=from + i);
                     self.line_no += 1;
                     self.skip_header = false;
                     // Nothing is in flight before the header: it counts as returned.
                     self.returned = (self.read - self.pending.len() as u64, self.line_no);
+                    break;
                 }
-                None if self.eof => self.pending.clear(),
-                None => return Ok(Cut::Pending),
+                if self.eof {
+                    self.pending.clear();
+                    return Ok(Cut::End);
+                }
+                from = self.pending.len();
+                self.read_more()?;
             }
         }
-        let end = match self.cut(max) {
-            Some(end) => end,
-            None if self.eof => self.pending.len(),
-            None => return Ok(Cut::Pending),
+        let max = max.max(1);
+        // Newlines in pending[..scanned]: fewer than `max`.
+        let (mut scanned, mut lines) = (0, 0);
+        let end = loop {
+            let mut at = None;
+            for i in memchr::memchr_iter(b'\n', &self.pending[scanned..]) {
+                lines += 1;
+                if lines == max {
+                    at = Some(scanned + i + 1);
+                    break;
+                }
+            }
+            match at {
+                Some(end) => break end,
+                None if self.eof => break self.pending.len(),
+                None => {
+                    scanned = self.pending.len();
+                    self.read_more()?;
+                }
+            }
         };
         if end == 0 {
             return Ok(Cut::End);
         }
-        // Keep the (short) rest rather than copy the chunk out.
-        let rest = self.pending.split_off(end);
-        let chunk = std::mem::replace(&mut self.pending, rest);
+        // The chunk takes the buffer; the (short) rest moves to one sized for the next chunk.
+        let mut rest = Vec::with_capacity(end + (1 << 20));
+        rest.extend_from_slice(&self.pending[end..]);
+        let mut chunk = std::mem::replace(&mut self.pending, rest);
+        chunk.truncate(end);
         let first = self.line_no;
-        self.line_no += count_lines(&chunk) as u64;
+        self.line_no += lines as u64;
         Ok(Cut::Chunk(chunk, first))
-    }
-
-    /// Byte offset just past the `max`-th newline in `pending`, if there are that many.
-    fn cut(&self, max: usize) -> Option<usize> {
-        memchr::memchr_iter(b'\n', &self.pending)
-            .nth(max.checked_sub(1)?)
-            .map(|i| i + 1)
     }
 }
 
@@ -190,7 +207,6 @@ impl Source for FileSource {
                     let decoded = self.decoder.decode_chunk(&chunk, first, &self.path)?;
                     Ok(Poll::Ready(decoded.batch, decoded.errors))
                 }
-                Cut::Pending => Ok(Poll::Pending),
                 Cut::End => Ok(Poll::Exhausted),
             };
         }
@@ -206,7 +222,6 @@ impl Source for FileSource {
                         .ok_or_else(|| Error::Internal("no decode pool".into()))?;
                     pool.submit(chunk, first, after)?;
                 }
-                Cut::Pending => break,
                 Cut::End => {
                     ended = true;
                     break;
@@ -733,6 +748,73 @@ mod sink_tests {
         resumed.seek(&want[20].2).expect("seek");
         resumed.decode_on(2).expect("pool");
         assert_eq!(steps(&mut resumed, 37), want[21..].to_vec());
+    }
+
+    #[test]
+    fn chunks_hold_at_most_max_whole_lines_across_reads_and_number_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("in.jsonl");
+        // Lines of 10 bytes to 1.5 MiB (longer than one read), a bad line every 13th, no final newline.
+        let mut text = String::new();
+        let mut bad_lines = Vec::new();
+        let n = 200;
+        for i in 0..n {
+            if i % 13 == 5 {
+                text.push_str("{oops\n");
+                bad_lines.push(i + 1);
+                continue;
+            }
+            let pad = if i % 50 == 7 { 1_500_000 } else { i % 17 };
+            text.push_str(&format!("{{\"x\": {i}, \"s\": \"{}\"}}", "y".repeat(pad)));
+            if i + 1 < n {
+                text.push('\n');
+            }
+        }
+        std::fs::write(&path, &text).expect("write");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let opts = FileOptions {
+            path: path.clone(),
+            format: Format::parse("json", true, b',').expect("json"),
+        };
+        for (max, workers) in [(1, 1), (3, 1), (7, 2), (64, 1), (1000, 3)] {
+            let mut src = FileSource::open(opts.clone(), schema.clone()).expect("open");
+            src.decode_on(workers).expect("pool");
+            let (mut xs, mut bad) = (Vec::new(), Vec::new());
+            loop {
+                match src.poll(max).expect("poll") {
+                    Poll::Ready(b, errs) => {
+                        let rows = b.as_ref().map_or(0, RecordBatch::num_rows);
+                        assert!(
+                            rows + errs.len() <= max,
+                            "max {max}: {rows} rows and {} bad",
+                            errs.len()
+                        );
+                        if let Some(b) = b {
+                            let a = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+                            xs.extend(a.values().iter().copied());
+                        }
+                        bad.extend(errs.into_iter().map(|e| e.position));
+                    }
+                    Poll::Exhausted => break,
+                    Poll::Pending => {}
+                    Poll::Changes(..) => panic!("a file source emits no changes"),
+                }
+            }
+            let want: Vec<i64> = (0..n as i64).filter(|i| i % 13 != 5).collect();
+            assert_eq!(xs, want, "max {max}, {workers} workers");
+            let want_bad: Vec<String> = bad_lines.iter().map(|l| format!("{}:{l}", path.display())).collect();
+            assert_eq!(bad, want_bad, "max {max}, {workers} workers");
+            let end = src.position().expect("position");
+            assert_eq!(end["offset"], serde_json::json!(text.len()), "max {max}");
+            assert_eq!(
+                end["line"],
+                serde_json::json!(n),
+                "max {max}: the last line has no newline"
+            );
+        }
     }
 
     fn batch(v: &[i64]) -> Output {
