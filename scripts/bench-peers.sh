@@ -8,16 +8,18 @@
 #   CASES="tumble_file q11" ENGINES=flink scripts/bench-peers.sh events.jsonl data/nexmark
 #
 # Prints one tab-separated line per case and engine on stdout:
-#   case  engine  seconds  events_per_s  ok|WRONG
+#   case  engine  seconds  events_per_s  ok|WRONG|n/a
 # `seconds` is the job's wall time from start to output complete (Spark: query start to
 # termination, the SparkSession already up; Flink: INSERT submitted to job end, the gateway JVM
 # already up; Freshet: the whole `freshet run`). events_per_s = input events / seconds, input events
-# being the lines of the course file, or of bid.jsonl for the Nexmark cases (they read bids only).
-# WRONG: the output differs from DuckDB's, or the job failed. Details (whole-process time, the
-# check's message, where the log is) go to stderr.
+# being the lines of the course file, or for a Nexmark case the lines of every file it reads
+# (bid.jsonl; q3 and q8 person.jsonl + auction.jsonl; q4 and q9 auction.jsonl + bid.jsonl).
+# WRONG: the output differs from DuckDB's, or the job failed. n/a: the engine cannot express the
+# query exactly as a streaming job (seconds and events/s are `-`; the reason goes to stderr).
+# Details (whole-process time, the check's message, where the log is) go to stderr.
 #
 # Environment:
-#   CASES       tumble_file q0 q1 q2 q11 (default: all)
+#   CASES       tumble_file q0 q1 q2 q3 q4 q5 q7 q8 q9 q11 (default: all)
 #   ENGINES     spark flink (default); add freshet to run $FRESHET too (`freshet run`, same check)
 #   PEERS_TSV   also write the lines to this file (truncated first)
 #   PEERS_WORK  scratch for outputs, checkpoints and logs (default /tmp/freshet-peers)
@@ -41,7 +43,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 peers="$root/benches/peers"
 course="$(realpath "$1")"
 nexmark="$(realpath "$2")"
-CASES="${CASES:-tumble_file q0 q1 q2 q11}"
+CASES="${CASES:-tumble_file q0 q1 q2 q3 q4 q5 q7 q8 q9 q11}"
 ENGINES="${ENGINES:-spark flink}"
 work="${PEERS_WORK:-/tmp/freshet-peers}"
 FRESHET="${FRESHET:-$HOME/.cache/freshet/target/release/freshet}"
@@ -100,7 +102,7 @@ run_freshet() {
   if [ "$case" = tumble_file ]; then
     sed -e "s#EVENTS_FILE#$input#; s#OUT_DIR/tumble_file#$out#" "$root/benches/tumble_file.sql" > "$dir/q.sql"
   else
-    ln -s "$(dirname "$input")" "$dir/data/nexmark"
+    ln -s "$nexmark" "$dir/data/nexmark"
     sed -e "s#out/nexmark/$case#$out#" "$root/queries/nexmark/$case.sql" > "$dir/q.sql"
   fi
   (cd "$dir" && "$FRESHET" run q.sql > /dev/null)
@@ -110,11 +112,15 @@ failed=0
 log "cases: $CASES; engines: $ENGINES; $(nproc) cores; scratch $work"
 for case in $CASES; do
   case "$case" in
-    tumble_file) input="$course" ;;
-    q0|q1|q2|q11) input="$nexmark/bid.jsonl" ;;
-    *) echo "unknown case $case (tumble_file q0 q1 q2 q11)" >&2; exit 2 ;;
+    tumble_file) input="$course"; files="$course" ;;
+    q0|q1|q2|q5|q7|q11) input="$nexmark/bid.jsonl"; files="$input" ;;
+    # Several inputs: the peers and the check take the directory.
+    q3|q8) input="$nexmark"; files="$nexmark/person.jsonl $nexmark/auction.jsonl" ;;
+    q4|q9) input="$nexmark"; files="$nexmark/auction.jsonl $nexmark/bid.jsonl" ;;
+    *) echo "unknown case $case (tumble_file q0 q1 q2 q3 q4 q5 q7 q8 q9 q11)" >&2; exit 2 ;;
   esac
-  events=$(events_of "$input")
+  events=0
+  for f in $files; do events=$((events + $(events_of "$f"))); done
   for engine in $ENGINES; do
     out="$work/out/$engine/$case"
     logf="$work/$engine-$case.log"
@@ -130,6 +136,17 @@ for case in $CASES; do
     esac
     t1=$(date +%s.%N)
     process=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    # A peer that cannot run the case exactly says so in its last line: {"na": "reason"}.
+    na=$("$py" -c 'import json, sys
+try: print(json.load(open(sys.argv[1])).get("na", ""))
+except Exception: print("")' "$logf.json")
+    if [ "$status" -eq 0 ] && [ -n "$na" ]; then
+      line=$(printf '%s\t%s\t-\t-\tn/a' "$case" "$engine")
+      echo "$line"
+      [ -n "${PEERS_TSV:-}" ] && echo "$line" >> "$PEERS_TSV"
+      log "$case $engine: n/a: $na"
+      continue
+    fi
     secs=$("$py" -c 'import json, sys
 try: print(json.load(open(sys.argv[1]))["seconds"])
 except Exception: print(sys.argv[2])' "$logf.json" "$process")
