@@ -73,7 +73,7 @@ def table(rows, clean, dirty):
                 mark = "" if e.get("check") in ("ok", "-") else f" ({e.get('check')})"
                 peers.append(f"{fmt(eps(e) / 1e6, '.2f')} M (Freshet {e['seconds'] / f['seconds']:.1f}×){mark}")
             else:
-                peers.append("")
+                peers.append("n/a" if e and e.get("check") == "n/a" else "")
         out.append(
             f"| {case} | {fmt((eps(f) or 0) / 1e6, '.2f')} M | {fmt(f.get('cpu'), '.2f')} | {fmt(f.get('peak'), '.0f')} "
             f"| {f.get('check', '')} | {fmt(ratio, '.2f')} | {fmt(eps(d) / 1e6 if eps(d) else None, '.2f')}"

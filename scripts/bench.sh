@@ -84,11 +84,12 @@ if [ "${BENCH_PEERS:-0}" = 1 ]; then
   PEERS_TSV="$dir/peers.tsv" scripts/bench-peers.sh "$file" \
     "${BENCH_DIR:-$CARGO_TARGET_DIR/bench}/nexmark/data-$NEXMARK_EVENTS-42-10000" \
     || echo "(a peer's result differed from DuckDB's: marked WRONG in the table)"
-  # Its rows: case, engine, seconds, events/s, check → this table's columns and names.
+  # Its rows: case, engine, seconds, events/s, check (n/a: no time) → this table's columns and names.
   awk -F'\t' '$1 != "case" && NF >= 5 {
       c = $1; if (c ~ /^q[0-9]+$/) c = "nexmark_" c
       e = $2; if (e ~ /spark/) e = "spark"; else if (e ~ /flink/) e = "flink"
-      printf "%s\t%s\t%.0f\t%s\t\t\t%s\n", c, e, $3 * $4, $3, $5 }' "$dir/peers.tsv" >> "$results"
+      if ($3 == "-") printf "%s\t%s\t\t\t\t\t%s\n", c, e, $5
+      else printf "%s\t%s\t%.0f\t%s\t\t\t%s\n", c, e, $3 * $4, $3, $5 }' "$dir/peers.tsv" >> "$results"
 fi
 
 echo "== the table (also $dir/report.md, plot $dir/report.svg)"
