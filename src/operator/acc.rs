@@ -679,9 +679,13 @@ impl ValueRows {
 }
 
 /// A count per value per group as two list columns, `values` (of the values' type) and `counts`.
-fn multiset_columns<'a, M>(rows: &ValueRows, sets: impl Iterator<Item = Option<M>>) -> Result<Vec<(String, ArrayRef)>>
+fn multiset_columns<'a, M, K>(
+    rows: &ValueRows,
+    sets: impl Iterator<Item = Option<M>>,
+) -> Result<Vec<(String, ArrayRef)>>
 where
-    M: IntoIterator<Item = (&'a Box<[u8]>, &'a i64)>,
+    M: IntoIterator<Item = (&'a K, &'a i64)>,
+    K: AsRef<[u8]> + 'a + ?Sized,
 {
     let mut keys: Vec<Option<&[u8]>> = Vec::new();
     let mut counts: Vec<i64> = Vec::new();
@@ -689,7 +693,7 @@ where
     for set in sets {
         let before = counts.len();
         for (k, n) in set.into_iter().flatten() {
-            keys.push(Some(k));
+            keys.push(Some(k.as_ref()));
             counts.push(*n);
         }
         lens.push(counts.len() - before);
@@ -970,11 +974,76 @@ impl Acc for MinMax {
     }
 }
 
+/// A value's row bytes as a hash key: inline when short (numbers, dates, short strings), so counting
+/// distinct values allocates nothing per value. Hashes and compares as the bytes (`[u8]`).
+#[derive(Clone)]
+enum ValueKey {
+    Inline { len: u8, bytes: [u8; ValueKey::INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl ValueKey {
+    const INLINE: usize = 22;
+}
+
+impl From<&[u8]> for ValueKey {
+    fn from(b: &[u8]) -> ValueKey {
+        if b.len() <= ValueKey::INLINE {
+            let mut bytes = [0; ValueKey::INLINE];
+            bytes[..b.len()].copy_from_slice(b);
+            ValueKey::Inline {
+                len: b.len() as u8,
+                bytes,
+            }
+        } else {
+            ValueKey::Heap(b.into())
+        }
+    }
+}
+
+impl AsRef<[u8]> for ValueKey {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            ValueKey::Inline { len, bytes } => &bytes[..*len as usize],
+            ValueKey::Heap(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for ValueKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl std::hash::Hash for ValueKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state)
+    }
+}
+
+impl PartialEq for ValueKey {
+    fn eq(&self, other: &ValueKey) -> bool {
+        match (self, other) {
+            // Fixed-size compare (the bytes past `len` are zero).
+            (ValueKey::Inline { len: a, bytes: x }, ValueKey::Inline { len: b, bytes: y }) => a == b && x == y,
+            _ => self.as_ref() == other.as_ref(),
+        }
+    }
+}
+
+impl Eq for ValueKey {}
+
 /// COUNT(DISTINCT x): a count per distinct value per group (so retractions work).
 #[derive(Default)]
 struct CountDistinct {
     rows: ValueRows,
-    seen: Vec<HashMap<Box<[u8]>, i64>>,
+    seen: Vec<HashMap<ValueKey, i64>>,
+}
+
+impl CountDistinct {
+    /// A reset group keeps a table this small for the group that reuses its id.
+    const KEEP: usize = 64;
 }
 
 impl Acc for CountDistinct {
@@ -984,8 +1053,9 @@ impl Acc for CountDistinct {
             .first()
             .ok_or_else(|| Error::Internal("COUNT(DISTINCT) without an argument".into()))?;
         let rows = self.rows.rows(arg)?;
+        let nulls = arg.nulls();
         for (i, g) in gids.iter().enumerate() {
-            if arg.is_null(i) {
+            if nulls.is_some_and(|n| n.is_null(i)) {
                 continue;
             }
             let set = &mut self.seen[*g as usize];
@@ -998,7 +1068,7 @@ impl Acc for CountDistinct {
                     }
                 }
                 None => {
-                    set.insert(v.as_ref().into(), sign(retract, i));
+                    set.insert(ValueKey::from(v.as_ref()), sign(retract, i));
                 }
             }
         }
@@ -1037,7 +1107,11 @@ impl Acc for CountDistinct {
 
     fn reset(&mut self, gid: u32) {
         if let Some(s) = self.seen.get_mut(gid as usize) {
-            *s = HashMap::new();
+            if s.capacity() <= CountDistinct::KEEP {
+                s.clear();
+            } else {
+                *s = HashMap::new();
+            }
         }
     }
 
@@ -1054,7 +1128,7 @@ impl Acc for CountDistinct {
         let sets = restore_multisets(&mut self.rows, cols)?;
         grow(&mut self.seen, capacity_of(gids), HashMap::new());
         for (g, set) in gids.iter().zip(sets) {
-            self.seen[*g as usize] = set.into_iter().collect();
+            self.seen[*g as usize] = set.into_iter().map(|(k, n)| (ValueKey::from(&k[..]), n)).collect();
         }
         Ok(())
     }
@@ -1676,6 +1750,63 @@ mod tests {
         assert_eq!(out[1].as_primitive::<Int64Type>().value(0), 7);
         assert_eq!(out[2].as_primitive::<Int64Type>().value(0), 3);
         assert_eq!(a.rows(0), 4);
+    }
+
+    /// COUNT(DISTINCT) over values short enough to be kept inline in the hash key and long ones
+    /// kept on the heap: they count, retract, survive a checkpoint, and a reset group id that is
+    /// used again starts empty.
+    #[test]
+    fn distinct_values_short_and_long() {
+        use datafusion::arrow::array::StringArray;
+        let schema = Schema::new(vec![Field::new("x", DataType::Utf8, true)]);
+        let calls: Arc<[AggCall]> = vec![AggCall {
+            display: "count(DISTINCT x)".into(),
+            kind: AggKind::Count,
+            args: vec![col("x", &schema).expect("col")],
+            filter: None,
+            distinct: true,
+            return_type: DataType::Int64,
+        }]
+        .into();
+        let long = "a value longer than the twenty-two inline bytes";
+        let b = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(StringArray::from(vec![
+                Some("a"),
+                Some(long),
+                None,
+                Some("a"),
+                Some(long),
+                Some("b"),
+                Some(long),
+            ]))],
+        )
+        .expect("batch");
+        let ev = Aggregates::evaluate_args(&calls, &b).expect("args");
+        let count = |a: &mut Aggregates, g: &[u32]| -> Vec<i64> {
+            a.evaluate(g).expect("eval")[0]
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        };
+        let mut a = Aggregates::new(&calls, true).expect("aggs");
+        a.update(&ev, None, &[0, 0, 0, 0, 0, 1, 1], None, 2).expect("update");
+        assert_eq!(count(&mut a, &[0, 1]), vec![2, 2]);
+        // Retract both "a" of group 0: its long value stays.
+        let both_a = UInt32Array::from(vec![0, 3]);
+        a.update(&ev, Some(&both_a), &[0, 0], Some(&[true, true]), 2)
+            .expect("retract");
+        assert_eq!(count(&mut a, &[0, 1]), vec![1, 2]);
+        let table = through_ipc(a.state_columns(&[0, 1]).expect("state"));
+        let mut r = Aggregates::new(&calls, true).expect("aggs");
+        r.restore_columns(&[1, 0], &table).expect("restore");
+        assert_eq!(count(&mut r, &[1, 0]), vec![1, 2]);
+        r.update(&ev, Some(&both_a), &[1, 0], None, 2).expect("update");
+        assert_eq!(count(&mut r, &[1, 0]), vec![2, 3]);
+        a.reset(1);
+        let one_long = UInt32Array::from(vec![1]);
+        a.update(&ev, Some(&one_long), &[1], None, 2).expect("update");
+        assert_eq!(count(&mut a, &[0, 1]), vec![1, 1]);
     }
 
     fn through_ipc(cols: Vec<(String, ArrayRef)>) -> RecordBatch {
