@@ -67,6 +67,9 @@ pub struct Config {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
     /// Input schemas (left, right).
     pub inputs: [SchemaRef; 2],
+    /// Per side: its input only inserts (no retraction can come), so its rows need no index by
+    /// content — a duplicate is held as a row of its own, and no row is hashed whole.
+    pub append_only: [bool; 2],
     /// Left columns, then right columns.
     pub pair_schema: SchemaRef,
     /// The output: `pair_schema` (with outer sides nullable), or one side's columns for semi and anti
@@ -149,6 +152,8 @@ struct Side {
     slots: Vec<Option<Stored>>,
     free: Vec<u32>,
     by_row: HashMap<Arc<[u8]>, u32>,
+    /// `by_row` is kept (the input may retract); otherwise it stays empty.
+    indexed: bool,
     /// Key id → slots of the rows with that key.
     buckets: HashMap<u32, Vec<u32>>,
     /// Rows held, with multiplicity.
@@ -156,7 +161,7 @@ struct Side {
 }
 
 impl Side {
-    fn new(schema: &SchemaRef) -> Result<Side> {
+    fn new(schema: &SchemaRef, indexed: bool) -> Result<Side> {
         Ok(Side {
             conv: RowConverter::new(
                 schema
@@ -168,6 +173,7 @@ impl Side {
             slots: Vec::new(),
             free: Vec::new(),
             by_row: HashMap::new(),
+            indexed,
             buckets: HashMap::new(),
             rows: 0,
         })
@@ -185,13 +191,22 @@ impl Side {
         self.get(slot).map_or(0, |s| s.count)
     }
 
+    /// The slot holding `row`, if the side is indexed and holds it.
+    fn held(&self, row: &[u8]) -> Option<u32> {
+        if self.indexed {
+            self.by_row.get(row).copied()
+        } else {
+            None
+        }
+    }
+
     fn bucket(&self, gid: u32) -> &[u32] {
         self.buckets.get(&gid).map_or(&[], Vec::as_slice)
     }
 
     /// One more copy of `row` (key `gid`, `matches` matches on the other side).
     fn insert(&mut self, row: &[u8], gid: u32, matches: u64) {
-        if let Some(s) = self.by_row.get(row).copied().and_then(|s| self.get_mut(s)) {
+        if let Some(s) = self.held(row).and_then(|s| self.get_mut(s)) {
             s.count += 1;
             self.rows += 1;
             return;
@@ -222,7 +237,9 @@ impl Side {
             }
         };
         bucket.push(slot);
-        self.by_row.insert(bytes, slot);
+        if self.indexed {
+            self.by_row.insert(bytes, slot);
+        }
     }
 
     /// One copy fewer of the row in `slot`; the row goes when its last copy does.
@@ -317,7 +334,10 @@ impl StreamJoin {
     pub fn new(cfg: Config) -> Result<StreamJoin> {
         Ok(StreamJoin {
             keys: GroupTable::new(&cfg.key_types)?,
-            sides: [Side::new(&cfg.inputs[0])?, Side::new(&cfg.inputs[1])?],
+            sides: [
+                Side::new(&cfg.inputs[0], !cfg.append_only[0])?,
+                Side::new(&cfg.inputs[1], !cfg.append_only[1])?,
+            ],
             cfg,
         })
     }
@@ -400,7 +420,12 @@ impl Operator for StreamJoin {
             let kind = input.kind(i);
             let wm = input.wm.value(i);
             let row = row_bytes(&rows, i);
-            let held = self.sides[a].by_row.get(row).copied();
+            if !kind.is_add() && !self.sides[a].indexed {
+                return Err(Error::Internal(format!(
+                    "a join input planned as insert-only sent a retraction (port {port})"
+                )));
+            }
+            let held = self.sides[a].held(row);
             if !kind.is_add() && matchable[i] && held.is_none() {
                 // A retraction of a row never held (as Flink, ignore it).
                 continue;
@@ -523,7 +548,7 @@ impl StreamJoin {
             }
             let row = row_bytes(&bytes, i);
             let s = &mut self.sides[side];
-            if s.by_row.contains_key(row) {
+            if s.indexed && s.by_row.contains_key(row) {
                 return Err(bad(format!("row {i} is there twice")));
             }
             s.put(row, gids[i], counts.value(i), matches.value(i));
@@ -796,6 +821,11 @@ mod tests {
 
     /// `l(k, a) ⋈ r(k, b) ON l.k = r.k`, emitting per side as given.
     fn join(pairs: bool, emit: [Option<Emit>; 2]) -> StreamJoin {
+        join_of(pairs, emit, [false, false])
+    }
+
+    /// [`join`] with sides planned as insert-only.
+    fn join_of(pairs: bool, emit: [Option<Emit>; 2], append_only: [bool; 2]) -> StreamJoin {
         let (l, r) = (schema(&["k", "a"], false), schema(&["k", "b"], false));
         let out = match (pairs, emit) {
             (false, [Some(_), _]) => l.clone(),
@@ -810,6 +840,7 @@ mod tests {
             null_equal: false,
             filter: None,
             inputs: [l, r],
+            append_only,
             pair_schema: schema(&["k", "a", "k", "b"], false),
             schema: out,
         })
@@ -930,6 +961,7 @@ mod tests {
             null_equal: false,
             filter: None,
             inputs: [none.clone(), none.clone()],
+            append_only: [false, false],
             pair_schema: none.clone(),
             schema: none.clone(),
         })
@@ -992,6 +1024,51 @@ mod tests {
     }
 
     #[test]
+    fn insert_only_sides_hold_duplicates_as_rows_of_their_own_with_the_same_results() {
+        // Duplicates on both sides, NULL keys, keys matched before and after: an insert-only side
+        // (no index by row content) gives the multiset of rows an indexed one gives, every emit mode,
+        // and restores at every split; a retraction sent to it is an error, not a wrong result.
+        let steps = vec![
+            l(&[Some(1), Some(1), None, Some(2)], &[10, 10, 11, 12], &[I, I, I, I]),
+            r(&[Some(1), Some(3), Some(1)], &[20, 30, 20], &[I, I, I]),
+            l(&[Some(3), Some(1), Some(4)], &[13, 10, 14], &[I, I, I]),
+            r(&[Some(2), Some(4), Some(4)], &[22, 24, 24], &[I, I, I]),
+        ];
+        let sorted = |j: &mut StreamJoin| {
+            let mut cx = Context::default();
+            let mut out = Vec::new();
+            for s in &steps {
+                let Step::Rows(port, b) = s else { continue };
+                out.extend(show(&j.process(*port, b.clone(), &mut cx).expect("p")));
+            }
+            out.sort();
+            (out, j.state_size())
+        };
+        for (pairs, emit) in [
+            (true, [None, None]),
+            (true, [Some(Emit::Padded), Some(Emit::Padded)]),
+            (false, [Some(Emit::Semi), None]),
+            (false, [None, Some(Emit::Anti)]),
+        ] {
+            let want = sorted(&mut join(pairs, emit));
+            assert!(!want.0.is_empty());
+            for append_only in [[true, true], [true, false], [false, true]] {
+                assert_eq!(sorted(&mut join_of(pairs, emit, append_only)), want, "{append_only:?}");
+                restores_at_every_split(|| join_of(pairs, emit, append_only), &steps);
+            }
+        }
+        let mut j = join_of(true, [None, None], [true, false]);
+        let mut cx = Context::default();
+        j.process(0, rows(&[Some(1)], &[10], &[I]), &mut cx).expect("insert");
+        let err = j
+            .process(0, rows(&[Some(1)], &[10], &[D]), &mut cx)
+            .expect_err("refused");
+        assert!(err.to_string().contains("insert-only"), "{err}");
+        j.process(1, rows(&[Some(1)], &[20], &[D]), &mut cx)
+            .expect("an indexed side takes retractions");
+    }
+
+    #[test]
     fn changelog_inputs_with_updates_and_duplicates_restore() {
         // Updating inputs: -U/+U pairs, duplicate rows (multiplicity), a retraction of a row never
         // held (ignored, before and after a restore).
@@ -1049,6 +1126,7 @@ mod tests {
                 null_equal: false,
                 filter: None,
                 inputs: [none.clone(), none.clone()],
+                append_only: [false, false],
                 pair_schema: none.clone(),
                 schema: none.clone(),
             })

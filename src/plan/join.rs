@@ -496,6 +496,7 @@ fn regular(conv: &mut Converter<'_>, j: &Join, inputs: [usize; 2], at: Site) -> 
         null_equal: j.null_equality == NullEquality::NullEqualsNull,
         filter,
         inputs: inputs_schemas,
+        append_only: modes.map(|m| m == Mode::Append),
         pair_schema: arrow(&pair),
         schema: arrow(&j.schema),
     };
