@@ -68,12 +68,14 @@ SENTINEL_TIME = "2999-01-01T00:00:00.000Z"
 # Cases Spark Structured Streaming cannot run exactly; the reason is reported instead of a time.
 NOT_EXPRESSIBLE = {
     "q4": "the winning bid per auction (GROUP BY A.id after an unbounded stream-stream join) and the "
-          "average per category are updating results with no event-time window: Spark allows "
-          "stream-stream joins only in append output mode, and an append-mode aggregation must group "
-          "by an event-time window or watermarked column",
-    "q9": "a Top-N per auction (ROW_NUMBER() OVER (PARTITION BY ...) <= 1) over a stream: Spark "
-          "refuses non-time-based window functions on streaming DataFrames, and the result updates "
-          "while Spark's stream-stream joins allow only append output mode",
+          "average per category are updating results with no event-time window: Spark refuses the "
+          "query in append mode (a streaming aggregation without watermark), in update mode (stateful "
+          "operators after the join may emit rows older than the global watermark: 'possible "
+          "correctness issue') and in complete mode (no stream-stream join); its file sink is "
+          "append-only",
+    "q9": "a Top-N per auction (ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY ...) <= 1) over a "
+          "stream: Spark refuses window functions other than time windows on streaming DataFrames "
+          "(NON_TIME_WINDOW_NOT_SUPPORTED_IN_STREAMING) in every output mode",
 }
 SENTINEL_LIMIT = "2900-01-01 00:00:00"  # every real event is before this, the sentinel after
 
