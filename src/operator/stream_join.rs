@@ -6,7 +6,10 @@
 //!
 //! **State.** Per side, the rows in Arrow's row format, grouped by join key ([`GroupTable`], one key
 //! space for both sides), each with its multiplicity and its number of matches on the other side (the
-//! rows with the same key that pass the residual condition, counted with multiplicity).
+//! rows with the same key that pass the residual condition, counted with multiplicity). A side whose
+//! input may retract also indexes its rows by content (a retraction finds its row, a duplicate its
+//! count); a side planned insert-only does not — a duplicate is a row of its own — which saves
+//! hashing every stored row whole (in a profile of Nexmark q9, 6.5 % of all CPU went to that hash).
 //!
 //! **Changes.** Inputs may be changelogs (an updating aggregate below): a retraction takes back what
 //! its insert did. The match counts drive the rows that do not pair up: an outer side's row is shown
