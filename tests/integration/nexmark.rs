@@ -284,7 +284,7 @@ async fn run_file(q: u32, dir: &Path) -> Result<(), String> {
             return Err(format!("q{q}.sql:{}: {e}", st.line));
         }
     }
-    s.wait_bounded().await;
+    crate::support::finish_within(&mut s, std::time::Duration::from_secs(300)).await;
     for query in &s.queries {
         if let Some(Err(e)) = &query.outcome {
             return Err(format!("query {} failed: {e}", query.name));

@@ -302,7 +302,7 @@ async fn stop_and_restart_with_group_offsets_emits_each_window_whole() {
     // runs to the end of the topic, which closes every window.
     let mut s = engine();
     exec(&mut s, &sql(&topic, &out, "latest")).await;
-    s.wait_bounded().await;
+    crate::support::finish_within(&mut s, std::time::Duration::from_secs(300)).await;
     let second = match &s.queries[0].outcome {
         Some(Ok(r)) => r.clone(),
         other => panic!("run 2: {other:?}"),

@@ -116,7 +116,7 @@ async fn kafka_to_hbase_and_parquet_match_the_batch_result() {
         ),
     )
     .await;
-    s.wait_bounded().await;
+    crate::support::finish_within(&mut s, std::time::Duration::from_secs(300)).await;
     for q in &s.queries {
         assert!(matches!(q.outcome, Some(Ok(_))), "{}: {:?}", q.name, q.outcome);
     }
@@ -285,7 +285,7 @@ async fn hbase_outage_mid_run_blocks_the_sink_and_loses_nothing() {
     );
     assert_eq!(s.queries[0].status(), "running", "the query waits instead of failing");
     proxy.up();
-    s.wait_bounded().await;
+    crate::support::finish_within(&mut s, std::time::Duration::from_secs(300)).await;
     assert!(
         matches!(s.queries[0].outcome, Some(Ok(ref r)) if r.late == 0 && r.rows_in == 40_000),
         "{:?}",
@@ -353,7 +353,7 @@ async fn shipped_kafka_pipeline_fills_hbase_with_the_right_counts() {
     produce(&topic, &opts, &[]).await;
     let mut s = session(10_000);
     exec(&mut s, &sql).await;
-    s.wait_bounded().await;
+    crate::support::finish_within(&mut s, std::time::Duration::from_secs(300)).await;
     for q in &s.queries {
         assert!(
             matches!(q.outcome, Some(Ok(ref r)) if r.late == 0 && r.errors == 0),
@@ -480,7 +480,7 @@ async fn generate_to_kafka_then_a_kafka_sink_round_trip() {
         ),
     )
     .await;
-    s.wait_bounded().await;
+    crate::support::finish_within(&mut s, std::time::Duration::from_secs(300)).await;
     assert!(
         matches!(s.queries[0].outcome, Some(Ok(_))),
         "{:?}",

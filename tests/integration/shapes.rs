@@ -241,7 +241,7 @@ async fn run(seed: u64, events: u64, batch: usize, shape: &Shape) -> (Result<Vec
     let got = match outcome {
         Err(e) => Err(e),
         Ok(()) => {
-            s.wait_bounded().await;
+            crate::support::finish_within(&mut s, std::time::Duration::from_secs(300)).await;
             if let Some(Err(e)) = s.queries.iter().find_map(|q| q.outcome.clone()) {
                 panic!("{}: the query failed while running: {e}", shape.name);
             }

@@ -113,11 +113,24 @@ pub async fn exec(session: &mut Session, sql: &str) -> Vec<RecordBatch> {
     last
 }
 
+/// Wait for the session's bounded queries to finish, failing the test (with each query's status)
+/// after `limit` instead of hanging it.
+pub async fn finish_within(session: &mut Session, limit: std::time::Duration) {
+    if tokio::time::timeout(limit, session.wait_bounded()).await.is_err() {
+        let states: Vec<String> = session
+            .queries
+            .iter()
+            .map(|q| format!("{}: {} {:?}", q.name, q.status(), q.outcome))
+            .collect();
+        panic!("the bounded queries did not finish within {limit:?}: {states:?}");
+    }
+}
+
 /// Run a streaming query into a materialized view over the source(s) already declared, wait for the
 /// bounded input to end, and return the view's rows.
 pub async fn streamed(session: &mut Session, query: &str) -> Vec<String> {
     exec(session, &format!("CREATE MATERIALIZED VIEW mv AS {query};")).await;
-    session.wait_bounded().await;
+    finish_within(session, std::time::Duration::from_secs(300)).await;
     for q in &session.queries {
         if let Some(Err(e)) = &q.outcome {
             panic!("query {} failed: {e}", q.name);
