@@ -7,6 +7,7 @@
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::json::ReaderBuilder as JsonReaderBuilder;
+use datafusion::arrow::json::reader::Decoder as JsonDecoder;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
@@ -50,6 +51,9 @@ pub struct LineDecoder {
     /// them aside, instead of a whole-chunk decode that would fail first (input that has bad lines
     /// tends to keep having them).
     dirty: std::sync::atomic::AtomicBool,
+    /// JSON decoders done with a chunk, for the next one (a decoder's tape buffers are grown once, not
+    /// per chunk); each can take up to the batch size it was built with. One per decoding thread.
+    idle: std::sync::Mutex<Vec<(usize, JsonDecoder)>>,
 }
 
 impl LineDecoder {
@@ -58,22 +62,41 @@ impl LineDecoder {
             schema,
             format,
             dirty: std::sync::atomic::AtomicBool::new(false),
+            idle: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// A JSON decoder for up to `rows` rows: an idle one if one is big enough, else a new one.
+    fn json_decoder(&self, rows: usize) -> Result<(usize, JsonDecoder), String> {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = idle.iter().position(|(cap, _)| *cap >= rows) {
+            return Ok(idle.swap_remove(i));
+        }
+        drop(idle);
+        let d = JsonReaderBuilder::new(self.schema.clone())
+            .with_batch_size(rows)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        Ok((rows, d))
     }
 
     fn decode_bytes(&self, bytes: &[u8], rows: usize) -> Result<Option<RecordBatch>, String> {
         let rows = rows.max(1);
         match self.format {
             Format::Json => {
-                let mut d = JsonReaderBuilder::new(self.schema.clone())
-                    .with_batch_size(rows)
-                    .build_decoder()
-                    .map_err(|e| e.to_string())?;
+                // A decoder that failed is dropped (its state is not known); one that flushed is
+                // empty again and goes back to the idle ones.
+                let (cap, mut d) = self.json_decoder(rows)?;
                 let used = d.decode(bytes).map_err(|e| e.to_string())?;
                 if used < bytes.len() {
                     return Err("more records than expected".into());
                 }
-                d.flush().map_err(|e| e.to_string())
+                let batch = d.flush().map_err(|e| e.to_string())?;
+                self.idle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((cap, d));
+                Ok(batch)
             }
             Format::Csv { delimiter, .. } => {
                 let mut d = datafusion::arrow::csv::ReaderBuilder::new(self.schema.clone())
@@ -106,10 +129,14 @@ impl LineDecoder {
         }
         let json = matches!(self.format, Format::Json);
         let dirty = json && self.dirty.load(std::sync::atomic::Ordering::Relaxed);
-        // Invalid UTF-8 anywhere: the line-by-line path names the line.
-        let utf8 = std::str::from_utf8(chunk).is_ok();
+        // Invalid UTF-8 anywhere: the line-by-line path names the line. The JSON fast path needs no
+        // check of its own: arrow's tape decoder validates every string (unknown fields' too) and
+        // refuses any other non-ASCII byte, so a chunk with invalid UTF-8 fails it and is checked
+        // below.
+        let utf8 = std::cell::OnceCell::new();
+        let utf8 = || *utf8.get_or_init(|| std::str::from_utf8(chunk).is_ok());
         if dirty
-            && utf8
+            && utf8()
             && let Some(d) =
                 self.decode_around_malformed(chunk, &|i| format!("{origin}:{}", first_line + i), ObjectCheck::Ends)?
         {
@@ -119,7 +146,7 @@ impl LineDecoder {
         }
         // Fast path: the whole chunk in one vectorised decode.
         if !dirty
-            && utf8
+            && (json || utf8())
             && let Ok(Some(b)) = self.decode_bytes(chunk, lines)
             && b.num_rows() == lines
         {
@@ -133,7 +160,7 @@ impl LineDecoder {
         // per line. If that still fails (a well-formed record of the wrong types), line by line.
         if json
             && !dirty
-            && utf8
+            && utf8()
             && let Some(d) =
                 self.decode_around_malformed(chunk, &|i| format!("{origin}:{}", first_line + i), ObjectCheck::Ends)?
         {
@@ -539,6 +566,49 @@ mod tests {
             "{}",
             out.errors[0].reason
         );
+    }
+
+    #[test]
+    fn json_invalid_utf8_in_any_string_is_named_and_decoders_are_reused_across_chunks() {
+        let line = |u: i64, extra: &[u8]| {
+            let mut l = format!(r#"{{"user_id":{u},"course_id":2,"region":""#).into_bytes();
+            l.extend_from_slice(if u % 2 == 0 { extra } else { b"eu" });
+            l.extend_from_slice(br#"","purchased":false,"event_time":"2026-01-01T00:00:00Z","note":""#);
+            l.extend_from_slice(if u % 2 == 1 { extra } else { b"ok" });
+            l.extend_from_slice(b"\"}\n");
+            l
+        };
+        // Chunks of growing and shrinking size through one decoder (its JSON decoders are reused),
+        // clean ones and ones with invalid UTF-8 in a column's string or in an unknown field's.
+        let d = LineDecoder::new(course_schema(), Format::Json);
+        for (n, bad) in [
+            (3, None),
+            (40, Some(17)),
+            (10, None),
+            (80, Some(8)),
+            (5, Some(0)),
+            (80, None),
+        ] {
+            let mut chunk = Vec::new();
+            for u in 0..n {
+                chunk.extend(line(u, if Some(u) == bad { b"\xff\xfe" } else { b"fine" }));
+            }
+            let out = d.decode_chunk(&chunk, 100, "f").expect("decode");
+            let users = out.batch.expect("rows");
+            let users = users.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+            let want: Vec<i64> = (0..n).filter(|u| Some(*u) != bad).collect();
+            assert_eq!(users.values().to_vec(), want, "{n} lines, bad {bad:?}");
+            let errors: Vec<(String, String)> = out.errors.into_iter().map(|e| (e.position, e.reason)).collect();
+            let want_errors: Vec<(String, String)> = bad
+                .map(|b| (format!("f:{}", 100 + b), "invalid UTF-8".to_string()))
+                .into_iter()
+                .collect();
+            assert_eq!(errors, want_errors, "{n} lines");
+            let fresh = LineDecoder::new(course_schema(), Format::Json)
+                .decode_chunk(&chunk, 100, "f")
+                .expect("decode");
+            assert_eq!(fresh.batch.map(|b| b.num_rows()), Some(want.len()));
+        }
     }
 
     #[test]
