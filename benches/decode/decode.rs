@@ -160,10 +160,10 @@ fn simd(schema: &SchemaRef, chunks: &[&[u8]]) -> Vec<RecordBatch> {
     out
 }
 
-fn best(mut f: impl FnMut() -> Vec<RecordBatch>) -> (Duration, Vec<RecordBatch>) {
+fn best(runs: usize, mut f: impl FnMut() -> Vec<RecordBatch>) -> (Duration, Vec<RecordBatch>) {
     let mut best = Duration::MAX;
     let mut last = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         drop(std::mem::take(&mut last));
         let t = Instant::now();
         last = f();
@@ -172,8 +172,50 @@ fn best(mut f: impl FnMut() -> Vec<RecordBatch>) -> (Duration, Vec<RecordBatch>)
     (best, last)
 }
 
+/// Small inputs from Freshet's own generators (20 000 course events; the bids of 40 000 Nexmark
+/// events) for `cargo test --all-targets`, which runs this once as a smoke test of the comparison.
+fn smoke_inputs(dir: &std::path::Path) -> Vec<String> {
+    use freshet::connector::generator::{CourseGenerator, EPOCH_2026_MS, GenOptions};
+    use freshet::connector::nexmark::{Event, Nexmark, NexmarkOptions};
+    let mut text = String::new();
+    let mut g = CourseGenerator::new(
+        GenOptions {
+            events: Some(20_000),
+            ..GenOptions::default()
+        },
+        EPOCH_2026_MS,
+    );
+    while let Some(e) = g.next_event() {
+        e.write_json(&mut text);
+    }
+    let course = dir.join("course.jsonl");
+    std::fs::write(&course, &text).expect("course input");
+    text.clear();
+    let nx = Nexmark::new(NexmarkOptions {
+        events: Some(40_000),
+        ..NexmarkOptions::default()
+    });
+    for n in 0..40_000 {
+        let e = nx.event(n);
+        if matches!(e, Event::Bid(_)) {
+            e.write_json(&mut text);
+        }
+    }
+    let bid = dir.join("bid.jsonl");
+    std::fs::write(&bid, &text).expect("bid input");
+    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    vec![path(course), "course".into(), path(bid), "bid".into()]
+}
+
 fn main() {
+    // `cargo bench --bench decode` passes `--bench`; `cargo test --all-targets` runs a smoke test.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let runs = if bench { RUNS } else { 1 };
+    let tmp = tempfile::tempdir().expect("tmp");
     let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.is_empty() && !bench {
+        args = smoke_inputs(tmp.path());
+    }
     if args.is_empty() {
         let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
         args = vec![
@@ -183,7 +225,7 @@ fn main() {
             "bid".into(),
         ];
     }
-    println!("| input | decoder | best of {RUNS} (s) | MB/s | lines/s | × (a) |");
+    println!("| input | decoder | best of {runs} (s) | MB/s | lines/s | × (a) |");
     println!("|---|---|---:|---:|---:|---:|");
     for pair in args.chunks(2) {
         let [path, which] = pair else {
@@ -201,7 +243,7 @@ fn main() {
             .file_name()
             .map_or(path.clone(), |n| n.to_string_lossy().into_owned());
         let current = LineDecoder::new(schema.clone(), Format::Json);
-        let (base_time, base) = best(|| line_decoder(&current, &chunks));
+        let (base_time, base) = best(runs, || line_decoder(&current, &chunks));
         let report = |decoder: &str, t: Duration| {
             let s = t.as_secs_f64();
             println!(
@@ -218,15 +260,15 @@ fn main() {
                 assert!(g == b, "{decoder}: batch {i} differs from (a)'s");
             }
         };
-        let (t, got) = best(|| arrow_json(&schema, &bytes));
+        let (t, got) = best(runs, || arrow_json(&schema, &bytes));
         check("arrow-json", &got);
         report("arrow-json Decoder (b)", t);
         drop(got);
-        let (t, got) = best(|| sonic(&schema, &chunks));
+        let (t, got) = best(runs, || sonic(&schema, &chunks));
         check("sonic-rs", &got);
         report("sonic-rs → builders (c)", t);
         drop(got);
-        let (t, got) = best(|| simd(&schema, &chunks));
+        let (t, got) = best(runs, || simd(&schema, &chunks));
         check("simd-json", &got);
         report("simd-json DOM → builders (d)", t);
         drop(got);
