@@ -83,21 +83,7 @@ impl LineDecoder {
     fn decode_bytes(&self, bytes: &[u8], rows: usize) -> Result<Option<RecordBatch>, String> {
         let rows = rows.max(1);
         match self.format {
-            Format::Json => {
-                // A decoder that failed is dropped (its state is not known); one that flushed is
-                // empty again and goes back to the idle ones.
-                let (cap, mut d) = self.json_decoder(rows)?;
-                let used = d.decode(bytes).map_err(|e| e.to_string())?;
-                if used < bytes.len() {
-                    return Err("more records than expected".into());
-                }
-                let batch = d.flush().map_err(|e| e.to_string())?;
-                self.idle
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push((cap, d));
-                Ok(batch)
-            }
+            Format::Json => self.decode_runs(&[bytes], rows),
             Format::Csv { delimiter, .. } => {
                 let mut d = datafusion::arrow::csv::ReaderBuilder::new(self.schema.clone())
                     .with_header(false)
@@ -252,19 +238,23 @@ impl LineDecoder {
         Ok(Some(Decoded { batch, errors }))
     }
 
-    /// Decode consecutive pieces of JSON lines as one batch of `rows` rows.
+    /// Decode consecutive pieces of JSON lines as one batch of up to `rows` rows. A decoder that
+    /// failed is dropped (its state is not known); one that flushed is empty again and goes back to
+    /// the idle ones.
     fn decode_runs(&self, runs: &[&[u8]], rows: usize) -> Result<Option<RecordBatch>, String> {
-        let mut d = JsonReaderBuilder::new(self.schema.clone())
-            .with_batch_size(rows.max(1))
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
+        let (cap, mut d) = self.json_decoder(rows.max(1))?;
         for run in runs {
             let used = d.decode(run).map_err(|e| e.to_string())?;
             if used < run.len() {
                 return Err("more records than expected".into());
             }
         }
-        d.flush().map_err(|e| e.to_string())
+        let batch = d.flush().map_err(|e| e.to_string())?;
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((cap, d));
+        Ok(batch)
     }
 
     /// Decode one record per message (e.g. Kafka values); positions of bad records are
