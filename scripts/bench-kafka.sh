@@ -9,6 +9,7 @@
 #    and the event-time latency to HBase (p50/p99: wall clock when HBase acknowledged minus event time).
 #
 #   scripts/bench-kafka.sh            # EVENTS=5000000 RATE=100000 SECONDS=30 DRAIN_BATCH=65536
+#   RUN_ARGS="--workers 1 --no-checkpoints" scripts/bench-kafka.sh   # extra `freshet run` flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
@@ -34,14 +35,16 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 awk -v n="$EVENTS" -v a="$t0" -v b="$t1" 'BEGIN { printf "produce: %.1f s, %.0f events/s\n", b - a, n / (b - a) }'
 sql "$topic" "bench_views_$tag" earliest latest > "$dir/drain.sql"
-"$bin" run "$dir/drain.sql" --batch-size "$DRAIN_BATCH" 2> "$dir/drain.log" > /dev/null || { cat "$dir/drain.log"; exit 1; }
+# shellcheck disable=SC2086
+"$bin" run "$dir/drain.sql" --batch-size "$DRAIN_BATCH" ${RUN_ARGS:-} 2> "$dir/drain.log" > /dev/null || { cat "$dir/drain.log"; exit 1; }
 grep -E "rows in|peak memory" "$dir/drain.log"
 
 echo "== sustained: $RATE events/s for $SECONDS_RUN s, event time = wall clock"
 topic="bench_live_$tag"
 "$bin" generate courses --events 1 --seed 1 --kafka 127.0.0.1:9092 --topic "$topic" --partitions 4 >/dev/null
 sql "$topic" "bench_live_views_$tag" latest none > "$dir/live.sql"
-"$bin" run "$dir/live.sql" 2> "$dir/live.log" > /dev/null &
+# shellcheck disable=SC2086
+"$bin" run "$dir/live.sql" ${RUN_ARGS:-} 2> "$dir/live.log" > /dev/null &
 runner=$!
 sleep 3
 "$bin" generate courses --rate "$RATE" --events $((RATE * SECONDS_RUN)) --seed 7 --out-of-order-ms 1000 \
