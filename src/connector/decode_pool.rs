@@ -15,8 +15,12 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use crate::format::{Decoded, LineDecoder};
 
-/// A chunk to decode: its bytes and the line number of its first line.
-type Job = (Vec<u8>, u64);
+/// A chunk to decode: its bytes, its number of lines and the line number of its first line.
+type Job = (Vec<u8>, usize, u64);
+
+/// Chunk buffers done with, for the source to cut the next chunks into (a fresh multi-megabyte
+/// buffer per chunk costs page faults and zeroing in the kernel).
+type Spare = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
 
 struct Worker {
     jobs: Option<Sender<Job>>,
@@ -30,23 +34,32 @@ pub struct DecodePool {
     next_job: usize,
     /// Per chunk in flight, oldest first: the worker decoding it and what the caller attached.
     in_flight: VecDeque<(usize, (u64, u64))>,
+    spare: Spare,
 }
 
 impl DecodePool {
     /// `n` threads decoding with `decoder`; positions of bad records name `origin`.
     pub fn new(n: usize, decoder: Arc<LineDecoder>, origin: Arc<str>) -> Result<DecodePool> {
+        let keep = 2 * n.max(1) + 1;
+        let spare: Spare = Arc::default();
         let workers = (0..n.max(1))
             .map(|i| {
+                let spare = spare.clone();
                 let (jobs, job_rx) = channel::<Job>();
                 let (result_tx, results) = channel();
                 let (decoder, origin) = (decoder.clone(), origin.clone());
                 let thread = std::thread::Builder::new()
                     .name(format!("freshet-decode-{i}"))
                     .spawn(move || {
-                        for (chunk, first_line) in job_rx {
-                            let decoded = decoder.decode_chunk(&chunk, first_line, &origin);
+                        for (mut chunk, lines, first_line) in job_rx {
+                            let decoded = decoder.decode_chunk_lines(&chunk, lines, first_line, &origin);
                             if result_tx.send(decoded).is_err() {
                                 break;
+                            }
+                            chunk.clear();
+                            let mut spare = spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if spare.len() < keep {
+                                spare.push(chunk);
                             }
                         }
                     })
@@ -62,6 +75,7 @@ impl DecodePool {
             workers,
             next_job: 0,
             in_flight: VecDeque::new(),
+            spare,
         })
     }
 
@@ -74,14 +88,23 @@ impl DecodePool {
         self.in_flight.is_empty()
     }
 
-    /// Hand a chunk over; `tag` (the source's position after it) comes back with its result.
-    pub fn submit(&mut self, chunk: Vec<u8>, first_line: u64, tag: (u64, u64)) -> Result<()> {
+    /// An empty buffer a worker is done with, if any.
+    pub fn spare_buffer(&self) -> Option<Vec<u8>> {
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Hand a chunk of `lines` lines over; `tag` (the source's position after it) comes back with its
+    /// result.
+    pub fn submit(&mut self, chunk: Vec<u8>, lines: usize, first_line: u64, tag: (u64, u64)) -> Result<()> {
         let w = self.next_job;
         self.next_job = (w + 1) % self.workers.len();
         let sent = self.workers[w]
             .jobs
             .as_ref()
-            .is_some_and(|jobs| jobs.send((chunk, first_line)).is_ok());
+            .is_some_and(|jobs| jobs.send((chunk, lines, first_line)).is_ok());
         if !sent {
             return Err(Error::Internal("a decode thread ended early".into()));
         }
@@ -167,7 +190,8 @@ mod tests {
             while !pool.has_room() {
                 assert!(take(&mut pool), "a chunk in flight");
             }
-            pool.submit(text.into_bytes(), line, (c, line)).expect("submit");
+            pool.submit(text.into_bytes(), chunk(c).len(), line, (c, line))
+                .expect("submit");
             line += chunk(c).len() as u64;
         }
         while take(&mut pool) {}

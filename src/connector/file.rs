@@ -98,12 +98,15 @@ pub struct FileSource {
     pool: Option<DecodePool>,
     /// With a pool: the byte offset and line number of the first line not yet returned.
     returned: (u64, u64),
+    /// Without a pool: the last chunk's buffer, emptied, for the next one.
+    spare: Option<Vec<u8>>,
 }
 
 /// What [`FileSource::cut_next`] found.
 enum Cut {
-    /// Whole lines, and the line number of the first.
-    Chunk(Vec<u8>, u64),
+    /// Whole lines, their number (a last line without a newline counts), and the line number of the
+    /// first.
+    Chunk(Vec<u8>, usize, u64),
     /// Everything was cut.
     End,
 }
@@ -123,6 +126,7 @@ impl FileSource {
             read: 0,
             pool: None,
             returned: (0, 1),
+            spare: None,
         })
     }
 
@@ -188,14 +192,27 @@ impl FileSource {
         if end == 0 {
             return Ok(Cut::End);
         }
-        // The chunk takes the buffer; the (short) rest moves to one sized for the next chunk.
-        let mut rest = Vec::with_capacity(end + (1 << 20));
+        // The chunk takes the buffer; the (short) rest moves to one sized for the next chunk — a
+        // buffer a decoder is done with, when there is one.
+        let mut rest = match self
+            .pool
+            .as_ref()
+            .map_or_else(|| self.spare.take(), DecodePool::spare_buffer)
+        {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => Vec::new(),
+        };
+        rest.reserve(end + (1 << 20));
         rest.extend_from_slice(&self.pending[end..]);
         let mut chunk = std::mem::replace(&mut self.pending, rest);
         chunk.truncate(end);
         let first = self.line_no;
         self.line_no += lines as u64;
-        Ok(Cut::Chunk(chunk, first))
+        let lines = lines + usize::from(chunk.last() != Some(&b'\n'));
+        Ok(Cut::Chunk(chunk, lines, first))
     }
 }
 
@@ -203,8 +220,9 @@ impl Source for FileSource {
     fn poll(&mut self, max: usize) -> Result<Poll> {
         if self.pool.is_none() {
             return match self.cut_next(max)? {
-                Cut::Chunk(chunk, first) => {
-                    let decoded = self.decoder.decode_chunk(&chunk, first, &self.path)?;
+                Cut::Chunk(chunk, lines, first) => {
+                    let decoded = self.decoder.decode_chunk_lines(&chunk, lines, first, &self.path)?;
+                    self.spare = Some(chunk);
                     Ok(Poll::Ready(decoded.batch, decoded.errors))
                 }
                 Cut::End => Ok(Poll::Exhausted),
@@ -214,13 +232,13 @@ impl Source for FileSource {
         let mut ended = false;
         while self.pool.as_ref().is_some_and(DecodePool::has_room) {
             match self.cut_next(max)? {
-                Cut::Chunk(chunk, first) => {
+                Cut::Chunk(chunk, lines, first) => {
                     let after = (self.read - self.pending.len() as u64, self.line_no);
                     let pool = self
                         .pool
                         .as_mut()
                         .ok_or_else(|| Error::Internal("no decode pool".into()))?;
-                    pool.submit(chunk, first, after)?;
+                    pool.submit(chunk, lines, first, after)?;
                 }
                 Cut::End => {
                     ended = true;

@@ -107,6 +107,16 @@ impl LineDecoder {
     /// `origin`. Positions of bad records are `origin:line`.
     pub fn decode_chunk(&self, chunk: &[u8], first_line: u64, origin: &str) -> Result<Decoded> {
         let lines = count_lines(chunk) + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
+        self.decode_chunk_lines(chunk, lines, first_line, origin)
+    }
+
+    /// [`Self::decode_chunk`] of a chunk whose number of lines the caller has counted already (its
+    /// newlines, plus one for a last line without one).
+    pub fn decode_chunk_lines(&self, chunk: &[u8], lines: usize, first_line: u64, origin: &str) -> Result<Decoded> {
+        debug_assert_eq!(
+            lines,
+            count_lines(chunk) + usize::from(chunk.last().is_some_and(|b| *b != b'\n'))
+        );
         if lines == 0 {
             return Ok(Decoded {
                 batch: None,
