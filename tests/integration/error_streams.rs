@@ -17,7 +17,7 @@ use crate::support::{assert_rows_eq, exec, sorted_rows};
 
 /// 2026-01-01T00:00:00Z.
 const BASE: i64 = 1_767_225_600_000;
-const LINES: usize = 40_000;
+const LINES: usize = 80_000;
 const DELAY_MS: i64 = 5_000;
 const WINDOW_MS: i64 = 60_000;
 
