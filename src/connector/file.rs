@@ -147,7 +147,7 @@ impl FileSource {
     }
 
     /// The next chunk of up to `max` whole lines (after the header, if any). Each byte is searched
-    /// for newlines once, on the polling thread (the decoders count their own lines).
+    /// for newlines once, on the polling thread; the count goes with the chunk to its decoder.
     fn cut_next(&mut self, max: usize) -> Result<Cut> {
         if self.skip_header {
             let mut from = 0;

@@ -106,17 +106,13 @@ impl LineDecoder {
     /// Decode a chunk of whole lines (`\n`-separated) whose first line is line `first_line` of
     /// `origin`. Positions of bad records are `origin:line`.
     pub fn decode_chunk(&self, chunk: &[u8], first_line: u64, origin: &str) -> Result<Decoded> {
-        let lines = count_lines(chunk) + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
-        self.decode_chunk_lines(chunk, lines, first_line, origin)
+        self.decode_chunk_lines(chunk, lines_in(chunk), first_line, origin)
     }
 
     /// [`Self::decode_chunk`] of a chunk whose number of lines the caller has counted already (its
     /// newlines, plus one for a last line without one).
     pub fn decode_chunk_lines(&self, chunk: &[u8], lines: usize, first_line: u64, origin: &str) -> Result<Decoded> {
-        debug_assert_eq!(
-            lines,
-            count_lines(chunk) + usize::from(chunk.last().is_some_and(|b| *b != b'\n'))
-        );
+        debug_assert_eq!(lines, lines_in(chunk));
         if lines == 0 {
             return Ok(Decoded {
                 batch: None,
@@ -398,6 +394,11 @@ impl ObjectCheck {
 /// The number of `\n` in `bytes` (SIMD).
 pub fn count_lines(bytes: &[u8]) -> usize {
     memchr::memchr_iter(b'\n', bytes).count()
+}
+
+/// The lines of a chunk: its newlines, plus one for a last line without one.
+fn lines_in(chunk: &[u8]) -> usize {
+    count_lines(chunk) + usize::from(chunk.last().is_some_and(|b| *b != b'\n'))
 }
 
 /// A quick scan, not a parse: `{`, then braces and brackets that balance outside strings (with
