@@ -215,10 +215,35 @@ fn count(dir: &Path) -> usize {
     rows_of(dir).iter().map(RecordBatch::num_rows).sum()
 }
 
-/// The windowed query finished: it published and removed its checkpoints (it made them when it
-/// started, before any output).
+/// The windowed query finished: its last checkpoint has every source exhausted and it published
+/// what that checkpoint covers. A run killed between the two leaves that output staged (it is
+/// published when the query next starts, as Flink commits on restore): until then the query is
+/// not done, and the readers of its side logs cannot see its last epoch.
 fn main_finished(dir: &Path) -> bool {
-    !published(&dir.join("out/per_key")).is_empty() && finished(&dir.join("chk"), "per_key")
+    !published(&dir.join("out/per_key")).is_empty()
+        && finished(&dir.join("chk"), "per_key")
+        && staged(dir).is_empty()
+}
+
+/// The windowed query's output and side-log files written but not yet published.
+fn staged(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.join("out/per_key")];
+    for stream in ["_errors", "_late"] {
+        let root = dir.join("chk/_streams").join(stream);
+        dirs.extend(
+            std::fs::read_dir(&root)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("per_key-"))
+                .map(|e| e.path()),
+        );
+    }
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().filter_map(|e| e.ok()))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".staged"))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Query `name` finished by itself: its checkpoints are gone (the whole job finished) or its
