@@ -36,7 +36,7 @@ t1=$(date +%s.%N)
 awk -v n="$EVENTS" -v a="$t0" -v b="$t1" 'BEGIN { printf "produce: %.1f s, %.0f events/s\n", b - a, n / (b - a) }'
 sql "$topic" "bench_views_$tag" earliest latest > "$dir/drain.sql"
 # shellcheck disable=SC2086
-"$bin" run "$dir/drain.sql" --batch-size "$DRAIN_BATCH" ${RUN_ARGS:-} 2> "$dir/drain.log" > /dev/null || { cat "$dir/drain.log"; exit 1; }
+"$bin" run "$dir/drain.sql" --allow-path "$dir" --batch-size "$DRAIN_BATCH" ${RUN_ARGS:-} 2> "$dir/drain.log" > /dev/null || { cat "$dir/drain.log"; exit 1; }
 grep -E "rows in|peak memory" "$dir/drain.log"
 
 echo "== sustained: $RATE events/s for $SECONDS_RUN s, event time = wall clock"
@@ -44,7 +44,7 @@ topic="bench_live_$tag"
 "$bin" generate courses --events 1 --seed 1 --kafka 127.0.0.1:9092 --topic "$topic" --partitions 4 >/dev/null
 sql "$topic" "bench_live_views_$tag" latest none > "$dir/live.sql"
 # shellcheck disable=SC2086
-"$bin" run "$dir/live.sql" ${RUN_ARGS:-} 2> "$dir/live.log" > /dev/null &
+"$bin" run "$dir/live.sql" --allow-path "$dir" ${RUN_ARGS:-} 2> "$dir/live.log" > /dev/null &
 runner=$!
 sleep 3
 "$bin" generate courses --rate "$RATE" --events $((RATE * SECONDS_RUN)) --seed 7 --out-of-order-ms 1000 \

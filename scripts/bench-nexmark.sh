@@ -46,7 +46,7 @@ for q in $QUERIES; do
   log="$work/$q.log"
   status=ok
   ( TIMEFORMAT='%R %U %S'; time (cd "$work" && "$bin" run "$root/queries/nexmark/$q.sql" \
-      --no-checkpoints --workers "${WORKERS:-$(nproc)}" > "$work/$q.out" 2> "$log") ) 2> "$work/$q.time" \
+      --allow-path "$data" --no-checkpoints --workers "${WORKERS:-$(nproc)}" > "$work/$q.out" 2> "$log") ) 2> "$work/$q.time" \
     || status=refused
   if [ "$status" != ok ] && grep -q 'a query failed' "$log"; then status=failed; fi
   secs=$(awk '{ printf "%.2f", $1 }' "$work/$q.time" | tail -1)

@@ -50,7 +50,7 @@ freshet() {
     | sed -e "s#$dir/out/$sqlcase#$dir/out/$case#" > "$dir/$case.sql"
   rm -rf "$dir/out/$case"
   local log="$dir/$case.log" timing="$dir/$case.time"
-  ( TIMEFORMAT='%R %U %S'; time "$bin" run "$dir/$case.sql" --no-checkpoints --workers "$WORKERS" \
+  ( TIMEFORMAT='%R %U %S'; time "$bin" run "$dir/$case.sql" --allow-path "$dir" --no-checkpoints --workers "$WORKERS" \
       2> "$log" > /dev/null ) 2> "$timing" || { cat "$log"; exit 1; }
   local wall cpu peak
   wall=$(awk '{ print $1 }' "$timing")

@@ -23,6 +23,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use freshet::engine::query::EngineConfig;
 use freshet::error::Error;
+use freshet::policy::Policy;
 use freshet::session::Session;
 use freshet::sql::parser::{Statement, parse_script};
 
@@ -47,12 +48,12 @@ pub fn collect_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Check one file. Unreadable files and invalid UTF-8 are reported as an error at 1:1.
-pub async fn check_file(path: &Path) -> FileReport {
+pub async fn check_file(path: &Path, policy: &Policy) -> FileReport {
     let (statements, errors) = match std::fs::read(path) {
         Err(e) => (0, vec![diag_at(start_of_file(), format!("cannot read: {e}"))]),
         Ok(bytes) => match String::from_utf8(bytes) {
             Err(_) => (0, vec![diag_at(start_of_file(), "not valid UTF-8".into())]),
-            Ok(sql) => check_sql(&sql).await,
+            Ok(sql) => check_sql_with(&sql, policy).await,
         },
     };
     FileReport {
@@ -74,8 +75,9 @@ fn diag_at(at: Location, message: String) -> Diagnostic {
     }
 }
 
-/// Check a script: (number of statements, errors in file order).
-pub async fn check_sql(sql: &str) -> (usize, Vec<Diagnostic>) {
+/// Check a script as `policy` allows: (number of statements, errors in file order). A statement
+/// the policy refuses is an error at the option it names.
+pub async fn check_sql_with(sql: &str, policy: &Policy) -> (usize, Vec<Diagnostic>) {
     let dialect = GenericDialect {};
     let tokens: Vec<TokenWithSpan> = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
         Ok(t) => t
@@ -85,7 +87,10 @@ pub async fn check_sql(sql: &str) -> (usize, Vec<Diagnostic>) {
         Err(e) => return (0, vec![diag_at(e.location, e.message)]),
     };
     let lines = LineIndex::new(sql);
-    let mut session = Session::new(EngineConfig::default());
+    let mut session = Session::new(EngineConfig {
+        policy: policy.clone(),
+        ..EngineConfig::default()
+    });
     session.plan_only = true;
     let mut broken: Vec<String> = Vec::new();
     let mut errors = Vec::new();
@@ -304,7 +309,7 @@ impl Stmt<'_> {
                 line: *line,
                 column: *col,
             }),
-            Error::Option { key, message } => self.option_position(key, message),
+            Error::Option { key, message } | Error::Forbidden { key, message } => self.option_position(key, message),
             Error::Io { path, .. } => {
                 let path = path.display().to_string();
                 self.tokens

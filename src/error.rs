@@ -18,6 +18,14 @@ pub enum Error {
     /// A bad `WITH (...)` option or config key; the message names the key.
     #[error("option '{key}': {message}")]
     Option { key: String, message: String },
+    /// A statement refused by the [`crate::policy::Policy`] (a path outside the allowed
+    /// directories, a forbidden librdkafka key, a host not allowed); the message names the key.
+    #[error("option '{key}': refused: {message}")]
+    Forbidden { key: String, message: String },
+    /// A cap on what one request may take was reached (rows or bytes of a result, memory of a
+    /// query); the message names the cap and how to stay under it.
+    #[error("{0}")]
+    Limit(String),
     /// A file the user named cannot be read or written.
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
@@ -39,6 +47,13 @@ impl Error {
 
     pub fn option(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Option {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Forbidden {
             key: key.into(),
             message: message.into(),
         }

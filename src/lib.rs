@@ -14,6 +14,7 @@
 //! 6. [`session`] executes statements against one catalog; `freshet run` and the REPL ([`repl`]) use it.
 //! 7. [`collect`] is the Flume-style collector in front of Kafka (`freshet collect`).
 //! 8. [`store`] persists a session's catalog in a data directory; [`server`] serves it over HTTP.
+//! 9. [`policy`] decides what SQL may touch outside the process (paths, librdkafka keys, hosts).
 //!
 //! `main.rs` is only the command line.
 
@@ -22,8 +23,10 @@ pub mod connector;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod guard;
 pub mod operator;
 pub mod plan;
+pub mod policy;
 pub mod print;
 pub mod repl;
 pub mod server;

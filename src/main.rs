@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use freshet::connector::generator::{CSV_HEADER, CourseGenerator, EPOCH_2026_MS, GenOptions};
 use freshet::connector::kafka;
 use freshet::engine::query::EngineConfig;
+use freshet::policy::Policy;
 use freshet::print::{PrintFormat, format_batches};
 use freshet::session::{Outcome, Session};
 
@@ -43,6 +44,86 @@ struct EngineArgs {
     /// of cores].
     #[arg(long, env = "FRESHET_WORKERS")]
     workers: Option<usize>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// What one request to `serve` may carry and take (docs/security.md).
+#[derive(clap::Args, Clone)]
+struct ServeLimits {
+    /// A `Host` name this server answers to, besides IP addresses and `localhost` (requests naming
+    /// another get 421: DNS rebinding); repeatable.
+    #[arg(long, value_name = "NAME")]
+    server_name: Vec<String>,
+    /// Largest request body, bytes (413 past it).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Seconds a request may take: to send its headers and body (408), to be answered (503; a
+    /// statement still completes).
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
+    /// Requests served at once (503 with Retry-After past it).
+    #[arg(long, default_value_t = 64)]
+    max_concurrent_requests: usize,
+    /// Most rows `POST /v1/query` answers (422 past it).
+    #[arg(long, default_value_t = 100_000)]
+    max_result_rows: usize,
+    /// Most bytes (in memory, Arrow) `POST /v1/query` answers (422 past it).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_result_bytes: usize,
+    /// Memory DataFusion may take to compute one `POST /v1/query`, bytes (422 past it).
+    #[arg(long, default_value_t = 256 << 20)]
+    query_memory_bytes: usize,
+}
+
+/// What SQL may touch outside the process (docs/security.md).
+#[derive(clap::Args, Clone, Default)]
+struct PolicyArgs {
+    /// Let `path` options (file and parquet connectors, librdkafka's `ssl.*.location`) resolve under
+    /// this directory too; repeatable. By default: the working directory tree (`run`, `repl`,
+    /// `check`), the data directory (`serve`).
+    #[arg(long, value_name = "DIR")]
+    allow_path: Vec<PathBuf>,
+    /// `serve`: let Kafka and HBase be reached at this host (`HOST` for any port, `HOST:PORT`, or `*`
+    /// for any host); repeatable. By default `serve` allows loopback only; the other commands any host.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    allow_host: Vec<String>,
+    /// Let `properties.KEY` pass this librdkafka key too, beyond the built-in list
+    /// (docs/security.md); repeatable. Keys that load code or run commands are never allowed.
+    #[arg(long, value_name = "KEY")]
+    allow_property: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The policy of `run`, `repl` and `check`: paths under the working directory and the allowed
+    /// directories, any host.
+    fn local(&self) -> Result<Policy> {
+        let cwd = std::env::current_dir().context("the working directory")?;
+        self.with_roots(Policy::default(), std::iter::once(cwd))
+    }
+
+    /// The policy of `serve`: paths under the data directory and the allowed directories; Kafka and
+    /// HBase at loopback and the allowed hosts.
+    fn server(&self, data_dir: &std::path::Path) -> Result<Policy> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let hosts = freshet::policy::LOOPBACK_HOSTS
+            .iter()
+            .map(|h| h.to_string())
+            .chain(self.allow_host.iter().cloned());
+        self.with_roots(
+            Policy::default().with_hosts(hosts),
+            std::iter::once(data_dir.to_path_buf()),
+        )
+    }
+
+    fn with_roots(&self, policy: Policy, defaults: impl Iterator<Item = PathBuf>) -> Result<Policy> {
+        let roots: Vec<PathBuf> = defaults.chain(self.allow_path.iter().cloned()).collect();
+        policy
+            .with_roots(&roots)
+            .context("--allow-path")?
+            .with_properties(&self.allow_property)
+            .context("--allow-property")
+    }
 }
 
 impl EngineArgs {
@@ -103,6 +184,8 @@ enum Command {
         /// `text` (FILE:LINE:COLUMN: message lines and a summary) or `json` (one document, for tools).
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Run streaming tests: .fslt files that feed sources, move event and processing time, restart
     /// queries and check what sinks and views got (docs/testing.md). Deterministic and offline.
@@ -137,9 +220,12 @@ enum Command {
         /// ~/.local/share/freshet).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Require `Authorization: Bearer TOKEN` on every request but /health.
+        /// Require `Authorization: Bearer TOKEN` on every request but /health (required unless
+        /// --listen is a loopback address).
         #[arg(long, env = "FRESHET_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        limits: ServeLimits,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -228,30 +314,28 @@ fn main() -> std::process::ExitCode {
             engine,
             data_dir,
             format,
-        } => runtime().and_then(|rt| {
-            rt.block_on(run(
-                file,
-                engine.config_in(&data_dir.clone().unwrap_or_else(freshet::store::default_data_dir)),
-                data_dir,
-                &format,
-            ))
+        } => engine.policy.local().and_then(|policy| {
+            let mut config = engine.config_in(&data_dir.clone().unwrap_or_else(freshet::store::default_data_dir));
+            config.policy = policy;
+            runtime().and_then(|rt| rt.block_on(run(file, config, data_dir, &format)))
         }),
-        Command::Check { paths, format } => return check(&paths, format),
+        Command::Check { paths, format, policy } => return check(&paths, format, &policy),
         Command::Test { paths, complete } => return test(&paths, complete),
         Command::Collect { config, check } => collect(&config, check),
         Command::Serve {
             listen,
             data_dir,
             token,
+            limits,
             engine,
-        } => runtime().and_then(|rt| {
-            rt.block_on(serve(
-                &listen,
-                data_dir.clone(),
-                token,
-                engine.config_in(&data_dir.unwrap_or_else(freshet::store::default_data_dir)),
-            ))
-        }),
+        } => {
+            let dir = data_dir.unwrap_or_else(freshet::store::default_data_dir);
+            engine.policy.server(&dir).and_then(|policy| {
+                let mut config = engine.config_in(&dir);
+                config.policy = policy;
+                runtime().and_then(|rt| rt.block_on(serve(&listen, dir, token, &limits, config)))
+            })
+        }
         Command::Repl {
             engine,
             data_dir,
@@ -264,9 +348,25 @@ fn main() -> std::process::ExitCode {
                     let remote = freshet::repl::remote::Remote::new(&url, token)?;
                     return freshet::repl::run_remote(remote, history).await;
                 }
+                let policy = engine
+                    .policy
+                    .local()
+                    .map_err(|e| freshet::Error::External(format!("{e:#}")))?;
                 let session = match &data_dir {
-                    Some(d) => Session::open(engine.config_in(d), d).await?,
-                    None => Session::new(engine.config()),
+                    Some(d) => {
+                        Session::open(
+                            EngineConfig {
+                                policy,
+                                ..engine.config_in(d)
+                            },
+                            d,
+                        )
+                        .await?
+                    }
+                    None => Session::new(EngineConfig {
+                        policy,
+                        ..engine.config()
+                    }),
                 };
                 report_unrestored(&session);
                 freshet::repl::run_with(session, history).await
@@ -284,7 +384,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// `freshet check`: exit 0 clean, 1 on any error in the files, 2 on a usage error.
-fn check(paths: &[PathBuf], format: CheckFormat) -> std::process::ExitCode {
+fn check(paths: &[PathBuf], format: CheckFormat, policy: &PolicyArgs) -> std::process::ExitCode {
     let usage = |msg: String| {
         eprintln!("error: {msg}");
         std::process::ExitCode::from(2)
@@ -294,6 +394,10 @@ fn check(paths: &[PathBuf], format: CheckFormat) -> std::process::ExitCode {
         Ok(f) => f,
         Err(e) => return usage(e),
     };
+    let policy = match policy.local() {
+        Ok(p) => p,
+        Err(e) => return usage(format!("{e:#}")),
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return usage(format!("{e:#}")),
@@ -301,7 +405,7 @@ fn check(paths: &[PathBuf], format: CheckFormat) -> std::process::ExitCode {
     let reports: Vec<check::FileReport> = rt.block_on(async {
         let mut out = Vec::new();
         for f in &files {
-            out.push(check::check_file(f).await);
+            out.push(check::check_file(f, &policy).await);
         }
         out
     });
@@ -319,15 +423,30 @@ fn report_unrestored(session: &Session) {
     }
 }
 
-async fn serve(listen: &str, data_dir: Option<PathBuf>, token: Option<String>, config: EngineConfig) -> Result<()> {
-    let dir = data_dir.unwrap_or_else(freshet::store::default_data_dir);
+async fn serve(
+    listen: &str,
+    dir: PathBuf,
+    token: Option<String>,
+    limits: &ServeLimits,
+    config: EngineConfig,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("--listen {listen}"))?;
-    let session = Session::open(config, &dir).await?;
-    report_unrestored(&session);
     let addr = listener.local_addr()?;
     let token = token.filter(|t| !t.is_empty());
+    if token.is_none() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {listen}: refusing to serve beyond loopback without a token (anyone who reaches {addr} could run SQL); set --token or FRESHET_TOKEN"
+        );
+    }
+    let mut session = Session::open(config, &dir).await?;
+    session.result_limits = Some(freshet::session::ResultLimits {
+        rows: limits.max_result_rows,
+        bytes: limits.max_result_bytes,
+        memory_bytes: limits.query_memory_bytes,
+    });
+    report_unrestored(&session);
     eprintln!(
         "serving on http://{addr} (data dir {}; {} queries; {}); Ctrl-C stops",
         dir.display(),
@@ -338,10 +457,21 @@ async fn serve(listen: &str, data_dir: Option<PathBuf>, token: Option<String>, c
             "no token"
         }
     );
-    let state = std::sync::Arc::new(freshet::server::AppState {
-        session: tokio::sync::Mutex::new(session),
-        token,
-    });
+    let names = limits
+        .server_name
+        .iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+    let state = freshet::server::AppState::new(
+        session,
+        freshet::guard::Limits {
+            token,
+            server_names: Some(names.collect()),
+            max_body: limits.max_body_bytes,
+            request_timeout: Duration::from_secs_f64(limits.request_timeout.max(0.001)),
+            max_concurrent: limits.max_concurrent_requests.max(1),
+            ..freshet::guard::Limits::default()
+        },
+    );
     freshet::server::serve(listener, state, shutdown_signal()).await?;
     eprintln!(
         "stopped; the queries run again with the next `freshet serve --data-dir {}`",

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::rejection::StringRejection;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -31,14 +31,33 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.yaml");
 
 pub struct AppState {
     pub session: Mutex<Session>,
-    /// When set, every request but `/health` needs `Authorization: Bearer TOKEN`.
-    pub token: Option<String>,
+    /// Who may call and what a request may carry ([`crate::guard`]): the bearer token (every
+    /// request but `/health` needs it when set), `Host` names, body size, timeouts, concurrency.
+    pub limits: crate::guard::Limits,
+}
+
+impl AppState {
+    pub fn new(session: Session, limits: crate::guard::Limits) -> Arc<AppState> {
+        Arc::new(AppState {
+            session: Mutex::new(session),
+            limits,
+        })
+    }
 }
 
 type Shared = Arc<AppState>;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The status of a statement that failed: 403 when the policy refused it, else 400.
+fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+        Error::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::BAD_REQUEST,
+    }
 }
 
 /// A statement error as JSON: SQL errors keep their line and column.
@@ -110,18 +129,20 @@ async fn statements(State(st): State<Shared>, body: Result<String, StringRejecti
     let mut results = Vec::new();
     for (i, located) in parsed.iter().enumerate() {
         let result = match session.execute(&located.statement).await {
-            Ok(outcome) => outcome_json(outcome).await.map_err(|e| json!({ "error": e })),
-            Err(e) => Err(statement_error(&e, located.line)),
+            Ok(outcome) => outcome_json(outcome)
+                .await
+                .map_err(|e| (StatusCode::BAD_REQUEST, json!({ "error": e }))),
+            Err(e) => Err((status_of(&e), statement_error(&e, located.line))),
         };
         match result {
             Ok(v) => results.push(v),
-            Err(mut err) => {
+            Err((status, mut err)) => {
                 err["statement"] = json!(i + 1);
                 if err.get("line").is_none() {
                     err["line"] = json!(located.line);
                 }
                 err["results"] = json!(results);
-                return (StatusCode::BAD_REQUEST, axum::Json(err)).into_response();
+                return (status, axum::Json(err)).into_response();
             }
         }
     }
@@ -254,7 +275,7 @@ async fn query(State(st): State<Shared>, body: Result<String, StringRejection>) 
             Ok(v) => axum::Json(v).into_response(),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         },
-        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(statement_error(&e, 1))).into_response(),
+        Err(e) => (status_of(&e), axum::Json(statement_error(&e, 1))).into_response(),
     }
 }
 
@@ -352,23 +373,8 @@ pub fn render_metrics(queries: &[RunningQuery]) -> String {
     out
 }
 
-async fn authorize(State(st): State<Shared>, headers: HeaderMap, request: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            return r;
-        }
-    }
-    next.run(request).await
-}
-
 pub fn router(state: Shared) -> Router {
+    let guard = crate::guard::Guard::new(state.limits.clone());
     let api = Router::new()
         .route("/v1/statements", post(statements))
         .route("/v1/queries", get(list_queries))
@@ -380,13 +386,13 @@ pub fn router(state: Shared) -> Router {
         .route(
             "/openapi.yaml",
             get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+        );
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.yaml") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here") })
+        .layer(middleware::from_fn_with_state(guard, crate::guard::check))
         .with_state(state)
 }
 
@@ -409,10 +415,17 @@ pub async fn serve(
             }
         })
     };
-    let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::External(format!("http server {addr:?}: {e}")));
+    // Headers get as long as a whole request; connections: four per request served at once.
+    let limits = &state.limits;
+    let served = crate::guard::serve(
+        listener,
+        router(state.clone()),
+        limits.request_timeout,
+        limits.max_concurrent.saturating_mul(4),
+        shutdown,
+    )
+    .await
+    .map_err(|e| Error::External(format!("http server {addr:?}: {e}")));
     reaper.abort();
     let mut session = state.session.lock().await;
     // Record what ended by itself; then stop the rest without recording it (they run again next time).

@@ -100,6 +100,8 @@ pub struct Session {
     /// query run. Continuous queries are added to the catalog (a materialized view as an empty table)
     /// so later statements plan against them.
     pub plan_only: bool,
+    /// Caps on bounded SELECTs (the server's `/v1/query`); `None`: none.
+    pub result_limits: Option<ResultLimits>,
     live_seq: u64,
     /// The data directory the catalog is persisted in (`--data-dir`), if any.
     store: Option<crate::store::Store>,
@@ -151,6 +153,7 @@ impl Session {
             queries: Vec::new(),
             wait_for_bounded: false,
             plan_only: false,
+            result_limits: None,
             live_seq: 0,
             store: None,
             hold: Default::default(),
@@ -494,6 +497,7 @@ impl Session {
     async fn execute_statement(&mut self, stmt: &Statement) -> Result<Outcome> {
         match stmt {
             Statement::CreateSource(def) => {
+                self.config.policy.check_options(&def.options)?;
                 connector::validate_source(def)?;
                 let what = if def.kind == SourceKind::Table {
                     "table"
@@ -575,6 +579,7 @@ impl Session {
                 if self.catalog.get(name).is_some() {
                     return Err(Error::plan(format!("'{name}' already exists")));
                 }
+                self.config.policy.check_options(options)?;
                 connector::validate_sink(options)?;
                 let compiled = self.compile(query).await?;
                 if !compiled.presentation.is_empty() {
@@ -937,17 +942,30 @@ impl Session {
             if self.wait_for_bounded {
                 self.wait_bounded().await;
             }
-            let mut pc =
-                plan::context::PlanContext::new(&self.catalog, &self.system, !self.plan_only, &compiled.inputs).await?;
+            let load = !self.plan_only;
+            let mut pc = match &self.result_limits {
+                Some(l) => {
+                    plan::context::PlanContext::with_memory_limit(
+                        &self.catalog,
+                        &self.system,
+                        load,
+                        &compiled.inputs,
+                        l.memory_bytes,
+                    )
+                    .await?
+                }
+                None => plan::context::PlanContext::new(&self.catalog, &self.system, load, &compiled.inputs).await?,
+            };
             let plan = pc.plan_query(q).await?;
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             if self.plan_only {
                 return Ok(Outcome::Rows(Vec::new(), schema));
             }
-            return Ok(Outcome::Rows(
-                pc.ctx.execute_logical_plan(plan).await?.collect().await?,
-                schema,
-            ));
+            let frame = pc.ctx.execute_logical_plan(plan).await?;
+            let Some(limits) = self.result_limits else {
+                return Ok(Outcome::Rows(frame.collect().await?, schema));
+            };
+            return Ok(Outcome::Rows(limits.collect(frame).await?, schema));
         }
         if self.plan_only {
             self.plan_continuous("SELECT", &compiled, Accepts::Upsert, "a live SELECT")?;
@@ -1006,6 +1024,51 @@ fn needs_a_stream(name: &str, compiled: &Compiled) -> Result<()> {
 }
 
 /// Apply a live query's `ORDER BY … LIMIT …` to a snapshot of its table.
+/// Caps on a bounded SELECT (set by the server for `/v1/query`): rows and bytes of the answer, and
+/// the memory DataFusion's operators may take to compute it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResultLimits {
+    pub rows: usize,
+    pub bytes: usize,
+    pub memory_bytes: usize,
+}
+
+impl ResultLimits {
+    /// The answer's batches, read as they come; stops with [`Error::Limit`] once past a cap (the
+    /// rest is never computed) and turns DataFusion's "resources exhausted" into one too.
+    async fn collect(&self, frame: datafusion::dataframe::DataFrame) -> Result<Vec<RecordBatch>> {
+        use futures::StreamExt;
+        let exhausted = |e: datafusion::error::DataFusionError| match e.find_root() {
+            datafusion::error::DataFusionError::ResourcesExhausted(m) => Error::Limit(format!(
+                "the query needs more than the server's {} bytes of memory ({m}); narrow it or add a LIMIT",
+                self.memory_bytes
+            )),
+            _ => Error::DataFusion(e),
+        };
+        let mut stream = frame.execute_stream().await.map_err(exhausted)?;
+        let (mut out, mut rows, mut bytes) = (Vec::new(), 0usize, 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(exhausted)?;
+            rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            if rows > self.rows {
+                return Err(Error::Limit(format!(
+                    "the answer has more than {} rows, the server's cap; add a LIMIT or a WHERE",
+                    self.rows
+                )));
+            }
+            if bytes > self.bytes {
+                return Err(Error::Limit(format!(
+                    "the answer is over {} bytes, the server's cap; select fewer columns or rows",
+                    self.bytes
+                )));
+            }
+            out.push(batch);
+        }
+        Ok(out)
+    }
+}
+
 pub async fn present(table: &MemoryTable, presentation: &str) -> Result<Vec<RecordBatch>> {
     let snap = table.snapshot()?;
     if presentation.is_empty() {

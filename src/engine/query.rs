@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub checkpoints_kept: usize,
     /// Threads a source may decode on (`--workers`; Flink's `parallelism.default`).
     pub workers: usize,
+    /// What statements may touch outside the process (paths, librdkafka keys, hosts); checked by
+    /// the session before a connector is opened. Not settable by SQL.
+    pub policy: crate::policy::Policy,
 }
 
 /// The default for [`EngineConfig::workers`]: every core.
@@ -67,6 +70,7 @@ impl Default for EngineConfig {
             checkpoint_dir: None,
             checkpoints_kept: 3,
             workers: default_workers(),
+            policy: crate::policy::Policy::default(),
         }
     }
 }

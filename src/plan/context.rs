@@ -114,7 +114,20 @@ impl PlanContext {
         load: bool,
         wanted: &super::Inputs,
     ) -> Result<PlanContext> {
-        Self::with_streams(catalog, system, load, wanted, Streams::default()).await
+        Self::build(catalog, system, load, wanted, Streams::default(), None).await
+    }
+
+    /// [`Self::new`], with DataFusion's operators (sorts, joins, aggregates) held to `memory_limit`
+    /// bytes: past it a query fails with "Resources exhausted" instead of growing (a bounded SELECT
+    /// sent to the server).
+    pub async fn with_memory_limit(
+        catalog: &Catalog,
+        system: &SystemTables,
+        load: bool,
+        wanted: &super::Inputs,
+        memory_limit: usize,
+    ) -> Result<PlanContext> {
+        Self::build(catalog, system, load, wanted, Streams::default(), Some(memory_limit)).await
     }
 
     /// [`Self::new`], reading as streams what `streams` says (a continuous query), not as snapshots
@@ -125,6 +138,17 @@ impl PlanContext {
         load: bool,
         wanted: &super::Inputs,
         streams: Streams,
+    ) -> Result<PlanContext> {
+        Self::build(catalog, system, load, wanted, streams, None).await
+    }
+
+    async fn build(
+        catalog: &Catalog,
+        system: &SystemTables,
+        load: bool,
+        wanted: &super::Inputs,
+        streams: Streams,
+        memory_limit: Option<usize>,
     ) -> Result<PlanContext> {
         let mv_streams = streams.views;
         let config = SessionConfig::new()
@@ -137,11 +161,17 @@ impl PlanContext {
             .into_iter()
             .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
             .collect();
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
-            .with_optimizer_rules(rules)
-            .build();
+            .with_optimizer_rules(rules);
+        if let Some(bytes) = memory_limit {
+            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_memory_limit(bytes, 1.0)
+                .build_arc()?;
+            state = state.with_runtime_env(runtime);
+        }
+        let state = state.build();
         let ctx = SessionContext::new_with_state(state);
         let mut pc = PlanContext { ctx, next_tvf: 0 };
         // Before the catalog's views, which may read them.

@@ -40,8 +40,8 @@ use remote::{Remote, RemoteOutcome};
 
 /// Where statements run.
 pub enum Backend {
-    /// In this process.
-    Local(Session),
+    /// In this process (boxed: a session is far larger than a remote handle).
+    Local(Box<Session>),
     /// On a `freshet serve`, over HTTP.
     Remote(Remote),
 }
@@ -161,7 +161,7 @@ impl Repl {
     }
 
     pub fn with_session(session: Session) -> Self {
-        Repl::with_backend(Backend::Local(session))
+        Repl::with_backend(Backend::Local(Box::new(session)))
     }
 
     pub fn with_backend(backend: Backend) -> Self {
@@ -181,7 +181,7 @@ impl Repl {
     /// The local session, if statements run in this process.
     pub fn session_mut(&mut self) -> Option<&mut Session> {
         match &mut self.backend {
-            Backend::Local(s) => Some(s),
+            Backend::Local(s) => Some(s.as_mut()),
             Backend::Remote(_) => None,
         }
     }
@@ -754,7 +754,7 @@ pub async fn run(config: EngineConfig, history: Option<PathBuf>) -> Result<()> {
 
 /// [`run`] over a given session (e.g. one opened on a data directory).
 pub async fn run_with(session: Session, history: Option<PathBuf>) -> Result<()> {
-    run_backend(Backend::Local(session), history).await
+    run_backend(Backend::Local(Box::new(session)), history).await
 }
 
 /// The REPL against a `freshet serve`: fails at once if the server cannot be reached or refuses
@@ -1047,10 +1047,7 @@ mod tests {
     async fn remote_backend_prints_like_a_local_one() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(crate::server::AppState {
-            session: tokio::sync::Mutex::new(Session::new(EngineConfig::default())),
-            token: None,
-        });
+        let state = crate::server::AppState::new(Session::new(EngineConfig::default()), Default::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::server::serve(listener, state, async {
             let _ = stopped.await;

@@ -104,7 +104,7 @@ impl Remote {
                     request.call()?
                 }
                 Method::Post(body) => {
-                    let mut request = agent.post(&url).content_type("text/plain; charset=utf-8");
+                    let mut request = agent.post(&url).content_type("application/sql; charset=utf-8");
                     if let Some(a) = &auth {
                         request = request.header("Authorization", a);
                     }

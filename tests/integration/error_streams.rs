@@ -220,9 +220,7 @@ fn count(dir: &Path) -> usize {
 /// published when the query next starts, as Flink commits on restore): until then the query is
 /// not done, and the readers of its side logs cannot see its last epoch.
 fn main_finished(dir: &Path) -> bool {
-    !published(&dir.join("out/per_key")).is_empty()
-        && finished(&dir.join("chk"), "per_key")
-        && staged(dir).is_empty()
+    !published(&dir.join("out/per_key")).is_empty() && finished(&dir.join("chk"), "per_key") && staged(dir).is_empty()
 }
 
 /// The windowed query's output and side-log files written but not yet published.

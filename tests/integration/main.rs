@@ -14,6 +14,7 @@ mod nexmark;
 mod oracle;
 mod over;
 mod restart;
+mod security;
 mod server;
 mod services;
 mod shapes;

@@ -57,14 +57,14 @@ fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-struct Response {
-    status: u16,
+pub(crate) struct Response {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Response {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         assert_eq!(
             self.header("content-type"),
             Some("application/json"),
@@ -75,7 +75,7 @@ impl Response {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -83,14 +83,14 @@ impl Response {
     }
 
     /// The JSON body, after checking the status.
-    fn expect(&self, status: u16) -> Value {
+    pub(crate) fn expect(&self, status: u16) -> Value {
         assert_eq!(self.status, status, "{}", self.body);
         self.json()
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`), the whole answer read back.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub(crate) fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut head = format!(
@@ -172,11 +172,20 @@ impl Server {
         Server::start_with(dir, args, &[])
     }
 
-    fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_freshet"))
             .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(if args.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
+            .arg("--data-dir")
             .arg(dir.join("data"))
+            // The tests' sources and sinks live beside the data directory, in the working directory.
+            .arg("--allow-path")
+            .arg(dir)
             .args(args)
             .env_remove("FRESHET_TOKEN")
             .envs(env.iter().copied())
@@ -227,17 +236,25 @@ impl Server {
         server
     }
 
-    fn call(&self, method: &str, path: &str, body: &str) -> Response {
+    pub(crate) fn set_token(&mut self, token: &str) {
+        self.token = Some(token.to_string());
+    }
+
+    /// A request as a client of the API sends it: with the token, and a POST's body as SQL.
+    pub(crate) fn call(&self, method: &str, path: &str, body: &str) -> Response {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        if method == "POST" {
+            headers.push(("Content-Type", "application/sql"));
+        }
         http(&self.addr, method, path, &headers, body.as_bytes())
     }
 
-    fn get(&self, path: &str) -> Response {
+    pub(crate) fn get(&self, path: &str) -> Response {
         self.call("GET", path, "")
     }
 
-    fn post(&self, path: &str, body: &str) -> Response {
+    pub(crate) fn post(&self, path: &str, body: &str) -> Response {
         self.call("POST", path, body)
     }
 
@@ -864,7 +881,13 @@ fn bad_requests_get_json_errors_with_a_reason() {
     assert!(e["error"].is_string(), "{e}");
 
     // Neither a body that is not UTF-8 nor a request that is not HTTP brings the server down.
-    let r = http(&server.addr, "POST", "/v1/statements", &[], b"\xff\xfe");
+    let r = http(
+        &server.addr,
+        "POST",
+        "/v1/statements",
+        &[("Content-Type", "application/sql")],
+        b"\xff\xfe",
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     let mut s = TcpStream::connect(&server.addr).expect("connect");
     s.write_all(b"NOT HTTP AT ALL\r\n\r\n").expect("send");
