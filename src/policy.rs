@@ -347,7 +347,8 @@ mod tests {
         .expect("test setup");
         for escape in [
             outside.path().join("secret"),
-            r.join("data/../../").join(outside.path().file_name().expect("test setup")),
+            r.join("data/../../")
+                .join(outside.path().file_name().expect("test setup")),
             r.join("link/secret"),
             r.join("link/not-yet/out"),
             r.join("new/../../.."),
@@ -366,7 +367,8 @@ mod tests {
     fn librdkafka_properties_are_allowlisted_and_code_loading_keys_never_allowed() {
         let kafka = |k: &str, v: &str| opts(&[("connector", "kafka"), (k, v)]);
         let p = Policy::default();
-        p.check_options(&kafka("properties.linger.ms", "5")).expect("test setup");
+        p.check_options(&kafka("properties.linger.ms", "5"))
+            .expect("test setup");
         p.check_options(&kafka("properties.security.protocol", "SASL_SSL"))
             .expect("test setup");
         for key in [
@@ -398,7 +400,8 @@ mod tests {
     fn hosts_are_checked_by_name_or_name_and_port() {
         let p = Policy::default().with_hosts(["localhost", "127.0.0.1", "::1", "kafka.internal:9093"]);
         let kafka = |s: &str| opts(&[("connector", "kafka"), ("bootstrap_servers", s)]);
-        p.check_options(&kafka("localhost:9092, 127.0.0.1:9093")).expect("test setup");
+        p.check_options(&kafka("localhost:9092, 127.0.0.1:9093"))
+            .expect("test setup");
         p.check_options(&kafka("[::1]:9092")).expect("test setup");
         p.check_options(&kafka("KAFKA.internal:9093")).expect("test setup");
         let msg = forbidden(p.check_options(&kafka("kafka.internal:9092")));
@@ -416,6 +419,8 @@ mod tests {
             .with_hosts(["*"])
             .check_options(&kafka("example.com:1"))
             .expect("test setup");
-        Policy::default().check_options(&kafka("example.com:1")).expect("test setup");
+        Policy::default()
+            .check_options(&kafka("example.com:1"))
+            .expect("test setup");
     }
 }

@@ -78,6 +78,16 @@ source_config!(
         path: String = "default_path",
         max_body_bytes: usize = "default_max_body",
         busy_timeout_ms: u64 = "default_busy_timeout",
+        /// Require `Authorization: Bearer TOKEN` on every request but `/health`.
+        token: Option<String> = "none",
+        /// The name of an environment variable holding the token (keeps it out of the file).
+        token_env: Option<String> = "none",
+        /// Listen beyond loopback without a token (a public beacon endpoint: events are data).
+        allow_unauthenticated: bool = "no",
+        /// Requests served at once; more get 503 with `Retry-After`.
+        max_concurrent_requests: usize = "default_max_concurrent",
+        /// Time to send a request's headers and body (408 past it).
+        request_timeout_ms: u64 = "default_request_timeout",
     }
 );
 source_config!(
@@ -193,6 +203,15 @@ fn default_batch() -> usize {
 }
 fn default_kafka_batch() -> usize {
     5000
+}
+fn none<T>() -> Option<T> {
+    None
+}
+fn default_max_concurrent() -> usize {
+    64
+}
+fn default_request_timeout() -> u64 {
+    30_000
 }
 fn default_path() -> String {
     "/events".into()
@@ -310,6 +329,30 @@ pub struct Agent {
     pub addrs: BTreeMap<String, SocketAddr>,
     pub metrics: Arc<Metrics>,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// An HTTP source's token: `token`, or the variable `token_env` names (which must be set).
+fn http_token(c: &HttpConfig, key: &str) -> Result<Option<String>> {
+    let token = match (&c.token, &c.token_env) {
+        (Some(_), Some(_)) => {
+            return Err(Error::option(
+                format!("{key}.token_env"),
+                "set `token` or `token_env`, not both",
+            ));
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+            Error::option(
+                format!("{key}.token_env"),
+                format!("the environment variable {var} is not set"),
+            )
+        })?),
+        (None, None) => None,
+    };
+    match token {
+        Some(t) if t.is_empty() => Err(Error::option(format!("{key}.token"), "must not be empty")),
+        t => Ok(t),
+    }
 }
 
 fn open_channel(name: &str, cfg: &ChannelConfig) -> Result<Arc<ChannelHandle>> {
@@ -432,6 +475,16 @@ impl Agent {
             for (name, intake, src) in &intakes {
                 if let SourceConfig::Http(c) = src {
                     let key = format!("sources.{name}");
+                    let token = http_token(c, &key)?;
+                    let limits = crate::guard::Limits {
+                        token: token.clone(),
+                        server_names: None,
+                        csrf: false,
+                        max_body: c.max_body_bytes,
+                        request_timeout: Duration::from_millis(c.request_timeout_ms.max(1)),
+                        max_concurrent: c.max_concurrent_requests.max(1),
+                        ..crate::guard::Limits::default()
+                    };
                     let app = http::source_router(
                         Arc::new(HttpSource {
                             intake: intake.clone(),
@@ -439,20 +492,30 @@ impl Agent {
                             stop: stop.clone(),
                         }),
                         &c.path,
-                        c.max_body_bytes,
+                        limits.clone(),
                     );
-                    let (addr, _) = http::serve(rt, &c.listen, &format!("{key}.listen"), app, stop.clone())?;
+                    let listen = http::Listen {
+                        addr: &c.listen,
+                        key: &format!("{key}.listen"),
+                        loopback_only: (token.is_none() && !c.allow_unauthenticated).then_some(
+                            "set `token` or `token_env` (or `allow_unauthenticated = true` for a public endpoint)",
+                        ),
+                        header_timeout: limits.request_timeout,
+                        max_connections: limits.max_concurrent.saturating_mul(4),
+                    };
+                    let (addr, _) = http::serve(rt, listen, app, stop.clone())?;
                     agent.addrs.insert(key, addr);
                 }
             }
             if let Some(m) = &config.metrics {
-                let (addr, _) = http::serve(
-                    rt,
-                    &m.listen,
-                    "metrics.listen",
-                    http::metrics_router(metrics.clone()),
-                    stop.clone(),
-                )?;
+                let listen = http::Listen {
+                    addr: &m.listen,
+                    key: "metrics.listen",
+                    loopback_only: None,
+                    header_timeout: Duration::from_secs(30),
+                    max_connections: 64,
+                };
+                let (addr, _) = http::serve(rt, listen, http::metrics_router(metrics.clone()), stop.clone())?;
                 agent.addrs.insert("metrics".into(), addr);
             }
         }
@@ -1068,6 +1131,110 @@ mod tests {
             "nothing of a rejected request was kept"
         );
         assert_eq!(lines_in(&dir.path().join("bad")), vec!["{\"course\":4}"]);
+    }
+
+    /// docs/security.md, the collector's rules: token, loopback without one, slow bodies,
+    /// concurrency; each refusal followed by a request that works.
+    #[test]
+    fn http_source_hardening() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path().display();
+        let (agent, stop) = start(&format!(
+            "[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\nchannel = \"m\"\ntoken = \"s3cret\"\n\
+             max_concurrent_requests = 1\nrequest_timeout_ms = 3000\n\
+             [channels.m]\ntype = \"memory\"\n\
+             [sinks.out]\ntype = \"file\"\nchannel = \"m\"\ndir = \"{d}/out\"\n"
+        ));
+        let web = agent.addrs["sources.web"];
+        let send = |head: &str, body: &[u8]| {
+            let mut s = std::net::TcpStream::connect(web).expect("connect");
+            s.write_all(
+                format!(
+                    "POST /events HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .and_then(|_| s.write_all(body))
+            .expect("write");
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).expect("read");
+            resp
+        };
+        for head in ["", "Authorization: Bearer wrong\r\n", "Authorization: s3cret\r\n"] {
+            let resp = send(head, b"{\"user_id\":1}\n");
+            assert!(resp.starts_with("HTTP/1.1 401"), "{head}: {resp}");
+        }
+        assert_eq!(http(web, "GET", "/health", b"").0, 200, "no token for /health");
+        let ok = "Authorization: Bearer s3cret\r\n";
+        assert!(send(ok, b"{\"user_id\":1}\n").starts_with("HTTP/1.1 200"));
+
+        // Two bodies that stall: one takes the only request slot and holds it until its 408, the
+        // other is turned away at once (which one is up to the server); a request meanwhile: 503.
+        let stall = || {
+            let mut c = std::net::TcpStream::connect(web).expect("connect");
+            c.write_all(
+                format!("POST /events HTTP/1.1\r\nHost: x\r\n{ok}Content-Length: 50\r\nConnection: close\r\n\r\n{{")
+                    .as_bytes(),
+            )
+            .expect("write");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut answer = String::new();
+                let _ = c.read_to_string(&mut answer);
+                let _ = tx.send(answer);
+            });
+            rx
+        };
+        let (a, b) = (stall(), stall());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (turned_away, held) = loop {
+            if let Ok(r) = a.try_recv() {
+                break (r, b);
+            }
+            if let Ok(r) = b.try_recv() {
+                break (r, a);
+            }
+            assert!(Instant::now() < deadline, "neither stalled request was turned away");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(turned_away.starts_with("HTTP/1.1 503"), "{turned_away}");
+        let busy = send(ok, b"{\"user_id\":2}\n");
+        assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+        assert!(busy.to_ascii_lowercase().contains("retry-after: 1"), "{busy}");
+        let held = held.recv().expect("answer");
+        assert!(held.starts_with("HTTP/1.1 408"), "{held}");
+        wait_for("the slot to be free", || {
+            send(ok, b"{\"user_id\":3}\n").starts_with("HTTP/1.1 200")
+        });
+        wait_for("2 events", || lines_in(&dir.path().join("out")).len() >= 2);
+        stop.store(true, Ordering::Relaxed);
+        drop(agent);
+
+        // Beyond loopback only with a token, or when told it is a public endpoint.
+        let public = |extra: &str| {
+            let cfg = AgentConfig::parse(&format!(
+                "[sources.web]\ntype = \"http\"\nlisten = \"0.0.0.0:0\"\nchannel = \"m\"\n{extra}\
+                 [channels.m]\ntype = \"memory\"\n\
+                 [sinks.out]\ntype = \"file\"\nchannel = \"m\"\ndir = \"{d}/out2\"\n"
+            ))
+            .expect("config");
+            let stop = Arc::new(AtomicBool::new(false));
+            let started = Agent::start(&cfg, stop.clone());
+            stop.store(true, Ordering::Relaxed);
+            started.map(|_| ())
+        };
+        let e = public("").expect_err("no token beyond loopback").to_string();
+        assert!(
+            e.starts_with("option 'sources.web.listen'") && e.contains("beyond loopback"),
+            "{e}"
+        );
+        public("allow_unauthenticated = true\n").expect("a public endpoint by choice");
+        public("token = \"t\"\n").expect("with a token");
+        let e = public("token_env = \"FRESHET_TEST_SURELY_UNSET\"\n")
+            .expect_err("unset variable")
+            .to_string();
+        assert!(e.contains("sources.web.token_env") && e.contains("not set"), "{e}");
     }
 
     #[test]

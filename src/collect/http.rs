@@ -113,8 +113,11 @@ async fn receive(State(src): State<Arc<HttpSource>>, headers: HeaderMap, body: B
     }
 }
 
-/// The router of an HTTP source: `POST {path}` takes events, `GET /health` answers `ok`.
-pub fn source_router(src: Arc<HttpSource>, path: &str, max_body_bytes: usize) -> Router {
+/// The router of an HTTP source: `POST {path}` takes events, `GET /health` answers `ok`; every
+/// request first through [`crate::guard::check`] with `limits` (token, body size, timeout,
+/// concurrency; no `Host` or content-type rule: see docs/security.md).
+pub fn source_router(src: Arc<HttpSource>, path: &str, limits: crate::guard::Limits) -> Router {
+    let max_body_bytes = limits.max_body;
     Router::new()
         .route(path, post(receive))
         .route("/health", get(|| async { "ok" }))
@@ -125,6 +128,10 @@ pub fn source_router(src: Arc<HttpSource>, path: &str, max_body_bytes: usize) ->
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::guard::Guard::new(limits),
+            crate::guard::check,
+        ))
         .with_state(src)
 }
 
@@ -140,17 +147,41 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
+/// How [`serve`] treats its address and connections.
+pub struct Listen<'a> {
+    pub addr: &'a str,
+    /// The config key of the address, for errors.
+    pub key: &'a str,
+    /// Refuse an address beyond loopback (with the reason), e.g. an HTTP source without a token.
+    pub loopback_only: Option<&'a str>,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// Open connections at most (more are closed as they come).
+    pub max_connections: usize,
+}
+
 /// Bind now (so a taken port is an error at start-up, naming the key), serve on `rt` until `stop`.
 pub fn serve(
     rt: &tokio::runtime::Runtime,
-    listen: &str,
-    key: &str,
+    listen: Listen,
     app: Router,
     stop: Arc<AtomicBool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let Listen {
+        addr: listen,
+        key,
+        loopback_only,
+        header_timeout,
+        max_connections,
+    } = listen;
     let listener =
         std::net::TcpListener::bind(listen).map_err(|e| Error::option(key, format!("binding {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::option(key, e.to_string()))?;
+    if let Some(why) = loopback_only
+        && !addr.ip().is_loopback()
+    {
+        return Err(Error::option(key, format!("{listen} is beyond loopback: {why}")));
+    }
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::option(key, e.to_string()))?;
@@ -164,7 +195,7 @@ pub fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = crate::guard::serve(listener, app, header_timeout, max_connections, shutdown).await {
             eprintln!("collect: http server {addr}: {e}");
         }
     });

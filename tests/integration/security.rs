@@ -301,7 +301,7 @@ fn slow_clients_and_request_floods_get_an_answer_and_hold_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let server = Server::start(
         dir.path(),
-        &["--request-timeout", "1", "--max-concurrent-requests", "1"],
+        &["--request-timeout", "3", "--max-concurrent-requests", "1"],
     );
     let addr = server.addr.clone();
 
@@ -311,26 +311,36 @@ fn slow_clients_and_request_floods_get_an_answer_and_hold_nothing() {
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     assert!(status == 0 || status == 408, "{status}: {text}");
 
-    // A body that never completes holds the only request slot until its 408: meanwhile another
-    // request is turned away at once with 503 and Retry-After, and served after.
-    let mut slow = TcpStream::connect(&addr).expect("connect");
-    slow.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    slow.write_all(
-        format!("POST /v1/query HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/sql\r\nContent-Length: 100\r\nConnection: close\r\n\r\nSELECT")
-            .as_bytes(),
-    )
-    .expect("send");
-    let busy = wait_until(
-        "a request to be refused while the slot is held",
-        Duration::from_secs(30),
-        || {
-            let r = server.get("/v1/queries");
-            (r.status == 503).then_some(r)
-        },
-    );
+    // Two bodies that never complete: one takes the only request slot and holds it until its 408,
+    // the other is turned away at once with 503 (which one is up to the server); a request in
+    // between is turned away too, and served after.
+    let stall = || {
+        let mut c = TcpStream::connect(&addr).expect("connect");
+        c.write_all(
+            format!("POST /v1/query HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/sql\r\nContent-Length: 100\r\nConnection: close\r\n\r\nSELECT")
+                .as_bytes(),
+        )
+        .expect("send");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut answer = String::new();
+            let _ = c.read_to_string(&mut answer);
+            let _ = tx.send(answer);
+        });
+        rx
+    };
+    let (a, b) = (stall(), stall());
+    let (turned_away, held) = wait_until("one stalled request to be turned away", Duration::from_secs(30), || {
+        if let Ok(r) = a.try_recv() {
+            return Some((r, &b));
+        }
+        b.try_recv().ok().map(|r| (r, &a))
+    });
+    assert!(turned_away.starts_with("HTTP/1.1 503"), "{turned_away}");
+    let busy = server.get("/v1/queries");
+    assert_eq!(busy.status, 503, "{}", busy.body);
     assert_eq!(busy.header("retry-after"), Some("1"), "{}", busy.body);
-    let mut answer = String::new();
-    let _ = slow.read_to_string(&mut answer);
+    let answer = held.recv().expect("answer");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let after = wait_until("the slot to be free again", Duration::from_secs(30), || {
         let r = server.get("/v1/queries");
