@@ -99,40 +99,23 @@ pub struct Metrics {
 /// Upper bounds (seconds) of the micro-batch duration buckets.
 pub const BATCH_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-/// A Prometheus-style histogram of micro-batch durations: counts per bucket, sum and count.
-#[derive(Debug, Default)]
-pub struct BatchHistogram {
-    buckets: [AtomicU64; BATCH_BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// Micro-batch durations for `/metrics` ([`crate::metrics`] encodes it).
+#[derive(Debug)]
+pub struct BatchHistogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for BatchHistogram {
+    fn default() -> Self {
+        BatchHistogram(prometheus_client::metrics::histogram::Histogram::new(BATCH_BUCKETS))
+    }
 }
 
 impl BatchHistogram {
     pub fn record(&self, took: Duration) {
-        let s = took.as_secs_f64();
-        if let Some(i) = BATCH_BUCKETS.iter().position(|le| s <= *le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.0.observe(took.as_secs_f64());
     }
 
-    /// Cumulative counts per upper bound, the sum in seconds, and the count.
-    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut acc = 0;
-        let buckets = BATCH_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(le, n)| {
-                acc += n.load(Ordering::Relaxed);
-                (*le, acc)
-            })
-            .collect();
-        (
-            buckets,
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-            self.count.load(Ordering::Relaxed),
-        )
+    pub fn histogram(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.0
     }
 }
 

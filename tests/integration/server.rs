@@ -348,10 +348,15 @@ struct Sample {
 }
 
 /// Parse the Prometheus text exposition format strictly: every sample line is
-/// `name{label="value",…} value`, its family has a `# TYPE` line before it, and every value is a float.
+/// `name{label="value",…} value`, its family has a `# TYPE` line (and at most one `# HELP` line) before
+/// it, a family's samples are together after its `# TYPE` line, no series is there twice, and every
+/// value is a float.
 fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
     let mut types = BTreeMap::new();
-    let mut samples = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
+    // The family of the last `# TYPE` line: a family's samples follow it, all together.
+    let mut current: Option<String> = None;
+    let mut helped: Vec<String> = Vec::new();
     let valid_name = |n: &str| {
         !n.is_empty()
             && n.chars()
@@ -375,8 +380,14 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
                         types.insert(name.to_string(), kind.to_string()).is_none(),
                         "two TYPE lines: {line}"
                     );
+                    current = Some(name.to_string());
                 }
-                (Some("HELP"), Some(name), _) => assert!(valid_name(name), "{line}"),
+                (Some("HELP"), Some(name), _) => {
+                    assert!(valid_name(name), "{line}");
+                    assert!(!types.contains_key(name), "HELP after its TYPE: {line}");
+                    assert!(!helped.iter().any(|h| h == name), "two HELP lines: {line}");
+                    helped.push(name.to_string());
+                }
                 _ => {}
             }
             continue;
@@ -443,6 +454,15 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
             .find(|f| types.get(*f).is_some_and(|t| t == "histogram"))
             .unwrap_or(name);
         assert!(types.contains_key(family), "no # TYPE line before {line}");
+        assert_eq!(
+            current.as_deref(),
+            Some(family),
+            "{line} is apart from the other samples of its family"
+        );
+        assert!(
+            !samples.iter().any(|s| s.name == name && s.labels == labels),
+            "the same series twice: {line}"
+        );
         samples.push(Sample {
             name: name.to_string(),
             labels,
