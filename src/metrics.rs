@@ -1,6 +1,6 @@
 //! `/metrics` in the Prometheus text format (version 0.0.4), written by `prometheus-client`'s encoder:
 //! the server's per-query families ([`render_queries`]) and the helpers the collector agent's
-//! families use too ([`encode`], [`family`]).
+//! families use too ([`encode`], [`family`]); [`parse`] reads it back strictly, for the tests.
 //!
 //! Why collectors read the live counters at scrape time instead of registering metric families: a
 //! query's counters are plain atomics in its [`Metrics`], shared with the micro-batch loop, the REPL
@@ -20,6 +20,8 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::query::Metrics;
 use crate::session::RunningQuery;
+
+pub mod parse;
 
 /// The `Content-Type` of what [`encode`] writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -171,181 +173,6 @@ impl<M: EncodeMetric> EncodeMetric for Borrowed<'_, M> {
     }
 }
 
-/// A strict reader of the Prometheus text format for the tests of both `/metrics` renderers.
-#[cfg(test)]
-pub mod parse {
-    use std::collections::BTreeMap;
-
-    /// One sample line.
-    #[derive(Debug, Clone, PartialEq)]
-    pub struct Sample {
-        pub name: String,
-        pub labels: BTreeMap<String, String>,
-        pub value: f64,
-    }
-
-    /// Families (name → type) and samples, panicking on anything the format does not allow: a sample
-    /// outside the family of the `# TYPE` line before it (families are contiguous), `# HELP` after
-    /// `# TYPE` or twice, a family twice, a series twice, a bad name, escape or value, no newline at
-    /// the end, or a histogram whose buckets are not cumulative up to `+Inf` == `_count`.
-    pub fn prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
-        assert!(text.is_empty() || text.ends_with('\n'), "no final newline");
-        let valid_name = |n: &str| {
-            !n.is_empty()
-                && n.chars()
-                    .enumerate()
-                    .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
-        };
-        let mut types = BTreeMap::new();
-        let mut helped = Vec::new();
-        let mut current: Option<(String, String)> = None;
-        let mut samples: Vec<Sample> = Vec::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# HELP ") {
-                let name = rest.split(' ').next().unwrap_or_default();
-                assert!(valid_name(name), "{line}");
-                assert!(!types.contains_key(name), "HELP after TYPE or a family twice: {line}");
-                assert!(!helped.contains(&name.to_string()), "HELP twice: {line}");
-                helped.push(name.to_string());
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("{line}"));
-                assert!(valid_name(name), "{line}");
-                assert!(
-                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                    "{line}"
-                );
-                assert!(
-                    types.insert(name.to_string(), kind.to_string()).is_none(),
-                    "TYPE twice: {line}"
-                );
-                current = Some((name.to_string(), kind.to_string()));
-                continue;
-            }
-            assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
-            let sample = sample(line, &valid_name);
-            let (family, kind) = current.as_ref().unwrap_or_else(|| panic!("no TYPE before {line}"));
-            let belongs = match kind.as_str() {
-                "histogram" => ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .any(|s| sample.name.strip_suffix(s) == Some(family)),
-                _ => sample.name == *family,
-            };
-            assert!(
-                belongs,
-                "{line} is not in the family {family} of the TYPE line before it"
-            );
-            assert!(
-                !samples
-                    .iter()
-                    .any(|s| s.name == sample.name && s.labels == sample.labels),
-                "series twice: {line}"
-            );
-            samples.push(sample);
-        }
-        check_histograms(&types, &samples);
-        (types, samples)
-    }
-
-    fn sample(line: &str, valid_name: &dyn Fn(&str) -> bool) -> Sample {
-        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line}"));
-        let name = &line[..name_end];
-        assert!(valid_name(name), "metric name in {line}");
-        let mut rest = &line[name_end..];
-        let mut labels = BTreeMap::new();
-        if let Some(inner) = rest.strip_prefix('{') {
-            let mut chars = inner.char_indices();
-            let end = loop {
-                let (i, c) = chars.next().unwrap_or_else(|| panic!("unclosed labels: {line}"));
-                match c {
-                    '}' => break i,
-                    ',' => continue,
-                    _ => {}
-                }
-                let eq = loop {
-                    match chars.next() {
-                        Some((j, '=')) => break j,
-                        Some(_) => {}
-                        None => panic!("label without '=': {line}"),
-                    }
-                };
-                let key = &inner[i..eq];
-                assert!(valid_name(key), "label name {key:?} in {line}");
-                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "label value quoted: {line}");
-                let mut value = String::new();
-                loop {
-                    match chars.next() {
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, 'n')) => value.push('\n'),
-                            Some((_, c @ ('\\' | '"'))) => value.push(c),
-                            other => panic!("bad escape {other:?} in {line}"),
-                        },
-                        Some((_, '"')) => break,
-                        Some((_, c)) => value.push(c),
-                        None => panic!("unclosed label value: {line}"),
-                    }
-                }
-                assert!(labels.insert(key.to_string(), value).is_none(), "label twice: {line}");
-            };
-            rest = &inner[end + 1..];
-        }
-        let rest = rest
-            .strip_prefix(' ')
-            .unwrap_or_else(|| panic!("one space before the value: {line}"));
-        let mut fields = rest.split(' ');
-        let value = match fields.next().unwrap_or_default() {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v
-                .parse()
-                .unwrap_or_else(|_| panic!("value {v:?} is not a float: {line}")),
-        };
-        if let Some(ts) = fields.next() {
-            ts.parse::<i64>().unwrap_or_else(|_| panic!("timestamp: {line}"));
-        }
-        assert!(fields.next().is_none(), "trailing text: {line}");
-        Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        }
-    }
-
-    /// Every histogram series: buckets in increasing `le`, cumulative, ending in `+Inf` == `_count`.
-    fn check_histograms(types: &BTreeMap<String, String>, samples: &[Sample]) {
-        for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
-            let mut series: BTreeMap<BTreeMap<String, String>, Vec<(f64, f64)>> = BTreeMap::new();
-            for s in samples.iter().filter(|s| s.name == format!("{family}_bucket")) {
-                let le = s.labels.get("le").unwrap_or_else(|| panic!("bucket without le: {s:?}"));
-                let le: f64 = match le.as_str() {
-                    "+Inf" => f64::INFINITY,
-                    le => le.parse().unwrap_or_else(|_| panic!("le {le:?}")),
-                };
-                let mut labels = s.labels.clone();
-                labels.remove("le");
-                series.entry(labels).or_default().push((le, s.value));
-            }
-            for (labels, buckets) in &series {
-                assert!(
-                    buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
-                    "{family}{labels:?}: buckets not increasing and cumulative: {buckets:?}"
-                );
-                let find = |suffix: &str| {
-                    samples
-                        .iter()
-                        .find(|s| s.name == format!("{family}{suffix}") && s.labels == *labels)
-                        .unwrap_or_else(|| panic!("{family}{suffix}{labels:?} missing"))
-                        .value
-                };
-                assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY), "{family}{labels:?}");
-                assert_eq!(buckets.last().map(|b| b.1), Some(find("_count")), "{family}{labels:?}");
-                assert!(find("_sum") >= 0.0);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -362,7 +189,8 @@ mod tests {
 
     #[test]
     fn query_families_names_types_and_values() {
-        let a = state("a\"b\\c", true);
+        let q = "a\"b\\c";
+        let a = state(q, true);
         a.metrics.rows_in.store(7, Ordering::Relaxed);
         a.metrics.watermark.store(1_000, Ordering::Relaxed);
         a.metrics.batch_time.record(Duration::from_millis(3));
@@ -373,8 +201,8 @@ mod tests {
             queries: vec![a, b],
             now_ms: 1_500,
         });
-        let (types, samples) = parse::prometheus(&text);
-        let kinds: Vec<(&str, &str)> = types.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
+        let e = parse::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let kinds: Vec<(&str, &str)> = e.types.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
         assert_eq!(
             kinds,
             [
@@ -397,41 +225,22 @@ mod tests {
         ] {
             assert!(text.contains(help), "{help} in\n{text}");
         }
-        let at = |name: &str, query: &str, le: Option<&str>| {
-            samples
-                .iter()
-                .find(|s| {
-                    s.name == name
-                        && s.labels.get("query").map(String::as_str) == Some(query)
-                        && s.labels.get("le").map(String::as_str) == le
-                })
-                .map(|s| s.value)
-        };
-        assert_eq!(at("freshet_query_rows_in_total", "a\"b\\c", None), Some(7.0));
-        assert_eq!(at("freshet_query_running", "a\"b\\c", None), Some(1.0));
-        assert_eq!(at("freshet_query_running", "idle", None), Some(0.0));
-        assert_eq!(at("freshet_query_watermark_ms", "a\"b\\c", None), Some(1_000.0));
-        assert_eq!(at("freshet_query_lag_ms", "a\"b\\c", None), Some(500.0));
-        assert_eq!(at("freshet_query_lag_ms", "idle", None), None, "no watermark, no lag");
+        let at = |name: &str, query: &str| e.value(name, &[("query", query)]);
+        let bucket = |le: &str| e.value("freshet_query_batch_seconds_bucket", &[("query", q), ("le", le)]);
+        assert_eq!(at("freshet_query_rows_in_total", q), Some(7.0));
+        assert_eq!(at("freshet_query_running", q), Some(1.0));
+        assert_eq!(at("freshet_query_running", "idle"), Some(0.0));
+        assert_eq!(at("freshet_query_watermark_ms", q), Some(1_000.0));
+        assert_eq!(at("freshet_query_lag_ms", q), Some(500.0));
+        assert_eq!(at("freshet_query_lag_ms", "idle"), None, "no watermark, no lag");
         // The bucket bounds as before (Go's float format: `1`, not `1.0`).
-        assert_eq!(
-            at("freshet_query_batch_seconds_bucket", "a\"b\\c", Some("0.001")),
-            Some(0.0)
-        );
-        assert_eq!(
-            at("freshet_query_batch_seconds_bucket", "a\"b\\c", Some("0.005")),
-            Some(1.0)
-        );
-        assert_eq!(
-            at("freshet_query_batch_seconds_bucket", "a\"b\\c", Some("5")),
-            Some(1.0)
-        );
-        assert_eq!(
-            at("freshet_query_batch_seconds_bucket", "a\"b\\c", Some("+Inf")),
-            Some(2.0)
-        );
-        assert_eq!(at("freshet_query_batch_seconds_count", "a\"b\\c", None), Some(2.0));
-        let sum = at("freshet_query_batch_seconds_sum", "a\"b\\c", None).expect("sum");
+        assert_eq!(bucket("0.001"), Some(0.0));
+        assert_eq!(bucket("0.005"), Some(1.0));
+        assert_eq!(bucket("1"), Some(1.0));
+        assert_eq!(bucket("5"), Some(1.0));
+        assert_eq!(bucket("+Inf"), Some(2.0));
+        assert_eq!(at("freshet_query_batch_seconds_count", q), Some(2.0));
+        let sum = at("freshet_query_batch_seconds_sum", q).expect("sum");
         assert!((sum - 9.003).abs() < 1e-9, "{sum}");
         assert!(
             text.contains("freshet_query_rows_in_total{query=\"a\\\"b\\\\c\"} 7\n"),
@@ -445,14 +254,7 @@ mod tests {
             queries: vec![],
             now_ms: 0,
         });
-        let (types, samples) = parse::prometheus(&text);
-        assert_eq!((types.len(), samples.len()), (9, 0), "{text}");
-    }
-
-    #[test]
-    #[should_panic(expected = "not in the family")]
-    fn the_parser_refuses_interleaved_families() {
-        // What the hand-written renderer wrote for watermark and lag: both headers, then the samples.
-        parse::prometheus("# TYPE w gauge\n# TYPE l gauge\nw{query=\"q\"} 1\nl{query=\"q\"} 2\n");
+        let e = parse::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!((e.types.len(), e.samples.len()), (9, 0), "{text}");
     }
 }

@@ -526,8 +526,8 @@ mod tests {
         m.sources[0].1.received.store(7, Ordering::Relaxed);
         m.sinks[0].1.failed.store(2, Ordering::Relaxed);
         let text = m.render();
-        let (types, samples) = crate::metrics::parse::prometheus(&text);
-        let kinds: Vec<(&str, &str)> = types.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
+        let e = crate::metrics::parse::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let kinds: Vec<(&str, &str)> = e.types.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
         assert_eq!(
             kinds,
             [
@@ -541,7 +541,7 @@ mod tests {
                 ("freshet_collector_source_rejected_total", "counter"),
             ]
         );
-        assert_eq!(samples.len(), 8, "one series per family: {text}");
+        assert_eq!(e.samples.len(), 8, "one series per family: {text}");
         for line in [
             "freshet_collector_source_received_total{source=\"s\\\"1\"} 7\n",
             "freshet_collector_channel_capacity{channel=\"mem\"} 10\n",
