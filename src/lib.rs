@@ -13,7 +13,9 @@
 //!    DataFusion over the batch, merge state, advance watermarks, emit to the sink.
 //! 6. [`session`] executes statements against one catalog; `freshet run` and the REPL ([`repl`]) use it.
 //! 7. [`collect`] is the Flume-style collector in front of Kafka (`freshet collect`).
-//! 8. [`store`] persists a session's catalog in a data directory; [`server`] serves it over HTTP.
+//! 8. [`store`] persists a session's catalog in a data directory; [`server`] serves it over HTTP,
+//!    with `/metrics` written by [`metrics`] (the collector's too) and every request checked by
+//!    [`guard`].
 //! 9. [`policy`] decides what SQL may touch outside the process (paths, librdkafka keys, hosts).
 //!
 //! `main.rs` is only the command line.
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod guard;
+pub mod metrics;
 pub mod operator;
 pub mod plan;
 pub mod policy;

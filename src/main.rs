@@ -910,7 +910,7 @@ async fn run(file: PathBuf, config: EngineConfig, data_dir: Option<PathBuf>, for
                 // Only meaningful when event time is the wall clock (a paced source): below 5 minutes.
                 let lat = &q.metrics.latency;
                 if let (Some(p50), Some(p99)) = (lat.quantile(0.5), lat.quantile(0.99))
-                    && p99 < 300_000
+                    && p99 < freshet::engine::latency::LATENCY_MAX_MS
                 {
                     eprintln!(
                         "{}: event-time latency to the sink: p50 {p50} ms, p99 {p99} ms over {} rows",

@@ -62,8 +62,3 @@ pub fn format_batches(batches: &[RecordBatch], format: PrintFormat) -> Result<St
 pub fn row_count(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()
 }
-
-/// A Prometheus label value, escaped for the text exposition format (`\\`, `\"`, `\n`).
-pub fn prometheus_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}

@@ -284,93 +284,9 @@ async fn metrics(State(st): State<Shared>) -> Response {
     let _ = session.reap().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_metrics(&session.queries),
+        crate::metrics::render_queries(&session.queries),
     )
         .into_response()
-}
-
-/// The Prometheus text format for every continuous query.
-pub fn render_metrics(queries: &[RunningQuery]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let label = |q: &RunningQuery| crate::print::prometheus_label(&q.name);
-    type Counter = (&'static str, &'static str, fn(&Metrics) -> u64);
-    let counters: [Counter; 5] = [
-        ("rows_in_total", "Rows read from the query's sources.", |m| {
-            Metrics::get(&m.rows_in)
-        }),
-        ("rows_out_total", "Rows written to the query's sink.", |m| {
-            Metrics::get(&m.rows_out)
-        }),
-        (
-            "errors_total",
-            "Records that could not be decoded (see _errors).",
-            |m| Metrics::get(&m.errors),
-        ),
-        ("late_total", "Rows behind the watermark (see _late).", |m| {
-            Metrics::get(&m.late)
-        }),
-        ("batches_total", "Micro-batches run.", |m| Metrics::get(&m.batches)),
-    ];
-    for (name, help, f) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP freshet_query_{name} {help}\n# TYPE freshet_query_{name} counter"
-        );
-        for q in queries {
-            let _ = writeln!(out, "freshet_query_{name}{{query=\"{}\"}} {}", label(q), f(&q.metrics));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP freshet_query_running 1 while the query runs, 0 when paused, finished or failed.\n\
-         # TYPE freshet_query_running gauge"
-    );
-    for q in queries {
-        let up = u8::from(q.status() == "running");
-        let _ = writeln!(out, "freshet_query_running{{query=\"{}\"}} {up}", label(q));
-    }
-    let _ = writeln!(
-        out,
-        "# HELP freshet_query_watermark_ms The query's watermark, epoch milliseconds.\n\
-         # TYPE freshet_query_watermark_ms gauge\n\
-         # HELP freshet_query_lag_ms Wall clock minus the watermark (event-time lag), milliseconds.\n\
-         # TYPE freshet_query_lag_ms gauge"
-    );
-    let now = crate::time::now_ms();
-    for q in queries {
-        let wm = q.metrics.watermark.load(Ordering::Relaxed);
-        if wm != i64::MIN && wm != i64::MAX {
-            let _ = writeln!(out, "freshet_query_watermark_ms{{query=\"{}\"}} {wm}", label(q));
-            let _ = writeln!(out, "freshet_query_lag_ms{{query=\"{}\"}} {}", label(q), now - wm);
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP freshet_query_batch_seconds Time to run one micro-batch.\n# TYPE freshet_query_batch_seconds histogram"
-    );
-    for q in queries {
-        let (buckets, sum, count) = q.metrics.batch_time.snapshot();
-        for (le, n) in buckets {
-            let _ = writeln!(
-                out,
-                "freshet_query_batch_seconds_bucket{{query=\"{}\",le=\"{le}\"}} {n}",
-                label(q)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "freshet_query_batch_seconds_bucket{{query=\"{}\",le=\"+Inf\"}} {count}",
-            label(q)
-        );
-        let _ = writeln!(out, "freshet_query_batch_seconds_sum{{query=\"{}\"}} {sum}", label(q));
-        let _ = writeln!(
-            out,
-            "freshet_query_batch_seconds_count{{query=\"{}\"}} {count}",
-            label(q)
-        );
-    }
-    out
 }
 
 pub fn router(state: Shared) -> Router {

@@ -143,7 +143,8 @@ pub enum ChannelConfig {
     /// The durable disk channel (segments + checkpoint).
     Disk {
         dir: PathBuf,
-        /// `batch` (fsync before a put is acknowledged), `never`, or a number of milliseconds.
+        /// `batch` (fsync before a put is acknowledged), `never`, or the interval: a number of
+        /// milliseconds or a duration (`100ms`, `1s`).
         #[serde(default = "default_fsync")]
         fsync: String,
         #[serde(default = "default_capacity")]
@@ -355,6 +356,24 @@ fn http_token(c: &HttpConfig, key: &str) -> Result<Option<String>> {
     }
 }
 
+/// `channels.NAME.fsync`: `batch`, `never`, or the interval as milliseconds (`100`) or a duration
+/// (`100ms`, `1s`).
+fn fsync_policy(name: &str, text: &str) -> Result<FsyncPolicy> {
+    Ok(match text {
+        "batch" => FsyncPolicy::EveryBatch,
+        "never" => FsyncPolicy::Never,
+        interval => {
+            let ms = crate::time::parse_duration_ms(interval).ok_or_else(|| {
+                Error::option(
+                    format!("channels.{name}.fsync"),
+                    format!("'{interval}'; valid: batch, never, or an interval (milliseconds, or e.g. 100ms, 1s)"),
+                )
+            })?;
+            FsyncPolicy::Interval(Duration::from_millis(ms.unsigned_abs())) // never negative
+        }
+    })
+}
+
 fn open_channel(name: &str, cfg: &ChannelConfig) -> Result<Arc<ChannelHandle>> {
     match cfg {
         ChannelConfig::Disk {
@@ -363,16 +382,7 @@ fn open_channel(name: &str, cfg: &ChannelConfig) -> Result<Arc<ChannelHandle>> {
             capacity,
             segment_bytes,
         } => {
-            let fsync = match fsync.as_str() {
-                "batch" => FsyncPolicy::EveryBatch,
-                "never" => FsyncPolicy::Never,
-                ms => FsyncPolicy::Interval(Duration::from_millis(ms.parse().map_err(|_| {
-                    Error::option(
-                        format!("channels.{name}.fsync"),
-                        format!("'{ms}'; valid: batch, never, or milliseconds"),
-                    )
-                })?)),
-            };
+            let fsync = fsync_policy(name, fsync)?;
             let opts = ChannelOptions {
                 capacity_events: *capacity,
                 fsync,
@@ -931,6 +941,24 @@ impl RollingFile {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn fsync_is_batch_never_or_an_interval() {
+        let p = |t: &str| fsync_policy("d", t);
+        assert_eq!(p("batch").expect("batch"), FsyncPolicy::EveryBatch);
+        assert_eq!(p("never").expect("never"), FsyncPolicy::Never);
+        let ms = |n| FsyncPolicy::Interval(Duration::from_millis(n));
+        assert_eq!(
+            p("250").expect("a number"),
+            ms(250),
+            "a bare number is milliseconds, as before"
+        );
+        assert_eq!(p("250ms").expect("ms"), ms(250));
+        assert_eq!(p("1s").expect("s"), ms(1000));
+        let e = p("soon").expect_err("not a duration").to_string();
+        assert!(e.contains("channels.d.fsync") && e.contains("'soon'"), "{e}");
+        assert!(p("-5").is_err());
+    }
 
     #[test]
     fn record_keys_come_from_a_top_level_field() {

@@ -141,7 +141,7 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
         .route(
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+                ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], m.render())
             }),
         )
         .with_state(metrics)

@@ -230,94 +230,109 @@ pub struct SinkMetrics {
 }
 
 /// Everything `/metrics` shows, in the Prometheus text format.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Metrics {
     pub sources: Vec<(String, Arc<SourceMetrics>)>,
     pub channels: Vec<Arc<ChannelHandle>>,
     pub sinks: Vec<(String, Arc<SinkMetrics>)>,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("sources", &self.sources.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("channels", &self.channels.iter().map(|c| &c.name).collect::<Vec<_>>())
+            .field("sinks", &self.sinks.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl Metrics {
     pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (label, value, n) in rows {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{label}=\"{}\"}} {n}",
-                    crate::print::prometheus_label(&value)
-                );
-            }
-        };
-        let src = |f: fn(&SourceMetrics) -> &AtomicU64| -> Vec<(String, String, u64)> {
-            self.sources
+        // A copy of the lists (the counters themselves are shared), read when the scrape encodes it.
+        crate::metrics::encode(self.clone())
+    }
+}
+
+/// Read at scrape time, as the query metrics are (see [`crate::metrics`] for why).
+impl prometheus_client::collector::Collector for Metrics {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::family;
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        type SourceCounter = (&'static str, &'static str, fn(&SourceMetrics) -> &AtomicU64);
+        let sources: [SourceCounter; 4] = [
+            (
+                "freshet_collector_source_received",
+                "Events read by a source, before interceptors.",
+                |m| &m.received,
+            ),
+            (
+                "freshet_collector_source_accepted",
+                "Events a source put into its channel.",
+                |m| &m.accepted,
+            ),
+            (
+                "freshet_collector_source_rejected",
+                "Events rejected (oversized, invalid, failed an interceptor), sent to the dead-letter channel.",
+                |m| &m.rejected,
+            ),
+            (
+                "freshet_collector_source_filtered",
+                "Events dropped by a filter interceptor.",
+                |m| &m.filtered,
+            ),
+        ];
+        for (name, help, field) in sources {
+            let rows = self
+                .sources
                 .iter()
-                .map(|(n, m)| ("source".to_string(), n.clone(), f(m).load(Ordering::Relaxed)))
-                .collect()
-        };
-        family(
-            "freshet_collector_source_received_total",
-            "counter",
-            "Events read by a source, before interceptors.",
-            src(|m| &m.received),
-        );
-        family(
-            "freshet_collector_source_accepted_total",
-            "counter",
-            "Events a source put into its channel.",
-            src(|m| &m.accepted),
-        );
-        family(
-            "freshet_collector_source_rejected_total",
-            "counter",
-            "Events rejected (oversized, invalid, failed an interceptor), sent to the dead-letter channel.",
-            src(|m| &m.rejected),
-        );
-        family(
-            "freshet_collector_source_filtered_total",
-            "counter",
-            "Events dropped by a filter interceptor.",
-            src(|m| &m.filtered),
-        );
-        let chans = |f: fn(&ChannelHandle) -> u64| -> Vec<(String, String, u64)> {
-            self.channels
+                .map(|(n, m)| (n.as_str(), ConstCounter::new(field(m).load(Ordering::Relaxed))));
+            family(&mut encoder, name, help, Counter, "source", rows)?;
+        }
+        type ChannelGauge = (&'static str, &'static str, fn(&ChannelHandle) -> u64);
+        let channels: [ChannelGauge; 2] = [
+            (
+                "freshet_collector_channel_size",
+                "Events in a channel not yet acknowledged by its sink.",
+                ChannelHandle::len,
+            ),
+            (
+                "freshet_collector_channel_capacity",
+                "Events a channel holds before sources are held back.",
+                ChannelHandle::capacity,
+            ),
+        ];
+        for (name, help, value) in channels {
+            let rows = self
+                .channels
                 .iter()
-                .map(|c| ("channel".to_string(), c.name.clone(), f(c)))
-                .collect()
-        };
-        family(
-            "freshet_collector_channel_size",
-            "gauge",
-            "Events in a channel not yet acknowledged by its sink.",
-            chans(ChannelHandle::len),
-        );
-        family(
-            "freshet_collector_channel_capacity",
-            "gauge",
-            "Events a channel holds before sources are held back.",
-            chans(ChannelHandle::capacity),
-        );
-        let sinks = |f: fn(&SinkMetrics) -> &AtomicU64| -> Vec<(String, String, u64)> {
-            self.sinks
+                .map(|c| (c.name.as_str(), ConstGauge::new(value(c))));
+            family(&mut encoder, name, help, Gauge, "channel", rows)?;
+        }
+        type SinkCounter = (&'static str, &'static str, fn(&SinkMetrics) -> &AtomicU64);
+        let sinks: [SinkCounter; 2] = [
+            (
+                "freshet_collector_sink_sent",
+                "Events a sink delivered and the destination acknowledged.",
+                |m| &m.sent,
+            ),
+            (
+                "freshet_collector_sink_failed",
+                "Events in deliveries that failed (kept in the channel and retried).",
+                |m| &m.failed,
+            ),
+        ];
+        for (name, help, field) in sinks {
+            let rows = self
+                .sinks
                 .iter()
-                .map(|(n, m)| ("sink".to_string(), n.clone(), f(m).load(Ordering::Relaxed)))
-                .collect()
-        };
-        family(
-            "freshet_collector_sink_sent_total",
-            "counter",
-            "Events a sink delivered and the destination acknowledged.",
-            sinks(|m| &m.sent),
-        );
-        family(
-            "freshet_collector_sink_failed_total",
-            "counter",
-            "Events in deliveries that failed (kept in the channel and retried).",
-            sinks(|m| &m.failed),
-        );
-        out
+                .map(|(n, m)| (n.as_str(), ConstCounter::new(field(m).load(Ordering::Relaxed))));
+            family(&mut encoder, name, help, Counter, "sink", rows)?;
+        }
+        Ok(())
     }
 }
 
@@ -509,22 +524,33 @@ mod tests {
             sinks: vec![("k".into(), Arc::default())],
         };
         m.sources[0].1.received.store(7, Ordering::Relaxed);
+        m.sinks[0].1.failed.store(2, Ordering::Relaxed);
         let text = m.render();
-        assert!(
-            text.contains("freshet_collector_source_received_total{source=\"s\\\"1\"} 7\n"),
-            "{text}"
+        let e = crate::metrics::parse::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let kinds: Vec<(&str, &str)> = e.types.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("freshet_collector_channel_capacity", "gauge"),
+                ("freshet_collector_channel_size", "gauge"),
+                ("freshet_collector_sink_failed_total", "counter"),
+                ("freshet_collector_sink_sent_total", "counter"),
+                ("freshet_collector_source_accepted_total", "counter"),
+                ("freshet_collector_source_filtered_total", "counter"),
+                ("freshet_collector_source_received_total", "counter"),
+                ("freshet_collector_source_rejected_total", "counter"),
+            ]
         );
-        assert!(
-            text.contains("freshet_collector_channel_capacity{channel=\"mem\"} 10\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE freshet_collector_sink_sent_total counter\n"),
-            "{text}"
-        );
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (_, v) = line.rsplit_once(' ').expect("sample");
-            v.parse::<f64>().expect("a number");
+        assert_eq!(e.samples.len(), 8, "one series per family: {text}");
+        for line in [
+            "freshet_collector_source_received_total{source=\"s\\\"1\"} 7\n",
+            "freshet_collector_channel_capacity{channel=\"mem\"} 10\n",
+            "freshet_collector_sink_failed_total{sink=\"k\"} 2\n",
+            "# TYPE freshet_collector_sink_sent_total counter\n",
+            "# HELP freshet_collector_source_rejected_total Events rejected (oversized, invalid, failed an \
+             interceptor), sent to the dead-letter channel.\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
         }
     }
 }

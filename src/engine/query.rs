@@ -19,6 +19,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::watch;
 
+pub use super::latency::LatencyHistogram;
 use crate::connector::parquet::{ParquetOptions, ParquetSink};
 use crate::connector::system_stream::SystemStreamSource;
 use crate::connector::{self, Output, Poll, Sink, SinkMode, Source};
@@ -87,7 +88,7 @@ pub struct Metrics {
     pub watermark: AtomicI64,
     pub last_batch_us: AtomicU64,
     /// Event-time latency to an upsert sink: wall clock when the sink took the batch minus each row's
-    /// event time, in ms buckets (meaningful when event time is the wall clock, e.g. a paced source).
+    /// event time, in ms (meaningful when event time is the wall clock, e.g. a paced source).
     pub latency: LatencyHistogram,
     /// How long micro-batches take (for `/metrics`).
     pub batch_time: BatchHistogram,
@@ -102,87 +103,23 @@ pub struct Metrics {
 /// Upper bounds (seconds) of the micro-batch duration buckets.
 pub const BATCH_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-/// A Prometheus-style histogram of micro-batch durations: counts per bucket, sum and count.
-#[derive(Debug, Default)]
-pub struct BatchHistogram {
-    buckets: [AtomicU64; BATCH_BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// Micro-batch durations for `/metrics` ([`crate::metrics`] encodes it).
+#[derive(Debug)]
+pub struct BatchHistogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for BatchHistogram {
+    fn default() -> Self {
+        BatchHistogram(prometheus_client::metrics::histogram::Histogram::new(BATCH_BUCKETS))
+    }
 }
 
 impl BatchHistogram {
     pub fn record(&self, took: Duration) {
-        let s = took.as_secs_f64();
-        if let Some(i) = BATCH_BUCKETS.iter().position(|le| s <= *le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.0.observe(took.as_secs_f64());
     }
 
-    /// Cumulative counts per upper bound, the sum in seconds, and the count.
-    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut acc = 0;
-        let buckets = BATCH_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(le, n)| {
-                acc += n.load(Ordering::Relaxed);
-                (*le, acc)
-            })
-            .collect();
-        (
-            buckets,
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-            self.count.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// Millisecond buckets up to 5 minutes; later values land in the last bucket.
-#[derive(Debug)]
-pub struct LatencyHistogram(Mutex<Vec<u64>>);
-
-const LATENCY_BUCKETS: usize = 300_001;
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram(Mutex::new(Vec::new()))
-    }
-}
-
-impl LatencyHistogram {
-    pub fn record(&self, now_ms: i64, event_times: &[i64]) {
-        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if h.is_empty() {
-            h.resize(LATENCY_BUCKETS, 0);
-        }
-        for t in event_times {
-            let ms = (now_ms - t).clamp(0, LATENCY_BUCKETS as i64 - 1) as usize;
-            h[ms] += 1;
-        }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().sum()
-    }
-
-    /// The `q` quantile (0..=1) in ms, if anything was recorded.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let total: u64 = h.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let target = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (ms, n) in h.iter().enumerate() {
-            seen += n;
-            if seen >= target {
-                return Some(ms as u64);
-            }
-        }
-        None
+    pub fn histogram(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.0
     }
 }
 

@@ -208,6 +208,9 @@ impl Agent {
         let r = request(self.addrs["metrics"], "GET", "/metrics", b"")
             .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.log_tail()));
         assert_eq!(r.status, 200, "{}", r.body);
+        if let Err(e) = freshet::metrics::parse::parse(&r.body) {
+            panic!("/metrics is not valid Prometheus text: {e}\n{}", r.body);
+        }
         r.body
     }
 
