@@ -55,8 +55,8 @@ pub fn family<'r, M: EncodeMetric>(
 
 /// The Prometheus text for every continuous query (label `query`).
 pub fn render_queries(queries: &[RunningQuery]) -> String {
-    encode(QueryCollector {
-        queries: queries
+    render_states(
+        queries
             .iter()
             .map(|q| QueryState {
                 name: q.name.clone(),
@@ -64,15 +64,23 @@ pub fn render_queries(queries: &[RunningQuery]) -> String {
                 metrics: Arc::clone(&q.metrics),
             })
             .collect(),
+    )
+}
+
+/// [`render_queries`] from what the server keeps of each query between requests.
+pub fn render_states(queries: Vec<QueryState>) -> String {
+    encode(QueryCollector {
+        queries,
         now_ms: crate::time::now_ms(),
     })
 }
 
+/// One query as `/metrics` reports it: its name, whether it runs, its live counters.
 #[derive(Debug)]
-struct QueryState {
-    name: String,
-    running: bool,
-    metrics: Arc<Metrics>,
+pub struct QueryState {
+    pub name: String,
+    pub running: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What one scrape reports: the queries as they were when it began, and the wall clock for the lag.

@@ -23,26 +23,109 @@ use tokio::sync::Mutex;
 
 use crate::engine::query::Metrics;
 use crate::error::Error;
-use crate::session::{Outcome, RunningQuery, Session};
+use crate::session::{Outcome, Session};
 use crate::sql::parser::{ObjectKind, Statement};
 
 /// The OpenAPI description of this API, served at `/openapi.yaml`.
 pub const OPENAPI: &str = include_str!("../docs/openapi.yaml");
 
 pub struct AppState {
+    /// Statements, pause, resume and drop take it, one at a time (they may open connectors: I/O).
+    /// Reads never wait for it: see `views`.
     pub session: Mutex<Session>,
     /// Who may call and what a request may carry ([`crate::guard`]): the bearer token (every
     /// request but `/health` needs it when set), `Host` names, body size, timeouts, concurrency.
     pub limits: crate::guard::Limits,
+    /// The session as of the last time it was free: its queries with their live counters, and
+    /// what a bounded SELECT reads. `GET /v1/queries[/{name}]`, `/metrics` and `POST /v1/query`
+    /// answer from it while a statement holds the session (a status, or a view created meanwhile,
+    /// may then lag by as long as that statement takes).
+    views: std::sync::RwLock<Kept>,
+}
+
+/// See [`AppState::views`].
+#[derive(Clone)]
+struct Kept {
+    queries: Arc<Vec<QueryView>>,
+    reads: Arc<crate::session::ReadView>,
+}
+
+impl Kept {
+    fn of(session: &Session) -> Kept {
+        Kept {
+            queries: Arc::new(views_of(session)),
+            reads: Arc::new(session.read_view()),
+        }
+    }
 }
 
 impl AppState {
     pub fn new(session: Session, limits: crate::guard::Limits) -> Arc<AppState> {
+        let views = std::sync::RwLock::new(Kept::of(&session));
         Arc::new(AppState {
             session: Mutex::new(session),
             limits,
+            views,
         })
     }
+
+    /// Remember the queries as `session` has them now.
+    fn keep_views(&self, session: &Session) {
+        let views = Kept::of(session);
+        match self.views.write() {
+            Ok(mut v) => *v = views,
+            Err(poisoned) => *poisoned.into_inner() = views,
+        }
+    }
+
+    /// The session now if it is free (reaping the queries that ended), else as last kept.
+    async fn current(&self) -> Kept {
+        if let Ok(mut session) = self.session.try_lock() {
+            let _ = session.reap().await;
+            self.keep_views(&session);
+        }
+        match self.views.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    async fn current_views(&self) -> Arc<Vec<QueryView>> {
+        self.current().await.queries
+    }
+}
+
+/// A query as the read endpoints show it.
+#[derive(Debug, Clone)]
+struct QueryView {
+    name: String,
+    kind: String,
+    status: &'static str,
+    sql: String,
+    last_error: Option<String>,
+    metrics: Arc<Metrics>,
+}
+
+fn views_of(session: &Session) -> Vec<QueryView> {
+    session
+        .queries
+        .iter()
+        .map(|q| QueryView {
+            name: q.name.clone(),
+            kind: q.kind.to_string(),
+            status: q.status(),
+            sql: session
+                .catalog
+                .get(&q.name)
+                .map(|o| o.sql().to_string())
+                .unwrap_or_default(),
+            last_error: match &q.outcome {
+                Some(Err(e)) => Some(e.clone()),
+                _ => None,
+            },
+            metrics: q.metrics.clone(),
+        })
+        .collect()
 }
 
 type Shared = Arc<AppState>;
@@ -134,6 +217,7 @@ async fn statements(State(st): State<Shared>, body: Result<String, StringRejecti
                 .map_err(|e| (StatusCode::BAD_REQUEST, json!({ "error": e }))),
             Err(e) => Err((status_of(&e), statement_error(&e, located.line))),
         };
+        st.keep_views(&session);
         match result {
             Ok(v) => results.push(v),
             Err((status, mut err)) => {
@@ -149,7 +233,7 @@ async fn statements(State(st): State<Shared>, body: Result<String, StringRejecti
     axum::Json(json!({ "results": results })).into_response()
 }
 
-fn query_json(session: &Session, q: &RunningQuery) -> Value {
+fn query_json(q: &QueryView) -> Value {
     let m = &q.metrics;
     let wm = m.watermark.load(Ordering::Relaxed);
     let watermark = match wm {
@@ -160,16 +244,11 @@ fn query_json(session: &Session, q: &RunningQuery) -> Value {
         i64::MIN | i64::MAX => Value::Null,
         w => json!(crate::time::now_ms() - w),
     };
-    let sql = session
-        .catalog
-        .get(&q.name)
-        .map(|o| o.sql().to_string())
-        .unwrap_or_default();
     json!({
         "name": q.name,
-        "kind": q.kind.to_string(),
-        "status": q.status(),
-        "sql": sql,
+        "kind": q.kind,
+        "status": q.status,
+        "sql": q.sql,
         "rows_in": Metrics::get(&m.rows_in),
         "rows_out": Metrics::get(&m.rows_out),
         "errors": Metrics::get(&m.errors),
@@ -177,14 +256,13 @@ fn query_json(session: &Session, q: &RunningQuery) -> Value {
         "batches": Metrics::get(&m.batches),
         "watermark": watermark,
         "lag_ms": lag_ms,
-        "last_error": match &q.outcome { Some(Err(e)) => json!(e), _ => Value::Null },
+        "last_error": q.last_error,
     })
 }
 
 async fn list_queries(State(st): State<Shared>) -> Response {
-    let mut session = st.session.lock().await;
-    let _ = session.reap().await;
-    let queries: Vec<Value> = session.queries.iter().map(|q| query_json(&session, q)).collect();
+    let views = st.current_views().await;
+    let queries: Vec<Value> = views.iter().map(query_json).collect();
     axum::Json(json!({ "queries": queries })).into_response()
 }
 
@@ -193,10 +271,9 @@ fn not_found(name: &str) -> Response {
 }
 
 async fn get_query(State(st): State<Shared>, Path(name): Path<String>) -> Response {
-    let mut session = st.session.lock().await;
-    let _ = session.reap().await;
-    match session.queries.iter().find(|q| q.name == name) {
-        Some(q) => axum::Json(query_json(&session, q)).into_response(),
+    let views = st.current_views().await;
+    match views.iter().find(|q| q.name == name) {
+        Some(q) => axum::Json(query_json(q)).into_response(),
         None => not_found(&name),
     }
 }
@@ -211,9 +288,10 @@ async fn pause_or_resume(st: Shared, name: String, pause: bool) -> Response {
     } else {
         session.resume(&name).await
     };
+    st.keep_views(&session);
     match result {
-        Ok(()) => match session.queries.iter().find(|q| q.name == name) {
-            Some(q) => axum::Json(query_json(&session, q)).into_response(),
+        Ok(()) => match views_of(&session).iter().find(|q| q.name == name) {
+            Some(q) => axum::Json(query_json(q)).into_response(),
             None => not_found(&name),
         },
         Err(e @ Error::Plan(_)) => error(StatusCode::CONFLICT, e.to_string()),
@@ -244,7 +322,9 @@ async fn delete_query(State(st): State<Shared>, Path(name): Path<String>) -> Res
         name: name.clone(),
         if_exists: false,
     };
-    match session.execute(&drop).await {
+    let result = session.execute(&drop).await;
+    st.keep_views(&session);
+    match result {
         Ok(outcome) => match outcome_json(outcome).await {
             Ok(v) => axum::Json(v).into_response(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -269,9 +349,14 @@ async fn query(State(st): State<Shared>, body: Result<String, StringRejection>) 
             "POST /v1/query takes one SELECT; send other statements to /v1/statements",
         );
     }
-    let mut session = st.session.lock().await;
-    match session.execute(&stmt).await {
-        Ok(outcome) => match outcome_json(outcome).await {
+    let Statement::Query(q) = stmt else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "not a query");
+    };
+    // What the query reads, taken without waiting for a statement in progress; the query itself
+    // runs without the session.
+    let reads = st.current().await.reads;
+    match reads.select(&q).await {
+        Ok((rows, schema)) => match outcome_json(Outcome::Rows(rows, schema)).await {
             Ok(v) => axum::Json(v).into_response(),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         },
@@ -280,11 +365,18 @@ async fn query(State(st): State<Shared>, body: Result<String, StringRejection>) 
 }
 
 async fn metrics(State(st): State<Shared>) -> Response {
-    let mut session = st.session.lock().await;
-    let _ = session.reap().await;
+    let views = st.current_views().await;
+    let states = views
+        .iter()
+        .map(|q| crate::metrics::QueryState {
+            name: q.name.clone(),
+            running: q.status == "running",
+            metrics: q.metrics.clone(),
+        })
+        .collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render_queries(&session.queries),
+        crate::metrics::render_states(states),
     )
         .into_response()
 }
@@ -325,9 +417,11 @@ pub async fn serve(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                if let Err(e) = state.session.lock().await.reap().await {
+                let mut session = state.session.lock().await;
+                if let Err(e) = session.reap().await {
                     eprintln!("serve: saving the catalog: {e}");
                 }
+                state.keep_views(&session);
             }
         })
     };

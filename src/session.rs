@@ -929,6 +929,15 @@ impl Session {
         Ok(out)
     }
 
+    /// What a bounded SELECT needs, to run it without the session (see [`ReadView`]).
+    pub fn read_view(&self) -> ReadView {
+        ReadView {
+            catalog: self.catalog.clone(),
+            system: self.system.clone(),
+            limits: self.result_limits,
+        }
+    }
+
     async fn select(&mut self, q: &Query) -> Result<Outcome> {
         let compiled = plan::compile(
             q,
@@ -942,30 +951,16 @@ impl Session {
             if self.wait_for_bounded {
                 self.wait_bounded().await;
             }
-            let load = !self.plan_only;
-            let mut pc = match &self.result_limits {
-                Some(l) => {
-                    plan::context::PlanContext::with_memory_limit(
-                        &self.catalog,
-                        &self.system,
-                        load,
-                        &compiled.inputs,
-                        l.memory_bytes,
-                    )
-                    .await?
-                }
-                None => plan::context::PlanContext::new(&self.catalog, &self.system, load, &compiled.inputs).await?,
-            };
-            let plan = pc.plan_query(q).await?;
-            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-            if self.plan_only {
-                return Ok(Outcome::Rows(Vec::new(), schema));
-            }
-            let frame = pc.ctx.execute_logical_plan(plan).await?;
-            let Some(limits) = self.result_limits else {
-                return Ok(Outcome::Rows(frame.collect().await?, schema));
-            };
-            return Ok(Outcome::Rows(limits.collect(frame).await?, schema));
+            let (rows, schema) = bounded_rows(
+                &self.catalog,
+                &self.system,
+                &compiled,
+                q,
+                !self.plan_only,
+                self.result_limits.as_ref(),
+            )
+            .await?;
+            return Ok(Outcome::Rows(rows, schema));
         }
         if self.plan_only {
             self.plan_continuous("SELECT", &compiled, Accepts::Upsert, "a live SELECT")?;
@@ -1024,6 +1019,59 @@ fn needs_a_stream(name: &str, compiled: &Compiled) -> Result<()> {
 }
 
 /// Apply a live query's `ORDER BY … LIMIT …` to a snapshot of its table.
+/// The rows of a bounded SELECT already compiled against `catalog` (none, only the schema, when not
+/// `load`: plan only), within `limits`.
+async fn bounded_rows(
+    catalog: &Catalog,
+    system: &SystemTables,
+    compiled: &Compiled,
+    q: &Query,
+    load: bool,
+    limits: Option<&ResultLimits>,
+) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+    let mut pc = match limits {
+        Some(l) => {
+            plan::context::PlanContext::with_memory_limit(catalog, system, load, &compiled.inputs, l.memory_bytes)
+                .await?
+        }
+        None => plan::context::PlanContext::new(catalog, system, load, &compiled.inputs).await?,
+    };
+    let plan = pc.plan_query(q).await?;
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    if !load {
+        return Ok((Vec::new(), schema));
+    }
+    let frame = pc.ctx.execute_logical_plan(plan).await?;
+    let rows = match limits {
+        Some(l) => l.collect(frame).await?,
+        None => frame.collect().await?,
+    };
+    Ok((rows, schema))
+}
+
+/// What a bounded SELECT reads, taken from a session — a clone of its catalog (tables and views
+/// are shared, not copied) — so that the query runs without it: the server's `/v1/query` holds the
+/// session's lock only while taking this.
+pub struct ReadView {
+    catalog: Catalog,
+    system: Arc<SystemTables>,
+    limits: Option<ResultLimits>,
+}
+
+impl ReadView {
+    /// The rows of a bounded SELECT; one over a stream is refused (it has no end to answer with).
+    pub async fn select(&self, q: &Query) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+        let compiled = plan::compile(q, &self.catalog, &self.system, true, plan::Reads::Interactive).await?;
+        if !compiled.bounded() {
+            return Err(Error::plan(
+                "a continuous SELECT has no end to answer with; register it with CREATE MATERIALIZED VIEW … AS \
+                 SELECT … and read it with POST /v1/query",
+            ));
+        }
+        bounded_rows(&self.catalog, &self.system, &compiled, q, true, self.limits.as_ref()).await
+    }
+}
+
 /// Caps on a bounded SELECT (set by the server for `/v1/query`): rows and bytes of the answer, and
 /// the memory DataFusion's operators may take to compute it.
 #[derive(Debug, Clone, Copy)]

@@ -400,3 +400,76 @@ fn a_huge_select_is_refused_with_422_and_a_small_one_answered() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rows"][0]["n"], 5000, "{v}");
 }
+
+/// A statement waiting on a service that does not answer (an exactly-once Kafka sink initializing
+/// its transactions against a port nobody listens on: a minute) holds other statements back, but
+/// no read: the query list, one query, `/metrics` and a bounded SELECT answer at once.
+#[test]
+fn reads_answer_while_a_statement_waits_for_an_unreachable_service() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Server::start(dir.path(), &["--request-timeout", "120"]);
+    server
+        .post(
+            "/v1/statements",
+            "CREATE SOURCE g (user_id BIGINT) WITH (connector = 'generator', rate = '100');
+             CREATE MATERIALIZED VIEW users AS SELECT user_id, COUNT(*) AS n FROM g GROUP BY user_id;",
+        )
+        .expect(200);
+    let addr = server.addr.clone();
+    let (tx, blocked) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = http(
+            &addr,
+            "POST",
+            "/v1/statements",
+            &[("Content-Type", "application/sql")],
+            b"CREATE SINK k WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:1', topic = 't') AS SELECT user_id FROM g",
+        );
+        let _ = tx.send(r.status);
+    });
+    // The statement has the session (a second statement waits for it) ...
+    let probe = Instant::now();
+    let waiting = {
+        let addr = server.addr.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = http(
+                &addr,
+                "POST",
+                "/v1/statements",
+                &[("Content-Type", "application/sql")],
+                b"SHOW SOURCES",
+            );
+            let _ = tx.send(r.status);
+        });
+        rx
+    };
+    assert!(
+        waiting.recv_timeout(Duration::from_secs(3)).is_err(),
+        "a second statement ran while the first waited for Kafka: the test no longer blocks the session"
+    );
+    // ... and every read answers promptly meanwhile.
+    for path in ["/v1/queries", "/v1/queries/users", "/metrics", "/health"] {
+        let started = Instant::now();
+        let r = server.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+    }
+    let started = Instant::now();
+    let (status, v) = sql_post(&server, "/v1/query", "SELECT COUNT(*) AS users FROM users");
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "/v1/query took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        blocked.try_recv().is_err(),
+        "the Kafka statement answered within {:?}",
+        probe.elapsed()
+    );
+}
