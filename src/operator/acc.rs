@@ -1034,84 +1034,192 @@ impl PartialEq for ValueKey {
 
 impl Eq for ValueKey {}
 
-/// COUNT(DISTINCT x): a count per distinct value per group (so retractions work).
+/// COUNT(DISTINCT x): a count per distinct value per group (so retractions work). BIGINT values
+/// (the usual `COUNT(DISTINCT user_id)`) are counted by value; others by their row bytes.
 #[derive(Default)]
 struct CountDistinct {
     rows: ValueRows,
-    seen: Vec<HashMap<ValueKey, i64>>,
+    sets: DistinctSets,
+}
+
+/// The per-group multisets of a [`CountDistinct`], in the form its values call for (decided by
+/// the first values it sees or restores).
+#[derive(Default)]
+enum DistinctSets {
+    #[default]
+    Unknown,
+    /// BIGINT: no row conversion, and keys that hash and compare as one word.
+    Ints(Vec<HashMap<i64, i64>>),
+    /// Any other type: the values' row bytes.
+    Rows(Vec<HashMap<ValueKey, i64>>),
+}
+
+impl DistinctSets {
+    fn for_type(t: &DataType) -> DistinctSets {
+        if *t == DataType::Int64 {
+            DistinctSets::Ints(Vec::new())
+        } else {
+            DistinctSets::Rows(Vec::new())
+        }
+    }
+
+    fn len_of(&self, g: u32) -> usize {
+        match self {
+            DistinctSets::Unknown => 0,
+            DistinctSets::Ints(v) => v.get(g as usize).map_or(0, HashMap::len),
+            DistinctSets::Rows(v) => v.get(g as usize).map_or(0, HashMap::len),
+        }
+    }
+}
+
+/// Add `n` to `key`'s count in `set`; a count back at zero leaves the set.
+fn count_into<K: std::hash::Hash + Eq>(set: &mut HashMap<K, i64>, key: K, n: i64) {
+    match set.entry(key) {
+        datafusion::common::hash_map::Entry::Occupied(mut e) => {
+            *e.get_mut() += n;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        datafusion::common::hash_map::Entry::Vacant(e) => {
+            e.insert(n);
+        }
+    }
+}
+
+/// Empty group `gid`'s set, keeping a small table for the group that reuses the id.
+fn reset_set<K>(sets: &mut [HashMap<K, i64>], gid: u32) {
+    if let Some(s) = sets.get_mut(gid as usize) {
+        if s.capacity() <= CountDistinct::KEEP {
+            s.clear();
+        } else {
+            *s = HashMap::default();
+        }
+    }
 }
 
 impl CountDistinct {
     /// A reset group keeps a table this small for the group that reuses its id.
     const KEEP: usize = 64;
+
+    fn mismatch() -> Error {
+        Error::Internal("COUNT(DISTINCT) states of different value types".into())
+    }
 }
 
 impl Acc for CountDistinct {
     fn update(&mut self, args: &[ArrayRef], gids: &[u32], retract: Option<&[bool]>, capacity: usize) -> Result<()> {
-        grow(&mut self.seen, capacity, HashMap::new());
         let arg = args
             .first()
             .ok_or_else(|| Error::Internal("COUNT(DISTINCT) without an argument".into()))?;
-        let rows = self.rows.rows(arg)?;
+        if matches!(self.sets, DistinctSets::Unknown) {
+            self.sets = DistinctSets::for_type(arg.data_type());
+        }
         let nulls = arg.nulls();
-        for (i, g) in gids.iter().enumerate() {
-            if nulls.is_some_and(|n| n.is_null(i)) {
-                continue;
-            }
-            let set = &mut self.seen[*g as usize];
-            let v = rows.row(i);
-            match set.get_mut(v.as_ref()) {
-                Some(n) => {
-                    *n += sign(retract, i);
-                    if *n == 0 {
-                        set.remove(v.as_ref());
+        match &mut self.sets {
+            DistinctSets::Ints(sets) => {
+                let values = arg
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(Self::mismatch)?
+                    .values();
+                grow(sets, capacity, HashMap::default());
+                for (i, g) in gids.iter().enumerate() {
+                    if !nulls.is_some_and(|n| n.is_null(i)) {
+                        count_into(&mut sets[*g as usize], values[i], sign(retract, i));
                     }
                 }
-                None => {
-                    set.insert(ValueKey::from(v.as_ref()), sign(retract, i));
+            }
+            DistinctSets::Rows(sets) => {
+                grow(sets, capacity, HashMap::default());
+                let rows = self.rows.rows(arg)?;
+                for (i, g) in gids.iter().enumerate() {
+                    if nulls.is_some_and(|n| n.is_null(i)) {
+                        continue;
+                    }
+                    let set = &mut sets[*g as usize];
+                    let v = rows.row(i);
+                    // Look up by the borrowed bytes first: a value seen before allocates nothing.
+                    match set.get_mut(v.as_ref()) {
+                        Some(n) => {
+                            *n += sign(retract, i);
+                            if *n == 0 {
+                                set.remove(v.as_ref());
+                            }
+                        }
+                        None => {
+                            set.insert(ValueKey::from(v.as_ref()), sign(retract, i));
+                        }
+                    }
                 }
             }
+            DistinctSets::Unknown => {}
         }
         Ok(())
     }
 
     fn merge_from(&mut self, dst: u32, other: &mut dyn Acc, src: u32, capacity: usize) -> Result<()> {
-        grow(&mut self.seen, capacity, HashMap::new());
         let o = downcast::<CountDistinct>(other)?;
-        if let Some(theirs) = o.seen.get(src as usize) {
-            let mine = &mut self.seen[dst as usize];
-            for (k, n) in theirs {
-                *mine.entry(k.clone()).or_insert(0) += n;
+        if matches!(self.sets, DistinctSets::Unknown) {
+            self.sets = match &o.sets {
+                DistinctSets::Unknown => return Ok(()),
+                DistinctSets::Ints(_) => DistinctSets::Ints(Vec::new()),
+                DistinctSets::Rows(_) => DistinctSets::Rows(Vec::new()),
+            };
+        }
+        if let DistinctSets::Rows(_) = o.sets {
+            // Values merged in before any were seen here: learn their type, for the checkpoint.
+            self.rows.restore_type(&o.rows.state_type(), "COUNT(DISTINCT) values")?;
+        }
+        match (&mut self.sets, &o.sets) {
+            (_, DistinctSets::Unknown) => {}
+            (DistinctSets::Ints(mine), DistinctSets::Ints(theirs)) => {
+                grow(mine, capacity, HashMap::default());
+                for (k, n) in theirs.get(src as usize).into_iter().flatten() {
+                    count_into(&mut mine[dst as usize], *k, *n);
+                }
             }
+            (DistinctSets::Rows(mine), DistinctSets::Rows(theirs)) => {
+                grow(mine, capacity, HashMap::default());
+                for (k, n) in theirs.get(src as usize).into_iter().flatten() {
+                    count_into(&mut mine[dst as usize], k.clone(), *n);
+                }
+            }
+            _ => return Err(Self::mismatch()),
         }
         Ok(())
     }
 
     fn merge_within(&mut self, dst: u32, src: u32) -> Result<()> {
         let (d, s) = (dst as usize, src as usize);
-        grow(&mut self.seen, d.max(s) + 1, HashMap::new());
-        let theirs = std::mem::take(&mut self.seen[s]);
-        for (k, n) in theirs {
-            *self.seen[d].entry(k).or_insert(0) += n;
+        match &mut self.sets {
+            DistinctSets::Unknown => {}
+            DistinctSets::Ints(sets) => {
+                grow(sets, d.max(s) + 1, HashMap::default());
+                for (k, n) in std::mem::take(&mut sets[s]) {
+                    count_into(&mut sets[d], k, n);
+                }
+            }
+            DistinctSets::Rows(sets) => {
+                grow(sets, d.max(s) + 1, HashMap::default());
+                for (k, n) in std::mem::take(&mut sets[s]) {
+                    count_into(&mut sets[d], k, n);
+                }
+            }
         }
         Ok(())
     }
 
     fn evaluate(&mut self, gids: &[u32], t: &DataType) -> Result<ArrayRef> {
-        let a = Int64Array::from_iter_values(
-            gids.iter()
-                .map(|g| self.seen.get(*g as usize).map(|s| s.len() as i64).unwrap_or(0)),
-        );
+        let a = Int64Array::from_iter_values(gids.iter().map(|g| self.sets.len_of(*g) as i64));
         conform(Arc::new(a), t)
     }
 
     fn reset(&mut self, gid: u32) {
-        if let Some(s) = self.seen.get_mut(gid as usize) {
-            if s.capacity() <= CountDistinct::KEEP {
-                s.clear();
-            } else {
-                *s = HashMap::new();
-            }
+        match &mut self.sets {
+            DistinctSets::Unknown => {}
+            DistinctSets::Ints(sets) => reset_set(sets, gid),
+            DistinctSets::Rows(sets) => reset_set(sets, gid),
         }
     }
 
@@ -1119,18 +1227,80 @@ impl Acc for CountDistinct {
         self
     }
 
-    /// The distinct values and their counts as `values`/`counts` lists.
+    /// The distinct values and their counts as `values`/`counts` lists (the same columns in
+    /// either form, so a checkpoint does not depend on it).
     fn state_columns(&self, gids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
-        multiset_columns(&self.rows, gids.iter().map(|g| self.seen.get(*g as usize)))
+        match &self.sets {
+            DistinctSets::Ints(sets) => {
+                let (mut values, mut counts, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+                for g in gids {
+                    let set = sets.get(*g as usize);
+                    lens.push(set.map_or(0, HashMap::len));
+                    for (k, n) in set.into_iter().flatten() {
+                        values.push(*k);
+                        counts.push(*n);
+                    }
+                }
+                Ok(named(vec![
+                    (
+                        "values",
+                        list_column(Arc::new(Int64Array::from(values)), lens.iter().copied()),
+                    ),
+                    ("counts", list_column(Arc::new(Int64Array::from(counts)), lens)),
+                ]))
+            }
+            DistinctSets::Rows(sets) => multiset_columns(&self.rows, gids.iter().map(|g| sets.get(*g as usize))),
+            DistinctSets::Unknown => {
+                multiset_columns::<&HashMap<ValueKey, i64>, ValueKey>(&self.rows, gids.iter().map(|_| None))
+            }
+        }
     }
 
     fn restore_columns(&mut self, gids: &[u32], cols: &StateColumns<'_>) -> Result<()> {
-        let sets = restore_multisets(&mut self.rows, cols)?;
-        grow(&mut self.seen, capacity_of(gids), HashMap::new());
-        for (g, set) in gids.iter().zip(sets) {
-            self.seen[*g as usize] = set.into_iter().map(|(k, n)| (ValueKey::from(&k[..]), n)).collect();
+        let flat = cols.list("values")?.values().clone();
+        if matches!(self.sets, DistinctSets::Unknown) && *flat.data_type() != DataType::Null {
+            self.sets = DistinctSets::for_type(flat.data_type());
         }
-        Ok(())
+        match &mut self.sets {
+            DistinctSets::Unknown => Ok(()),
+            DistinctSets::Ints(sets) => {
+                let values = cols.list("values")?;
+                let counts = cols.list("counts")?;
+                let (v, n) = (
+                    values.values().as_any().downcast_ref::<Int64Array>(),
+                    counts.values().as_any().downcast_ref::<Int64Array>(),
+                );
+                let (Some(v), Some(n)) = (v, n) else {
+                    return Err(Error::Internal(format!(
+                        "state columns '{}'/'{}' are not BIGINT values with counts",
+                        cols.name("values"),
+                        cols.name("counts")
+                    )));
+                };
+                if values.value_offsets() != counts.value_offsets() {
+                    return Err(Error::Internal(format!(
+                        "state columns '{}' and '{}' do not pair up",
+                        cols.name("values"),
+                        cols.name("counts")
+                    )));
+                }
+                grow(sets, capacity_of(gids), HashMap::default());
+                for (g, w) in gids.iter().zip(values.value_offsets().windows(2)) {
+                    sets[*g as usize] = (w[0] as usize..w[1] as usize)
+                        .map(|j| (v.value(j), n.value(j)))
+                        .collect();
+                }
+                Ok(())
+            }
+            DistinctSets::Rows(sets) => {
+                let restored = restore_multisets(&mut self.rows, cols)?;
+                grow(sets, capacity_of(gids), HashMap::default());
+                for (g, set) in gids.iter().zip(restored) {
+                    sets[*g as usize] = set.into_iter().map(|(k, n)| (ValueKey::from(&k[..]), n)).collect();
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -1807,6 +1977,84 @@ mod tests {
         let one_long = UInt32Array::from(vec![1]);
         a.update(&ev, Some(&one_long), &[1], None, 2).expect("update");
         assert_eq!(count(&mut a, &[0, 1]), vec![1, 1]);
+    }
+
+    /// BIGINT values are counted by value, other types by row bytes: both must count alike and
+    /// checkpoint the same columns, so a state written in one form restores in the other.
+    #[test]
+    fn distinct_bigints_by_value_count_and_checkpoint_as_row_bytes_do() {
+        let values: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(7),
+            Some(-3),
+            None,
+            Some(7),
+            Some(i64::MAX),
+            Some(-3),
+            Some(0),
+        ]));
+        let gids = [0, 0, 0, 0, 1, 1, 1];
+        let retract = [false, false, false, false, false, false, true];
+        let run = |mut acc: CountDistinct| {
+            acc.update(std::slice::from_ref(&values), &gids, None, 2)
+                .expect("update");
+            acc.update(std::slice::from_ref(&values), &gids, Some(&retract), 2)
+                .expect("retract");
+            acc
+        };
+        let by_value = run(CountDistinct::default());
+        assert!(matches!(by_value.sets, DistinctSets::Ints(_)));
+        let by_rows = run(CountDistinct {
+            sets: DistinctSets::Rows(Vec::new()),
+            ..CountDistinct::default()
+        });
+        let counts = |a: &mut CountDistinct| {
+            a.evaluate(&[0, 1], &DataType::Int64)
+                .expect("eval")
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        };
+        let (mut by_value, mut by_rows) = (by_value, by_rows);
+        // Group 0: 7 four times, -3 twice, NULL never; group 1: MAX and -3 twice each, 0 inserted
+        // and retracted (gone).
+        assert_eq!(counts(&mut by_value), vec![2, 2]);
+        assert_eq!(counts(&mut by_rows), counts(&mut by_value));
+        let sorted_state = |a: &CountDistinct| {
+            let t = through_ipc(a.state_columns(&[0, 1]).expect("state"));
+            (0..2)
+                .map(|g| {
+                    let v = t.column(0).as_list::<i32>().value(g);
+                    let n = t.column(1).as_list::<i32>().value(g);
+                    let mut pairs: Vec<(i64, i64)> = v
+                        .as_primitive::<Int64Type>()
+                        .values()
+                        .iter()
+                        .zip(n.as_primitive::<Int64Type>().values().iter())
+                        .map(|(a, b)| (*a, *b))
+                        .collect();
+                    pairs.sort();
+                    pairs
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sorted_state(&by_value), sorted_state(&by_rows));
+        // Written by one form, restored by a fresh aggregate (which takes the BIGINT form).
+        for written in [&by_value, &by_rows] {
+            let table = through_ipc(written.state_columns(&[0, 1]).expect("state"));
+            let mut restored = CountDistinct::default();
+            let cols = StateColumns {
+                table: &table,
+                prefix: String::new(),
+            };
+            restored.restore_columns(&[1, 0], &cols).expect("restore");
+            assert!(matches!(restored.sets, DistinctSets::Ints(_)));
+            assert_eq!(counts(&mut restored), vec![2, 2]);
+            assert_eq!(sorted_state(&restored), {
+                let mut swapped = sorted_state(written);
+                swapped.reverse();
+                swapped
+            });
+        }
     }
 
     fn through_ipc(cols: Vec<(String, ArrayRef)>) -> RecordBatch {
