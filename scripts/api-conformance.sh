@@ -20,7 +20,7 @@
 # Environment: API_MAX_EXAMPLES (test cases per operation and phase, default 25), API_SEED (default
 # 1205; `random`), API_TOKEN_RUN (1), API_KEEP (1: keep the temporary directory: server logs,
 # schemathesis reports), CARGO_TARGET_DIR (default $HOME/.cache/freshet/target). The venv:
-# ${XDG_CACHE_HOME:-$HOME/.cache}/freshet/api-venv (created on first use: needs python3 >= 3.10, PyPI).
+# ${XDG_CACHE_HOME:-$HOME/.cache}/freshet/api-venv (created on first use: needs python3 >= 3.11, PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
