@@ -161,7 +161,7 @@ stop_server
 # A fresh server for the probes: the runs above paused, resumed and dropped what was seeded.
 start_server "$work/probes" "" --max-result-rows 1000
 seed
-probes plain
+probes plain --data-dir "$work/probes/data"
 stop_server
 
 if [ "$API_TOKEN_RUN" = 1 ]; then

@@ -3,16 +3,18 @@ UTF-8, a wrong Host, a body that is too big or too slow, a server too busy, the 
 policy, a missing token. Each must get the status docs/openapi.yaml documents, with a JSON
 `{"error": "..."}` body (and the documented headers).
 
-    python3 probes.py ADDR [--token TOKEN] [--slow]
+    python3 probes.py ADDR [--token TOKEN] [--slow] [--data-dir DIR]
 
 `--slow`: also the probes that need a server started with `--request-timeout 2
---max-concurrent-requests 2` (408 for a slow body, 503 with Retry-After when busy).
+--max-concurrent-requests 2` (408 for a slow body, 503 with Retry-After when busy). `--data-dir`:
+also make the catalog unwritable for a moment (500 for a statement, a resume, a DELETE).
 Exits 1 when a probe fails; prints one line per probe.
 """
 
 import argparse
 import http.client
 import json
+import os
 import socket
 import sys
 import time
@@ -24,6 +26,13 @@ KNOWN = {
         "src/server.rs: take `Result<Path<String>, PathRejection>` in get_query, delete_query, pause "
         "and resume and answer `error(r.status(), r.body_text())`, as the body rejections already do"
     ),
+    "catalog-not-writable": (
+        "server defect: a statement, pause, resume or DELETE whose catalog write fails answers 400, "
+        "502 or 409 as if the client were wrong, and the change stays applied in memory but not on "
+        "disk. Fix in src/server.rs: Error::Io and Error::Internal -> 500 (status_of, "
+        "pause_or_resume, delete_query); in src/session.rs: persist before the in-memory change "
+        "(or undo it when persist fails)"
+    ),
 }
 
 
@@ -32,6 +41,7 @@ def main():
     ap.add_argument("addr")
     ap.add_argument("--token")
     ap.add_argument("--slow", action="store_true")
+    ap.add_argument("--data-dir", help="the server's data directory: also probe a catalog that cannot be written")
     args = ap.parse_args()
     host, port = args.addr.rsplit(":", 1)
     port = int(port)
@@ -124,6 +134,31 @@ def main():
         print(f"  {'ok  ' if code == 200 else 'FAIL'} health-without-token: {code}")
         if code != 200:
             failures.append("health-without-token")
+
+    if args.data_dir:
+        # A directory where the catalog's temporary file goes: every write of the catalog fails.
+        blocker = os.path.join(args.data_dir, "catalog.json.tmp")
+        os.mkdir(blocker)
+        try:
+            check(
+                "catalog-not-writable-statement",
+                request(
+                    "POST",
+                    "/v1/statements",
+                    sql,
+                    b"CREATE SOURCE unsaved (course_id BIGINT NOT NULL, event_time TIMESTAMP NOT NULL) "
+                    b"WITH (connector = 'generator', kind = 'courses', events = '10')",
+                ),
+                500,
+            )
+            check(
+                "catalog-not-writable-resume",
+                request("POST", "/v1/queries/held/resume", {"X-Freshet-Client": "probe", **auth}, b""),
+                500,
+            )
+            check("catalog-not-writable-delete", request("DELETE", "/v1/queries/archive", auth), 500)
+        finally:
+            os.rmdir(blocker)
 
     if args.slow:
         # The guard takes a request's slot before it reads the body: two stalled bodies fill a server
