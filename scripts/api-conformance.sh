@@ -4,7 +4,7 @@
 # send (scripts/api-conformance.d/probes.py). Fails on any 5xx, any status, Content-Type, header or
 # body the document does not describe.
 #
-#   scripts/api-conformance.sh                      # debug build, ~1 min after the build
+#   scripts/api-conformance.sh                      # debug build; 15-60 s after the build
 #   API_MAX_EXAMPLES=200 scripts/api-conformance.sh # more test cases per operation
 #   API_SEED=random scripts/api-conformance.sh      # a new seed (printed, to replay it)
 #
