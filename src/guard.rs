@@ -2,18 +2,21 @@
 //! who may call, what a request may carry, how long and how many at once.
 //!
 //! [`check`] is one middleware, in the order a request meets it:
-//! 1. `Host` (DNS rebinding): an IP literal, `localhost`, or a name the operator listed; else 421.
-//!    A page on an attacker's domain that re-resolves to this machine still sends its own name.
+//! 1. `Host` (DNS rebinding): an IP literal, `localhost`, or a name the operator listed, in the
+//!    header and in an absolute request target; else 421 (two `Host` headers: 400). A page on an
+//!    attacker's domain that re-resolves to this machine still sends its own name.
 //! 2. the bearer token (all but the open paths): compared in constant time; else 401.
 //! 3. at most `max_concurrent` requests at once; past it 503 with `Retry-After`, before any work.
-//! 4. CSRF: a `POST` needs `Content-Type: application/json` or `application/sql`, or an
-//!    `X-Freshet-Client` header. A browser sends none of those cross-site without a CORS preflight,
-//!    which this server never grants; the content types a plain form or `fetch` may send
-//!    cross-site (`text/plain`, form encodings) get 415.
-//! 5. the body, read whole before any handler runs: over `max_body` bytes 413, not complete
+//! 4. the body, read whole before any handler runs: over `max_body` bytes 413, not complete
 //!    within `request_timeout` 408 (a slow client holds no lock and no session).
-//! 6. the handler, in its own task: when it has not answered within `request_timeout` the client
+//! 5. the handler, in its own task: when it has not answered within `request_timeout` the client
 //!    gets 503 and the handler runs on to its end — a statement is never cut off halfway.
+//!
+//! [`csrf`] is the server's route layer: a `POST` needs `Content-Type: application/json` or
+//! `application/sql`, or an `X-Freshet-Client` header. A browser sends none of those cross-site
+//! without a CORS preflight, which this server never grants; the content types a plain form or
+//! `fetch` may send cross-site (`text/plain`, form encodings) get 415. (Not on the collector: an
+//! events endpoint takes events from wherever it is reachable.)
 //!
 //! [`serve`] accepts connections itself (instead of `axum::serve`) for what axum does not expose:
 //! a deadline on reading a request's headers (hyper's `header_read_timeout`) and a cap on open
@@ -40,8 +43,6 @@ pub struct Limits {
     pub open_paths: Vec<String>,
     /// `Host` names accepted besides IP literals and `localhost`; `None`: any `Host`.
     pub server_names: Option<Vec<String>>,
-    /// Refuse a `POST` a browser could send cross-site (see the module doc).
-    pub csrf: bool,
     pub max_body: usize,
     pub request_timeout: Duration,
     pub max_concurrent: usize,
@@ -53,7 +54,6 @@ impl Default for Limits {
             token: None,
             open_paths: vec!["/health".into()],
             server_names: Some(Vec::new()),
-            csrf: true,
             max_body: 1 << 20,
             request_timeout: Duration::from_secs(30),
             max_concurrent: 64,
@@ -124,17 +124,27 @@ fn not_cross_site(headers: &HeaderMap) -> bool {
 pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     let l = &guard.limits;
     let headers = request.headers();
-    if let Some(names) = &l.server_names
-        && let Some(host) = headers.get(header::HOST)
-        && !host.to_str().is_ok_and(|h| host_allowed(h, names))
-    {
-        return refuse(
-            StatusCode::MISDIRECTED_REQUEST,
-            format!(
-                "Host {:?} is not a name of this server; the operator may add it with --server-name",
-                String::from_utf8_lossy(host.as_bytes())
-            ),
-        );
+    if let Some(names) = &l.server_names {
+        if headers.get_all(header::HOST).iter().count() > 1 {
+            return refuse(StatusCode::BAD_REQUEST, "more than one Host header");
+        }
+        // The Host header, and the authority of an absolute request target (`GET http://…/`).
+        let named = headers
+            .get(header::HOST)
+            .map(|h| h.as_bytes().to_vec())
+            .into_iter()
+            .chain(request.uri().authority().map(|a| a.as_str().as_bytes().to_vec()));
+        for host in named {
+            if !std::str::from_utf8(&host).is_ok_and(|h| host_allowed(h, names)) {
+                return refuse(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!(
+                        "Host {:?} is not a name of this server; the operator may add it with --server-name",
+                        String::from_utf8_lossy(&host)
+                    ),
+                );
+            }
+        }
     }
     let open = l.open_paths.iter().any(|p| p == request.uri().path());
     if let Some(token) = &l.token
@@ -155,12 +165,6 @@ pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     };
-    if l.csrf && request.method() == Method::POST && !not_cross_site(headers) {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "POST needs Content-Type: application/sql or application/json (or an X-Freshet-Client header)",
-        );
-    }
     let (parts, body) = request.into_parts();
     let bytes = match tokio::time::timeout(l.request_timeout, axum::body::to_bytes(body, l.max_body)).await {
         Err(_) => {
@@ -195,6 +199,18 @@ pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next
             ),
         ),
     }
+}
+
+/// The CSRF rule (see the module doc), as a route layer: only on routes that exist, so a `POST` to
+/// a path or method that does not is answered 404/405 like any other.
+pub async fn csrf(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST && !not_cross_site(request.headers()) {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST needs Content-Type: application/sql or application/json (or an X-Freshet-Client header)",
+        );
+    }
+    next.run(request).await
 }
 
 /// Whether reading a body failed at the length limit (axum wraps `http_body_util::LengthLimitError`).

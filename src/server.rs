@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::rejection::StringRejection;
+use axum::extract::rejection::{PathRejection, StringRejection};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
@@ -139,6 +139,8 @@ fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::Forbidden { .. } => StatusCode::FORBIDDEN,
         Error::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // The server's own fault (its catalog could not be written), not the statement's.
+        Error::Io { .. } | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
 }
@@ -270,7 +272,18 @@ fn not_found(name: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("no continuous query '{name}'"))
 }
 
-async fn get_query(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+/// A query name from the path; a path that cannot be one (not UTF-8) is a JSON 400 like any error.
+type NamePath = Result<Path<String>, PathRejection>;
+
+fn name_of(path: NamePath) -> Result<String, Response> {
+    path.map(|Path(n)| n).map_err(|r| error(r.status(), r.body_text()))
+}
+
+async fn get_query(State(st): State<Shared>, path: NamePath) -> Response {
+    let name = match name_of(path) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
     let views = st.current_views().await;
     match views.iter().find(|q| q.name == name) {
         Some(q) => axum::Json(query_json(q)).into_response(),
@@ -295,19 +308,30 @@ async fn pause_or_resume(st: Shared, name: String, pause: bool) -> Response {
             None => not_found(&name),
         },
         Err(e @ Error::Plan(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ (Error::Io { .. } | Error::Internal(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }
 
-async fn pause(State(st): State<Shared>, Path(name): Path<String>) -> Response {
-    pause_or_resume(st, name, true).await
+async fn pause(State(st): State<Shared>, path: NamePath) -> Response {
+    match name_of(path) {
+        Ok(name) => pause_or_resume(st, name, true).await,
+        Err(r) => r,
+    }
 }
 
-async fn resume(State(st): State<Shared>, Path(name): Path<String>) -> Response {
-    pause_or_resume(st, name, false).await
+async fn resume(State(st): State<Shared>, path: NamePath) -> Response {
+    match name_of(path) {
+        Ok(name) => pause_or_resume(st, name, false).await,
+        Err(r) => r,
+    }
 }
 
-async fn delete_query(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+async fn delete_query(State(st): State<Shared>, path: NamePath) -> Response {
+    let name = match name_of(path) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
     let mut session = st.session.lock().await;
     let Some(kind) = session.queries.iter().find(|q| q.name == name).map(|q| q.kind) else {
         return not_found(&name);
@@ -329,6 +353,7 @@ async fn delete_query(State(st): State<Shared>, Path(name): Path<String>) -> Res
             Ok(v) => axum::Json(v).into_response(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
+        Err(e @ (Error::Io { .. } | Error::Internal(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
@@ -390,6 +415,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/queries/{name}/pause", post(pause))
         .route("/v1/queries/{name}/resume", post(resume))
         .route("/v1/query", post(query))
+        .route_layer(middleware::from_fn(crate::guard::csrf))
         .route("/metrics", get(metrics))
         .route(
             "/openapi.yaml",

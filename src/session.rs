@@ -213,12 +213,58 @@ impl Session {
         Ok(session)
     }
 
+    /// What `DROP kind name` drops (a `TABLE` that is a source is the source), or why it cannot:
+    /// another object uses it.
+    fn drop_blockers(&self, kind: ObjectKind, name: &str) -> Result<ObjectKind> {
+        let kind =
+            if kind == ObjectKind::Table && self.catalog.get(name).is_some_and(|o| o.kind() == ObjectKind::Source) {
+                ObjectKind::Source
+            } else {
+                kind
+            };
+        for (n, o) in self.catalog.ordered() {
+            let uses = match o {
+                Object::View(v) => plan::inputs_of(&v.query, &self.catalog).ok(),
+                Object::Sink(s) => plan::inputs_of(&s.query, &self.catalog).ok(),
+                Object::MaterializedView(m) => plan::inputs_of(&m.query, &self.catalog).ok(),
+                Object::Source(_) => None,
+            };
+            if let Some(i) = uses
+                && n != name
+                && (i.streams.contains(name)
+                    || i.tables.contains(name)
+                    || i.views.contains(name)
+                    || i.mviews.contains(name))
+                // A view always depends on what it names; a sink or materialized view only while
+                // its query still runs (in plan-only mode, as if it did).
+                && (matches!(o, Object::View(_))
+                    || self.plan_only
+                    || self.queries.iter().any(|q| {
+                        // Paused queries resume from their definition; with a data directory,
+                        // finished ones are planned again at every start.
+                        q.name == n && (matches!(q.status(), "running" | "paused") || self.store.is_some())
+                    }))
+            {
+                return Err(Error::plan(format!(
+                    "cannot drop '{name}': '{n}' uses it; drop '{n}' first"
+                )));
+            }
+        }
+        Ok(kind)
+    }
+
     /// Write the catalog to the data directory, if there is one.
     pub fn persist(&self) -> Result<()> {
+        self.persist_without(None)
+    }
+
+    /// [`Session::persist`], leaving out object `except` (a DROP written before it takes effect).
+    fn persist_without(&self, except: Option<&str>) -> Result<()> {
         let Some(store) = &self.store else { return Ok(()) };
         let mut objects: Vec<crate::store::StoredObject> = self
             .catalog
             .ordered()
+            .filter(|(name, _)| Some(*name) != except)
             .map(|(name, o)| {
                 let q = self.queries.iter().find(|q| q.name == name);
                 crate::store::StoredObject {
@@ -481,15 +527,41 @@ impl Session {
                 o.kind
             )));
         }
+        // The catalog file and the session agree whatever fails: a DROP is written out before
+        // it takes effect (a failed write leaves the object where it was), a CREATE after, and is
+        // undone when the write fails.
+        if let Statement::Drop { kind, name, .. } = stmt
+            && self.store.is_some()
+            && self.catalog.get(name).is_some()
+        {
+            self.drop_blockers(*kind, name)?;
+            self.persist_without(Some(name))?;
+        }
         let outcome = self.execute_statement(stmt).await?;
-        if matches!(
-            stmt,
-            Statement::CreateSource(_)
-                | Statement::CreateView { .. }
-                | Statement::CreateSink { .. }
-                | Statement::Drop { .. }
-        ) {
-            self.persist()?;
+        let created = match stmt {
+            Statement::CreateSource(def) if def.kind == SourceKind::Table => Some((ObjectKind::Table, &def.name)),
+            Statement::CreateSource(def) => Some((ObjectKind::Source, &def.name)),
+            Statement::CreateView {
+                name,
+                materialized: true,
+                ..
+            } => Some((ObjectKind::MaterializedView, name)),
+            Statement::CreateView { name, .. } => Some((ObjectKind::View, name)),
+            Statement::CreateSink { name, .. } => Some((ObjectKind::Sink, name)),
+            _ => None,
+        };
+        if created.is_some() || matches!(stmt, Statement::Drop { .. }) {
+            if let Err(e) = self.persist() {
+                if let Some((kind, name)) = created {
+                    let undo = Statement::Drop {
+                        kind,
+                        name: name.clone(),
+                        if_exists: true,
+                    };
+                    let _ = Box::pin(self.execute_statement(&undo)).await;
+                }
+                return Err(e);
+            }
         }
         Ok(outcome)
     }
@@ -616,43 +688,7 @@ impl Session {
             Statement::Show(kind) => self.show(*kind),
             Statement::Describe(name) => self.describe(name).await,
             Statement::Drop { kind, name, if_exists } => {
-                let kind = if *kind == ObjectKind::Table
-                    && self.catalog.get(name).is_some_and(|o| o.kind() == ObjectKind::Source)
-                {
-                    ObjectKind::Source
-                } else {
-                    *kind
-                };
-                for (n, o) in self.catalog.ordered() {
-                    let uses = match o {
-                        Object::View(v) => plan::inputs_of(&v.query, &self.catalog).ok(),
-                        Object::Sink(s) => plan::inputs_of(&s.query, &self.catalog).ok(),
-                        Object::MaterializedView(m) => plan::inputs_of(&m.query, &self.catalog).ok(),
-                        Object::Source(_) => None,
-                    };
-                    if let Some(i) = uses
-                        && n != name
-                        && (i.streams.contains(name)
-                            || i.tables.contains(name)
-                            || i.views.contains(name)
-                            || i.mviews.contains(name))
-                        // A view always depends on what it names; a sink or materialized view only
-                        // while its query still runs (in plan-only mode, as if it did).
-                        && (matches!(o, Object::View(_))
-                            || self.plan_only
-                            || self.queries.iter().any(|q| {
-                                // Paused queries resume from their definition; with a data directory,
-                                // finished ones are planned again at every start.
-                                q.name == n
-                                    && (matches!(q.status(), "running" | "paused")
-                                        || self.store.is_some())
-                            }))
-                    {
-                        return Err(Error::plan(format!(
-                            "cannot drop '{name}': '{n}' uses it; drop '{n}' first"
-                        )));
-                    }
-                }
+                let kind = self.drop_blockers(*kind, name)?;
                 match self.catalog.remove(kind, name, *if_exists)? {
                     None => Ok(Outcome::Done(format!("{kind} {name} does not exist, skipped"))),
                     Some(_) => {

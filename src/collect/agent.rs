@@ -489,7 +489,6 @@ impl Agent {
                     let limits = crate::guard::Limits {
                         token: token.clone(),
                         server_names: None,
-                        csrf: false,
                         max_body: c.max_body_bytes,
                         request_timeout: Duration::from_millis(c.request_timeout_ms.max(1)),
                         max_concurrent: c.max_concurrent_requests.max(1),

@@ -464,3 +464,51 @@ fn reads_answer_while_a_statement_waits_for_an_unreachable_service() {
         probe.elapsed()
     );
 }
+
+/// The server's own fault — its catalog cannot be written — is a 500, and leaves the catalog file
+/// and the session agreeing: a CREATE that could not be recorded is undone, a DROP that could not
+/// be recorded does not happen.
+#[test]
+fn a_catalog_that_cannot_be_written_is_a_500_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Server::start(dir.path(), &[]);
+    server
+        .post(
+            "/v1/statements",
+            "CREATE SOURCE g (user_id BIGINT) WITH (connector = 'generator', rate = '10');
+             CREATE MATERIALIZED VIEW v AS SELECT user_id, COUNT(*) AS n FROM g GROUP BY user_id;",
+        )
+        .expect(200);
+    // The catalog is written as catalog.json.tmp, then renamed: a directory there stops it.
+    let blocker = dir.path().join("data/catalog.json.tmp");
+    std::fs::create_dir(&blocker).expect("block the catalog");
+    let (status, v) = sql_post(
+        &server,
+        "/v1/statements",
+        "CREATE SOURCE h (user_id BIGINT) WITH (connector = 'generator')",
+    );
+    assert_eq!(status, 500, "{v}");
+    let r = server.call("DELETE", "/v1/queries/v", "");
+    assert_eq!(r.status, 500, "{}", r.body);
+    std::fs::remove_dir(&blocker).expect("unblock");
+    // Neither took effect: h is unknown, v still runs, and the file says the same.
+    let (_, v) = sql_post(&server, "/v1/statements", "SHOW SOURCES");
+    let names: Vec<&str> = v["results"][0]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["g"], "{v}");
+    assert_eq!(server.get("/v1/queries/v").expect(200)["status"], "running");
+    let stored = std::fs::read_to_string(dir.path().join("data/catalog.json")).expect("catalog");
+    assert!(stored.contains("\"v\"") && !stored.contains("\"h\""), "{stored}");
+    // And with the directory writable again, both work.
+    server.call("DELETE", "/v1/queries/v", "").expect(200);
+    let (status, v) = sql_post(
+        &server,
+        "/v1/statements",
+        "CREATE SOURCE h (user_id BIGINT) WITH (connector = 'generator')",
+    );
+    assert_eq!(status, 200, "{v}");
+}
