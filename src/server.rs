@@ -275,14 +275,14 @@ fn not_found(name: &str) -> Response {
 /// A query name from the path; a path that cannot be one (not UTF-8) is a JSON 400 like any error.
 type NamePath = Result<Path<String>, PathRejection>;
 
-fn name_of(path: NamePath) -> Result<String, Response> {
-    path.map(|Path(n)| n).map_err(|r| error(r.status(), r.body_text()))
+fn name_of(path: NamePath) -> Result<String, (StatusCode, String)> {
+    path.map(|Path(n)| n).map_err(|r| (r.status(), r.body_text()))
 }
 
 async fn get_query(State(st): State<Shared>, path: NamePath) -> Response {
     let name = match name_of(path) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err((status, why)) => return error(status, why),
     };
     let views = st.current_views().await;
     match views.iter().find(|q| q.name == name) {
@@ -316,21 +316,21 @@ async fn pause_or_resume(st: Shared, name: String, pause: bool) -> Response {
 async fn pause(State(st): State<Shared>, path: NamePath) -> Response {
     match name_of(path) {
         Ok(name) => pause_or_resume(st, name, true).await,
-        Err(r) => r,
+        Err((status, why)) => error(status, why),
     }
 }
 
 async fn resume(State(st): State<Shared>, path: NamePath) -> Response {
     match name_of(path) {
         Ok(name) => pause_or_resume(st, name, false).await,
-        Err(r) => r,
+        Err((status, why)) => error(status, why),
     }
 }
 
 async fn delete_query(State(st): State<Shared>, path: NamePath) -> Response {
     let name = match name_of(path) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err((status, why)) => return error(status, why),
     };
     let mut session = st.session.lock().await;
     let Some(kind) = session.queries.iter().find(|q| q.name == name).map(|q| q.kind) else {

@@ -550,18 +550,18 @@ impl Session {
             Statement::CreateSink { name, .. } => Some((ObjectKind::Sink, name)),
             _ => None,
         };
-        if created.is_some() || matches!(stmt, Statement::Drop { .. }) {
-            if let Err(e) = self.persist() {
-                if let Some((kind, name)) = created {
-                    let undo = Statement::Drop {
-                        kind,
-                        name: name.clone(),
-                        if_exists: true,
-                    };
-                    let _ = Box::pin(self.execute_statement(&undo)).await;
-                }
-                return Err(e);
+        if (created.is_some() || matches!(stmt, Statement::Drop { .. }))
+            && let Err(e) = self.persist()
+        {
+            if let Some((kind, name)) = created {
+                let undo = Statement::Drop {
+                    kind,
+                    name: name.clone(),
+                    if_exists: true,
+                };
+                let _ = Box::pin(self.execute_statement(&undo)).await;
             }
+            return Err(e);
         }
         Ok(outcome)
     }
