@@ -218,6 +218,23 @@ fn main() -> std::process::ExitCode {
     // Named crash points for the fault tests (`FAILPOINTS`, see `freshet::state::crash`).
     let _crash_points = fail::FailScenario::setup();
     let cli = Cli::parse();
+    // The command runs on a thread of its own for its stack size: the main thread's is the
+    // system's (often 8 MiB), and planning needs what `sql::depth` allows for.
+    let thread = std::thread::Builder::new()
+        .name("freshet".into())
+        .stack_size(freshet::sql::depth::PLANNING_STACK_BYTES)
+        .spawn(move || run_command(cli));
+    match thread.map(|t| t.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => {
+            eprintln!("error: starting the command's thread: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate {
             kind: GenerateKind::Nexmark(args),
@@ -379,6 +396,8 @@ fn test(paths: &[PathBuf], complete: bool) -> std::process::ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Statements are planned on the workers too (the server): see `sql::depth`.
+        .thread_stack_size(freshet::sql::depth::PLANNING_STACK_BYTES)
         .build()
         .context("starting the async runtime")
 }

@@ -12,6 +12,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
 
+mod depth;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Json,
@@ -136,9 +138,10 @@ impl LineDecoder {
                 .store(!d.errors.is_empty(), std::sync::atomic::Ordering::Relaxed);
             return Ok(d);
         }
-        // Fast path: the whole chunk in one vectorised decode.
+        // Fast path: the whole chunk in one vectorised decode (not with a line arrow cannot take).
         if !dirty
             && (json || utf8())
+            && !(json && depth::any_too_deep(chunk))
             && let Ok(Some(b)) = self.decode_bytes(chunk, lines)
             && b.num_rows() == lines
         {
@@ -278,7 +281,9 @@ impl LineDecoder {
             buf.push(b'\n');
         }
         let utf8 = std::str::from_utf8(&buf).is_ok();
+        let json = matches!(self.format, Format::Json);
         if utf8
+            && !(json && depth::any_too_deep(&buf))
             && let Ok(Some(b)) = self.decode_bytes(&buf, records.len())
             && b.num_rows() == records.len()
         {
@@ -335,6 +340,14 @@ impl LineDecoder {
             if line.trim().is_empty() {
                 continue;
             }
+            if matches!(self.format, Format::Json) && depth::too_deep(line.as_bytes()) {
+                errors.push(BadRecord {
+                    position: pos,
+                    raw: line.to_string(),
+                    reason: format!("not JSON: nested deeper than {} levels", depth::MAX_DEPTH),
+                });
+                continue;
+            }
             let mut one = Vec::with_capacity(line.len() + 1);
             one.extend_from_slice(line.as_bytes());
             one.push(b'\n');
@@ -375,6 +388,10 @@ enum ObjectCheck {
 
 impl ObjectCheck {
     fn passes(self, line: &[u8]) -> bool {
+        // Never one for arrow, whichever the check (the JSON parser names the reason).
+        if depth::too_deep(line) {
+            return false;
+        }
         match self {
             ObjectCheck::Ends => line.first() == Some(&b'{') && line.last() == Some(&b'}'),
             ObjectCheck::Balanced => looks_like_an_object(line),
@@ -670,5 +687,40 @@ not json at all
         assert_eq!(out.batch.expect("rows").num_rows(), 2);
         assert_eq!(out.errors.len(), 1);
         assert_eq!(out.errors[0].position, "line 2");
+    }
+
+    /// JSON nested 100 000 deep (as a field's value, or as the whole line) is a bad record, not a
+    /// stack overflow: arrow's tape decoder keeps its nesting on the heap and serde_json, which
+    /// names the reason, stops at 128 levels.
+    #[test]
+    fn json_nested_100_000_deep_is_a_bad_record() {
+        let d = LineDecoder::new(course_schema(), Format::Json);
+        let good = r#"{"user_id":1,"course_id":2,"region":"eu","purchased":false,"event_time":"2026-01-01T00:00:00Z"}"#;
+        let deep = [
+            format!(
+                r#"{{"user_id":1,"region":{}1{}}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            format!(
+                r#"{{"user_id":1,"region":{}1{}}}"#,
+                r#"{"a":"#.repeat(100_000),
+                "}".repeat(100_000)
+            ),
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            "{\"a\":".repeat(100_000),
+        ];
+        for line in &deep {
+            let chunk = format!("{good}\n{line}\n{good}\n");
+            let out = d.decode_chunk(chunk.as_bytes(), 1, "f").expect("decode");
+            assert_eq!(out.batch.map(|b| b.num_rows()), Some(2));
+            let positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
+            assert_eq!(positions, ["f:2"]);
+            let records = d
+                .decode_records(&[(7, good.as_bytes()), (8, line.as_bytes())], "k")
+                .expect("decode");
+            assert_eq!(records.batch.map(|b| b.num_rows()), Some(1));
+            assert_eq!(records.errors.len(), 1);
+        }
     }
 }
