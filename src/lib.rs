@@ -15,13 +15,15 @@
 //! 7. [`collect`] is the Flume-style collector in front of Kafka (`freshet collect`).
 //! 8. [`store`] persists a session's catalog in a data directory; [`server`] serves it over HTTP.
 //!
-//! `main.rs` is only the command line.
+//! `main.rs` is only the command line. [`fuzz`] holds the fuzz targets over every reader of untrusted
+//! input (docs/fuzzing.md).
 
 pub mod collect;
 pub mod connector;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod fuzz;
 pub mod operator;
 pub mod plan;
 pub mod print;
