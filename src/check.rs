@@ -18,13 +18,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::engine::query::EngineConfig;
+use crate::error::Error;
+use crate::session::Session;
+use crate::sql::parser::{Statement, parse_script};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
-use freshet::engine::query::EngineConfig;
-use freshet::error::Error;
-use freshet::session::Session;
-use freshet::sql::parser::{Statement, parse_script};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Diagnostic {
@@ -43,7 +43,7 @@ pub struct FileReport {
 /// The `.sql` files named by `args`: files as given, directories searched recursively for `*.sql`
 /// (sorted). A path that does not exist is a usage error.
 pub fn collect_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    freshet::test_runner::find_files(args, "sql")
+    crate::test_runner::find_files(args, "sql")
 }
 
 /// Check one file. Unreadable files and invalid UTF-8 are reported as an error at 1:1.
@@ -121,7 +121,7 @@ pub async fn check_sql(sql: &str) -> (usize, Vec<Diagnostic>) {
             // Declare it anyway: its columns are known, so the queries over it can still be checked.
             if session
                 .catalog
-                .add(&def.name, freshet::sql::catalog::Object::Source(def.clone()))
+                .add(&def.name, crate::sql::catalog::Object::Source(def.clone()))
                 .is_err()
             {
                 broken.push(def.name.clone());

@@ -37,21 +37,16 @@ thread_local! {
         .expect("a current-thread runtime");
 }
 
-/// What `freshet check` does with a file: parse it, then plan every statement in one plan-only
-/// session (nothing opened, nothing run). Errors are fine; panics and overflows are not.
+/// What `freshet check` does with a file: split it into statements, parse each, plan them in
+/// order in one plan-only session (nothing opened, nothing run), and place every error. Errors are
+/// fine; panics and stack overflows are not.
 pub fn sql(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    let Ok(statements) = crate::sql::parser::parse_script(&text) else {
-        return;
+    let Ok(text) = std::str::from_utf8(data) else {
+        // `check_file` reports invalid UTF-8 itself; the lossy text is still worth checking.
+        return sql(String::from_utf8_lossy(data).as_bytes());
     };
     RUNTIME.with(|rt| {
-        rt.block_on(async {
-            let mut session = Session::new(EngineConfig::default());
-            session.plan_only = true;
-            for s in &statements {
-                let _ = session.execute(&s.statement).await;
-            }
-        })
+        rt.block_on(crate::check::check_sql(text));
     });
 }
 

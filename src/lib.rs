@@ -14,10 +14,12 @@
 //! 6. [`session`] executes statements against one catalog; `freshet run` and the REPL ([`repl`]) use it.
 //! 7. [`collect`] is the Flume-style collector in front of Kafka (`freshet collect`).
 //! 8. [`store`] persists a session's catalog in a data directory; [`server`] serves it over HTTP.
+//! 9. [`check`] is `freshet check`: every statement of a file parsed and planned, nothing run.
 //!
 //! `main.rs` is only the command line. [`fuzz`] holds the fuzz targets over every reader of untrusted
 //! input (docs/fuzzing.md).
 
+pub mod check;
 pub mod collect;
 pub mod connector;
 pub mod engine;

@@ -1,7 +1,5 @@
 //! The `freshet` command line: maps subcommands onto library calls.
 
-mod check;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -306,7 +304,7 @@ fn check(paths: &[PathBuf], format: CheckFormat) -> std::process::ExitCode {
         eprintln!("error: {msg}");
         std::process::ExitCode::from(2)
     };
-    let files = match check::collect_files(paths) {
+    let files = match freshet::check::collect_files(paths) {
         Ok(f) if f.is_empty() => return usage("no .sql files found".into()),
         Ok(f) => f,
         Err(e) => return usage(e),
@@ -315,14 +313,14 @@ fn check(paths: &[PathBuf], format: CheckFormat) -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let reports: Vec<check::FileReport> = rt.block_on(async {
+    let reports: Vec<freshet::check::FileReport> = rt.block_on(async {
         let mut out = Vec::new();
         for f in &files {
-            out.push(check::check_file(f).await);
+            out.push(freshet::check::check_file(f).await);
         }
         out
     });
-    check::print(&reports, matches!(format, CheckFormat::Json))
+    freshet::check::print(&reports, matches!(format, CheckFormat::Json))
 }
 
 fn report_unrestored(session: &Session) {
