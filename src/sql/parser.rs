@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::ast::{self, ColumnOption, Expr, Query, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Error, Result};
 
@@ -165,13 +165,23 @@ pub struct Located {
 }
 
 pub fn parse_script(sql: &str) -> Result<Vec<Located>> {
-    let dialect = GenericDialect {};
+    parse_tokens(sql, tokenize(sql)?)
+}
+
+/// The tokens [`parse_tokens`] takes for `sql`, with their positions in it.
+pub fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
     // Flink's `TUMBLE(TABLE t, …)`: the keyword blanked, same length, so positions and the
     // statements' text (taken from `sql`) stay as written.
     let rewritten = crate::plan::tvf::rewrite_table_args(sql);
-    let tokens = Tokenizer::new(&dialect, &rewritten)
+    Tokenizer::new(&GenericDialect {}, &rewritten)
         .tokenize_with_location()
-        .map_err(|e| Error::from(datafusion::sql::sqlparser::parser::ParserError::from(e)))?;
+        .map_err(|e| Error::from(datafusion::sql::sqlparser::parser::ParserError::from(e)))
+}
+
+/// [`parse_script`] of tokens from [`tokenize`]`(sql)`, or any run of them (`freshet check` parses
+/// each statement's alone, in time proportional to the statement, positions still absolute).
+pub fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>) -> Result<Vec<Located>> {
+    let dialect = GenericDialect {};
     // Before any tree is built: a tree too deep overflows the stack of whatever walks or drops it.
     if let Err((at, depth)) = crate::sql::depth::check(&tokens, crate::sql::depth::MAX_DEPTH) {
         return Err(Error::Sql {
