@@ -17,14 +17,18 @@
 //!    with `/metrics` written by [`metrics`] (the collector's too) and every request checked by
 //!    [`guard`].
 //! 9. [`policy`] decides what SQL may touch outside the process (paths, librdkafka keys, hosts).
+//! 10. [`check`] is `freshet check`: every statement of a file parsed and planned, nothing run.
 //!
-//! `main.rs` is only the command line.
+//! `main.rs` is only the command line. [`fuzz`] holds the fuzz targets over every reader of untrusted
+//! input (docs/fuzzing.md).
 
+pub mod check;
 pub mod collect;
 pub mod connector;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod fuzz;
 pub mod guard;
 pub mod metrics;
 pub mod operator;

@@ -1,7 +1,5 @@
 //! The `freshet` command line: maps subcommands onto library calls.
 
-mod check;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -304,6 +302,23 @@ fn main() -> std::process::ExitCode {
     // Named crash points for the fault tests (`FAILPOINTS`, see `freshet::state::crash`).
     let _crash_points = fail::FailScenario::setup();
     let cli = Cli::parse();
+    // The command runs on a thread of its own for its stack size: the main thread's is the
+    // system's (often 8 MiB), and planning needs what `sql::depth` allows for.
+    let thread = std::thread::Builder::new()
+        .name("freshet".into())
+        .stack_size(freshet::sql::depth::PLANNING_STACK_BYTES)
+        .spawn(move || run_command(cli));
+    match thread.map(|t| t.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => {
+            eprintln!("error: starting the command's thread: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate {
             kind: GenerateKind::Nexmark(args),
@@ -389,7 +404,7 @@ fn check(paths: &[PathBuf], format: CheckFormat, policy: &PolicyArgs) -> std::pr
         eprintln!("error: {msg}");
         std::process::ExitCode::from(2)
     };
-    let files = match check::collect_files(paths) {
+    let files = match freshet::check::collect_files(paths) {
         Ok(f) if f.is_empty() => return usage("no .sql files found".into()),
         Ok(f) => f,
         Err(e) => return usage(e),
@@ -402,14 +417,14 @@ fn check(paths: &[PathBuf], format: CheckFormat, policy: &PolicyArgs) -> std::pr
         Ok(rt) => rt,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let reports: Vec<check::FileReport> = rt.block_on(async {
+    let reports: Vec<freshet::check::FileReport> = rt.block_on(async {
         let mut out = Vec::new();
         for f in &files {
-            out.push(check::check_file(f, &policy).await);
+            out.push(freshet::check::check_file(f, &policy).await);
         }
         out
     });
-    check::print(&reports, matches!(format, CheckFormat::Json))
+    freshet::check::print(&reports, matches!(format, CheckFormat::Json))
 }
 
 fn report_unrestored(session: &Session) {
@@ -509,6 +524,8 @@ fn test(paths: &[PathBuf], complete: bool) -> std::process::ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Statements are planned on the workers too (the server): see `sql::depth`.
+        .thread_stack_size(freshet::sql::depth::PLANNING_STACK_BYTES)
         .build()
         .context("starting the async runtime")
 }

@@ -41,7 +41,7 @@ use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -109,9 +109,17 @@ fn default_poll_ms() -> u64 {
 /// after every accepted batch. Returns `Ok` once stopped; an error for a bad pattern, an unreadable or
 /// corrupt position file, a failed read or position write, or an intake (channel) failure.
 pub fn run(config: &TailConfig, intake: &Intake, stop: &AtomicBool) -> Result<()> {
+    run_counting(config, intake, stop, &AtomicU64::new(0))
+}
+
+/// [`run`], counting finished polls in `polls`: tests wait for a poll that began after they changed
+/// the files instead of sleeping and hoping one did.
+fn run_counting(config: &TailConfig, intake: &Intake, stop: &AtomicBool, polls: &AtomicU64) -> Result<()> {
     let mut tailer = Tailer::open(config)?;
     while !stop.load(Ordering::Relaxed) {
-        match tailer.poll(intake, stop) {
+        let polled = tailer.poll(intake, stop);
+        polls.fetch_add(1, Ordering::SeqCst);
+        match polled {
             Ok(true) => {}
             Ok(false) => pause(Duration::from_millis(config.poll_ms.max(1)), stop),
             // Held back by a full channel when asked to stop: nothing was lost, positions are saved.
@@ -781,19 +789,46 @@ mod tests {
     /// A tail source running in a thread over a memory channel.
     struct Running {
         stop: Arc<AtomicBool>,
+        polls: Arc<AtomicU64>,
         thread: std::thread::JoinHandle<Result<()>>,
     }
 
     impl Running {
         fn start(config: &TailConfig, handle: &Arc<ChannelHandle>) -> Running {
             let stop = Arc::new(AtomicBool::new(false));
-            let (config, handle, s) = (config.clone(), handle.clone(), stop.clone());
+            let polls = Arc::new(AtomicU64::new(0));
+            let (config, handle, s, p) = (config.clone(), handle.clone(), stop.clone(), polls.clone());
             let thread = std::thread::spawn(move || {
                 let chain = Chain::new(&[], "x").expect("chain");
                 let intake = Intake::new("t", chain, handle, None, config.max_event_bytes);
-                run(&config, &intake, &s)
+                run_counting(&config, &intake, &s, &p)
             });
-            Running { stop, thread }
+            Running { stop, polls, thread }
+        }
+
+        /// Wait (failing after 20 s) until a whole poll has run after this call: the one under way
+        /// may have looked at the files before the caller changed them, the next one began after.
+        fn full_poll(&self) {
+            let target = self.polls.load(Ordering::SeqCst) + 2;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while self.polls.load(Ordering::SeqCst) < target {
+                assert!(Instant::now() < deadline, "the tail source stopped polling");
+                assert!(!self.thread.is_finished(), "the tail source ended");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        /// Nothing more arrives. Meaningful without a fixed wait: a poll that began after the call
+        /// read every followed file to its end and put what it found into the channel before
+        /// finishing, so anything that was going to arrive is in the channel now.
+        fn quiet(&self, handle: &ChannelHandle) {
+            self.full_poll();
+            let extra = handle.take(100, Duration::ZERO).expect("take");
+            let extra: Vec<_> = extra
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+                .collect();
+            assert!(extra.is_empty(), "unexpected events: {extra:?}");
         }
 
         fn stop(self) {
@@ -838,17 +873,6 @@ mod tests {
 
     fn bodies(handle: &ChannelHandle, n: usize) -> Vec<String> {
         take(handle, n).into_iter().map(|(b, _)| b).collect()
-    }
-
-    /// Nothing more arrives for a while (many polls).
-    fn quiet(handle: &ChannelHandle) {
-        std::thread::sleep(Duration::from_millis(150));
-        let extra = handle.take(100, Duration::from_millis(50)).expect("take");
-        let extra: Vec<_> = extra
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.body).into_owned())
-            .collect();
-        assert!(extra.is_empty(), "unexpected events: {extra:?}");
     }
 
     fn append(path: &Path, text: &str) {
@@ -939,7 +963,7 @@ mod tests {
         let src = Running::start(&config(dir.path(), &["app.log"], "batch_lines = 3"), &handle);
         append(&log, "one\ntw");
         assert_eq!(bodies(&handle, 1), ["one"]);
-        quiet(&handle); // "tw" has no newline yet
+        src.quiet(&handle); // "tw" has no newline yet
         append(&log, "o\r\nthree\n\nfo");
         assert_eq!(
             bodies(&handle, 2),
@@ -961,7 +985,7 @@ mod tests {
         let got = take(&handle, want.len());
         assert!(got.iter().all(|(_, f)| *f == log.display().to_string()), "file header");
         assert_eq!(got.into_iter().map(|(b, _)| b).collect::<Vec<_>>(), want);
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
         let pos = positions(dir.path());
         assert_eq!(pos.files.len(), 1);
@@ -984,11 +1008,11 @@ mod tests {
         let mut want = vec!["partial-end".to_string()];
         want.extend(lines("b", 0..40));
         assert_eq!(bodies(&handle, 41), want, "no line again, none lost");
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
         // A third start with nothing new reads nothing.
         let src = Running::start(&cfg, &handle);
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
     }
 
@@ -1029,7 +1053,7 @@ mod tests {
         );
         append(&log, &text(&lines("new", 5..8)));
         assert_eq!(bodies(&handle, 3), lines("new", 5..8));
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
         let pos = positions(dir.path());
         assert_eq!(pos.files.len(), 1, "the finished old file is forgotten: {pos:?}");
@@ -1054,7 +1078,7 @@ mod tests {
         let mut want = lines("old", 10..15);
         want.extend(lines("new", 0..6));
         assert_eq!(bodies(&handle, want.len()), want);
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
         // Rotated twice while stopped: the file read last is gone from the directory; the newest is read
         // from its start, and the one in between is not followed (it was never seen).
@@ -1062,7 +1086,7 @@ mod tests {
         append(&log, &text(&lines("newer", 0..3)));
         let src = Running::start(&cfg, &handle);
         assert_eq!(bodies(&handle, 3), lines("newer", 0..3));
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
     }
 
@@ -1088,7 +1112,7 @@ mod tests {
         truncate(&log);
         append(&log, &text(&lines("second", 0..3)));
         assert_eq!(bodies(&handle, 3), lines("second", 0..3));
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
         // While stopped: truncated and refilled past the old offset with other content (the fingerprint of
         // the first bytes tells).
@@ -1096,7 +1120,7 @@ mod tests {
         append(&log, &text(&lines("third-and-longer", 0..10)));
         let src = Running::start(&cfg, &handle);
         assert_eq!(bodies(&handle, 10), lines("third-and-longer", 0..10));
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
         // While running, truncated and refilled past the offset between two polls (the source sleeps 300 ms
         // when idle): the fingerprint tells, a size check alone could not.
@@ -1113,7 +1137,7 @@ mod tests {
         truncate(&log);
         append(&log, &text(&lines("fourth-even-longer-lines", 0..12)));
         assert_eq!(bodies(&handle, 12), lines("fourth-even-longer-lines", 0..12));
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
     }
 
@@ -1140,12 +1164,12 @@ mod tests {
         append(&solo, &text(&lines("solo", 0..5)));
         assert_eq!(bodies(&handle, 5), lines("solo", 0..5));
         std::fs::remove_file(&solo).expect("rm");
-        std::thread::sleep(Duration::from_millis(100));
+        src.full_poll(); // the source has seen it gone
         append(&solo, &text(&lines("back", 0..2)));
         assert_eq!(bodies(&handle, 2), lines("back", 0..2));
         append(&logs.join("app-1.log"), &text(&lines("one", 3..5)));
         assert_eq!(bodies(&handle, 2), lines("one", 3..5));
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
     }
 
@@ -1163,7 +1187,7 @@ mod tests {
         let mut got = bodies(&handle, 4);
         got.sort();
         assert_eq!(got, ["a-5", "a-6", "b-0", "b-1"]);
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
     }
 
@@ -1176,7 +1200,7 @@ mod tests {
         append(&log, "unfinished");
         let handle = channel();
         let src = Running::start(&cfg, &handle);
-        std::thread::sleep(Duration::from_millis(50));
+        src.full_poll(); // the first poll has placed the start at the end of what the file held
         append(&log, "-line\nafter\n");
         append(&dir.path().join("late.log"), "late\n");
         let mut got = bodies(&handle, 3);
@@ -1191,7 +1215,7 @@ mod tests {
         append(&log, "while-stopped\n");
         let src = Running::start(&cfg, &handle);
         assert_eq!(bodies(&handle, 1), ["while-stopped"]);
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
     }
 
@@ -1204,14 +1228,14 @@ mod tests {
         append(&log, "small\n");
         append(&log, &"x".repeat(CHUNK * 2 + 17));
         assert_eq!(bodies(&handle, 1), ["small"]);
-        std::thread::sleep(Duration::from_millis(50));
+        src.full_poll(); // the oversized start is read (and set aside) before the rest of the line
         append(&log, &format!("{}\nok\n", "y".repeat(300)));
         assert_eq!(
             bodies(&handle, 1),
             ["ok"],
             "the oversized line went to the dead letters"
         );
-        quiet(&handle);
+        src.quiet(&handle);
         src.stop();
     }
 

@@ -1301,6 +1301,8 @@ impl QueryTask {
         let name = format!("freshet-query-{}", rt.name);
         std::thread::Builder::new()
             .name(name)
+            // DataFusion recurses once per level of the query's expressions (sql::depth).
+            .stack_size(crate::sql::depth::PLANNING_STACK_BYTES)
             .spawn(move || {
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -153,12 +153,63 @@ pub fn to_ipc(table: &RecordBatch) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A table from Arrow IPC file bytes (several batches are concatenated).
+/// A table from Arrow IPC file bytes (several batches are concatenated). Bytes that are no such
+/// file are an error.
 pub fn from_ipc(bytes: &[u8]) -> Result<RecordBatch> {
-    let r = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
-    let schema = r.schema();
-    let batches = r.collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
+    // Arrow's IPC reader trusts the buffer offsets and lengths in the file's metadata and panics
+    // (slicing a buffer past its end) on some that are wrong, before any validation it offers
+    // runs; found by fuzzing a checkpoint whose table file has a matching CRC (tests/fuzz.rs).
+    // Only the reader is inside: nothing it leaves behind is used after a panic.
+    let read = std::panic::catch_unwind(|| -> Result<RecordBatch> {
+        check_ipc_blocks(bytes)?;
+        let r = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let schema = r.schema();
+        let batches = r.collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
+    });
+    read.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(Error::External(format!("Arrow's IPC reader failed on it: {why}")))
+    })
+}
+
+/// The blocks an IPC file's footer lists lie inside the file. Arrow's reader allocates what a
+/// block claims to hold before reading it, so a wrong length in a damaged footer is an allocation
+/// of up to terabytes, which aborts the process (found by fuzzing, as the panics above).
+fn check_ipc_blocks(bytes: &[u8]) -> Result<()> {
+    use datafusion::arrow::ipc::reader::read_footer_length;
+    use datafusion::arrow::ipc::root_as_footer;
+    let bad = |why: &str| Error::External(format!("not an Arrow IPC file: {why}"));
+    let len = bytes.len();
+    let trailer: [u8; 10] = len
+        .checked_sub(10)
+        .and_then(|start| bytes.get(start..))
+        .and_then(|t| t.try_into().ok())
+        .ok_or_else(|| bad("too short"))?;
+    let footer_len = read_footer_length(trailer)?;
+    let footer_start = (len - 10)
+        .checked_sub(footer_len)
+        .ok_or_else(|| bad("its footer is longer than the file"))?;
+    let footer = root_as_footer(&bytes[footer_start..len - 10]).map_err(|e| bad(&e.to_string()))?;
+    let blocks = footer
+        .recordBatches()
+        .into_iter()
+        .flatten()
+        .chain(footer.dictionaries().into_iter().flatten());
+    for block in blocks {
+        let end = u64::try_from(block.offset())
+            .ok()
+            .and_then(|o| o.checked_add(u64::try_from(block.metaDataLength()).ok()?))
+            .and_then(|o| o.checked_add(u64::try_from(block.bodyLength()).ok()?));
+        if end.is_none_or(|end| end > len as u64) {
+            return Err(bad("a block reaches past the end of the file"));
+        }
+    }
+    Ok(())
 }
 
 /// Test support: does an operator restored from a snapshot behave as the original?
@@ -282,5 +333,30 @@ mod tests {
         assert_eq!(self::keys(&back).expect("keys").value(0), b"a");
         assert!(column::<Int64Array>(&back, "missing").is_err());
         assert!(column::<UInt16Array>(&back, "n").is_err(), "wrong type is an error");
+    }
+
+    /// Found by fuzzing (tests/fuzz.rs, checkpoint): a footer whose block claims a terabyte made
+    /// Arrow's reader allocate it and the process abort; the blocks are checked first now. The
+    /// input's first byte is the fuzz target's mode byte.
+    #[test]
+    fn ipc_bytes_that_make_arrow_allocate_a_terabyte_are_an_error() {
+        let input = include_bytes!("../../tests/fuzz-regressions/checkpoint/ipc-block-of-a-terabyte");
+        let e = from_ipc(&input[1..]).expect_err("not a valid IPC file");
+        assert!(
+            e.to_string().contains("a block reaches past the end of the file"),
+            "{e}"
+        );
+        let good = to_ipc(&keyed_table(vec![&b"k"[..]], vec![]).expect("table")).expect("ipc");
+        check_ipc_blocks(&good).expect("a file Arrow wrote passes");
+    }
+
+    /// Found by fuzzing (tests/fuzz.rs, checkpoint): IPC metadata with a buffer length past the
+    /// end of the body made Arrow's reader panic; it is an error now, which makes the checkpoint
+    /// loader skip that checkpoint. The input's first byte is the fuzz target's mode byte.
+    #[test]
+    fn ipc_bytes_that_make_arrow_panic_are_an_error() {
+        let input = include_bytes!("../../tests/fuzz-regressions/checkpoint/ipc-buffer-offset-past-end");
+        let e = from_ipc(&input[1..]).expect_err("not a valid IPC file");
+        assert!(e.to_string().contains("Arrow's IPC reader failed on it"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::ast::{self, ColumnOption, Expr, Query, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Error, Result};
 
@@ -165,11 +165,36 @@ pub struct Located {
 }
 
 pub fn parse_script(sql: &str) -> Result<Vec<Located>> {
-    let dialect = GenericDialect {};
+    parse_tokens(sql, tokenize(sql)?)
+}
+
+/// The tokens [`parse_tokens`] takes for `sql`, with their positions in it.
+pub fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
     // Flink's `TUMBLE(TABLE t, …)`: the keyword blanked, same length, so positions and the
     // statements' text (taken from `sql`) stay as written.
     let rewritten = crate::plan::tvf::rewrite_table_args(sql);
-    let mut p = Parser::new(&dialect).try_with_sql(&rewritten)?;
+    Tokenizer::new(&GenericDialect {}, &rewritten)
+        .tokenize_with_location()
+        .map_err(|e| Error::from(datafusion::sql::sqlparser::parser::ParserError::from(e)))
+}
+
+/// [`parse_script`] of tokens from [`tokenize`]`(sql)`, or any run of them (`freshet check` parses
+/// each statement's alone, in time proportional to the statement, positions still absolute).
+pub fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>) -> Result<Vec<Located>> {
+    let dialect = GenericDialect {};
+    // Before any tree is built: a tree too deep overflows the stack of whatever walks or drops it.
+    if let Err((at, depth)) = crate::sql::depth::check(&tokens, crate::sql::depth::MAX_DEPTH) {
+        return Err(Error::Sql {
+            line: at.line,
+            col: at.column,
+            message: format!(
+                "statement nested too deeply (about {depth} levels of operators, parentheses and \
+                 subqueries here; at most {} are accepted): split it, e.g. into views",
+                crate::sql::depth::MAX_DEPTH
+            ),
+        });
+    }
+    let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut out = Vec::new();
     loop {
         while p.consume_token(&Token::SemiColon) {}
@@ -802,5 +827,38 @@ SHOW SOURCES; describe course_events; DROP SINK IF EXISTS out;
         assert_eq!(q("INTERVAL '2' DAY"), Some(172_800_000));
         assert_eq!(q("INTERVAL '1' MONTH"), None, "months have no fixed length");
         assert_eq!(q("5"), None);
+    }
+
+    /// Trees too deep for the stack of whatever walks or drops them are refused before they are
+    /// built (sql::depth): each of these overflowed the stack of `freshet check` before.
+    #[test]
+    fn statements_nested_too_deeply_are_errors_not_stack_overflows() {
+        let terms = vec!["1"; 100_000].join("+");
+        let cases = [
+            format!("SELECT {terms}"),
+            format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000)),
+            format!(
+                "SELECT * FROM {}(SELECT 1 AS x) t{}",
+                "(SELECT * FROM ".repeat(5_000),
+                ") t".repeat(5_000)
+            ),
+            format!(
+                "SELECT {}1{}",
+                "CASE WHEN true THEN ".repeat(5_000),
+                " END".repeat(5_000)
+            ),
+            format!("SELECT 1 WHERE {}", vec!["a = 1"; 50_000].join(" OR ")),
+            vec!["SELECT 1"; 20_000].join(" UNION ALL "),
+            format!("SELECT 1{}", "::BIGINT".repeat(50_000)),
+        ];
+        for sql in &cases {
+            let e = parse_script(sql).expect_err("too deep");
+            let Error::Sql { line: 1, message, .. } = &e else {
+                panic!("{e}");
+            };
+            assert!(message.contains("nested too deeply"), "{message}");
+        }
+        // What the limit allows still parses.
+        parse_script(&format!("SELECT {}", vec!["1"; 200].join("+"))).expect("200 terms");
     }
 }

@@ -138,8 +138,25 @@ fn sigterm_stops_an_unbounded_run_cleanly_with_sinks_committed() {
             .expect("freshet announces it is running");
         lines.push(l);
     }
-    // Let a few one-second windows close before stopping.
-    std::thread::sleep(Duration::from_millis(3500));
+    // Stop once a closed window has been committed (a published Parquet file): what the test checks
+    // after the stop is then known to have been there to lose.
+    let published = || {
+        std::fs::read_dir(dir.path().join("out/live")).is_ok_and(|d| {
+            d.filter_map(|e| e.ok()).any(|e| {
+                e.file_name().to_string_lossy().ends_with(".parquet")
+                    && !e.file_name().to_string_lossy().starts_with('.')
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !published() {
+        assert!(Instant::now() < deadline, "no window was committed within 60 s");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "freshet exited before the stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")

@@ -370,7 +370,18 @@ fn sinks_over_errors_and_late_hold_each_bad_and_late_record_once_across_sigkills
         assert!(child.try_wait().expect("wait").is_none(), "freshet ended: {}", log(d));
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(1_000));
+    // "A while longer" is two more checkpoints of the `bad` reader: each committed whatever it read
+    // since the one before, so a row read twice would be in the output the test reads afterwards.
+    let seen = epoch_of(&d.join("chk"), "bad");
+    while epoch_of(&d.join("chk"), "bad") < seen + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the readers stopped checkpointing: {}",
+            log(d)
+        );
+        assert!(child.try_wait().expect("wait").is_none(), "freshet ended: {}", log(d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -4,6 +4,7 @@ mod bad_input;
 mod checkpoints;
 mod cli;
 mod collector;
+mod deep;
 mod error_streams;
 mod faults;
 mod hbase_idempotent;
