@@ -13,10 +13,10 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::format::{Decoded, LineDecoder};
+use crate::format::{Decoded, LineDecoder, Lines};
 
-/// A chunk to decode: its bytes, its number of lines and the line number of its first line.
-type Job = (Vec<u8>, usize, u64);
+/// A chunk to decode: its bytes, its lines and the line number of its first line.
+type Job = (Vec<u8>, Lines, u64);
 
 /// Chunk buffers done with, for the source to cut the next chunks into (a fresh multi-megabyte
 /// buffer per chunk costs page faults and zeroing in the kernel).
@@ -98,7 +98,7 @@ impl DecodePool {
 
     /// Hand a chunk of `lines` lines over; `tag` (the source's position after it) comes back with its
     /// result.
-    pub fn submit(&mut self, chunk: Vec<u8>, lines: usize, first_line: u64, tag: (u64, u64)) -> Result<()> {
+    pub fn submit(&mut self, chunk: Vec<u8>, lines: Lines, first_line: u64, tag: (u64, u64)) -> Result<()> {
         let w = self.next_job;
         self.next_job = (w + 1) % self.workers.len();
         let sent = self.workers[w]
@@ -190,8 +190,11 @@ mod tests {
             while !pool.has_room() {
                 assert!(take(&mut pool), "a chunk in flight");
             }
-            pool.submit(text.into_bytes(), chunk(c).len(), line, (c, line))
-                .expect("submit");
+            let lines = Lines {
+                count: chunk(c).len(),
+                longest: text.len(),
+            };
+            pool.submit(text.into_bytes(), lines, line, (c, line)).expect("submit");
             line += chunk(c).len() as u64;
         }
         while take(&mut pool) {}

@@ -37,7 +37,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use super::decode_pool::DecodePool;
 use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
-use crate::format::{Format, LineDecoder, to_json_lines};
+use crate::format::{Format, LineDecoder, Lines, to_json_lines};
 use crate::sql::parser::Options;
 
 #[derive(Debug, Clone)]
@@ -104,9 +104,8 @@ pub struct FileSource {
 
 /// What [`FileSource::cut_next`] found.
 enum Cut {
-    /// Whole lines, their number (a last line without a newline counts), and the line number of the
-    /// first.
-    Chunk(Vec<u8>, usize, u64),
+    /// Whole lines, what the cut learned of them (see [`Lines`]), and the line number of the first.
+    Chunk(Vec<u8>, Lines, u64),
     /// Everything was cut.
     End,
 }
@@ -169,12 +168,15 @@ impl FileSource {
             }
         }
         let max = max.max(1);
-        // Newlines in pending[..scanned]: fewer than `max`.
-        let (mut scanned, mut lines) = (0, 0);
+        // Newlines in pending[..scanned]: fewer than `max`; the longest line so far, and where the
+        // current one starts.
+        let (mut scanned, mut lines, mut longest, mut line_start) = (0, 0, 0, 0);
         let end = loop {
             let mut at = None;
             for i in memchr::memchr_iter(b'\n', &self.pending[scanned..]) {
                 lines += 1;
+                longest = longest.max(scanned + i - line_start);
+                line_start = scanned + i + 1;
                 if lines == max {
                     at = Some(scanned + i + 1);
                     break;
@@ -211,7 +213,10 @@ impl FileSource {
         chunk.truncate(end);
         let first = self.line_no;
         self.line_no += lines as u64;
-        let lines = lines + usize::from(chunk.last() != Some(&b'\n'));
+        let lines = Lines {
+            count: lines + usize::from(chunk.last() != Some(&b'\n')),
+            longest: longest.max(end.saturating_sub(line_start)),
+        };
         Ok(Cut::Chunk(chunk, lines, first))
     }
 }

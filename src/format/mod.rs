@@ -108,13 +108,18 @@ impl LineDecoder {
     /// Decode a chunk of whole lines (`\n`-separated) whose first line is line `first_line` of
     /// `origin`. Positions of bad records are `origin:line`.
     pub fn decode_chunk(&self, chunk: &[u8], first_line: u64, origin: &str) -> Result<Decoded> {
-        self.decode_chunk_lines(chunk, lines_in(chunk), first_line, origin)
+        let lines = Lines {
+            count: lines_in(chunk),
+            longest: chunk.len(),
+        };
+        self.decode_chunk_lines(chunk, lines, first_line, origin)
     }
 
-    /// [`Self::decode_chunk`] of a chunk whose number of lines the caller has counted already (its
-    /// newlines, plus one for a last line without one).
-    pub fn decode_chunk_lines(&self, chunk: &[u8], lines: usize, first_line: u64, origin: &str) -> Result<Decoded> {
+    /// [`Self::decode_chunk`] of a chunk whose lines the caller has counted already (see [`Lines`]).
+    pub fn decode_chunk_lines(&self, chunk: &[u8], shape: Lines, first_line: u64, origin: &str) -> Result<Decoded> {
+        let lines = shape.count;
         debug_assert_eq!(lines, lines_in(chunk));
+        debug_assert!(chunk.split(|b| *b == b'\n').all(|l| l.len() <= shape.longest));
         if lines == 0 {
             return Ok(Decoded {
                 batch: None,
@@ -141,7 +146,8 @@ impl LineDecoder {
         // Fast path: the whole chunk in one vectorised decode (not with a line arrow cannot take).
         if !dirty
             && (json || utf8())
-            && !(json && depth::any_too_deep(chunk))
+            // A line nesting past the limit has more openers than that, so more bytes.
+            && !(json && shape.longest > depth::MAX_DEPTH && depth::any_too_deep(chunk))
             && let Ok(Some(b)) = self.decode_bytes(chunk, lines)
             && b.num_rows() == lines
         {
@@ -418,6 +424,15 @@ pub fn blank(line: &[u8]) -> bool {
 /// The number of `\n` in `bytes` (SIMD).
 pub fn count_lines(bytes: &[u8]) -> usize {
     memchr::memchr_iter(b'\n', bytes).count()
+}
+
+/// What a source learned of a chunk while cutting it at newlines: how many lines (its newlines, plus
+/// one for a last line without one) and a bound on the longest, in bytes (the decoder skips its
+/// search for lines nested too deep when no line is long enough to be).
+#[derive(Debug, Clone, Copy)]
+pub struct Lines {
+    pub count: usize,
+    pub longest: usize,
 }
 
 /// The lines of a chunk: its newlines, plus one for a last line without one.
