@@ -392,6 +392,23 @@ fn a_huge_select_is_refused_with_422_and_a_small_one_answered() {
     assert_eq!(v["rows"][0]["n"], 5000, "{v}");
 }
 
+/// `POST /v1/statements` of `sql` on a thread of its own; its status arrives on the receiver.
+fn post_in_background(addr: &str, sql: &'static str) -> std::sync::mpsc::Receiver<u16> {
+    let addr = addr.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = http(
+            &addr,
+            "POST",
+            "/v1/statements",
+            &[("Content-Type", "application/sql")],
+            sql.as_bytes(),
+        );
+        let _ = tx.send(r.status);
+    });
+    rx
+}
+
 /// A statement waiting on a service that does not answer (an exactly-once Kafka sink initializing
 /// its transactions against a port nobody listens on: a minute) holds other statements back, but
 /// no read: the query list, one query, `/metrics` and a bounded SELECT answer at once.
@@ -406,34 +423,15 @@ fn reads_answer_while_a_statement_waits_for_an_unreachable_service() {
              CREATE MATERIALIZED VIEW users AS SELECT user_id, COUNT(*) AS n FROM g GROUP BY user_id;",
         )
         .expect(200);
-    let addr = server.addr.clone();
-    let (tx, blocked) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let r = http(
-            &addr,
-            "POST",
-            "/v1/statements",
-            &[("Content-Type", "application/sql")],
-            b"CREATE SINK k WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:1', topic = 't') AS SELECT user_id FROM g",
-        );
-        let _ = tx.send(r.status);
-    });
+    let blocked = post_in_background(
+        &server.addr,
+        "CREATE SINK k WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:1', topic = 't') AS SELECT user_id FROM g",
+    );
     // The statement has the session: a second statement sent after it waits. (One sent before
     // it got the session just runs: try again until one waits.)
     let probe = Instant::now();
     loop {
-        let addr = server.addr.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let r = http(
-                &addr,
-                "POST",
-                "/v1/statements",
-                &[("Content-Type", "application/sql")],
-                b"SHOW SOURCES",
-            );
-            let _ = tx.send(r.status);
-        });
+        let rx = post_in_background(&server.addr, "SHOW SOURCES");
         if rx.recv_timeout(Duration::from_secs(3)).is_err() {
             break;
         }
