@@ -37,7 +37,8 @@ pub struct AppState {
     /// request but `/health` needs it when set), `Host` names, body size, timeouts, concurrency.
     pub limits: crate::guard::Limits,
     /// The session as of the last time it was free: its queries with their live counters, and
-    /// what a bounded SELECT reads. `GET /v1/queries[/{name}]`, `/metrics` and `POST /v1/query`
+    /// what a bounded SELECT reads (a copy of the catalog, taken only when the catalog may have
+    /// changed). `GET /v1/queries[/{name}]`, `/metrics` and `POST /v1/query`
     /// answer from it while a statement holds the session (a status, or a view created meanwhile,
     /// may then lag by as long as that statement takes).
     views: std::sync::RwLock<Kept>,
@@ -69,12 +70,22 @@ impl AppState {
         })
     }
 
-    /// Remember the queries as `session` has them now.
-    fn keep_views(&self, session: &Session) {
-        let views = Kept::of(session);
+    /// Remember the queries as `session` has them now (their status; the counters are live).
+    fn keep_queries(&self, session: &Session) {
+        let queries = Arc::new(views_of(session));
         match self.views.write() {
-            Ok(mut v) => *v = views,
-            Err(poisoned) => *poisoned.into_inner() = views,
+            Ok(mut v) => v.queries = queries,
+            Err(poisoned) => poisoned.into_inner().queries = queries,
+        }
+    }
+
+    /// Remember the session as it is now: its queries, and — after a statement, pause, resume or
+    /// drop, the only requests that change the catalog — what a bounded SELECT reads.
+    fn keep_all(&self, session: &Session) {
+        let kept = Kept::of(session);
+        match self.views.write() {
+            Ok(mut v) => *v = kept,
+            Err(poisoned) => *poisoned.into_inner() = kept,
         }
     }
 
@@ -82,7 +93,7 @@ impl AppState {
     async fn current(&self) -> Kept {
         if let Ok(mut session) = self.session.try_lock() {
             let _ = session.reap().await;
-            self.keep_views(&session);
+            self.keep_queries(&session);
         }
         match self.views.read() {
             Ok(v) => v.clone(),
@@ -219,7 +230,7 @@ async fn statements(State(st): State<Shared>, body: Result<String, StringRejecti
                 .map_err(|e| (StatusCode::BAD_REQUEST, json!({ "error": e }))),
             Err(e) => Err((status_of(&e), statement_error(&e, located.line))),
         };
-        st.keep_views(&session);
+        st.keep_all(&session);
         match result {
             Ok(v) => results.push(v),
             Err((status, mut err)) => {
@@ -301,7 +312,7 @@ async fn pause_or_resume(st: Shared, name: String, pause: bool) -> Response {
     } else {
         session.resume(&name).await
     };
-    st.keep_views(&session);
+    st.keep_all(&session);
     match result {
         Ok(()) => match views_of(&session).iter().find(|q| q.name == name) {
             Some(q) => axum::Json(query_json(q)).into_response(),
@@ -347,7 +358,7 @@ async fn delete_query(State(st): State<Shared>, path: NamePath) -> Response {
         if_exists: false,
     };
     let result = session.execute(&drop).await;
-    st.keep_views(&session);
+    st.keep_all(&session);
     match result {
         Ok(outcome) => match outcome_json(outcome).await {
             Ok(v) => axum::Json(v).into_response(),
@@ -426,6 +437,9 @@ pub fn router(state: Shared) -> Router {
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.yaml") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here") })
+        // The guard caps bodies at `--max-body-bytes`; the extractors take what it let through
+        // (their own default, 2 MB, would otherwise cap a larger setting).
+        .layer(axum::extract::DefaultBodyLimit::max(state.limits.max_body))
         .layer(middleware::from_fn_with_state(guard, crate::guard::check))
         .with_state(state)
 }
@@ -447,7 +461,7 @@ pub async fn serve(
                 if let Err(e) = session.reap().await {
                     eprintln!("serve: saving the catalog: {e}");
                 }
-                state.keep_views(&session);
+                state.keep_queries(&session);
             }
         })
     };

@@ -294,6 +294,22 @@ fn cross_site_posts_foreign_hosts_and_oversized_bodies_are_refused() {
     );
     assert_eq!(status, 413, "{text}");
     assert_eq!(server.get("/health").status, 200);
+
+    // A cap above axum's own default (2 MB) is the one that holds.
+    let other = tempfile::tempdir().expect("tmp");
+    let big = Server::start(other.path(), &["--max-body-bytes", "3000000"]);
+    let (status, v) = sql_post(
+        &big,
+        "/v1/query",
+        &format!("SELECT 1 AS x -- {}", "y".repeat(2_500_000)),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = sql_post(
+        &big,
+        "/v1/query",
+        &format!("SELECT 1 AS x -- {}", "y".repeat(3_000_000)),
+    );
+    assert_eq!(status, 413);
 }
 
 #[test]
