@@ -88,17 +88,11 @@ pub fn token_matches(given: &[u8], token: &[u8]) -> bool {
     given.ct_eq(token).into()
 }
 
-/// The host part of a `Host` header value (`name`, `name:port`, `[v6]:port`).
-fn host_of(value: &str) -> &str {
-    if let Some(rest) = value.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    value.rsplit_once(':').map_or(value, |(h, _)| h)
-}
-
 /// Whether a request with this `Host` may be served: a rebinding attack needs a name of its own.
 pub fn host_allowed(value: &str, names: &[String]) -> bool {
-    let host = host_of(value.trim()).trim_end_matches('.').to_ascii_lowercase();
+    let host = crate::policy::split_host(value.trim())
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || names.contains(&host)
 }
 

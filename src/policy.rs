@@ -264,7 +264,7 @@ impl Policy {
 }
 
 /// The host of `host`, `host:port`, `[v6]` or `[v6]:port` (a bare v6 address is taken whole).
-fn split_host(server: &str) -> &str {
+pub fn split_host(server: &str) -> &str {
     if let Some(rest) = server.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

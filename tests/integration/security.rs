@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::server::{Server, http};
+use crate::server::{Server, http, poll_within};
 
 fn sql_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
     let r = server.post(path, body);
@@ -193,18 +193,6 @@ fn serve_will_not_listen_beyond_loopback_without_a_token() {
     assert_eq!(server.get("/v1/queries").status, 200);
 }
 
-/// Poll `f` until it gives a value; panics naming `what` after `within`.
-fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Raw requests on one connection: `head` then `body`, the answer read until the server closes.
 fn raw(addr: &str, bytes: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -346,7 +334,7 @@ fn slow_clients_and_request_floods_get_an_answer_and_hold_nothing() {
         rx
     };
     let (a, b) = (stall(), stall());
-    let (turned_away, held) = wait_until("one stalled request to be turned away", Duration::from_secs(30), || {
+    let (turned_away, held) = poll_within("one stalled request to be turned away", Duration::from_secs(30), || {
         if let Ok(r) = a.try_recv() {
             return Some((r, &b));
         }
@@ -358,7 +346,7 @@ fn slow_clients_and_request_floods_get_an_answer_and_hold_nothing() {
     assert_eq!(busy.header("retry-after"), Some("1"), "{}", busy.body);
     let answer = held.recv().expect("answer");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    let after = wait_until("the slot to be free again", Duration::from_secs(30), || {
+    let after = poll_within("the slot to be free again", Duration::from_secs(30), || {
         let r = server.get("/v1/queries");
         (r.status == 200).then_some(r)
     });

@@ -46,8 +46,13 @@ fn course_views_select(sql: &str) -> &str {
     body[..body.find(';').expect("statement end")].trim()
 }
 
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
+fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_within(what, DEADLINE, f)
+}
+
+/// Poll `f` until it gives a value; panics naming `what` after `within`.
+pub(crate) fn poll_within<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
             return v;
