@@ -1054,7 +1054,6 @@ fn needs_a_stream(name: &str, compiled: &Compiled) -> Result<()> {
     Ok(())
 }
 
-/// Apply a live query's `ORDER BY … LIMIT …` to a snapshot of its table.
 /// The rows of a bounded SELECT already compiled against `catalog` (none, only the schema, when not
 /// `load`: plan only), within `limits`.
 async fn bounded_rows(
@@ -1153,6 +1152,7 @@ impl ResultLimits {
     }
 }
 
+/// Apply a live query's `ORDER BY … LIMIT …` to a snapshot of its table.
 pub async fn present(table: &MemoryTable, presentation: &str) -> Result<Vec<RecordBatch>> {
     let snap = table.snapshot()?;
     if presentation.is_empty() {
