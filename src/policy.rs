@@ -194,8 +194,7 @@ impl Policy {
             }
         }
         if connector == "hbase" {
-            // The sink's and the lookup table's default is the local Thrift gateway.
-            let thrift = options.get("thrift").unwrap_or("127.0.0.1:9090");
+            let thrift = options.get("thrift").unwrap_or(crate::connector::hbase::DEFAULT_THRIFT);
             for s in thrift.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 self.check_host("thrift", s)?;
             }

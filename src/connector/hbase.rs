@@ -83,6 +83,9 @@ use super::{Output, Sink, SinkMode};
 use crate::error::{Error, Result};
 use crate::sql::parser::{Options, SourceDef};
 
+/// The Thrift gateway when `thrift` is not given: the local one.
+pub const DEFAULT_THRIFT: &str = "127.0.0.1:9090";
+
 /// Thrift connections per HBase sink unless `connections` says otherwise (see docs/hbase.md for the
 /// measurements behind it).
 const DEFAULT_CONNECTIONS: usize = 4;
@@ -254,7 +257,7 @@ impl HBaseOptions {
             return Err(Error::option("row_key", "name at least one column"));
         }
         Ok(HBaseOptions {
-            thrift: o.get("thrift").unwrap_or("127.0.0.1:9090").to_string(),
+            thrift: o.get("thrift").unwrap_or(DEFAULT_THRIFT).to_string(),
             table: o.required("table", "connector 'hbase'")?.to_string(),
             family: o.get("column_family").unwrap_or("v").to_string(),
             row_key,
