@@ -698,18 +698,21 @@ where
         }
         lens.push(counts.len() - before);
     }
-    let values = rows.state_values(keys.into_iter())?;
-    Ok(named(vec![
-        ("values", list_column(values, lens.iter().copied())),
-        ("counts", list_column(Arc::new(Int64Array::from(counts)), lens)),
-    ]))
+    Ok(multiset_state(rows.state_values(keys.into_iter())?, counts, lens))
 }
 
-/// (value bytes, count) pairs of one group.
-type Counted = Vec<(Box<[u8]>, i64)>;
+/// The `values`/`counts` list columns of per-group multisets: `lens[g]` of the flat values and
+/// counts each.
+fn multiset_state(values: ArrayRef, counts: Vec<i64>, lens: Vec<usize>) -> Vec<(String, ArrayRef)> {
+    named(vec![
+        ("values", list_column(values, lens.iter().copied())),
+        ("counts", list_column(Arc::new(Int64Array::from(counts)), lens)),
+    ])
+}
 
-/// Read what [`multiset_columns`] wrote: per row, (value bytes, count) pairs.
-fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Vec<Counted>> {
+/// Read back what [`multiset_state`] wrote: the `values` lists and the flat counts, checked to
+/// pair up.
+fn multiset_lists<'a>(cols: &StateColumns<'a>) -> Result<(&'a ListArray, &'a Int64Array)> {
     let values = cols.list("values")?;
     let counts = cols.list("counts")?;
     if values.value_offsets() != counts.value_offsets() {
@@ -730,6 +733,15 @@ fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Ve
                 cols.name("counts")
             ))
         })?;
+    Ok((values, n))
+}
+
+/// (value bytes, count) pairs of one group.
+type Counted = Vec<(Box<[u8]>, i64)>;
+
+/// Read what [`multiset_columns`] wrote: per row, (value bytes, count) pairs.
+fn restore_multisets(rows: &mut ValueRows, cols: &StateColumns<'_>) -> Result<Vec<Counted>> {
+    let (values, n) = multiset_lists(cols)?;
     let flat = values.values();
     rows.restore_type(flat.data_type(), &cols.name("values"))?;
     let bytes = if flat.is_empty() {
@@ -1241,13 +1253,7 @@ impl Acc for CountDistinct {
                         counts.push(*n);
                     }
                 }
-                Ok(named(vec![
-                    (
-                        "values",
-                        list_column(Arc::new(Int64Array::from(values)), lens.iter().copied()),
-                    ),
-                    ("counts", list_column(Arc::new(Int64Array::from(counts)), lens)),
-                ]))
+                Ok(multiset_state(Arc::new(Int64Array::from(values)), counts, lens))
             }
             DistinctSets::Rows(sets) => multiset_columns(&self.rows, gids.iter().map(|g| sets.get(*g as usize))),
             DistinctSets::Unknown => {
@@ -1264,26 +1270,10 @@ impl Acc for CountDistinct {
         match &mut self.sets {
             DistinctSets::Unknown => Ok(()),
             DistinctSets::Ints(sets) => {
-                let values = cols.list("values")?;
-                let counts = cols.list("counts")?;
-                let (v, n) = (
-                    values.values().as_any().downcast_ref::<Int64Array>(),
-                    counts.values().as_any().downcast_ref::<Int64Array>(),
-                );
-                let (Some(v), Some(n)) = (v, n) else {
-                    return Err(Error::Internal(format!(
-                        "state columns '{}'/'{}' are not BIGINT values with counts",
-                        cols.name("values"),
-                        cols.name("counts")
-                    )));
-                };
-                if values.value_offsets() != counts.value_offsets() {
-                    return Err(Error::Internal(format!(
-                        "state columns '{}' and '{}' do not pair up",
-                        cols.name("values"),
-                        cols.name("counts")
-                    )));
-                }
+                let (values, n) = multiset_lists(cols)?;
+                let v = values.values().as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+                    Error::Internal(format!("state column '{}' is not BIGINT values", cols.name("values")))
+                })?;
                 grow(sets, capacity_of(gids), HashMap::default());
                 for (g, w) in gids.iter().zip(values.value_offsets().windows(2)) {
                     sets[*g as usize] = (w[0] as usize..w[1] as usize)
