@@ -13,6 +13,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 
 mod depth;
+mod timestamp;
+
+use timestamp::TextTimestamps;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -54,32 +57,51 @@ pub struct LineDecoder {
     /// tends to keep having them).
     dirty: std::sync::atomic::AtomicBool,
     /// JSON decoders done with a chunk, for the next one (a decoder's tape buffers are grown once, not
-    /// per chunk); each can take up to the batch size it was built with. One per decoding thread.
-    idle: std::sync::Mutex<Vec<(usize, JsonDecoder)>>,
+    /// per chunk); each can take up to the batch size it was built with, and reads timestamps as
+    /// text or not. About one per decoding thread.
+    idle: std::sync::Mutex<Vec<(usize, bool, JsonDecoder)>>,
+    /// JSON: the timestamp columns, read as text and converted by [`timestamp`] (faster than
+    /// arrow-json's own parse; same values).
+    text_timestamps: Option<TextTimestamps>,
+    /// Reading timestamps as text is still worth trying: cleared when a chunk failed that way but
+    /// decoded the ordinary way (its timestamps are JSON numbers, which arrow-json takes as epoch
+    /// values), so that such a stream is not decoded twice over.
+    timestamps_as_text: std::sync::atomic::AtomicBool,
 }
 
 impl LineDecoder {
     pub fn new(schema: SchemaRef, format: Format) -> Self {
+        let text_timestamps = match format {
+            Format::Json => TextTimestamps::of(&schema),
+            Format::Csv { .. } => None,
+        };
         LineDecoder {
             schema,
             format,
             dirty: std::sync::atomic::AtomicBool::new(false),
             idle: std::sync::Mutex::new(Vec::new()),
+            timestamps_as_text: std::sync::atomic::AtomicBool::new(text_timestamps.is_some()),
+            text_timestamps,
         }
     }
 
-    /// A JSON decoder for up to `rows` rows: an idle one if one is big enough, else a new one.
-    fn json_decoder(&self, rows: usize) -> Result<(usize, JsonDecoder), String> {
+    /// A JSON decoder for up to `rows` rows, reading timestamps as text or not: an idle one if one
+    /// fits, else a new one.
+    fn json_decoder(&self, rows: usize, text: bool) -> Result<(usize, bool, JsonDecoder), String> {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(i) = idle.iter().position(|(cap, _)| *cap >= rows) {
+        if let Some(i) = idle.iter().position(|(cap, t, _)| *cap >= rows && *t == text) {
             return Ok(idle.swap_remove(i));
         }
         drop(idle);
-        let d = JsonReaderBuilder::new(self.schema.clone())
+        let schema = match &self.text_timestamps {
+            Some(t) if text => t.text_schema.clone(),
+            _ => self.schema.clone(),
+        };
+        let d = JsonReaderBuilder::new(schema)
             .with_batch_size(rows)
             .build_decoder()
             .map_err(|e| e.to_string())?;
-        Ok((rows, d))
+        Ok((rows, text, d))
     }
 
     fn decode_bytes(&self, bytes: &[u8], rows: usize) -> Result<Option<RecordBatch>, String> {
@@ -257,7 +279,34 @@ impl LineDecoder {
     /// failed is dropped (its state is not known); one that flushed is empty again and goes back to
     /// the idle ones.
     fn decode_runs(&self, runs: &[&[u8]], rows: usize) -> Result<Option<RecordBatch>, String> {
-        let (cap, mut d) = self.json_decoder(rows.max(1))?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(text) = self
+            .text_timestamps
+            .as_ref()
+            .filter(|_| self.timestamps_as_text.load(Relaxed))
+        else {
+            return self.decode_runs_as(runs, rows, false);
+        };
+        match self.decode_runs_as(runs, rows, true) {
+            Ok(None) => return Ok(None),
+            Ok(Some(b)) => {
+                if let Some(b) = text.convert(b, &self.schema) {
+                    return Ok(Some(b));
+                }
+            }
+            Err(_) => {}
+        }
+        // Not timestamps text gives: the ordinary decode decides (values and reasons arrow-json's).
+        let typed = self.decode_runs_as(runs, rows, false);
+        if typed.is_ok() {
+            self.timestamps_as_text.store(false, Relaxed);
+        }
+        typed
+    }
+
+    /// [`Self::decode_runs`] with timestamps read as text (converted by the caller) or not.
+    fn decode_runs_as(&self, runs: &[&[u8]], rows: usize, text: bool) -> Result<Option<RecordBatch>, String> {
+        let (cap, text, mut d) = self.json_decoder(rows.max(1), text)?;
         for run in runs {
             let used = d.decode(run).map_err(|e| e.to_string())?;
             if used < run.len() {
@@ -268,7 +317,7 @@ impl LineDecoder {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((cap, d));
+            .push((cap, text, d));
         Ok(batch)
     }
 
@@ -693,6 +742,52 @@ not json at all
             ]
         );
         assert_eq!(out.errors[1].raw, "not json at all");
+    }
+
+    #[test]
+    fn timestamps_read_as_text_decode_as_arrow_json_decodes_them() {
+        let line =
+            |t: &str| format!(r#"{{"user_id":1,"course_id":2,"region":"eu","purchased":false,"event_time":{t}}}"#);
+        let arrow_json = |chunk: &str| {
+            let mut d = JsonReaderBuilder::new(course_schema())
+                .build_decoder()
+                .expect("decoder");
+            d.decode(chunk.as_bytes())
+                .and_then(|_| d.flush())
+                .map_err(|e| e.to_string())
+        };
+        let d = LineDecoder::new(course_schema(), Format::Json);
+        // Strings of the common shape and others (offsets, a space, no time, a leap second).
+        let texts = [
+            r#""2026-01-01T00:00:00.123Z""#,
+            r#""2025-12-31T23:59:59Z""#,
+            r#""2026-01-01 01:00:00+01:00""#,
+            r#""2026-01-01""#,
+            r#""2016-12-31T23:59:60Z""#,
+            r#""1960-02-29T12:00:00.5""#,
+        ];
+        let chunk: String = texts.iter().map(|t| line(t) + "\n").collect();
+        let got = d.decode_chunk(chunk.as_bytes(), 1, "f").expect("decode");
+        assert!(got.errors.is_empty(), "{:?}", got.errors);
+        assert_eq!(got.batch, arrow_json(&chunk).expect("arrow decodes it"));
+        assert!(d.timestamps_as_text.load(std::sync::atomic::Ordering::Relaxed));
+        // A bad timestamp, a NULL one (the column is NOT NULL): the same reasons as arrow-json's
+        // (naming the column's type, not text), and the text path stays on.
+        for t in [r#""2026-02-30T00:00:00Z""#, "null", "true"] {
+            let bad = line(t) + "\n";
+            let got = d.decode_chunk(bad.as_bytes(), 9, "f").expect("decode");
+            assert_eq!(got.errors.len(), 1);
+            assert_eq!(got.errors[0].reason, arrow_json(&bad).expect_err("arrow refuses it"));
+            assert!(d.timestamps_as_text.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        // Epoch numbers (arrow-json takes them as the column's unit): the same values, and the
+        // decoder stops trying text first for this stream.
+        let numbers: String = ["1767225600123", "-5"].iter().map(|t| line(t) + "\n").collect();
+        let got = d.decode_chunk(numbers.as_bytes(), 1, "f").expect("decode");
+        assert_eq!(got.batch, arrow_json(&numbers).expect("arrow decodes it"));
+        assert!(!d.timestamps_as_text.load(std::sync::atomic::Ordering::Relaxed));
+        let got = d.decode_chunk(chunk.as_bytes(), 1, "f").expect("decode");
+        assert_eq!(got.batch, arrow_json(&chunk).expect("arrow decodes it"));
     }
 
     #[test]
