@@ -77,7 +77,9 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use hbase_thrift::THbaseSyncClientExt;
-use hbase_thrift::hbase::{BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TScan};
+use hbase_thrift::hbase::{
+    BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TRowResult, TScan,
+};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 
@@ -1232,6 +1234,39 @@ pub fn table_options(o: &Options) -> Result<HBaseOptions> {
     HBaseOptions::parse(&sink_view)
 }
 
+/// Every row of `table` (the newest version of each cell) through Thrift1, handed to `each` as they
+/// come, a thousand at a time.
+pub fn scan(c: &mut Client, table: &str, mut each: impl FnMut(TRowResult) -> Result<()>) -> Result<()> {
+    // Thrift's generated Default fills every optional field (timestamp 0, empty filter…): name them.
+    let all = TScan {
+        start_row: None,
+        stop_row: None,
+        timestamp: None,
+        columns: None,
+        caching: Some(1000),
+        filter_string: None,
+        batch_size: None,
+        sort_columns: None,
+        reversed: None,
+        cache_blocks: None,
+    };
+    let id = c
+        .scanner_open_with_scan(table.as_bytes().to_vec(), all, BTreeMap::new())
+        .map_err(|e| hb(&format!("scanning table '{table}'"), e))?;
+    let result = loop {
+        let got = match c.scanner_get_list(id, 1000) {
+            Ok(got) if got.is_empty() => break Ok(()),
+            Ok(got) => got,
+            Err(e) => break Err(hb("scanning", e)),
+        };
+        if let Err(e) = got.into_iter().try_for_each(&mut each) {
+            break Err(e);
+        }
+    };
+    let _ = c.scanner_close(id);
+    result
+}
+
 /// Read a whole HBase table as rows of `def.schema` (for lookup joins). The `row_key` columns are
 /// decoded from the row key; the others from cells `column_family:column`.
 pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
@@ -1247,64 +1282,40 @@ pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
                 .map_err(|_| Error::option("row_key", format!("no column '{c}' in table '{}'", def.name)))
         })
         .collect::<Result<_>>()?;
-    let mut client = connect(&opts.thrift)?;
-    // Thrift's generated Default fills every optional field (timestamp 0, empty filter…): name them.
-    let scan = TScan {
-        start_row: None,
-        stop_row: None,
-        timestamp: None,
-        columns: None,
-        caching: Some(1000),
-        filter_string: None,
-        batch_size: None,
-        sort_columns: None,
-        reversed: None,
-        cache_blocks: None,
-    };
-    let id = client
-        .scanner_open_with_scan(opts.table.clone().into_bytes(), scan, BTreeMap::new())
-        .map_err(|e| hb(&format!("scanning table '{}'", opts.table), e))?;
     let mut rows: Vec<Vec<ScalarValue>> = Vec::new();
-    loop {
-        let got = client.scanner_get_list(id, 1000).map_err(|e| hb("scanning", e))?;
-        if got.is_empty() {
-            break;
+    scan(&mut connect(&opts.thrift)?, &opts.table, |r| {
+        let key = r.row.unwrap_or_default();
+        // The sink's own row (GENERATION_ROW), after every data row: not data.
+        if key.first() == Some(&0xFF) {
+            return Ok(());
         }
-        for r in got {
-            let key = r.row.unwrap_or_default();
-            // The sink's own row (GENERATION_ROW), after every data row: not data.
-            if key.first() == Some(&0xFF) {
-                continue;
-            }
-            let mut keys = BTreeMap::new();
-            let mut at = 0;
-            for (name, t) in opts.row_key.iter().zip(&key_types) {
-                let (v, used) = decode_key(&key[at..], t).ok_or_else(|| {
-                    Error::External(format!("hbase: row key of '{}' does not decode as {t}", opts.table))
-                })?;
-                keys.insert(name.clone(), v);
-                at += used;
-            }
-            let cells = r.columns.unwrap_or_default();
-            let mut row = Vec::with_capacity(schema.fields().len());
-            for f in schema.fields() {
-                let v = match keys.get(f.name()) {
-                    Some(v) => v.clone(),
-                    None => match cells.get(format!("{}:{}", opts.family, f.name()).as_bytes()) {
-                        Some(cell) => decode_value(
-                            cell.value.as_deref().unwrap_or_default(),
-                            f.data_type(),
-                            opts.value_format,
-                        )?,
-                        None => ScalarValue::try_from(f.data_type())?,
-                    },
-                };
-                row.push(v);
-            }
-            rows.push(row);
+        let mut keys = BTreeMap::new();
+        let mut at = 0;
+        for (name, t) in opts.row_key.iter().zip(&key_types) {
+            let (v, used) = decode_key(&key[at..], t)
+                .ok_or_else(|| Error::External(format!("hbase: row key of '{}' does not decode as {t}", opts.table)))?;
+            keys.insert(name.clone(), v);
+            at += used;
         }
-    }
-    let _ = client.scanner_close(id);
+        let cells = r.columns.unwrap_or_default();
+        let mut row = Vec::with_capacity(schema.fields().len());
+        for f in schema.fields() {
+            let v = match keys.get(f.name()) {
+                Some(v) => v.clone(),
+                None => match cells.get(format!("{}:{}", opts.family, f.name()).as_bytes()) {
+                    Some(cell) => decode_value(
+                        cell.value.as_deref().unwrap_or_default(),
+                        f.data_type(),
+                        opts.value_format,
+                    )?,
+                    None => ScalarValue::try_from(f.data_type())?,
+                },
+            };
+            row.push(v);
+        }
+        rows.push(row);
+        Ok(())
+    })?;
     let nullable = Arc::new(Schema::new(
         schema
             .fields()

@@ -319,24 +319,27 @@ impl<I: TInputProtocol, O: TOutputProtocol> Client<I, O> {
 
     /// `putMultiple(table, puts)`.
     pub fn put_multiple(&mut self, table: &[u8], puts: &[TPut<'_>]) -> thrift::Result<()> {
-        self.call(
-            "putMultiple",
-            |o| {
-                bytes(o, 1, table)?;
-                list(o, 2, puts, put)
-            },
-            |i, t| skip(i, t),
-        )?;
-        Ok(())
+        self.multiple("putMultiple", table, puts, put)
     }
 
     /// `deleteMultiple(table, deletes)`: HBase answers an empty list or throws.
     pub fn delete_multiple(&mut self, table: &[u8], deletes: &[TDelete<'_>]) -> thrift::Result<()> {
+        self.multiple("deleteMultiple", table, deletes, delete)
+    }
+
+    /// A call taking (1: table, 2: list of structs), whose answer (if any) is not needed.
+    fn multiple<T>(
+        &mut self,
+        name: &str,
+        table: &[u8],
+        items: &[T],
+        write: impl Fn(Out<'_>, &T) -> thrift::Result<()>,
+    ) -> thrift::Result<()> {
         self.call(
-            "deleteMultiple",
+            name,
             |o| {
                 bytes(o, 1, table)?;
-                list(o, 2, deletes, delete)
+                list(o, 2, items, write)
             },
             |i, t| skip(i, t),
         )?;

@@ -40,7 +40,7 @@ fn window_end(k: i64) -> i64 {
 
 type Change<'a> = (RowKind, i64, Option<i64>, Option<&'a str>);
 
-pub(crate) fn changes(rows: &[Change]) -> Output {
+fn changes(rows: &[Change]) -> Output {
     let batch = RecordBatch::try_new(
         schema(),
         vec![
@@ -76,7 +76,7 @@ fn options(thrift: &str, table: &str) -> Options {
 /// Options over the defaults (the Thrift1 gateway at [`THRIFT`]), e.g. the Thrift2 protocol.
 pub(crate) type Extra<'a> = &'a [(&'a str, &'a str)];
 
-pub(crate) fn open(table: &str, extra: Extra) -> HBaseSink {
+fn open(table: &str, extra: Extra) -> HBaseSink {
     let mut o = options(THRIFT, table);
     o.0.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     HBaseSink::open(&o, schema()).expect("open the sink")
@@ -141,7 +141,7 @@ fn row(table: &str, k: i64) -> String {
 }
 
 /// One epoch: its writes, then the checkpoint's two phases; returns what `prepare` gave the checkpoint.
-pub(crate) fn epoch(sink: &mut HBaseSink, n: u64, writes: &[&[Change]]) -> serde_json::Value {
+fn epoch(sink: &mut HBaseSink, n: u64, writes: &[&[Change]]) -> serde_json::Value {
     for w in writes {
         sink.write(&changes(w)).expect("write");
     }
@@ -152,7 +152,7 @@ pub(crate) fn epoch(sink: &mut HBaseSink, n: u64, writes: &[&[Change]]) -> serde
 
 /// Each row's final `a` and `b` (`None`: no cell): every column holds exactly that, in one version,
 /// and `window_end` one version unless the row is gone.
-pub(crate) fn assert_final(table: &str, want: &[(i64, Option<&str>, Option<&str>)]) {
+fn assert_final(table: &str, want: &[(i64, Option<&str>, Option<&str>)]) {
     for &(k, a, b) in want {
         for (column, v) in [("a", a), ("b", b)] {
             let got = versions(table, k, column);

@@ -1,19 +1,16 @@
 //! The HBase sink through the Thrift2 gateway (`protocol = 'thrift2'`), against the real HBase
 //! `scripts/services start` runs (Thrift1 on 9090, Thrift2 on 9095; under `CI=true` a missing one
 //! fails these tests): the same stories as `hbase_idempotent` leave byte-identical cells (values
-//! and timestamps, every version) through either gateway, a query writes the same table through
-//! both, and every `durability` writes.
+//! and timestamps, every version) through either gateway, with every `durability`, and a query
+//! writes the same table through both.
 
 use std::collections::BTreeMap;
 
-use freshet::connector::Sink;
 use freshet::connector::hbase::{self, GENERATION_ROW};
-use freshet::operator::RowKind::*;
-use hbase_thrift::hbase::{THbaseSyncClient, TScan};
+use hbase_thrift::hbase::THbaseSyncClient;
 
 use crate::hbase_idempotent::{
-    Extra, THRIFT, assert_final, create_table, epoch, open, recovery_publishes_a_checkpoint, replay_after_a_crash,
-    row_key,
+    Extra, THRIFT, create_table, recovery_publishes_a_checkpoint, replay_after_a_crash, row_key,
 };
 use crate::support::*;
 
@@ -83,78 +80,31 @@ fn a_replay_after_a_crash_through_thrift2_leaves_the_cells_thrift1_leaves() {
 }
 
 #[test]
-fn recovery_through_thrift2_publishes_the_deletes_thrift1_publishes() {
-    if !both_up() {
-        return;
-    }
-    same_cells_through_both(recovery_publishes_a_checkpoint, &[1, 2], "async_wal");
-}
-
-#[test]
-fn every_durability_writes_upserts_and_null_deletes() {
+fn recovery_through_thrift2_publishes_the_deletes_thrift1_publishes_with_every_durability() {
     if !both_up() {
         return;
     }
     for d in ["default", "skip_wal", "async_wal", "sync_wal", "fsync_wal"] {
-        let table = unique(&format!("hb_{d}"));
-        create_table(&table);
-        let mut sink = open(&table, &thrift2(d));
-        sink.recover(None, &serde_json::Value::Null).expect("recover");
-        epoch(
-            &mut sink,
-            1,
-            &[&[(Insert, 1, Some(1), Some("x")), (Insert, 2, Some(2), Some("y"))]],
-        );
-        epoch(
-            &mut sink,
-            2,
-            &[&[(UpdateAfter, 1, None, Some("x")), (Delete, 2, Some(2), Some("y"))]],
-        );
-        assert_final(&table, &[(1, None, Some("x"))]);
-        assert!(
-            versions_of(&table, &[2]).iter().all(|c| !c.starts_with("2 ")),
-            "durability {d}: the retracted row is gone"
-        );
+        same_cells_through_both(recovery_publishes_a_checkpoint, &[1, 2], d);
     }
 }
 
 /// Every cell of `table` (newest versions) as `row(hex) column @timestamp = value`, in row order.
 fn scan(table: &str) -> Vec<String> {
-    let mut c = hbase::connect(THRIFT).expect("connect");
-    let all = TScan {
-        start_row: None,
-        stop_row: None,
-        timestamp: None,
-        columns: None,
-        caching: Some(1000),
-        filter_string: None,
-        batch_size: None,
-        sort_columns: None,
-        reversed: None,
-        cache_blocks: None,
-    };
-    let id = c
-        .scanner_open_with_scan(table.as_bytes().to_vec(), all, BTreeMap::new())
-        .expect("scan");
     let mut out = Vec::new();
-    loop {
-        let got = c.scanner_get_list(id, 1000).expect("scan");
-        if got.is_empty() {
-            break;
+    hbase::scan(&mut hbase::connect(THRIFT).expect("connect"), table, |r| {
+        let row: String = r.row.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
+        for (col, cell) in r.columns.unwrap_or_default() {
+            out.push(format!(
+                "{row} {} @{} = {}",
+                String::from_utf8_lossy(&col),
+                cell.timestamp.unwrap_or_default(),
+                String::from_utf8_lossy(&cell.value.unwrap_or_default())
+            ));
         }
-        for r in got {
-            let row: String = r.row.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
-            for (col, cell) in r.columns.unwrap_or_default() {
-                out.push(format!(
-                    "{row} {} @{} = {}",
-                    String::from_utf8_lossy(&col),
-                    cell.timestamp.unwrap_or_default(),
-                    String::from_utf8_lossy(&cell.value.unwrap_or_default())
-                ));
-            }
-        }
-    }
-    let _ = c.scanner_close(id);
+        Ok(())
+    })
+    .expect("scan");
     out
 }
 
