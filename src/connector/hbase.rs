@@ -129,7 +129,7 @@ type Out = TBinaryOutputProtocol<TBufferedWriteTransport<Conn>>;
 pub type Client = HbaseSyncClient<In, Out>;
 
 /// A connection of the sink, to the gateway its `protocol` names.
-pub enum Gateway {
+enum Gateway {
     Thrift1(Client),
     Thrift2(t2::Client<In, Out>),
 }
