@@ -194,7 +194,7 @@ impl Policy {
             }
         }
         if connector == "hbase" {
-            let thrift = options.get("thrift").unwrap_or(crate::connector::hbase::DEFAULT_THRIFT);
+            let thrift = crate::connector::hbase::thrift_address(options);
             for s in thrift.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 self.check_host("thrift", s)?;
             }

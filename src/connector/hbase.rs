@@ -1,5 +1,7 @@
 //! `connector = 'hbase'`: an upsert sink and a lookup table, through HBase's Thrift1 gateway
-//! (buffered transport, binary protocol).
+//! (buffered transport, binary protocol); the sink can write through the Thrift2 gateway instead
+//! (`protocol = 'thrift2'`, [`super::hbase_thrift2`]), which takes a per-mutation `durability`.
+//! Both write the same cells at the same timestamps ([`Gateway::write`]).
 //!
 //! Row keys are order-preserving bytes of the `row_key` columns (see [`encode_key`] and
 //! docs/hbase.md), so an analyst can scan by course and time range. Every other column is a cell
@@ -75,16 +77,31 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use hbase_thrift::THbaseSyncClientExt;
-use hbase_thrift::hbase::{BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TScan};
+use hbase_thrift::hbase::{
+    BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TRowResult, TScan,
+};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 
+use super::hbase_thrift2::{self as t2, TDurability};
 use super::{Output, Sink, SinkMode};
 use crate::error::{Error, Result};
 use crate::sql::parser::{Options, SourceDef};
 
 /// The Thrift gateway when `thrift` is not given: the local one.
 pub const DEFAULT_THRIFT: &str = "127.0.0.1:9090";
+/// The Thrift2 gateway when `thrift` is not given with `protocol = 'thrift2'` (what
+/// `scripts/services` starts).
+pub const DEFAULT_THRIFT2: &str = "127.0.0.1:9095";
+
+/// The gateway address options `o` name: `thrift`, or the local default of their `protocol`.
+pub fn thrift_address(o: &Options) -> &str {
+    o.get("thrift")
+        .unwrap_or_else(|| match o.get("protocol").map(str::trim) {
+            Some(p) if p.eq_ignore_ascii_case("thrift2") => DEFAULT_THRIFT2,
+            _ => DEFAULT_THRIFT,
+        })
+}
 
 /// Thrift connections per HBase sink unless `connections` says otherwise (see docs/hbase.md for the
 /// measurements behind it).
@@ -105,10 +122,17 @@ const POLL: Duration = Duration::from_millis(100);
 /// starting from scratch over the table starts there, above the markers earlier runs left.
 pub const GENERATION_ROW: &[u8] = b"\xfffreshet:sink";
 
-pub type Client = HbaseSyncClient<
-    TBinaryInputProtocol<TBufferedReadTransport<Conn>>,
-    TBinaryOutputProtocol<TBufferedWriteTransport<Conn>>,
->;
+type In = TBinaryInputProtocol<TBufferedReadTransport<Conn>>;
+type Out = TBinaryOutputProtocol<TBufferedWriteTransport<Conn>>;
+
+/// A Thrift1 client (the sink's when `protocol = 'thrift1'`, the lookup tables', tools' and tests').
+pub type Client = HbaseSyncClient<In, Out>;
+
+/// A connection of the sink, to the gateway its `protocol` names.
+enum Gateway {
+    Thrift1(Client),
+    Thrift2(t2::Client<In, Out>),
+}
 
 /// One half of a Thrift connection: a TCP stream whose reads and writes wait in short steps, up
 /// to [`IO_TIMEOUT`], or [`STOP_GRACE`] once the stop flag is set.
@@ -155,10 +179,21 @@ impl Write for Conn {
 
 /// A client of the Thrift server at `address` (for tools and tests; the sink has its own).
 pub fn connect(address: &str) -> Result<Client> {
-    open_client(address, &Arc::new(AtomicBool::new(false)))
+    let (i, o) = open_protocols(address, &Arc::new(AtomicBool::new(false)))?;
+    Ok(HbaseSyncClient::new(i, o))
 }
 
-fn open_client(address: &str, stop: &Arc<AtomicBool>) -> Result<Client> {
+/// A connection to the gateway `opts` names, its reads and writes watching `stop`.
+fn open_gateway(opts: &HBaseOptions, stop: &Arc<AtomicBool>) -> Result<Gateway> {
+    let (i, o) = open_protocols(&opts.thrift, stop)?;
+    Ok(match opts.protocol {
+        Protocol::Thrift1 => Gateway::Thrift1(HbaseSyncClient::new(i, o)),
+        Protocol::Thrift2 => Gateway::Thrift2(t2::Client::new(i, o)),
+    })
+}
+
+/// The binary protocol on a buffered transport over a new connection to `address`.
+fn open_protocols(address: &str, stop: &Arc<AtomicBool>) -> Result<(In, Out)> {
     let err = |e: &dyn std::fmt::Display| Error::External(format!("hbase: connecting to thrift at {address}: {e}"));
     let mut last: Option<io::Error> = None;
     let mut stream = None;
@@ -191,10 +226,133 @@ fn open_client(address: &str, stop: &Arc<AtomicBool>) -> Result<Client> {
         stream: other,
         stop: stop.clone(),
     };
-    Ok(HbaseSyncClient::new(
+    Ok((
         TBinaryInputProtocol::new(TBufferedReadTransport::new(read), true),
         TBinaryOutputProtocol::new(TBufferedWriteTransport::new(write), true),
     ))
+}
+
+/// One column `family:qualifier` as Thrift2 names it (HBase splits at the first colon too).
+fn split_column(column: &[u8]) -> (&[u8], &[u8]) {
+    match column.iter().position(|&b| b == b':') {
+        Some(at) => (&column[..at], &column[at + 1..]),
+        None => (column, &[]),
+    }
+}
+
+impl Gateway {
+    /// Write `rows` at cell timestamp `ts`: each put at `ts`, each delete a marker hiding every
+    /// version at or below `ts`. Thrift1's `mutateRowsTs` does that in one call (its puts first,
+    /// then its deletes, each with `SYNC_WAL`); Thrift2 takes the same puts (`putMultiple`) and
+    /// then the same deletes (`deleteMultiple`, `DELETE_COLUMNS` at `ts`), with `durability`.
+    fn write(
+        &mut self,
+        table: &str,
+        ts: i64,
+        rows: &[BatchMutation],
+        durability: Option<TDurability>,
+    ) -> thrift::Result<()> {
+        let c = match self {
+            Gateway::Thrift1(c) => {
+                return c.mutate_rows_ts(table.as_bytes().to_vec(), rows.to_vec(), ts, BTreeMap::new());
+            }
+            Gateway::Thrift2(c) => c,
+        };
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for r in rows {
+            let row = r.row.as_deref().unwrap_or_default();
+            let (mut cells, mut gone) = (Vec::new(), Vec::new());
+            for m in r.mutations.iter().flatten() {
+                let (family, qualifier) = split_column(m.column.as_deref().unwrap_or_default());
+                if m.is_delete == Some(true) {
+                    gone.push(t2::TColumn {
+                        family,
+                        qualifier: Some(qualifier),
+                        timestamp: Some(ts),
+                    });
+                } else {
+                    cells.push(t2::TColumnValue {
+                        family,
+                        qualifier,
+                        value: m.value.as_deref().unwrap_or_default(),
+                        timestamp: None,
+                    });
+                }
+            }
+            if !cells.is_empty() {
+                puts.push(t2::TPut {
+                    row,
+                    column_values: cells,
+                    timestamp: Some(ts),
+                    durability,
+                });
+            }
+            if !gone.is_empty() {
+                deletes.push(t2::TDelete {
+                    row,
+                    columns: gone,
+                    delete_type: t2::TDeleteType::DeleteColumns,
+                    durability,
+                });
+            }
+        }
+        if !puts.is_empty() {
+            c.put_multiple(table.as_bytes(), &puts)?;
+        }
+        if !deletes.is_empty() {
+            c.delete_multiple(table.as_bytes(), &deletes)?;
+        }
+        Ok(())
+    }
+
+    /// The newest value of cell `column` (`family:qualifier`) of `row`.
+    fn cell(&mut self, table: &str, row: &[u8], column: &[u8]) -> thrift::Result<Option<Vec<u8>>> {
+        match self {
+            Gateway::Thrift1(c) => {
+                let rows = c.get_row_with_columns(
+                    table.as_bytes().to_vec(),
+                    row.to_vec(),
+                    vec![column.to_vec()],
+                    BTreeMap::new(),
+                )?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|r| r.columns)
+                    .find_map(|mut cols| cols.remove(column))
+                    .and_then(|c| c.value))
+            }
+            Gateway::Thrift2(c) => {
+                let (family, qualifier) = split_column(column);
+                c.get_cell(table.as_bytes(), row, family, qualifier)
+            }
+        }
+    }
+
+    fn table_exists(&mut self, table: &str) -> thrift::Result<bool> {
+        match self {
+            Gateway::Thrift1(c) => c.table_exists(table),
+            Gateway::Thrift2(c) => c.table_exists(table),
+        }
+    }
+
+    /// Create `table` with the one family `family`, keeping one version.
+    fn create_table(&mut self, table: &str, family: &str) -> thrift::Result<()> {
+        match self {
+            Gateway::Thrift1(c) => {
+                let cd = ColumnDescriptor {
+                    name: Some(format!("{family}:").into_bytes()),
+                    max_versions: Some(1),
+                    compression: Some("NONE".into()),
+                    bloom_filter_type: Some("NONE".into()),
+                    time_to_live: Some(i32::MAX),
+                    ..Default::default()
+                };
+                c.create_table(table.as_bytes().to_vec(), vec![cd])
+            }
+            Gateway::Thrift2(c) => c.create_table(table, family.as_bytes()),
+        }
+    }
 }
 
 /// Bad arguments (a wrong table or family name, say) are the user's to fix and are not retried;
@@ -207,8 +365,23 @@ fn hb(what: &str, e: thrift::Error) -> Error {
         if let Some(io) = u.downcast_ref::<hbase_thrift::hbase::IOError>() {
             return Error::External(format!("hbase: {what}: {}", io.message.clone().unwrap_or_default()));
         }
+        if let Some(ia) = u.downcast_ref::<t2::TIllegalArgument>() {
+            return Error::Plan(format!("hbase: {what}: {}", ia.message.clone().unwrap_or_default()));
+        }
+        if let Some(io) = u.downcast_ref::<t2::TIOError>() {
+            return Error::External(format!("hbase: {what}: {}", io.message.clone().unwrap_or_default()));
+        }
     }
     Error::External(format!("hbase: {what}: {e}"))
+}
+
+/// Which Thrift gateway the sink writes through (`protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `Hbase.mutateRowsTs`: every mutation with `SYNC_WAL`.
+    Thrift1,
+    /// `THBaseService.putMultiple` / `deleteMultiple`, with the sink's `durability`.
+    Thrift2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +402,9 @@ pub struct HBaseOptions {
     pub batch_rows: usize,
     /// Thrift connections a flush sends its batches over at once.
     pub connections: usize,
+    pub protocol: Protocol,
+    /// The WAL durability of every mutation (Thrift2 only); `None`: the table's (`USE_DEFAULT`).
+    pub durability: Option<TDurability>,
 }
 
 const KEYS: &[&str] = &[
@@ -242,6 +418,8 @@ const KEYS: &[&str] = &[
     "timestamp_column",
     "batch_rows",
     "connections",
+    "protocol",
+    "durability",
 ];
 
 impl HBaseOptions {
@@ -256,8 +434,47 @@ impl HBaseOptions {
         if row_key.is_empty() {
             return Err(Error::option("row_key", "name at least one column"));
         }
+        let word = |key: &str, default: &str| o.get(key).unwrap_or(default).trim().to_ascii_lowercase();
+        let given = |key: &str| o.get(key).unwrap_or_default();
+        let protocol = match word("protocol", "thrift1").as_str() {
+            "thrift1" => Protocol::Thrift1,
+            "thrift2" => Protocol::Thrift2,
+            _ => {
+                return Err(Error::option(
+                    "protocol",
+                    format!("'{}'; valid: thrift1, thrift2", given("protocol")),
+                ));
+            }
+        };
+        let durability = match word("durability", "default").as_str() {
+            "default" => None,
+            "skip_wal" => Some(TDurability::SkipWal),
+            "async_wal" => Some(TDurability::AsyncWal),
+            "sync_wal" => Some(TDurability::SyncWal),
+            "fsync_wal" => Some(TDurability::FsyncWal),
+            _ => {
+                return Err(Error::option(
+                    "durability",
+                    format!(
+                        "'{}'; valid: default, skip_wal, async_wal, sync_wal, fsync_wal",
+                        given("durability")
+                    ),
+                ));
+            }
+        };
+        // Thrift1 writes every mutation with SYNC_WAL: nothing else can be asked of it.
+        if protocol == Protocol::Thrift1 && !matches!(durability, None | Some(TDurability::SyncWal)) {
+            return Err(Error::option(
+                "durability",
+                format!(
+                    "'{}' needs protocol = 'thrift2' (Thrift1 writes every mutation with SYNC_WAL: \
+                     with it only 'default' and 'sync_wal')",
+                    given("durability")
+                ),
+            ));
+        }
         Ok(HBaseOptions {
-            thrift: o.get("thrift").unwrap_or(DEFAULT_THRIFT).to_string(),
+            thrift: thrift_address(o).to_string(),
             table: o.required("table", "connector 'hbase'")?.to_string(),
             family: o.get("column_family").unwrap_or("v").to_string(),
             row_key,
@@ -273,6 +490,8 @@ impl HBaseOptions {
                 n @ 1..=64 => n,
                 n => return Err(Error::option("connections", format!("{n}; valid: 1 to 64"))),
             },
+            protocol,
+            durability,
         })
     }
 }
@@ -471,7 +690,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 pub struct HBaseSink {
     opts: HBaseOptions,
-    client: Option<Client>,
+    client: Option<Gateway>,
     key_idx: Vec<usize>,
     ts_idx: Option<usize>,
     columns: Vec<(usize, Vec<u8>)>,
@@ -497,7 +716,7 @@ pub struct HBaseSink {
     create_pending: bool,
     /// Connections besides `client` for sending the batches of one flush at once (opened on
     /// demand; one that fails is dropped, and its batches go out again through `with_retry`).
-    pool: Vec<Client>,
+    pool: Vec<Gateway>,
 }
 
 impl HBaseSink {
@@ -545,7 +764,7 @@ impl HBaseSink {
             // HBase that does not answer must not hold the statement up (nor the server's
             // session): the table is then made before the first write, on the query's thread,
             // waiting like any write does.
-            let attempt = open_client(&sink.opts.thrift, &sink.stop).and_then(|mut c| {
+            let attempt = open_gateway(&sink.opts, &sink.stop).and_then(|mut c| {
                 ensure_table(&mut c, &sink.opts.table, &sink.opts.family)?;
                 sink.client = Some(c);
                 Ok(())
@@ -568,13 +787,13 @@ impl HBaseSink {
 
     /// Run `f` with a connected client; on failure reconnect and retry with backoff until it works,
     /// or until the query is stopping (then the error is returned).
-    fn with_retry<T>(&mut self, mut f: impl FnMut(&mut Client, &HBaseOptions) -> Result<T>) -> Result<T> {
+    fn with_retry<T>(&mut self, mut f: impl FnMut(&mut Gateway, &HBaseOptions) -> Result<T>) -> Result<T> {
         let mut backoff = Duration::from_millis(100);
         let mut since: Option<Instant> = None;
         loop {
             let attempt = match self.client.as_mut() {
                 Some(c) => f(c, &self.opts),
-                None => open_client(&self.opts.thrift, &self.stop).and_then(|mut c| {
+                None => open_gateway(&self.opts, &self.stop).and_then(|mut c| {
                     let r = f(&mut c, &self.opts);
                     self.client = Some(c);
                     r
@@ -638,7 +857,7 @@ impl HBaseSink {
             };
             for (chunk, _) in chunks.iter().zip(sent).filter(|(_, sent)| !sent) {
                 self.with_retry(|c, o| {
-                    c.mutate_rows_ts(o.table.clone().into_bytes(), chunk.to_vec(), ts, BTreeMap::new())
+                    c.write(&o.table, ts, chunk, o.durability)
                         .map_err(|e| hb(&format!("writing to table '{}'", o.table), e))
                 })?;
                 // A crash between two calls of one batch (the fault tests' named point).
@@ -658,7 +877,7 @@ impl HBaseSink {
             return sent;
         }
         while self.pool.len() < want {
-            match open_client(&self.opts.thrift, &self.stop) {
+            match open_gateway(&self.opts, &self.stop) {
                 Ok(c) => self.pool.push(c),
                 Err(_) => break,
             }
@@ -667,7 +886,7 @@ impl HBaseSink {
         if n < 2 {
             return sent;
         }
-        let table = self.opts.table.as_bytes();
+        let (table, durability) = (self.opts.table.as_str(), self.opts.durability);
         let outcomes: Vec<(Vec<usize>, bool)> = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .pool
@@ -677,7 +896,7 @@ impl HBaseSink {
                     s.spawn(move || {
                         let mut done = Vec::new();
                         for i in (w..chunks.len()).step_by(n) {
-                            let r = client.mutate_rows_ts(table.to_vec(), chunks[i].to_vec(), ts, BTreeMap::new());
+                            let r = client.write(table, ts, chunks[i], durability);
                             if r.is_err() {
                                 return (done, true);
                             }
@@ -710,21 +929,11 @@ impl HBaseSink {
     /// The highest generation published to the table (0: none).
     fn stored_generation(&mut self) -> Result<u64> {
         let column = self.generation_column();
-        let rows = self.with_retry(|c, o| {
-            c.get_row_with_columns(
-                o.table.clone().into_bytes(),
-                GENERATION_ROW.to_vec(),
-                vec![column.clone()],
-                BTreeMap::new(),
-            )
-            .map_err(|e| hb(&format!("reading table '{}'", o.table), e))
+        let cell = self.with_retry(|c, o| {
+            c.cell(&o.table, GENERATION_ROW, &column)
+                .map_err(|e| hb(&format!("reading table '{}'", o.table), e))
         })?;
-        let cell = rows
-            .into_iter()
-            .filter_map(|r| r.columns)
-            .find_map(|mut cols| cols.remove(&column));
         Ok(cell
-            .and_then(|c| c.value)
             .and_then(|v| String::from_utf8(v).ok()?.trim().parse().ok())
             .unwrap_or(0))
     }
@@ -944,19 +1153,11 @@ impl HBaseSink {
     }
 }
 
-pub fn ensure_table(c: &mut Client, table: &str, family: &str) -> Result<()> {
-    let exists = |c: &mut Client| c.table_exists(table).map_err(|e| hb("listing tables", e));
+fn ensure_table(c: &mut Gateway, table: &str, family: &str) -> Result<()> {
+    let exists = |c: &mut Gateway| c.table_exists(table).map_err(|e| hb("listing tables", e));
     if !exists(c)? {
-        let cd = ColumnDescriptor {
-            name: Some(format!("{family}:").into_bytes()),
-            max_versions: Some(1),
-            compression: Some("NONE".into()),
-            bloom_filter_type: Some("NONE".into()),
-            time_to_live: Some(i32::MAX),
-            ..Default::default()
-        };
         // Another writer may have created it meanwhile: that is success too.
-        if let Err(e) = c.create_table(table.as_bytes().to_vec(), vec![cd])
+        if let Err(e) = c.create_table(table, family)
             && !exists(c)?
         {
             return Err(hb(&format!("creating table '{table}'"), e));
@@ -1033,6 +1234,39 @@ pub fn table_options(o: &Options) -> Result<HBaseOptions> {
     HBaseOptions::parse(&sink_view)
 }
 
+/// Every row of `table` (the newest version of each cell) through Thrift1, handed to `each` as they
+/// come, a thousand at a time.
+pub fn scan(c: &mut Client, table: &str, mut each: impl FnMut(TRowResult) -> Result<()>) -> Result<()> {
+    // Thrift's generated Default fills every optional field (timestamp 0, empty filter…): name them.
+    let all = TScan {
+        start_row: None,
+        stop_row: None,
+        timestamp: None,
+        columns: None,
+        caching: Some(1000),
+        filter_string: None,
+        batch_size: None,
+        sort_columns: None,
+        reversed: None,
+        cache_blocks: None,
+    };
+    let id = c
+        .scanner_open_with_scan(table.as_bytes().to_vec(), all, BTreeMap::new())
+        .map_err(|e| hb(&format!("scanning table '{table}'"), e))?;
+    let result = loop {
+        let got = match c.scanner_get_list(id, 1000) {
+            Ok(got) if got.is_empty() => break Ok(()),
+            Ok(got) => got,
+            Err(e) => break Err(hb("scanning", e)),
+        };
+        if let Err(e) = got.into_iter().try_for_each(&mut each) {
+            break Err(e);
+        }
+    };
+    let _ = c.scanner_close(id);
+    result
+}
+
 /// Read a whole HBase table as rows of `def.schema` (for lookup joins). The `row_key` columns are
 /// decoded from the row key; the others from cells `column_family:column`.
 pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
@@ -1048,64 +1282,40 @@ pub fn load(def: &SourceDef) -> Result<Vec<RecordBatch>> {
                 .map_err(|_| Error::option("row_key", format!("no column '{c}' in table '{}'", def.name)))
         })
         .collect::<Result<_>>()?;
-    let mut client = connect(&opts.thrift)?;
-    // Thrift's generated Default fills every optional field (timestamp 0, empty filter…): name them.
-    let scan = TScan {
-        start_row: None,
-        stop_row: None,
-        timestamp: None,
-        columns: None,
-        caching: Some(1000),
-        filter_string: None,
-        batch_size: None,
-        sort_columns: None,
-        reversed: None,
-        cache_blocks: None,
-    };
-    let id = client
-        .scanner_open_with_scan(opts.table.clone().into_bytes(), scan, BTreeMap::new())
-        .map_err(|e| hb(&format!("scanning table '{}'", opts.table), e))?;
     let mut rows: Vec<Vec<ScalarValue>> = Vec::new();
-    loop {
-        let got = client.scanner_get_list(id, 1000).map_err(|e| hb("scanning", e))?;
-        if got.is_empty() {
-            break;
+    scan(&mut connect(&opts.thrift)?, &opts.table, |r| {
+        let key = r.row.unwrap_or_default();
+        // The sink's own row (GENERATION_ROW), after every data row: not data.
+        if key.first() == Some(&0xFF) {
+            return Ok(());
         }
-        for r in got {
-            let key = r.row.unwrap_or_default();
-            // The sink's own row (GENERATION_ROW), after every data row: not data.
-            if key.first() == Some(&0xFF) {
-                continue;
-            }
-            let mut keys = BTreeMap::new();
-            let mut at = 0;
-            for (name, t) in opts.row_key.iter().zip(&key_types) {
-                let (v, used) = decode_key(&key[at..], t).ok_or_else(|| {
-                    Error::External(format!("hbase: row key of '{}' does not decode as {t}", opts.table))
-                })?;
-                keys.insert(name.clone(), v);
-                at += used;
-            }
-            let cells = r.columns.unwrap_or_default();
-            let mut row = Vec::with_capacity(schema.fields().len());
-            for f in schema.fields() {
-                let v = match keys.get(f.name()) {
-                    Some(v) => v.clone(),
-                    None => match cells.get(format!("{}:{}", opts.family, f.name()).as_bytes()) {
-                        Some(cell) => decode_value(
-                            cell.value.as_deref().unwrap_or_default(),
-                            f.data_type(),
-                            opts.value_format,
-                        )?,
-                        None => ScalarValue::try_from(f.data_type())?,
-                    },
-                };
-                row.push(v);
-            }
-            rows.push(row);
+        let mut keys = BTreeMap::new();
+        let mut at = 0;
+        for (name, t) in opts.row_key.iter().zip(&key_types) {
+            let (v, used) = decode_key(&key[at..], t)
+                .ok_or_else(|| Error::External(format!("hbase: row key of '{}' does not decode as {t}", opts.table)))?;
+            keys.insert(name.clone(), v);
+            at += used;
         }
-    }
-    let _ = client.scanner_close(id);
+        let cells = r.columns.unwrap_or_default();
+        let mut row = Vec::with_capacity(schema.fields().len());
+        for f in schema.fields() {
+            let v = match keys.get(f.name()) {
+                Some(v) => v.clone(),
+                None => match cells.get(format!("{}:{}", opts.family, f.name()).as_bytes()) {
+                    Some(cell) => decode_value(
+                        cell.value.as_deref().unwrap_or_default(),
+                        f.data_type(),
+                        opts.value_format,
+                    )?,
+                    None => ScalarValue::try_from(f.data_type())?,
+                },
+            };
+            row.push(v);
+        }
+        rows.push(row);
+        Ok(())
+    })?;
     let nullable = Arc::new(Schema::new(
         schema
             .fields()
@@ -1159,6 +1369,41 @@ mod tests {
         let enc: Vec<Vec<u8>> = floats.iter().map(|f| key(&[ScalarValue::Float64(Some(*f))])).collect();
         assert!(enc.windows(2).all(|w| w[0] < w[1]));
         assert!(key(&[ScalarValue::Int64(None)]) < key(&[ScalarValue::Int64(Some(i64::MIN))]));
+    }
+
+    fn parsed(extra: &[(&str, &str)]) -> Result<HBaseOptions> {
+        let mut o = Options(BTreeMap::from(
+            [("connector", "hbase"), ("table", "t"), ("row_key", "k")].map(|(k, v)| (k.to_string(), v.to_string())),
+        ));
+        o.0.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        HBaseOptions::parse(&o)
+    }
+
+    #[test]
+    fn durability_other_than_sync_needs_thrift2_and_each_protocol_has_its_local_gateway() {
+        let o = parsed(&[]).expect("defaults");
+        assert_eq!(
+            (o.protocol, o.durability, o.thrift.as_str()),
+            (Protocol::Thrift1, None, DEFAULT_THRIFT)
+        );
+        let o = parsed(&[("protocol", "Thrift2"), ("durability", "ASYNC_WAL")]).expect("thrift2");
+        assert_eq!(
+            (o.protocol, o.durability, o.thrift.as_str()),
+            (Protocol::Thrift2, Some(TDurability::AsyncWal), DEFAULT_THRIFT2)
+        );
+        let o = parsed(&[("durability", "sync_wal")]).expect("thrift1 writes with SYNC_WAL");
+        assert_eq!(o.durability, Some(TDurability::SyncWal));
+        for d in ["skip_wal", "async_wal", "fsync_wal"] {
+            let e = parsed(&[("durability", d)]).expect_err("thrift1 cannot");
+            assert!(
+                matches!(&e, Error::Option { key, message } if key == "durability" && message.contains("needs protocol = 'thrift2'")),
+                "{e}"
+            );
+        }
+        let e = parsed(&[("protocol", "rest")]).expect_err("no such protocol");
+        assert!(matches!(&e, Error::Option { key, .. } if key == "protocol"), "{e}");
+        let e = parsed(&[("protocol", "thrift2"), ("durability", "fast")]).expect_err("no such durability");
+        assert!(e.to_string().contains("'fast'; valid: default, skip_wal"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod decode_pool;
 pub mod file;
 pub mod generator;
 pub mod hbase;
+pub mod hbase_thrift2;
 pub mod kafka;
 pub mod memory;
 pub mod nexmark;

@@ -22,7 +22,7 @@ use hbase_thrift::hbase::{ColumnDescriptor, THbaseSyncClient};
 
 use crate::support::*;
 
-const THRIFT: &str = "127.0.0.1:9090";
+pub(crate) const THRIFT: &str = "127.0.0.1:9090";
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -73,12 +73,17 @@ fn options(thrift: &str, table: &str) -> Options {
     ))
 }
 
-fn open(table: &str) -> HBaseSink {
-    HBaseSink::open(&options(THRIFT, table), schema()).expect("open the sink")
+/// Options over the defaults (the Thrift1 gateway at [`THRIFT`]), e.g. the Thrift2 protocol.
+pub(crate) type Extra<'a> = &'a [(&'a str, &'a str)];
+
+fn open(table: &str, extra: Extra) -> HBaseSink {
+    let mut o = options(THRIFT, table);
+    o.0.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    HBaseSink::open(&o, schema()).expect("open the sink")
 }
 
 /// A table whose family keeps 10 versions, so that a sink adding versions would show.
-fn create_table(table: &str) {
+pub(crate) fn create_table(table: &str) {
     let mut c = hbase::connect(THRIFT).expect("connect");
     let cd = ColumnDescriptor {
         name: Some(b"v:".to_vec()),
@@ -92,7 +97,7 @@ fn create_table(table: &str) {
         .expect("create table");
 }
 
-fn row_key(k: i64) -> Vec<u8> {
+pub(crate) fn row_key(k: i64) -> Vec<u8> {
     let mut key = Vec::new();
     hbase::encode_key(&mut key, &ScalarValue::Int64(Some(k))).expect("key");
     key
@@ -166,9 +171,14 @@ fn a_replay_after_a_crash_leaves_one_version_per_cell_holding_the_final_value() 
     }
     let table = unique("hb_replay");
     create_table(&table);
+    replay_after_a_crash(&table, &[]);
+}
 
+/// The first test's story on `table`, written with the sink options `extra`: rows 1 to 5.
+pub(crate) fn replay_after_a_crash(table: &str, extra: Extra) {
+    let table = table.to_string();
     // The first run.
-    let mut sink = open(&table);
+    let mut sink = open(&table, extra);
     sink.recover(None, &serde_json::Value::Null).expect("recover");
     epoch(
         &mut sink,
@@ -218,7 +228,7 @@ fn a_replay_after_a_crash_leaves_one_version_per_cell_holding_the_final_value() 
     drop(sink);
 
     // The restart resumes from checkpoint 2 and writes epoch 3 again, cut otherwise.
-    let mut sink = open(&table);
+    let mut sink = open(&table, extra);
     sink.recover(Some(2), &checkpoint2).expect("recover");
     sink.write(&changes(&[(UpdateAfter, 1, Some(30), Some("x"))]))
         .expect("write");
@@ -289,7 +299,13 @@ fn a_checkpoint_not_published_before_the_crash_is_published_by_recovery_and_a_se
     }
     let table = unique("hb_recover");
     create_table(&table);
-    let mut sink = open(&table);
+    recovery_publishes_a_checkpoint(&table, &[]);
+}
+
+/// The second test's story on `table`, written with the sink options `extra`: rows 1 and 2.
+pub(crate) fn recovery_publishes_a_checkpoint(table: &str, extra: Extra) {
+    let table = table.to_string();
+    let mut sink = open(&table, extra);
     sink.recover(None, &serde_json::Value::Null).expect("recover");
     epoch(
         &mut sink,
@@ -309,7 +325,7 @@ fn a_checkpoint_not_published_before_the_crash_is_published_by_recovery_and_a_se
 
     // First restart: recovery publishes checkpoint 2's deletes; the replay re-inserts row 1
     // (with an intermediate value), and NULLs row 2's b, then crashes again before checkpoint 3.
-    let mut sink = open(&table);
+    let mut sink = open(&table, extra);
     sink.recover(Some(2), &checkpoint2).expect("recover");
     sink.write(&changes(&[(Insert, 1, Some(5), Some("x"))])).expect("write");
     assert_eq!(row(&table, 1), "a=5,b=x", "the re-inserted row shows");
@@ -318,7 +334,7 @@ fn a_checkpoint_not_published_before_the_crash_is_published_by_recovery_and_a_se
     drop(sink);
 
     // Second restart from the same checkpoint, other batches: row 1 final at 6, row 2's b back.
-    let mut sink = open(&table);
+    let mut sink = open(&table, extra);
     sink.recover(Some(2), &checkpoint2).expect("recover");
     epoch(
         &mut sink,
@@ -335,7 +351,7 @@ async fn a_query_started_from_scratch_over_an_earlier_runs_table_is_not_hidden_b
     }
     let table = unique("hb_scratch");
     create_table(&table);
-    let mut sink = open(&table);
+    let mut sink = open(&table, &[]);
     sink.recover(None, &serde_json::Value::Null).expect("recover");
     epoch(
         &mut sink,
@@ -351,7 +367,7 @@ async fn a_query_started_from_scratch_over_an_earlier_runs_table_is_not_hidden_b
     drop(sink);
 
     // Another query (or the same, changed) writes the table from scratch: no checkpoint.
-    let mut sink = open(&table);
+    let mut sink = open(&table, &[]);
     sink.recover(None, &serde_json::Value::Null).expect("recover");
     epoch(
         &mut sink,
@@ -444,7 +460,7 @@ fn a_stopping_query_still_writes_while_hbase_answers() {
     }
     let table = unique("hb_stop");
     create_table(&table);
-    let mut sink = open(&table);
+    let mut sink = open(&table, &[]);
     sink.recover(None, &serde_json::Value::Null).expect("recover");
     sink.interrupt_handle().expect("handle").store(true, Ordering::SeqCst);
     epoch(

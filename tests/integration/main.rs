@@ -8,6 +8,7 @@ mod deep;
 mod error_streams;
 mod faults;
 mod hbase_idempotent;
+mod hbase_thrift2;
 mod joins;
 mod kafka_exactly_once;
 mod kafka_kills;
