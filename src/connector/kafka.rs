@@ -141,7 +141,39 @@ struct Partition {
 }
 
 /// One partition's records of a poll: offset and payload.
-type Records = Vec<(i64, Vec<u8>)>;
+/// One poll's records of a partition: their payloads in one buffer, each followed by `\n` (as the
+/// decoder takes them: no allocation per record, no second copy), each with its offset and where
+/// it ends.
+#[derive(Default)]
+struct Records {
+    bytes: Vec<u8>,
+    ends: Vec<(i64, usize)>,
+}
+
+impl Records {
+    fn push(&mut self, offset: i64, payload: &[u8]) {
+        self.bytes.extend_from_slice(payload);
+        self.ends.push((offset, self.bytes.len()));
+        self.bytes.push(b'\n');
+    }
+
+    /// Each record's offset and payload, in order (`bytes` is each payload followed by `\n`).
+    fn view(&self) -> Vec<(i64, &[u8])> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&(offset, end)| {
+                let payload = &self.bytes[start..end];
+                start = end + 1;
+                (offset, payload)
+            })
+            .collect()
+    }
+
+    fn last_offset(&self) -> Option<i64> {
+        self.ends.last().map(|&(offset, _)| offset)
+    }
+}
 
 pub struct KafkaSource {
     consumer: BaseConsumer,
@@ -352,7 +384,8 @@ impl Source for KafkaSource {
         let mut records: BTreeMap<i32, Records> = BTreeMap::new();
         let mut n = 0;
         let started = Instant::now();
-        while n < max && started.elapsed() < Duration::from_millis(100) {
+        // The clock is read every 256 records, not per record (it was 7 % of a drain's CPU).
+        while n < max && (n % 256 != 0 || started.elapsed() < Duration::from_millis(100)) {
             let wait = if n == 0 {
                 Duration::from_millis(50)
             } else {
@@ -380,7 +413,7 @@ impl Source for KafkaSource {
                     records
                         .entry(m.partition())
                         .or_default()
-                        .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+                        .push(m.offset(), m.payload().unwrap_or_default());
                     n += 1;
                 }
             }
@@ -395,10 +428,8 @@ impl Source for KafkaSource {
         // partition order for what follows.
         let topic = &self.opts.topic;
         let decoder = &self.decoder;
-        let decode = |p: &i32, recs: &Records| {
-            let view: Vec<(i64, &[u8])> = recs.iter().map(|(o, r)| (*o, r.as_slice())).collect();
-            decoder.decode_records(&view, &format!("{topic}/{p}"))
-        };
+        let decode =
+            |p: &i32, recs: &Records| decoder.decode_joined(&recs.bytes, &recs.view(), &format!("{topic}/{p}"));
         let parts: Vec<(&i32, &Records)> = records.iter().collect();
         let mut decoded_parts = Vec::with_capacity(parts.len());
         for group in parts.chunks(self.workers.max(1)) {
@@ -425,7 +456,7 @@ impl Source for KafkaSource {
                 .as_ref()
                 .map(|b| max_time(b, self.time_idx))
                 .unwrap_or(i64::MIN);
-            let last = recs.last().map(|(o, _)| *o).unwrap_or_default();
+            let last = recs.last_offset().unwrap_or_default();
             if let Some(part) = self.partitions.get_mut(&p) {
                 part.next_offset = last + 1;
                 part.max_ts = part.max_ts.max(newest);
@@ -1611,5 +1642,46 @@ impl Drop for KafkaSink {
         {
             let _ = self.producer.abort_transaction(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::generator::course_schema;
+    use crate::format::{Format, LineDecoder};
+
+    #[test]
+    fn a_polls_records_are_joined_once_and_decode_as_records_do() {
+        let payloads: [&[u8]; 5] = [
+            br#"{"user_id":1,"course_id":2,"region":"eu","purchased":false,"event_time":"2026-01-01T00:00:00Z"}"#,
+            b"",
+            b"{\"user_id\":\n3}",
+            br#"{"user_id":4,"course_id":2,"region":null,"purchased":true,"event_time":"2026-01-01T00:00:01Z"}"#,
+            b"not json",
+        ];
+        let mut recs = Records::default();
+        for (i, p) in payloads.iter().enumerate() {
+            recs.push(100 + i as i64, p);
+        }
+        let view = recs.view();
+        assert_eq!(
+            view.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            [100, 101, 102, 103, 104]
+        );
+        assert_eq!(view.iter().map(|(_, p)| *p).collect::<Vec<_>>(), payloads);
+        assert_eq!(
+            recs.bytes,
+            payloads.iter().flat_map(|p| [*p, b"\n"].concat()).collect::<Vec<u8>>()
+        );
+        assert_eq!(recs.last_offset(), Some(104));
+        let decoder = LineDecoder::new(course_schema(), Format::Json);
+        let joined = decoder.decode_joined(&recs.bytes, &view, "t/0").expect("decode");
+        let one_by_one = decoder.decode_records(&view, "t/0").expect("decode");
+        assert_eq!(joined.batch, one_by_one.batch);
+        assert_eq!(joined.errors, one_by_one.errors);
+        assert_eq!(joined.batch.map(|b| b.num_rows()), Some(2));
+        let positions: Vec<_> = joined.errors.iter().map(|e| e.position.as_str()).collect();
+        assert_eq!(positions, ["t/0@101", "t/0@102", "t/0@104"]);
     }
 }

@@ -365,11 +365,24 @@ impl LineDecoder {
             buf.extend_from_slice(r);
             buf.push(b'\n');
         }
-        let utf8 = std::str::from_utf8(&buf).is_ok();
+        self.decode_joined(&buf, records, origin)
+    }
+
+    /// [`Self::decode_records`] of records the caller has joined already: `buf` is each record of
+    /// `records` followed by `\n`, in order.
+    pub fn decode_joined(&self, buf: &[u8], records: &[(i64, &[u8])], origin: &str) -> Result<Decoded> {
+        debug_assert_eq!(buf.len(), records.iter().map(|(_, r)| r.len() + 1).sum::<usize>());
+        if records.is_empty() {
+            return Ok(Decoded {
+                batch: None,
+                errors: vec![],
+            });
+        }
+        let utf8 = std::str::from_utf8(buf).is_ok();
         let json = matches!(self.format, Format::Json);
         if utf8
-            && !(json && depth::any_too_deep(&buf))
-            && let Ok(Some(b)) = self.decode_bytes(&buf, records.len())
+            && !(json && depth::any_too_deep(buf))
+            && let Ok(Some(b)) = self.decode_bytes(buf, records.len())
             && b.num_rows() == records.len()
         {
             return Ok(Decoded {
@@ -385,7 +398,7 @@ impl LineDecoder {
                 .iter()
                 .all(|(_, r)| memchr::memchr(b'\n', r).is_none() && !blank(r))
             && let Some(d) = self.decode_around_malformed(
-                &buf,
+                buf,
                 &|i| format!("{origin}@{}", records.get(i as usize).map_or(-1, |r| r.0)),
                 ObjectCheck::Ends,
             )?
