@@ -140,7 +140,6 @@ struct Partition {
     chunks: VecDeque<(u64, i64, i64)>,
 }
 
-/// One partition's records of a poll: offset and payload.
 /// One poll's records of a partition: their payloads in one buffer, each followed by `\n` (as the
 /// decoder takes them: no allocation per record, no second copy), each with its offset and where
 /// it ends.

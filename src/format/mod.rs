@@ -354,12 +354,6 @@ impl LineDecoder {
     /// Decode one record per message (e.g. Kafka values); positions of bad records are
     /// `origin@offset`.
     pub fn decode_records(&self, records: &[(i64, &[u8])], origin: &str) -> Result<Decoded> {
-        if records.is_empty() {
-            return Ok(Decoded {
-                batch: None,
-                errors: vec![],
-            });
-        }
         let mut buf = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 1).sum());
         for (_, r) in records {
             buf.extend_from_slice(r);
