@@ -96,11 +96,25 @@ pub const DEFAULT_THRIFT2: &str = "127.0.0.1:9095";
 
 /// The gateway address options `o` name: `thrift`, or the local default of their `protocol`.
 pub fn thrift_address(o: &Options) -> &str {
-    o.get("thrift")
-        .unwrap_or_else(|| match o.get("protocol").map(str::trim) {
-            Some(p) if p.eq_ignore_ascii_case("thrift2") => DEFAULT_THRIFT2,
-            _ => DEFAULT_THRIFT,
-        })
+    o.get("thrift").unwrap_or(match protocol_of(o) {
+        Some(Protocol::Thrift2) => DEFAULT_THRIFT2,
+        _ => DEFAULT_THRIFT,
+    })
+}
+
+/// The `protocol` options `o` name (`thrift1` when not given); `None` for an unknown one.
+fn protocol_of(o: &Options) -> Option<Protocol> {
+    match o
+        .get("protocol")
+        .unwrap_or("thrift1")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "thrift1" => Some(Protocol::Thrift1),
+        "thrift2" => Some(Protocol::Thrift2),
+        _ => None,
+    }
 }
 
 /// Thrift connections per HBase sink unless `connections` says otherwise (see docs/hbase.md for the
@@ -436,16 +450,8 @@ impl HBaseOptions {
         }
         let word = |key: &str, default: &str| o.get(key).unwrap_or(default).trim().to_ascii_lowercase();
         let given = |key: &str| o.get(key).unwrap_or_default();
-        let protocol = match word("protocol", "thrift1").as_str() {
-            "thrift1" => Protocol::Thrift1,
-            "thrift2" => Protocol::Thrift2,
-            _ => {
-                return Err(Error::option(
-                    "protocol",
-                    format!("'{}'; valid: thrift1, thrift2", given("protocol")),
-                ));
-            }
-        };
+        let protocol = protocol_of(o)
+            .ok_or_else(|| Error::option("protocol", format!("'{}'; valid: thrift1, thrift2", given("protocol"))))?;
         let durability = match word("durability", "default").as_str() {
             "default" => None,
             "skip_wal" => Some(TDurability::SkipWal),
