@@ -857,8 +857,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-async fn run(file: PathBuf, config: EngineConfig, data_dir: Option<PathBuf>, format: &str) -> Result<()> {
+async fn run(file: PathBuf, mut config: EngineConfig, data_dir: Option<PathBuf>, format: &str) -> Result<()> {
     let format: PrintFormat = format.parse()?;
+    // The script's queries that read the same Kafka source share one reader, started once they
+    // have all joined: before a statement that waits on them (a SELECT) and after the last.
+    config.shared_kafka = Some(std::sync::Arc::new(
+        freshet::connector::kafka_shared::SharedKafka::default(),
+    ));
     let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let statements = freshet::sql::parser::parse_script(&sql).map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
     let mut stop = Box::pin(shutdown_signal());
@@ -870,7 +875,14 @@ async fn run(file: PathBuf, config: EngineConfig, data_dir: Option<PathBuf>, for
     session.wait_for_bounded = true;
     let mut interrupted = false;
     for st in &statements {
+        let waits = matches!(st.statement, freshet::sql::parser::Statement::Query(_));
+        if waits {
+            say_shared(session.start_shared_readers());
+        }
         let outcome = session.execute(&st.statement).await;
+        if waits {
+            say_shared(session.start_shared_readers());
+        }
         match outcome {
             Err(e) => {
                 session.stop_all().await;
@@ -900,6 +912,7 @@ async fn run(file: PathBuf, config: EngineConfig, data_dir: Option<PathBuf>, for
             }
         }
     }
+    say_shared(session.start_shared_readers());
     let unbounded = session.queries.iter().any(|q| !q.bounded);
     if unbounded {
         eprintln!("running; Ctrl-C stops and flushes the sinks");
@@ -949,6 +962,13 @@ async fn run(file: PathBuf, config: EngineConfig, data_dir: Option<PathBuf>, for
     anyhow::ensure!(!failed, "a query failed");
     session.forget_finished()?;
     Ok(())
+}
+
+/// Which Kafka sources several queries read through one reader.
+fn say_shared(readers: Vec<(String, usize)>) {
+    for (source, queries) in readers.into_iter().filter(|(_, n)| *n > 1) {
+        eprintln!("{source}: one Kafka reader for {queries} queries");
+    }
 }
 
 /// Peak resident memory of this process (Linux), for run summaries and benchmarks.

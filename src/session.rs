@@ -473,6 +473,16 @@ impl Session {
         self.stop_all().await;
     }
 
+    /// Start the shared Kafka readers the queries started since the last call have joined (see
+    /// [`crate::connector::kafka_shared`]; nothing without them). Called before anything waits on
+    /// those queries. Returns each reader's source and how many queries it serves.
+    pub fn start_shared_readers(&self) -> Vec<(String, usize)> {
+        match &self.config.shared_kafka {
+            Some(shared) => shared.start(),
+            None => vec![],
+        }
+    }
+
     /// When every query of this session finished by itself (a `freshet run` job over bounded
     /// sources done), forget their checkpoints: there is nothing left to resume, and the next run
     /// of the job starts over. Otherwise they stay, so a restart resumes each query — one that had

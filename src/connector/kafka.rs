@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::{Output, Poll, Sink, SinkMode, Source};
 use crate::error::{Error, Result};
-use crate::format::{Format, LineDecoder, to_json_lines};
+use crate::format::{BadRecord, Format, LineDecoder, to_json_lines};
 use crate::sql::parser::{Options, SourceDef};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -121,7 +121,7 @@ impl KafkaSourceOptions {
     }
 }
 
-fn kafka_err(what: &str, e: KafkaError) -> Error {
+pub(crate) fn kafka_err(what: &str, e: KafkaError) -> Error {
     Error::External(format!("kafka: {what}: {e}"))
 }
 
@@ -144,7 +144,7 @@ struct Partition {
 /// decoder takes them: no allocation per record, no second copy), each with its offset and where
 /// it ends.
 #[derive(Default)]
-struct Records {
+pub(crate) struct Records {
     bytes: Vec<u8>,
     ends: Vec<(i64, usize)>,
 }
@@ -169,25 +169,30 @@ impl Records {
             .collect()
     }
 
+    fn first_offset(&self) -> Option<i64> {
+        self.ends.first().map(|&(offset, _)| offset)
+    }
+
     fn last_offset(&self) -> Option<i64> {
         self.ends.last().map(|&(offset, _)| offset)
     }
 }
 
-pub struct KafkaSource {
-    consumer: BaseConsumer,
-    opts: KafkaSourceOptions,
-    decoder: LineDecoder,
-    time_idx: Option<usize>,
-    delay: i64,
-    partitions: BTreeMap<i32, Partition>,
-    polls: u64,
-    /// The query watermark stored with the committed offsets resumed from (`startup = 'group'`).
-    resumed: Option<i64>,
-    /// When a transient error was last reported (they are reported at most every 10 s).
-    last_warning: Option<Instant>,
-    /// Threads the partitions of one poll are decoded on (see [`Source::decode_on`]).
-    workers: usize,
+/// One poll's records of one partition, decoded (the records are kept: a reader sharing the poll
+/// that wants only part of them decodes that part again, see [`Tracker::take`]).
+pub(crate) struct Piece {
+    pub(crate) partition: i32,
+    records: Records,
+    batch: Option<RecordBatch>,
+    bad: Vec<BadRecord>,
+    /// The newest event time among the rows (`i64::MIN`: none).
+    newest: i64,
+}
+
+impl Piece {
+    pub(crate) fn last_offset(&self) -> Option<i64> {
+        self.records.last_offset()
+    }
 }
 
 /// Errors a consumer cannot get past by waiting: the rest (a broker down, a connection reset, a
@@ -215,33 +220,212 @@ fn is_fatal(e: &KafkaError) -> bool {
 /// part of their rows it re-reads.
 const WATERMARK_METADATA: &str = "freshet.watermark=";
 
-impl KafkaSource {
-    pub fn open(def: &SourceDef) -> Result<Self> {
-        let opts = KafkaSourceOptions::parse(&def.options, &def.name)?;
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &opts.brokers)
-            .set("group.id", &opts.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set(
-                "auto.offset.reset",
-                if opts.startup == Startup::Latest {
-                    "latest"
-                } else {
-                    "earliest"
-                },
-            )
-            // The engine takes records in bursts (a micro-batch at a time). With librdkafka's defaults
-            // a full local queue (100 000 messages) pauses fetching for up to a second, which capped a
-            // consumer at ~190 K records/s here; keep fetching instead (memory stays bounded by
-            // queued.max.messages.kbytes, 64 MB).
-            .set("queued.min.messages", "1000000")
-            .set("fetch.queue.backoff.ms", "20");
-        for (k, v) in &opts.properties {
-            cfg.set(k, v);
-        }
+/// A consumer's configuration: `group` is the group its offsets are committed (and read) under;
+/// `extra` settings come before the user's `properties.*`, which may override them.
+pub(crate) fn consumer_config(opts: &KafkaSourceOptions, group: &str, extra: &[(&str, &str)]) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &opts.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "auto.offset.reset",
+            if opts.startup == Startup::Latest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        );
+    for (k, v) in extra {
+        cfg.set(*k, *v);
+    }
+    for (k, v) in &opts.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Reads a topic's partitions from given offsets and decodes each poll's records per partition
+/// (see [`KafkaSource`]; a shared reader serves several queries, `kafka_shared`).
+pub(crate) struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+    decoder: LineDecoder,
+    time_idx: Option<usize>,
+    /// The partitions assigned, each with the offset to stop at (bounded).
+    limits: BTreeMap<i32, Option<i64>>,
+    /// When a transient error was last reported (they are reported at most every 10 s).
+    last_warning: Option<Instant>,
+    /// Threads the partitions of one poll are decoded on.
+    workers: usize,
+}
+
+impl Reader {
+    pub(crate) fn open(opts: &KafkaSourceOptions, group: &str, def: &SourceDef) -> Result<Self> {
+        // The engine takes records in bursts (a micro-batch at a time). With librdkafka's defaults
+        // a full local queue (100 000 messages) pauses fetching for up to a second, which capped a
+        // consumer at ~190 K records/s here; keep fetching instead (memory stays bounded by
+        // queued.max.messages.kbytes, 64 MB).
+        let cfg = consumer_config(
+            opts,
+            group,
+            &[("queued.min.messages", "1000000"), ("fetch.queue.backoff.ms", "20")],
+        );
         let consumer: BaseConsumer = cfg.create().map_err(|e| kafka_err("creating the consumer", e))?;
+        Ok(Reader {
+            consumer,
+            topic: opts.topic.clone(),
+            decoder: LineDecoder::new(def.schema.clone(), opts.format),
+            time_idx: time_index(def),
+            limits: BTreeMap::new(),
+            last_warning: None,
+            workers: 1,
+        })
+    }
+
+    /// Read each partition from its offset (on to its end offset, if any).
+    pub(crate) fn assign(&mut self, from: &BTreeMap<i32, (i64, Option<i64>)>) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, (next, _)) in from {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next))
+                .map_err(|e| kafka_err("assigning partitions", e))?;
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_err("assigning partitions", e))?;
+        self.limits = from.iter().map(|(p, (_, end))| (*p, *end)).collect();
+        Ok(())
+    }
+
+    pub(crate) fn decode_on(&mut self, workers: usize) {
+        self.workers = workers.max(1);
+    }
+
+    /// Up to `max` records (waiting up to 50 ms for the first, reading for at most 100 ms), decoded,
+    /// one piece per partition in partition order. Empty: nothing arrived.
+    pub(crate) fn read(&mut self, max: usize) -> Result<Vec<Piece>> {
+        let mut records: BTreeMap<i32, Records> = BTreeMap::new();
+        let mut n = 0;
+        let started = Instant::now();
+        // The clock is read every 256 records, not per record (it was 7 % of a drain's CPU).
+        while n < max && (n % 256 != 0 || started.elapsed() < Duration::from_millis(100)) {
+            let wait = if n == 0 {
+                Duration::from_millis(50)
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) if is_fatal(&e) => return Err(kafka_err("consuming", e)),
+                Some(Err(e)) => {
+                    // A broker down or restarting: librdkafka reconnects and refetches by itself;
+                    // the query waits (its watermark holds) instead of failing.
+                    if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        eprintln!("kafka: {}: {e} (retrying)", self.topic);
+                        self.last_warning = Some(Instant::now());
+                    }
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let Some(end) = self.limits.get(&m.partition()) else {
+                        continue;
+                    };
+                    if end.is_some_and(|e| m.offset() >= e) {
+                        continue;
+                    }
+                    records
+                        .entry(m.partition())
+                        .or_default()
+                        .push(m.offset(), m.payload().unwrap_or_default());
+                    n += 1;
+                }
+            }
+        }
+        // Each partition's records decode on their own thread (up to `workers` at a time), in
+        // partition order for what follows.
+        let topic = &self.topic;
+        let decoder = &self.decoder;
+        let decode =
+            |p: &i32, recs: &Records| decoder.decode_joined(&recs.bytes, &recs.view(), &format!("{topic}/{p}"));
+        let parts: Vec<(&i32, &Records)> = records.iter().collect();
+        let mut decoded_parts = Vec::with_capacity(parts.len());
+        for group in parts.chunks(self.workers) {
+            if group.len() == 1 {
+                decoded_parts.push(decode(group[0].0, group[0].1));
+                continue;
+            }
+            std::thread::scope(|s| {
+                let handles: Vec<_> = group.iter().map(|(p, recs)| s.spawn(move || decode(p, recs))).collect();
+                for h in handles {
+                    decoded_parts.push(
+                        h.join()
+                            .unwrap_or_else(|_| Err(Error::Internal("a decode thread panicked".into()))),
+                    );
+                }
+            });
+        }
+        let mut pieces = Vec::with_capacity(records.len());
+        for ((partition, records), decoded) in records.into_iter().zip(decoded_parts) {
+            let decoded = decoded?;
+            let newest = decoded
+                .batch
+                .as_ref()
+                .map(|b| max_time(b, self.time_idx))
+                .unwrap_or(i64::MIN);
+            pieces.push(Piece {
+                partition,
+                records,
+                batch: decoded.batch,
+                bad: decoded.errors,
+                newest,
+            });
+        }
+        Ok(pieces)
+    }
+
+    /// The consumer's position per partition. A transactionally written topic holds commit/abort
+    /// markers (and, read committed, records of aborted transactions) that take offsets but are
+    /// never returned, so the offset after the last record returned can stay short of the end for
+    /// good (a bounded read would never finish, an idle partition never look caught up). librdkafka
+    /// moves the consumer's position past them: see [`Tracker::advance`].
+    pub(crate) fn positions(&self) -> Vec<(i32, i64)> {
+        let Ok(positions) = self.consumer.position() else {
+            return vec![];
+        };
+        positions
+            .elements_for_topic(&self.topic)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn time_index(def: &SourceDef) -> Option<usize> {
+    def.watermark.as_ref().and_then(|w| def.schema.index_of(&w.column).ok())
+}
+
+/// What one query has read of a topic: per partition the next offset, the newest event time (its
+/// watermark), the chunks not yet committed; the consumer group its offsets are committed under.
+pub(crate) struct Tracker {
+    opts: KafkaSourceOptions,
+    time_idx: Option<usize>,
+    delay: i64,
+    partitions: BTreeMap<i32, Partition>,
+    /// `Ready` results returned so far (the engine's commits count them).
+    polls: u64,
+    /// The query watermark stored with the committed offsets resumed from (`startup = 'group'`).
+    resumed: Option<i64>,
+}
+
+impl Tracker {
+    /// Where to start each partition of the topic: the startup mode's offset (the group's committed
+    /// one for `startup = 'group'`), and in bounded mode the end offset now. `consumer` need not
+    /// be assigned anything: it answers metadata and offset questions, under `opts.group_id`.
+    pub(crate) fn open(opts: KafkaSourceOptions, consumer: &BaseConsumer, def: &SourceDef) -> Result<Self> {
         let md = consumer
             .fetch_metadata(Some(&opts.topic), METADATA_TIMEOUT)
             .map_err(|e| kafka_err(&format!("metadata of topic '{}' from {}", opts.topic, opts.brokers), e))?;
@@ -281,7 +465,6 @@ impl KafkaSource {
                 }
             }
         }
-        let mut tpl = TopicPartitionList::new();
         let mut partitions = BTreeMap::new();
         for p in ids {
             let (low, high) = consumer
@@ -292,8 +475,6 @@ impl KafkaSource {
                 Startup::Latest => high,
                 Startup::Group => committed.get(&p).copied().unwrap_or(low).max(low),
             };
-            tpl.add_partition_offset(&opts.topic, p, Offset::Offset(start))
-                .map_err(|e| kafka_err("assigning partitions", e))?;
             partitions.insert(
                 p,
                 Partition {
@@ -307,163 +488,132 @@ impl KafkaSource {
                 },
             );
         }
-        consumer
-            .assign(&tpl)
-            .map_err(|e| kafka_err("assigning partitions", e))?;
-        let (time_idx, delay) = match &def.watermark {
-            Some(w) => (def.schema.index_of(&w.column).ok(), w.delay_ms),
-            None => (None, 0),
-        };
-        Ok(KafkaSource {
-            consumer,
-            decoder: LineDecoder::new(def.schema.clone(), opts.format),
+        let delay = def.watermark.as_ref().map_or(0, |w| w.delay_ms);
+        Ok(Tracker {
+            time_idx: time_index(def),
             opts,
-            time_idx,
             delay,
             partitions,
             polls: 0,
             resumed,
-            last_warning: None,
-            workers: 1,
         })
+    }
+
+    /// Per partition: the next offset to read and the offset to stop at.
+    pub(crate) fn starts(&self) -> BTreeMap<i32, (i64, Option<i64>)> {
+        self.partitions
+            .iter()
+            .map(|(id, p)| (*id, (p.next_offset, p.end)))
+            .collect()
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.opts.topic
+    }
+
+    pub(crate) fn bounded(&self) -> bool {
+        self.opts.bounded
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.partitions
+            .values()
+            .all(|p| p.end.is_some_and(|e| p.next_offset >= e))
     }
 
     /// For partitions silent for `idle_timeout_ms`, learn the broker's end offset (at most once per
     /// timeout), so that `watermark` can tell an idle partition from one that is behind.
-    fn refresh_silent_partitions(&mut self) {
+    pub(crate) fn refresh_silent_partitions(&mut self, consumer: &BaseConsumer) {
         let idle = self.opts.idle_timeout;
         for (id, p) in self.partitions.iter_mut() {
             if p.end.is_none() && p.last_seen.elapsed() >= idle && p.high_checked.elapsed() >= idle {
                 p.high_checked = Instant::now();
-                if let Ok((_, high)) = self
-                    .consumer
-                    .fetch_watermarks(&self.opts.topic, *id, Duration::from_secs(2))
-                {
+                if let Ok((_, high)) = consumer.fetch_watermarks(&self.opts.topic, *id, Duration::from_secs(2)) {
                     p.high = Some(high);
                 }
             }
         }
     }
 
-    /// A transactionally written topic holds commit/abort markers (and, read committed, records of
-    /// aborted transactions) that take offsets but are never returned, so the offset after the last
-    /// record returned can stay short of the end for good (a bounded read would never finish, an idle
-    /// partition never look caught up). librdkafka moves the consumer's position past them: take it.
-    fn skip_control_records(&mut self) {
-        let Ok(positions) = self.consumer.position() else {
-            return;
-        };
-        for e in positions.elements_for_topic(&self.opts.topic) {
-            if let (Offset::Offset(o), Some(p)) = (e.offset(), self.partitions.get_mut(&e.partition()))
-                && o > p.next_offset
+    /// Move partitions on to the reader's positions (past transaction markers, see
+    /// [`Reader::positions`]); never back.
+    pub(crate) fn advance(&mut self, positions: &[(i32, i64)]) {
+        for (id, o) in positions {
+            if let Some(p) = self.partitions.get_mut(id)
+                && *o > p.next_offset
             {
-                p.next_offset = o;
+                p.next_offset = *o;
             }
         }
     }
 
-    fn done(&self) -> bool {
-        self.partitions
-            .values()
-            .all(|p| p.end.is_some_and(|e| p.next_offset >= e))
-    }
-}
-
-fn max_time(batch: &RecordBatch, idx: Option<usize>) -> i64 {
-    idx.and_then(|i| batch.column(i).as_primitive_opt::<TimestampMillisecondType>().cloned())
-        .and_then(|a| datafusion::arrow::compute::max(&a))
-        .unwrap_or(i64::MIN)
-}
-
-impl Source for KafkaSource {
-    fn poll(&mut self, max: usize) -> Result<Poll> {
-        if self.done() {
-            return Ok(Poll::Exhausted);
-        }
-        let mut records: BTreeMap<i32, Records> = BTreeMap::new();
-        let mut n = 0;
-        let started = Instant::now();
-        // The clock is read every 256 records, not per record (it was 7 % of a drain's CPU).
-        while n < max && (n % 256 != 0 || started.elapsed() < Duration::from_millis(100)) {
-            let wait = if n == 0 {
-                Duration::from_millis(50)
-            } else {
-                Duration::ZERO
-            };
-            match self.consumer.poll(wait) {
-                None => break,
-                Some(Err(e)) if is_fatal(&e) => return Err(kafka_err("consuming", e)),
-                Some(Err(e)) => {
-                    // A broker down or restarting: librdkafka reconnects and refetches by itself;
-                    // the query waits (its watermark holds) instead of failing.
-                    if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        eprintln!("kafka: {}: {e} (retrying)", self.opts.topic);
-                        self.last_warning = Some(Instant::now());
-                    }
-                    break;
-                }
-                Some(Ok(m)) => {
-                    let Some(part) = self.partitions.get(&m.partition()) else {
-                        continue;
-                    };
-                    if part.end.is_some_and(|e| m.offset() >= e) {
-                        continue;
-                    }
-                    records
-                        .entry(m.partition())
-                        .or_default()
-                        .push(m.offset(), m.payload().unwrap_or_default());
-                    n += 1;
-                }
-            }
-        }
-        self.refresh_silent_partitions();
-        if n == 0 {
-            self.skip_control_records();
-            return Ok(if self.done() { Poll::Exhausted } else { Poll::Pending });
-        }
-        self.polls += 1;
-        // Each partition's records decode on their own thread (up to `workers` at a time), in
-        // partition order for what follows.
-        let topic = &self.opts.topic;
-        let decoder = &self.decoder;
-        let decode =
-            |p: &i32, recs: &Records| decoder.decode_joined(&recs.bytes, &recs.view(), &format!("{topic}/{p}"));
-        let parts: Vec<(&i32, &Records)> = records.iter().collect();
-        let mut decoded_parts = Vec::with_capacity(parts.len());
-        for group in parts.chunks(self.workers.max(1)) {
-            if group.len() == 1 {
-                decoded_parts.push(decode(group[0].0, group[0].1));
-                continue;
-            }
-            std::thread::scope(|s| {
-                let handles: Vec<_> = group.iter().map(|(p, recs)| s.spawn(move || decode(p, recs))).collect();
-                for h in handles {
-                    decoded_parts.push(
-                        h.join()
-                            .unwrap_or_else(|_| Err(Error::Internal("a decode thread panicked".into()))),
-                    );
-                }
-            });
-        }
+    /// This query's rows of a poll's pieces: of each partition, the records from its next offset up
+    /// to its end. A piece wholly inside is taken as decoded; one that straddles (a reader shared
+    /// with queries that started elsewhere) has the records in range decoded again by `decoder`.
+    /// `None`: nothing of it is this query's.
+    pub(crate) fn take(
+        &mut self,
+        pieces: &[Piece],
+        decoder: &LineDecoder,
+    ) -> Result<Option<(Option<RecordBatch>, Vec<BadRecord>)>> {
         let mut batches = Vec::new();
         let mut bad = Vec::new();
-        for ((p, recs), decoded) in records.into_iter().zip(decoded_parts) {
-            let decoded = decoded?;
-            let newest = decoded
-                .batch
-                .as_ref()
-                .map(|b| max_time(b, self.time_idx))
-                .unwrap_or(i64::MIN);
-            let last = recs.last_offset().unwrap_or_default();
-            if let Some(part) = self.partitions.get_mut(&p) {
+        let mut took = Vec::new();
+        for piece in pieces {
+            let Some(part) = self.partitions.get(&piece.partition) else {
+                continue;
+            };
+            let (Some(first), Some(last)) = (piece.records.first_offset(), piece.records.last_offset()) else {
+                continue;
+            };
+            let (lo, hi) = (part.next_offset, part.end.unwrap_or(i64::MAX));
+            if last < lo || first >= hi {
+                continue;
+            }
+            let (newest, last) = if first >= lo && last < hi {
+                batches.extend(piece.batch.clone());
+                bad.extend(piece.bad.iter().cloned());
+                (piece.newest, last)
+            } else {
+                let view: Vec<(i64, &[u8])> = piece
+                    .records
+                    .view()
+                    .into_iter()
+                    .filter(|(o, _)| (lo..hi).contains(o))
+                    .collect();
+                // Offsets have gaps (transaction markers): the range may hold none of them.
+                let Some(&(last, _)) = view.last() else {
+                    continue;
+                };
+                let mut buf = Vec::with_capacity(view.iter().map(|(_, r)| r.len() + 1).sum());
+                for (_, r) in &view {
+                    buf.extend_from_slice(r);
+                    buf.push(b'\n');
+                }
+                let decoded =
+                    decoder.decode_joined(&buf, &view, &format!("{}/{}", self.opts.topic, piece.partition))?;
+                let newest = decoded
+                    .batch
+                    .as_ref()
+                    .map(|b| max_time(b, self.time_idx))
+                    .unwrap_or(i64::MIN);
+                batches.extend(decoded.batch);
+                bad.extend(decoded.errors);
+                (newest, last)
+            };
+            took.push((piece.partition, last, newest));
+        }
+        if took.is_empty() {
+            return Ok(None);
+        }
+        self.polls += 1;
+        for (id, last, newest) in took {
+            if let Some(part) = self.partitions.get_mut(&id) {
                 part.next_offset = last + 1;
                 part.max_ts = part.max_ts.max(newest);
                 part.last_seen = Instant::now();
                 part.chunks.push_back((self.polls, last + 1, newest));
             }
-            bad.extend(decoded.errors);
-            batches.extend(decoded.batch);
         }
         let batch = match batches.len() {
             0 => None,
@@ -473,19 +623,10 @@ impl Source for KafkaSource {
                 batches.iter(),
             )?),
         };
-        Ok(Poll::Ready(batch, bad))
+        Ok(Some((batch, bad)))
     }
 
-    fn bounded(&self) -> bool {
-        self.opts.bounded
-    }
-
-    fn decode_on(&mut self, workers: usize) -> Result<()> {
-        self.workers = workers.max(1);
-        Ok(())
-    }
-
-    fn watermark(&self) -> Option<i64> {
+    pub(crate) fn watermark(&self) -> Option<i64> {
         // A partition counts unless it is finished (bounded) or idle: caught up with the end offset
         // *and* silent for `idle_timeout_ms`. A partition that is merely behind is never idle, so a
         // slow or stalled reader cannot push the watermark past its data.
@@ -508,13 +649,13 @@ impl Source for KafkaSource {
             .min()
     }
 
-    fn resumed_watermark(&self) -> Option<i64> {
+    pub(crate) fn resumed_watermark(&self) -> Option<i64> {
         self.resumed
     }
 
     /// Per partition: the next offset to read, the newest event time seen (its watermark), and in
     /// bounded mode the offset to stop at.
-    fn position(&self) -> Option<serde_json::Value> {
+    pub(crate) fn position(&self) -> serde_json::Value {
         let parts: serde_json::Map<String, serde_json::Value> = self
             .partitions
             .iter()
@@ -525,10 +666,11 @@ impl Source for KafkaSource {
                 )
             })
             .collect();
-        Some(serde_json::json!({ "topic": self.opts.topic, "partitions": parts }))
+        serde_json::json!({ "topic": self.opts.topic, "partitions": parts })
     }
 
-    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+    /// Take a checkpoint's position (the caller then reads from [`Self::starts`]).
+    pub(crate) fn seek(&mut self, position: &serde_json::Value, consumer: &BaseConsumer) -> Result<()> {
         let bad = |why: &str| Error::External(format!("kafka source position {position}: {why}"));
         if position.get("topic").and_then(serde_json::Value::as_str) != Some(self.opts.topic.as_str()) {
             return Err(bad(&format!("not of topic '{}'", self.opts.topic)));
@@ -537,7 +679,6 @@ impl Source for KafkaSource {
             .get("partitions")
             .and_then(serde_json::Value::as_object)
             .ok_or_else(|| bad("no partitions"))?;
-        let mut tpl = TopicPartitionList::new();
         for (id, p) in self.partitions.iter_mut() {
             // A partition added since the checkpoint is read from its start.
             if let Some(at) = parts.get(&id.to_string()) {
@@ -545,8 +686,7 @@ impl Source for KafkaSource {
                     .get("next")
                     .and_then(serde_json::Value::as_i64)
                     .ok_or_else(|| bad("no 'next'"))?;
-                let (low, _) = self
-                    .consumer
+                let (low, _) = consumer
                     .fetch_watermarks(&self.opts.topic, *id, METADATA_TIMEOUT)
                     .map_err(|e| kafka_err(&format!("offsets of {}/{id}", self.opts.topic), e))?;
                 if next < low {
@@ -563,20 +703,15 @@ impl Source for KafkaSource {
                 }
                 p.chunks.clear();
             }
-            tpl.add_partition_offset(&self.opts.topic, *id, Offset::Offset(p.next_offset))
-                .map_err(|e| kafka_err("seeking", e))?;
         }
-        self.consumer.assign(&tpl).map_err(|e| kafka_err("seeking", e))?;
         // The checkpoint, not the group's commits, says where this query is.
         self.resumed = None;
         Ok(())
     }
 
-    fn partitioned(&self) -> bool {
-        true
-    }
-
-    fn commit(&mut self, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {
+    /// Commit, under the query's group, the offsets of the chunks among the first `polls` whose
+    /// rows are all older than `safe_ts` (see [`Source::commit`]).
+    pub(crate) fn commit(&mut self, consumer: &BaseConsumer, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {
         let upto = if polls == 0 { self.polls } else { polls };
         let mut tpl = TopicPartitionList::new();
         for (p, part) in &mut self.partitions {
@@ -599,11 +734,88 @@ impl Source for KafkaSource {
             }
         }
         if tpl.count() > 0 {
-            self.consumer
+            consumer
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(|e| kafka_err("committing offsets", e))?;
         }
         Ok(())
+    }
+}
+
+/// A query's own reader of a topic: one consumer, assigned the partitions explicitly.
+pub struct KafkaSource {
+    reader: Reader,
+    tracker: Tracker,
+}
+
+impl KafkaSource {
+    pub fn open(def: &SourceDef) -> Result<Self> {
+        let opts = KafkaSourceOptions::parse(&def.options, &def.name)?;
+        let mut reader = Reader::open(&opts, &opts.group_id, def)?;
+        let tracker = Tracker::open(opts, &reader.consumer, def)?;
+        reader.assign(&tracker.starts())?;
+        Ok(KafkaSource { reader, tracker })
+    }
+}
+
+fn max_time(batch: &RecordBatch, idx: Option<usize>) -> i64 {
+    idx.and_then(|i| batch.column(i).as_primitive_opt::<TimestampMillisecondType>().cloned())
+        .and_then(|a| datafusion::arrow::compute::max(&a))
+        .unwrap_or(i64::MIN)
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, max: usize) -> Result<Poll> {
+        if self.tracker.done() {
+            return Ok(Poll::Exhausted);
+        }
+        let pieces = self.reader.read(max)?;
+        self.tracker.refresh_silent_partitions(&self.reader.consumer);
+        match self.tracker.take(&pieces, &self.reader.decoder)? {
+            Some((batch, bad)) => Ok(Poll::Ready(batch, bad)),
+            None => {
+                self.tracker.advance(&self.reader.positions());
+                Ok(if self.tracker.done() {
+                    Poll::Exhausted
+                } else {
+                    Poll::Pending
+                })
+            }
+        }
+    }
+
+    fn bounded(&self) -> bool {
+        self.tracker.bounded()
+    }
+
+    fn decode_on(&mut self, workers: usize) -> Result<()> {
+        self.reader.decode_on(workers);
+        Ok(())
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.tracker.watermark()
+    }
+
+    fn resumed_watermark(&self) -> Option<i64> {
+        self.tracker.resumed_watermark()
+    }
+
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(self.tracker.position())
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        self.tracker.seek(position, &self.reader.consumer)?;
+        self.reader.assign(&self.tracker.starts())
+    }
+
+    fn partitioned(&self) -> bool {
+        true
+    }
+
+    fn commit(&mut self, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {
+        self.tracker.commit(&self.reader.consumer, safe_ts, polls, watermark)
     }
 }
 
@@ -1682,5 +1894,117 @@ mod tests {
         assert_eq!(joined.batch.map(|b| b.num_rows()), Some(2));
         let positions: Vec<_> = joined.errors.iter().map(|e| e.position.as_str()).collect();
         assert_eq!(positions, ["t/0@101", "t/0@102", "t/0@104"]);
+    }
+
+    fn piece(decoder: &LineDecoder, partition: i32, offsets: &[i64]) -> Piece {
+        let mut records = Records::default();
+        for &o in offsets {
+            let line = if o % 7 == 3 {
+                "not json".to_string()
+            } else {
+                format!(
+                    r#"{{"user_id":{o},"course_id":{},"region":"eu","purchased":false,"event_time":"2026-01-01T00:00:{:02}Z"}}"#,
+                    o % 5,
+                    o % 60
+                )
+            };
+            records.push(o, line.as_bytes());
+        }
+        let d = decoder
+            .decode_joined(&records.bytes, &records.view(), &format!("t/{partition}"))
+            .expect("decode");
+        let newest = d.batch.as_ref().map_or(i64::MIN, |b| max_time(b, Some(4)));
+        Piece {
+            partition,
+            records,
+            batch: d.batch,
+            bad: d.errors,
+            newest,
+        }
+    }
+
+    fn tracker(parts: &[(i32, i64, Option<i64>)]) -> Tracker {
+        let opts = KafkaSourceOptions {
+            brokers: "b".into(),
+            topic: "t".into(),
+            group_id: "g".into(),
+            startup: Startup::Earliest,
+            format: Format::Json,
+            bounded: true,
+            idle_timeout: Duration::from_secs(5),
+            properties: vec![],
+        };
+        Tracker {
+            opts,
+            time_idx: Some(4),
+            delay: 0,
+            partitions: parts
+                .iter()
+                .map(|&(id, next, end)| {
+                    (
+                        id,
+                        Partition {
+                            next_offset: next,
+                            end,
+                            max_ts: i64::MIN,
+                            last_seen: Instant::now(),
+                            high: end,
+                            high_checked: Instant::now(),
+                            chunks: VecDeque::new(),
+                        },
+                    )
+                })
+                .collect(),
+            polls: 0,
+            resumed: None,
+        }
+    }
+
+    /// A shared reader's poll holds records before a query's start and past its end: the query
+    /// takes exactly its range, decoded as if it had read that range alone.
+    #[test]
+    fn a_query_takes_only_its_own_range_of_a_shared_poll() {
+        let decoder = LineDecoder::new(course_schema(), Format::Json);
+        // Partition 0: this query starts at 5 and ends at 12; partition 1: wholly its own; partition
+        // 2: all before its start; offsets with gaps (transaction markers) in partition 0.
+        let mut t = tracker(&[(0, 5, Some(12)), (1, 0, Some(100)), (2, 50, Some(100))]);
+        let offsets0 = [0, 1, 2, 4, 6, 7, 9, 10, 11, 13, 14];
+        let pieces = vec![
+            piece(&decoder, 0, &offsets0),
+            piece(&decoder, 1, &[0, 1, 2, 3]),
+            piece(&decoder, 2, &[10, 11]),
+        ];
+        let (batch, bad) = t.take(&pieces, &decoder).expect("take").expect("rows");
+        let alone0 = piece(&decoder, 0, &[6, 7, 9, 10, 11]);
+        let alone1 = &pieces[1];
+        let want = datafusion::arrow::compute::concat_batches(
+            &course_schema(),
+            [
+                alone0.batch.as_ref().expect("rows"),
+                alone1.batch.as_ref().expect("rows"),
+            ],
+        )
+        .expect("concat");
+        assert_eq!(batch, Some(want));
+        let positions: Vec<_> = bad.iter().map(|b| b.position.as_str()).collect();
+        assert_eq!(positions, ["t/0@10", "t/1@3"]);
+        let starts = t.starts();
+        assert_eq!(starts[&0], (12, Some(12)), "partition 0 read to its end");
+        assert_eq!(starts[&1], (4, Some(100)));
+        assert_eq!(starts[&2], (50, Some(100)), "nothing of partition 2 was this query's");
+        assert_eq!(t.polls, 1);
+        assert_eq!(t.partitions[&0].max_ts, alone0.newest);
+        // The next poll: partition 0 is past its end, partition 2 still before the start.
+        let pieces = vec![piece(&decoder, 0, &[15, 16]), piece(&decoder, 2, &[12, 13])];
+        assert!(t.take(&pieces, &decoder).expect("take").is_none());
+        assert_eq!(t.polls, 1, "a poll with nothing taken is not counted");
+        // A range holding no record (a gap): nothing taken, nothing moved.
+        let mut t = tracker(&[(0, 3, Some(4))]);
+        assert!(
+            t.take(&[piece(&decoder, 0, &[1, 2, 5])], &decoder)
+                .expect("take")
+                .is_none()
+        );
+        assert_eq!(t.starts()[&0], (3, Some(4)));
     }
 }

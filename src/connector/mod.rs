@@ -7,6 +7,7 @@ pub mod generator;
 pub mod hbase;
 pub mod hbase_thrift2;
 pub mod kafka;
+pub mod kafka_shared;
 pub mod memory;
 pub mod nexmark;
 pub mod parquet;

@@ -54,6 +54,9 @@ pub struct EngineConfig {
     /// What statements may touch outside the process (paths, librdkafka keys, hosts); checked by
     /// the session before a connector is opened. Not settable by SQL.
     pub policy: crate::policy::Policy,
+    /// Kafka readers shared by the queries that read the same source (`freshet run`: see
+    /// [`connector::kafka_shared`]); `None`: each query reads its sources itself.
+    pub shared_kafka: Option<Arc<connector::kafka_shared::SharedKafka>>,
 }
 
 /// The default for [`EngineConfig::workers`]: every core.
@@ -72,6 +75,7 @@ impl Default for EngineConfig {
             checkpoints_kept: 3,
             workers: default_workers(),
             policy: crate::policy::Policy::default(),
+            shared_kafka: None,
         }
     }
 }
@@ -467,6 +471,7 @@ impl QueryRuntime {
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
         let (batch_size, interval, workers) = (config.batch_size, config.batch_interval, config.workers);
+        let shared = config.shared_kafka.clone();
         let query = name.to_string();
         let open = |def: &SourceDef, position: Option<&serde_json::Value>| -> Result<Box<dyn Source>> {
             // Each query reads through its own consumer group: two queries never share progress.
@@ -476,7 +481,13 @@ impl QueryRuntime {
                     .0
                     .insert("group_id".into(), format!("freshet-{query}-{}", def.name));
             }
-            let mut source = connector::open_source(&def)?;
+            let mut source = match &shared {
+                Some(shared) if def.options.get("connector") == Some("kafka") => {
+                    connector::validate_source(&def)?;
+                    shared.subscribe(&def, batch_size, workers)?
+                }
+                _ => connector::open_source(&def)?,
+            };
             if let Some(p) = position {
                 source.seek(p)?;
             }

@@ -20,5 +20,6 @@ mod security;
 mod server;
 mod services;
 mod shapes;
+mod shared_reader;
 mod support;
 mod time_joins;
