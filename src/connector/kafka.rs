@@ -11,6 +11,7 @@
 //! the source stops at the end offsets it saw at start (used by tests and backfills).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::AsArray;
@@ -18,7 +19,8 @@ use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -249,7 +251,9 @@ pub(crate) fn consumer_config(opts: &KafkaSourceOptions, group: &str, extra: &[(
 /// Reads a topic's partitions from given offsets and decodes each poll's records per partition
 /// (see [`KafkaSource`]; a shared reader serves several queries, `kafka_shared`).
 pub(crate) struct Reader {
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
+    /// Each assigned partition's own queue (split from the consumer's after each assignment).
+    queues: Vec<(i32, PartitionQueue<DefaultConsumerContext>)>,
     topic: String,
     decoder: LineDecoder,
     time_idx: Option<usize>,
@@ -274,7 +278,8 @@ impl Reader {
         );
         let consumer: BaseConsumer = cfg.create().map_err(|e| kafka_err("creating the consumer", e))?;
         Ok(Reader {
-            consumer,
+            consumer: Arc::new(consumer),
+            queues: Vec::new(),
             topic: opts.topic.clone(),
             decoder: LineDecoder::new(def.schema.clone(), opts.format),
             time_idx: time_index(def),
@@ -291,10 +296,16 @@ impl Reader {
             tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next))
                 .map_err(|e| kafka_err("assigning partitions", e))?;
         }
+        // An assignment deactivates the queues split before it.
+        self.queues.clear();
         self.consumer
             .assign(&tpl)
             .map_err(|e| kafka_err("assigning partitions", e))?;
         self.limits = from.iter().map(|(p, (_, end))| (*p, *end)).collect();
+        self.queues = from
+            .keys()
+            .filter_map(|p| self.consumer.split_partition_queue(&self.topic, *p).map(|q| (*p, q)))
+            .collect();
         Ok(())
     }
 
@@ -303,85 +314,100 @@ impl Reader {
     }
 
     /// Up to `max` records (waiting up to 50 ms for the first, reading for at most 100 ms), decoded,
-    /// one piece per partition in partition order. Empty: nothing arrived.
+    /// one piece per partition in partition order. Empty: nothing arrived. Each partition has its
+    /// own queue (split from the consumer's): up to `workers` threads each poll and decode a share
+    /// of the partitions, so librdkafka's cost per message is spread over the cores too.
     pub(crate) fn read(&mut self, max: usize) -> Result<Vec<Piece>> {
-        let mut records: BTreeMap<i32, Records> = BTreeMap::new();
-        let mut n = 0;
-        let started = Instant::now();
-        // The clock is read every 256 records, not per record (it was 7 % of a drain's CPU).
-        while n < max && (n % 256 != 0 || started.elapsed() < Duration::from_millis(100)) {
-            let wait = if n == 0 {
-                Duration::from_millis(50)
-            } else {
-                Duration::ZERO
-            };
-            match self.consumer.poll(wait) {
-                None => break,
-                Some(Err(e)) if is_fatal(&e) => return Err(kafka_err("consuming", e)),
-                Some(Err(e)) => {
-                    // A broker down or restarting: librdkafka reconnects and refetches by itself;
-                    // the query waits (its watermark holds) instead of failing.
-                    if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        eprintln!("kafka: {}: {e} (retrying)", self.topic);
-                        self.last_warning = Some(Instant::now());
-                    }
+        // Errors and events come through the consumer's own queue (and records fetched before the
+        // partitions were split, if any: they are older than any in the partition queues, so they
+        // go out alone first).
+        let mut early: BTreeMap<i32, Records> = BTreeMap::new();
+        while let Some(polled) = self.consumer.poll(Duration::ZERO) {
+            match polled {
+                Err(e) => {
+                    self.failed(e)?;
                     break;
                 }
-                Some(Ok(m)) => {
-                    let Some(end) = self.limits.get(&m.partition()) else {
-                        continue;
-                    };
-                    if end.is_some_and(|e| m.offset() >= e) {
-                        continue;
+                Ok(m) => {
+                    if self.accepts(m.partition(), m.offset()) {
+                        early
+                            .entry(m.partition())
+                            .or_default()
+                            .push(m.offset(), m.payload().unwrap_or_default());
                     }
-                    records
-                        .entry(m.partition())
-                        .or_default()
-                        .push(m.offset(), m.payload().unwrap_or_default());
-                    n += 1;
                 }
             }
         }
-        // Each partition's records decode on their own thread (up to `workers` at a time), in
-        // partition order for what follows.
-        let topic = &self.topic;
-        let decoder = &self.decoder;
-        let decode =
-            |p: &i32, recs: &Records| decoder.decode_joined(&recs.bytes, &recs.view(), &format!("{topic}/{p}"));
-        let parts: Vec<(&i32, &Records)> = records.iter().collect();
-        let mut decoded_parts = Vec::with_capacity(parts.len());
-        for group in parts.chunks(self.workers) {
-            if group.len() == 1 {
-                decoded_parts.push(decode(group[0].0, group[0].1));
-                continue;
-            }
+        if !early.is_empty() || self.queues.is_empty() {
+            return self.decode_all(early.into_iter().collect());
+        }
+        let threads = self.workers.min(self.queues.len()).max(1);
+        let budget = max.div_ceil(threads).max(1);
+        let mut shares: Vec<Vec<&(i32, PartitionQueue<DefaultConsumerContext>)>> = vec![Vec::new(); threads];
+        for (i, q) in self.queues.iter().enumerate() {
+            shares[i % threads].push(q);
+        }
+        let limits = &self.limits;
+        let (decoder, topic, time_idx) = (&self.decoder, &self.topic, self.time_idx);
+        let read_share = |share: &[&(i32, PartitionQueue<DefaultConsumerContext>)]| {
+            let (records, error) = poll_share(share, budget, limits);
+            let pieces: Result<Vec<Piece>> = records
+                .into_iter()
+                .map(|(p, recs)| decode_piece(decoder, topic, time_idx, p, recs))
+                .collect();
+            (pieces, error)
+        };
+        let mut results = Vec::with_capacity(threads);
+        if threads == 1 {
+            results.push(read_share(&shares[0]));
+        } else {
             std::thread::scope(|s| {
-                let handles: Vec<_> = group.iter().map(|(p, recs)| s.spawn(move || decode(p, recs))).collect();
+                let handles: Vec<_> = shares.iter().map(|share| s.spawn(|| read_share(share))).collect();
                 for h in handles {
-                    decoded_parts.push(
-                        h.join()
-                            .unwrap_or_else(|_| Err(Error::Internal("a decode thread panicked".into()))),
-                    );
+                    results
+                        .push(h.join().unwrap_or_else(|_| {
+                            (Err(Error::Internal("a Kafka reading thread panicked".into())), None)
+                        }));
                 }
             });
         }
-        let mut pieces = Vec::with_capacity(records.len());
-        for ((partition, records), decoded) in records.into_iter().zip(decoded_parts) {
-            let decoded = decoded?;
-            let newest = decoded
-                .batch
-                .as_ref()
-                .map(|b| max_time(b, self.time_idx))
-                .unwrap_or(i64::MIN);
-            pieces.push(Piece {
-                partition,
-                records,
-                batch: decoded.batch,
-                bad: decoded.errors,
-                newest,
-            });
+        let mut pieces = Vec::new();
+        let mut error = None;
+        for (p, e) in results {
+            pieces.extend(p?);
+            error = error.or(e);
         }
+        if let Some(e) = error {
+            self.failed(e)?;
+        }
+        pieces.sort_by_key(|p| p.partition);
         Ok(pieces)
+    }
+
+    fn accepts(&self, partition: i32, offset: i64) -> bool {
+        self.limits
+            .get(&partition)
+            .is_some_and(|end| end.is_none_or(|e| offset < e))
+    }
+
+    /// A fatal error fails the read; the rest (a broker down or restarting: librdkafka reconnects
+    /// and refetches by itself, the query waits with its watermark held) are reported every 10 s.
+    fn failed(&mut self, e: KafkaError) -> Result<()> {
+        if is_fatal(&e) {
+            return Err(kafka_err("consuming", e));
+        }
+        if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            eprintln!("kafka: {}: {e} (retrying)", self.topic);
+            self.last_warning = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn decode_all(&self, records: Vec<(i32, Records)>) -> Result<Vec<Piece>> {
+        records
+            .into_iter()
+            .map(|(p, recs)| decode_piece(&self.decoder, &self.topic, self.time_idx, p, recs))
+            .collect()
     }
 
     /// The consumer's position per partition. A transactionally written topic holds commit/abort
@@ -402,6 +428,71 @@ impl Reader {
             })
             .collect()
     }
+}
+
+/// Poll a thread's share of the partition queues: up to `budget` records, waiting up to 50 ms for
+/// the first, for at most 100 ms in all (the clock is read every 256 records: per record it was 7 %
+/// of a drain's CPU). Stops at the first error, which it returns with what it read.
+fn poll_share(
+    share: &[&(i32, PartitionQueue<DefaultConsumerContext>)],
+    budget: usize,
+    limits: &BTreeMap<i32, Option<i64>>,
+) -> (BTreeMap<i32, Records>, Option<KafkaError>) {
+    let mut records: BTreeMap<i32, Records> = BTreeMap::new();
+    let mut n = 0;
+    let started = Instant::now();
+    loop {
+        let before = n;
+        for (partition, queue) in share.iter().map(|q| (q.0, &q.1)) {
+            let end = limits.get(&partition).copied().flatten();
+            while n < budget {
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Err(e)) => return (records, Some(e)),
+                    Some(Ok(m)) => {
+                        if end.is_none_or(|e| m.offset() < e) {
+                            records
+                                .entry(partition)
+                                .or_default()
+                                .push(m.offset(), m.payload().unwrap_or_default());
+                            n += 1;
+                            if n % 256 == 0 && started.elapsed() >= Duration::from_millis(100) {
+                                return (records, None);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if n >= budget || (n == before && (n > 0 || started.elapsed() >= Duration::from_millis(50))) {
+            return (records, None);
+        }
+        if n == before {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn decode_piece(
+    decoder: &LineDecoder,
+    topic: &str,
+    time_idx: Option<usize>,
+    partition: i32,
+    records: Records,
+) -> Result<Piece> {
+    let decoded = decoder.decode_joined(&records.bytes, &records.view(), &format!("{topic}/{partition}"))?;
+    let newest = decoded
+        .batch
+        .as_ref()
+        .map(|b| max_time(b, time_idx))
+        .unwrap_or(i64::MIN);
+    Ok(Piece {
+        partition,
+        records,
+        batch: decoded.batch,
+        bad: decoded.errors,
+        newest,
+    })
 }
 
 fn time_index(def: &SourceDef) -> Option<usize> {
