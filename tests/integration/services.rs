@@ -37,12 +37,17 @@ pub(crate) fn up(name: &str, addr: &str) -> bool {
 
 /// Produce the generator's events (or `extra` raw payloads first) to a new topic.
 pub(crate) async fn produce(topic: &str, opts: &GenOptions, extra: &[&[u8]]) {
+    produce_at(topic, opts, extra, EPOCH_2026_MS).await
+}
+
+/// [`produce`] with event times from `epoch` on.
+pub(crate) async fn produce_at(topic: &str, opts: &GenOptions, extra: &[&[u8]], epoch: i64) {
     kafka::ensure_topic(KAFKA, topic, 4).await.expect("topic");
     let p = kafka::producer(KAFKA, &[]).expect("producer");
     for raw in extra {
         kafka::send(&p, topic, Some(b"bad"), raw).expect("send");
     }
-    let mut g = CourseGenerator::new(opts.clone(), EPOCH_2026_MS);
+    let mut g = CourseGenerator::new(opts.clone(), epoch);
     let mut line = String::new();
     while let Some(e) = g.next_event() {
         line.clear();

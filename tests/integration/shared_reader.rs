@@ -9,7 +9,6 @@ use std::time::Duration;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use freshet::connector::generator::{CourseGenerator, EPOCH_2026_MS, GenOptions, course_schema};
-use freshet::connector::kafka;
 use freshet::connector::kafka_shared::SharedKafka;
 use freshet::engine::query::EngineConfig;
 use freshet::session::Session;
@@ -21,22 +20,7 @@ const DAY_MS: i64 = 86_400_000;
 
 /// Produce the generator's events with event times from `epoch` on; returns them as batches.
 async fn produce_at(topic: &str, opts: &GenOptions, epoch: i64) -> Vec<datafusion::arrow::record_batch::RecordBatch> {
-    kafka::ensure_topic(KAFKA, topic, 4).await.expect("topic");
-    let p = kafka::producer(KAFKA, &[]).expect("producer");
-    let mut g = CourseGenerator::new(opts.clone(), epoch);
-    let mut line = String::new();
-    while let Some(e) = g.next_event() {
-        line.clear();
-        e.write_json(&mut line);
-        kafka::send(
-            &p,
-            topic,
-            Some(e.user_id.to_string().as_bytes()),
-            line.trim_end().as_bytes(),
-        )
-        .expect("send");
-    }
-    kafka::flush(&p).expect("flush");
+    crate::services::produce_at(topic, opts, &[], epoch).await;
     let mut g = CourseGenerator::new(opts.clone(), epoch);
     let mut batches = Vec::new();
     while let Some(b) = g.next_batch(10_000) {
