@@ -271,8 +271,8 @@ impl Reader {
         // a full local queue (100 000 messages) pauses fetching for up to a second, which capped a
         // consumer at ~190 K records/s here; keep fetching instead, memory bounded by
         // queued.max.messages.kbytes — which applies to each partition's queue once the partitions
-        // are split (`assign`): 16 MB each (the default 64 MB each took 4 partitions' drain from
-        // 0.98 to 1.23 GiB peak).
+        // are split (`assign`): 16 MB each (64 MB each took a 4-partition drain's peak from about
+        // 0.95 to 1.2 GiB; docs/benchmarks.md).
         let cfg = consumer_config(
             opts,
             group,
