@@ -618,6 +618,11 @@ impl Tracker {
             .all(|p| p.end.is_some_and(|e| p.next_offset >= e))
     }
 
+    /// Nothing to return now: the end of a bounded read, or wait.
+    pub(crate) fn no_rows(&self) -> Poll {
+        if self.done() { Poll::Exhausted } else { Poll::Pending }
+    }
+
     /// For partitions silent for `idle_timeout_ms`, learn the broker's end offset (at most once per
     /// timeout), so that `watermark` can tell an idle partition from one that is behind.
     pub(crate) fn refresh_silent_partitions(&mut self, consumer: &BaseConsumer) {
@@ -672,31 +677,20 @@ impl Tracker {
                 bad.extend(piece.bad.iter().cloned());
                 (piece.newest, last)
             } else {
-                let view: Vec<(i64, &[u8])> = piece
-                    .records
-                    .view()
-                    .into_iter()
-                    .filter(|(o, _)| (lo..hi).contains(o))
-                    .collect();
+                let mut mine = Records::default();
+                for (offset, payload) in piece.records.view() {
+                    if (lo..hi).contains(&offset) {
+                        mine.push(offset, payload);
+                    }
+                }
                 // Offsets have gaps (transaction markers): the range may hold none of them.
-                let Some(&(last, _)) = view.last() else {
+                let Some(last) = mine.last_offset() else {
                     continue;
                 };
-                let mut buf = Vec::with_capacity(view.iter().map(|(_, r)| r.len() + 1).sum());
-                for (_, r) in &view {
-                    buf.extend_from_slice(r);
-                    buf.push(b'\n');
-                }
-                let decoded =
-                    decoder.decode_joined(&buf, &view, &format!("{}/{}", self.opts.topic, piece.partition))?;
-                let newest = decoded
-                    .batch
-                    .as_ref()
-                    .map(|b| max_time(b, self.time_idx))
-                    .unwrap_or(i64::MIN);
-                batches.extend(decoded.batch);
-                bad.extend(decoded.errors);
-                (newest, last)
+                let again = decode_piece(decoder, &self.opts.topic, self.time_idx, piece.partition, mine)?;
+                batches.extend(again.batch);
+                bad.extend(again.bad);
+                (again.newest, last)
             };
             took.push((piece.partition, last, newest));
         }
@@ -872,11 +866,7 @@ impl Source for KafkaSource {
             Some((batch, bad)) => Ok(Poll::Ready(batch, bad)),
             None => {
                 self.tracker.advance(&self.reader.positions());
-                Ok(if self.tracker.done() {
-                    Poll::Exhausted
-                } else {
-                    Poll::Pending
-                })
+                Ok(self.tracker.no_rows())
             }
         }
     }

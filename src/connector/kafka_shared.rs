@@ -32,6 +32,7 @@ use crate::format::LineDecoder;
 use crate::sql::parser::SourceDef;
 
 /// What the reader hands each query.
+#[derive(Clone)]
 enum Msg {
     Pieces(Arc<Vec<Piece>>),
     /// The reader's consumer positions (past transaction markers), when a poll returned nothing.
@@ -217,14 +218,7 @@ fn run_reader(p: Pending) {
             }
         };
         // A query that stopped has dropped its receiver: forget it.
-        joined.retain(|j| {
-            j.tx.send(match &msg {
-                Msg::Pieces(p) => Msg::Pieces(p.clone()),
-                Msg::Positions(p) => Msg::Positions(p.clone()),
-                Msg::Failed(e) => Msg::Failed(e.clone()),
-            })
-            .is_ok()
-        });
+        joined.retain(|j| j.tx.send(msg.clone()).is_ok());
         if joined.is_empty() {
             return;
         }
@@ -273,11 +267,7 @@ impl Source for Subscriber {
             }),
             Ok(Msg::Positions(positions)) => {
                 self.tracker.advance(&positions);
-                Ok(if self.tracker.done() {
-                    Poll::Exhausted
-                } else {
-                    Poll::Pending
-                })
+                Ok(self.tracker.no_rows())
             }
             Ok(Msg::Failed(e)) => {
                 self.hub_gone = true;
@@ -286,11 +276,7 @@ impl Source for Subscriber {
             Err(RecvTimeoutError::Timeout) => Ok(Poll::Pending),
             Err(RecvTimeoutError::Disconnected) => {
                 self.hub_gone = true;
-                Ok(if self.tracker.done() {
-                    Poll::Exhausted
-                } else {
-                    Poll::Pending
-                })
+                Ok(self.tracker.no_rows())
             }
         }
     }
