@@ -121,6 +121,20 @@ fn protocol_of(o: &Options) -> Option<Protocol> {
 /// measurements behind it).
 const DEFAULT_CONNECTIONS: usize = 4;
 
+/// Bytes per call unless `batch_bytes` says otherwise: HBase's own client buffers this much
+/// (`hbase.client.write.buffer`) before it sends, and so does Flink's HBase sink
+/// (`sink.buffer-flush.max-size`).
+const DEFAULT_BATCH_BYTES: usize = 2 << 20;
+/// The largest `batch_bytes`: HBase refuses a call above `hbase.ipc.max.request.size` (256 MB).
+const MAX_BATCH_BYTES: usize = 128 << 20;
+/// A flush of fewer rows than `batch_rows × connections` is cut into one call per connection, but
+/// no call is cut below this many rows (small calls cost more per row than they save in waiting).
+const MIN_CALL_ROWS: usize = 100;
+
+/// A Thrift1 write of rows at this many cell timestamps or more (a session's `window_end`, a
+/// per-row `timestamp_column`) prints a hint once: Thrift2 would send them in one call.
+const MANY_TIMESTAMPS: usize = 64;
+
 /// Connecting to the Thrift server gives up after this long (then the sink retries).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One read or write on the Thrift socket gives up after this long without progress (a region in
@@ -255,26 +269,31 @@ fn split_column(column: &[u8]) -> (&[u8], &[u8]) {
 }
 
 impl Gateway {
-    /// Write `rows` at cell timestamp `ts`: each put at `ts`, each delete a marker hiding every
-    /// version at or below `ts`. Thrift1's `mutateRowsTs` does that in one call (its puts first,
-    /// then its deletes, each with `SYNC_WAL`); Thrift2 takes the same puts (`putMultiple`) and
-    /// then the same deletes (`deleteMultiple`, `DELETE_COLUMNS` at `ts`), with `durability`.
+    /// Write `rows`, each `(ts, row)` at its cell timestamp `ts`: each put at `ts`, each delete a
+    /// marker hiding every version at or below `ts`. Thrift1's `mutateRowsTs` does that in one
+    /// call for rows of one timestamp (its puts first, then its deletes, each with `SYNC_WAL`):
+    /// through Thrift1 `rows` must share one (see [`calls`]). Thrift2 takes the same puts
+    /// (`putMultiple`, each with its own timestamp) and then the same deletes (`deleteMultiple`,
+    /// `DELETE_COLUMNS` at each row's `ts`), with `durability`.
     fn write(
         &mut self,
         table: &str,
-        ts: i64,
-        rows: &[BatchMutation],
+        rows: &[(i64, BatchMutation)],
         durability: Option<TDurability>,
     ) -> thrift::Result<()> {
         let c = match self {
             Gateway::Thrift1(c) => {
-                return c.mutate_rows_ts(table.as_bytes().to_vec(), rows.to_vec(), ts, BTreeMap::new());
+                let ts = rows.first().map_or(0, |(ts, _)| *ts);
+                debug_assert!(rows.iter().all(|(t, _)| *t == ts), "one timestamp per Thrift1 call");
+                let rows = rows.iter().map(|(_, r)| r.clone()).collect();
+                return c.mutate_rows_ts(table.as_bytes().to_vec(), rows, ts, BTreeMap::new());
             }
             Gateway::Thrift2(c) => c,
         };
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
-        for r in rows {
+        for (ts, r) in rows {
+            let ts = *ts;
             let row = r.row.as_deref().unwrap_or_default();
             let (mut cells, mut gone) = (Vec::new(), Vec::new());
             for m in r.mutations.iter().flatten() {
@@ -414,6 +433,9 @@ pub struct HBaseOptions {
     pub value_format: ValueFormat,
     pub timestamp_column: Option<String>,
     pub batch_rows: usize,
+    /// At most this many bytes of row keys, columns and values per call (a row larger than this
+    /// goes alone).
+    pub batch_bytes: usize,
     /// Thrift connections a flush sends its batches over at once.
     pub connections: usize,
     pub protocol: Protocol,
@@ -431,6 +453,7 @@ const KEYS: &[&str] = &[
     "value_format",
     "timestamp_column",
     "batch_rows",
+    "batch_bytes",
     "connections",
     "protocol",
     "durability",
@@ -492,6 +515,15 @@ impl HBaseOptions {
             },
             timestamp_column: o.get("timestamp_column").map(|c| c.to_ascii_lowercase()),
             batch_rows: o.parse_or("batch_rows", 1000usize)?.max(1),
+            batch_bytes: match o.parse_or("batch_bytes", DEFAULT_BATCH_BYTES)? {
+                n @ 1024..=MAX_BATCH_BYTES => n,
+                n => {
+                    return Err(Error::option(
+                        "batch_bytes",
+                        format!("{n}; valid: 1024 to {MAX_BATCH_BYTES} (bytes)"),
+                    ));
+                }
+            },
             connections: match o.parse_or("connections", DEFAULT_CONNECTIONS)? {
                 n @ 1..=64 => n,
                 n => return Err(Error::option("connections", format!("{n}; valid: 1 to 64"))),
@@ -694,6 +726,43 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The bytes a row's mutations put on the wire, near enough: its row key, columns and values.
+fn wire_bytes((_, m): &(i64, BatchMutation)) -> usize {
+    let cells: usize = m
+        .mutations
+        .iter()
+        .flatten()
+        .map(|c| c.column.as_ref().map_or(0, Vec::len) + c.value.as_ref().map_or(0, Vec::len) + 8)
+        .sum();
+    m.row.as_ref().map_or(0, Vec::len) + cells + 8
+}
+
+/// Cut a flush's rows (`(cell timestamp, mutations)`, in timestamp order) into calls of at most
+/// `batch_rows` rows and `batch_bytes` bytes (a row larger than that goes alone); through Thrift1,
+/// whose `mutateRowsTs` takes one timestamp per call, also wherever the timestamp changes. A flush
+/// too small to give every connection a full call is cut into `connections` calls of about equal
+/// rows (none below [`MIN_CALL_ROWS`]), so that every connection takes a share of it.
+fn calls<'a>(rows: &'a [(i64, BatchMutation)], o: &HBaseOptions) -> Vec<&'a [(i64, BatchMutation)]> {
+    let per_connection = rows.len().div_ceil(o.connections.max(1)).max(MIN_CALL_ROWS);
+    let max_rows = o.batch_rows.min(per_connection).max(1);
+    let one_ts = o.protocol == Protocol::Thrift1;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in rows.iter().enumerate() {
+        let b = wire_bytes(m);
+        let new_ts = one_ts && i > start && rows[start].0 != m.0;
+        if i > start && (new_ts || i - start == max_rows || bytes + b > o.batch_bytes) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
 pub struct HBaseSink {
     opts: HBaseOptions,
     client: Option<Gateway>,
@@ -723,6 +792,8 @@ pub struct HBaseSink {
     /// Connections besides `client` for sending the batches of one flush at once (opened on
     /// demand; one that fails is dropped, and its batches go out again through `with_retry`).
     pool: Vec<Gateway>,
+    /// Whether the hint that Thrift2 writes rows of many timestamps in one call was given.
+    hinted: bool,
 }
 
 impl HBaseSink {
@@ -764,6 +835,7 @@ impl HBaseSink {
             retries: 0,
             create_pending: false,
             pool: Vec::new(),
+            hinted: false,
         };
         if sink.opts.create_table {
             // Once, now: a bad table or family name fails the statement that made the sink. An
@@ -851,32 +923,46 @@ impl HBaseSink {
     }
 
     fn flush(&mut self) -> Result<()> {
-        let queued = std::mem::take(&mut self.queued);
-        for (ts, rows) in queued {
-            let chunks: Vec<&[BatchMutation]> = rows.chunks(self.opts.batch_rows).collect();
-            // Batches of one timestamp hold distinct rows (a write keeps one change per row), so
-            // their order does not matter: up to `connections` go out at once. Timestamps stay in
-            // order. Whatever did not go out that way goes through `with_retry`, one by one.
-            let sent = match chunks.len() {
-                0 | 1 => vec![false; chunks.len()],
-                _ => self.send_parallel(ts, &chunks),
-            };
-            for (chunk, _) in chunks.iter().zip(sent).filter(|(_, sent)| !sent) {
-                self.with_retry(|c, o| {
-                    c.write(&o.table, ts, chunk, o.durability)
-                        .map_err(|e| hb(&format!("writing to table '{}'", o.table), e))
-                })?;
-                // A crash between two calls of one batch (the fault tests' named point).
-                fail::fail_point!("hbase-mid-batch", |_| crate::state::crash("hbase-mid-batch"));
-            }
+        if self.opts.protocol == Protocol::Thrift1 && self.queued.len() >= MANY_TIMESTAMPS && !self.hinted {
+            self.hinted = true;
+            eprintln!(
+                "hbase: table '{}': a write of rows at {} cell timestamps takes a Thrift1 call per \
+                 timestamp (mutateRowsTs); protocol = 'thrift2' writes them in one call (docs/hbase.md)",
+                self.opts.table,
+                self.queued.len()
+            );
+        }
+        let rows: Vec<(i64, BatchMutation)> = std::mem::take(&mut self.queued)
+            .into_iter()
+            .flat_map(|(ts, rows)| rows.into_iter().map(move |r| (ts, r)))
+            .collect();
+        let chunks = calls(&rows, &self.opts);
+        // The calls of one flush are independent, whatever their timestamps, so up to
+        // `connections` go out at once: no two hold the same row at the same timestamp (a write
+        // keeps one change per row), and where a row has a delete marker and puts in one flush,
+        // the puts sit above the marker (a hiding marker at `base + g − 1` under puts at
+        // `base + g`; a published one at `base + g` under the values at `base + g + 1`), so HBase
+        // ends the same in any order. Whatever did not go out that way goes through `with_retry`,
+        // one by one.
+        let sent = match chunks.len() {
+            0 | 1 => vec![false; chunks.len()],
+            _ => self.send_parallel(&chunks),
+        };
+        for (chunk, _) in chunks.iter().zip(sent).filter(|(_, sent)| !sent) {
+            self.with_retry(|c, o| {
+                c.write(&o.table, chunk, o.durability)
+                    .map_err(|e| hb(&format!("writing to table '{}'", o.table), e))
+            })?;
+            // A crash between two calls of one batch (the fault tests' named point).
+            fail::fail_point!("hbase-mid-batch", |_| crate::state::crash("hbase-mid-batch"));
         }
         Ok(())
     }
 
-    /// Send `chunks` (all at timestamp `ts`) over the pool's connections at once, connection `w`
-    /// taking chunks `w`, `w + n`, … in order and stopping at its first error (that connection is
-    /// then dropped). Returns which chunks went out.
-    fn send_parallel(&mut self, ts: i64, chunks: &[&[BatchMutation]]) -> Vec<bool> {
+    /// Send `chunks` over the pool's connections at once, connection `w` taking chunks `w`,
+    /// `w + n`, … in order and stopping at its first error (that connection is then dropped).
+    /// Returns which chunks went out.
+    fn send_parallel(&mut self, chunks: &[&[(i64, BatchMutation)]]) -> Vec<bool> {
         let mut sent = vec![false; chunks.len()];
         let want = self.opts.connections.min(chunks.len());
         if want < 2 || self.stopping() {
@@ -902,7 +988,7 @@ impl HBaseSink {
                     s.spawn(move || {
                         let mut done = Vec::new();
                         for i in (w..chunks.len()).step_by(n) {
-                            let r = client.write(table, ts, chunks[i], durability);
+                            let r = client.write(table, chunks[i], durability);
                             if r.is_err() {
                                 return (done, true);
                             }
@@ -1410,6 +1496,62 @@ mod tests {
         assert!(matches!(&e, Error::Option { key, .. } if key == "protocol"), "{e}");
         let e = parsed(&[("protocol", "thrift2"), ("durability", "fast")]).expect_err("no such durability");
         assert!(e.to_string().contains("'fast'; valid: default, skip_wal"), "{e}");
+    }
+
+    #[test]
+    fn calls_are_cut_by_rows_bytes_and_timestamps_and_shared_among_the_connections() {
+        let row = |i: usize, value_len: usize| {
+            let m = BatchMutation {
+                row: Some(format!("r{i:05}").into_bytes()),
+                mutations: Some(vec![put(b"v:a", vec![b'x'; value_len])]),
+            };
+            (60_000, m)
+        };
+        let sizes = |calls: &[&[(i64, BatchMutation)]]| calls.iter().map(|c| c.len()).collect::<Vec<_>>();
+        let mut o = parsed(&[]).expect("defaults");
+        assert_eq!((o.batch_rows, o.batch_bytes, o.connections), (1000, 2 << 20, 4));
+        // Many narrow rows: full calls of `batch_rows`.
+        let narrow: Vec<_> = (0..5000).map(|i| row(i, 10)).collect();
+        assert_eq!(sizes(&calls(&narrow, &o)), vec![1000; 5]);
+        // A flush smaller than a full call per connection: one call per connection.
+        assert_eq!(sizes(&calls(&narrow[..2300], &o)), vec![575, 575, 575, 575]);
+        // … but none below MIN_CALL_ROWS.
+        assert_eq!(sizes(&calls(&narrow[..250], &o)), vec![100, 100, 50]);
+        assert_eq!(sizes(&calls(&narrow[..1], &o)), vec![1]);
+        assert!(calls(&narrow[..0], &o).is_empty());
+        // Wide rows: cut by bytes; a row wider than `batch_bytes` goes alone; nothing is lost.
+        o.batch_bytes = 100_000;
+        let wide: Vec<_> = (0..40).map(|i| row(i, if i == 7 { 250_000 } else { 30_000 })).collect();
+        let cut = calls(&wide, &o);
+        assert_eq!(sizes(&cut), vec![3, 3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2]);
+        assert!(
+            cut.iter()
+                .all(|c| c.len() == 1 || c.iter().map(wire_bytes).sum::<usize>() <= 100_000)
+        );
+        let rejoined: Vec<_> = cut.iter().flat_map(|c| c.iter()).map(|(_, m)| m.row.clone()).collect();
+        assert_eq!(rejoined, wide.iter().map(|(_, m)| m.row.clone()).collect::<Vec<_>>());
+        // Rows of many timestamps (a session's window_end, a per-row timestamp column): Thrift1's
+        // mutateRowsTs takes one timestamp per call, Thrift2's putMultiple one per put.
+        o.batch_bytes = 2 << 20;
+        let mut mixed: Vec<_> = narrow[..2000].to_vec();
+        for (i, r) in mixed.iter_mut().enumerate() {
+            r.0 = 60_000 * (i as i64 / 10);
+        }
+        let cut = calls(&mixed, &o);
+        assert_eq!(sizes(&cut), vec![10; 200], "Thrift1: a call per timestamp");
+        assert!(cut.iter().all(|c| c.iter().all(|(ts, _)| *ts == c[0].0)));
+        o.protocol = Protocol::Thrift2;
+        assert_eq!(
+            sizes(&calls(&mixed, &o)),
+            vec![500; 4],
+            "Thrift2: timestamps mixed in a call"
+        );
+        // The option: bytes, within bounds.
+        assert_eq!(parsed(&[("batch_bytes", "65536")]).expect("valid").batch_bytes, 65536);
+        for bad in ["100", "1000000000", "2mb"] {
+            let e = parsed(&[("batch_bytes", bad)]).expect_err("invalid");
+            assert!(matches!(&e, Error::Option { key, .. } if key == "batch_bytes"), "{e}");
+        }
     }
 
     #[test]

@@ -470,3 +470,50 @@ fn a_stopping_query_still_writes_while_hbase_answers() {
     );
     assert_final(&table, &[(1, None, Some("x"))]);
 }
+
+#[test]
+fn wide_rows_cut_into_calls_by_bytes_all_arrive_once() {
+    if !service_up("HBase Thrift", THRIFT) {
+        return;
+    }
+    // 300 rows of ~20 KB: one write of 6 MB, cut into calls of at most 64 KB (3 rows each) over
+    // three connections; then every other row updated, and row 7 widened past the limit alone.
+    let table = unique("hb_wide");
+    create_table(&table);
+    let mut sink = open(&table, &[("batch_bytes", "65536"), ("connections", "3")]);
+    sink.recover(None, &serde_json::Value::Null).expect("recover");
+    let wide = |k: i64, n: usize| format!("{k}:{}", "w".repeat(n));
+    let first: Vec<String> = (1..=300).map(|k| wide(k, 20_000)).collect();
+    let second: Vec<String> = (1..=300)
+        .map(|k| {
+            if k == 7 {
+                wide(k, 200_000)
+            } else {
+                wide(k + 1000, 20_000)
+            }
+        })
+        .collect();
+    let rows = |values: &[String], pick: &dyn Fn(i64) -> bool| -> Vec<(RowKind, i64, Option<i64>, String)> {
+        (1..=300i64)
+            .filter(|k| pick(*k))
+            .map(|k| (Insert, k, Some(k), values[k as usize - 1].clone()))
+            .collect()
+    };
+    for batch in [rows(&first, &|_| true), rows(&second, &|k| k % 2 == 1)] {
+        let batch: Vec<Change> = batch
+            .iter()
+            .map(|(r, k, a, b)| (*r, *k, *a, Some(b.as_str())))
+            .collect();
+        sink.write(&changes(&batch)).expect("write");
+    }
+    sink.prepare(1).expect("prepare");
+    sink.publish(1).expect("publish");
+    for k in 1..=300i64 {
+        let want = if k % 2 == 1 { &second } else { &first };
+        assert_eq!(
+            versions(&table, k, "b"),
+            vec![want[k as usize - 1].clone()],
+            "row {k}: one version, the latest value"
+        );
+    }
+}

@@ -120,6 +120,51 @@ async fn a_query_writes_the_same_table_through_thrift2_as_through_thrift1() {
     if !both_up() {
         return;
     }
+    same_table_through_both(
+        "course_id, window_start",
+        "course_id BIGINT, window_start TIMESTAMP, views BIGINT, odd BIGINT",
+        ODD_SQL,
+        ODD_ORACLE,
+    )
+    .await;
+}
+
+/// Sessions per user: every row has a cell timestamp of its own (its `window_end`), so Thrift2
+/// calls carry many timestamps each (Thrift1 makes a call per timestamp), and sessions that merge
+/// retract their earlier rows (deletes noted and published at checkpoints).
+const SESSION_SQL: &str = "SELECT user_id, window_start, window_end, COUNT(*) AS views,
+       CASE WHEN COUNT(*) % 2 = 0 THEN NULL ELSE COUNT(*) END AS odd
+FROM SESSION(ev, event_time, INTERVAL '30' SECOND) GROUP BY user_id, window_start, window_end";
+
+/// The same sessions in batch SQL: a new session where the gap to the user's previous event is
+/// over 30 s (windows that touch merge).
+const SESSION_ORACLE: &str = "
+WITH e AS (SELECT user_id, event_time,
+                  CAST(arrow_cast(event_time, 'Timestamp(Millisecond, None)') AS BIGINT) AS t FROM ev),
+m AS (SELECT *, CASE WHEN t - LAG(t) OVER (PARTITION BY user_id ORDER BY t) <= 30000 THEN 0 ELSE 1 END AS nv
+      FROM e),
+n AS (SELECT *, SUM(nv) OVER (PARTITION BY user_id ORDER BY t ROWS UNBOUNDED PRECEDING) AS s FROM m)
+SELECT user_id, MIN(event_time), COUNT(*), CASE WHEN COUNT(*) % 2 = 0 THEN NULL ELSE COUNT(*) END
+FROM n GROUP BY user_id, s";
+
+#[tokio::test]
+async fn session_rows_each_at_their_own_timestamp_land_the_same_through_thrift2_as_through_thrift1() {
+    if !both_up() {
+        return;
+    }
+    same_table_through_both(
+        "user_id, window_start",
+        "user_id BIGINT, window_start TIMESTAMP, views BIGINT, odd BIGINT",
+        SESSION_SQL,
+        SESSION_ORACLE,
+    )
+    .await;
+}
+
+/// `sql` (over generated events `ev`) into one table through each gateway, checkpointing: both
+/// tables hold the batch answer `oracle` (read back as `columns` keyed by `row_key`) and the very
+/// same cells at the same timestamps.
+async fn same_table_through_both(row_key: &str, columns: &str, sql: &str, oracle: &str) {
     let (one, two) = (unique("hq_t1"), unique("hq_t2"));
     let opts = gen_opts(20_000, 13);
     let mut s = session(500);
@@ -127,10 +172,10 @@ async fn a_query_writes_the_same_table_through_thrift2_as_through_thrift1() {
         &mut s,
         &format!(
             "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'generator', seed = '13', events = '20000');
-             CREATE SINK h1 WITH (connector = 'hbase', table = '{one}', row_key = 'course_id, window_start',
-               create_table = 'true') AS {ODD_SQL};
+             CREATE SINK h1 WITH (connector = 'hbase', table = '{one}', row_key = '{row_key}',
+               create_table = 'true') AS {sql};
              CREATE SINK h2 WITH (connector = 'hbase', protocol = 'thrift2', table = '{two}',
-               row_key = 'course_id, window_start', create_table = 'true', durability = 'sync_wal') AS {ODD_SQL};"
+               row_key = '{row_key}', create_table = 'true', durability = 'sync_wal') AS {sql};"
         ),
     )
     .await;
@@ -139,7 +184,7 @@ async fn a_query_writes_the_same_table_through_thrift2_as_through_thrift1() {
         assert!(matches!(q.outcome, Some(Ok(_))), "{}: {:?}", q.name, q.outcome);
     }
     // The values: what the batch query computes (an even count is no `odd` cell).
-    let want = batch_rows(&oracle_ctx(&opts, "ev"), ODD_ORACLE).await;
+    let want = batch_rows(&oracle_ctx(&opts, "ev"), oracle).await;
     assert!(
         want.iter().any(|r| r.ends_with("|NULL")),
         "some counts are even: {want:?}"
@@ -149,8 +194,8 @@ async fn a_query_writes_the_same_table_through_thrift2_as_through_thrift1() {
         exec(
             &mut s,
             &format!(
-                "CREATE TABLE {name} (course_id BIGINT, window_start TIMESTAMP, views BIGINT, odd BIGINT)
-                 WITH (connector = 'hbase', table = '{table}', row_key = 'course_id, window_start');"
+                "CREATE TABLE {name} ({columns})
+                 WITH (connector = 'hbase', table = '{table}', row_key = '{row_key}');"
             ),
         )
         .await;
