@@ -6,6 +6,7 @@
 #
 #   scripts/bench-hbase.sh                      # the configurations below, RUNS=1, EVENTS=2000000
 #   scripts/bench-hbase.sh "protocol = 'thrift2', durability = 'async_wal', connections = '4'"
+#   scripts/bench-hbase.sh rest                 # HBase's REST gateway instead (benches/hbase_rest.py)
 #
 # The rows the sink upserted (`rows out` of the run's summary) divide the run's whole wall time, which
 # includes computing the aggregate (a blackhole sink cannot take the query's updates; the engine alone
@@ -21,6 +22,24 @@ mkdir -p "$dir"
 scripts/services start hbase >/dev/null
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/freshet"
+
+if [ "${1:-}" = rest ]; then
+  # The REST gateway's ceiling: ROWS rows of the same shape (4 cells) from a client whose request
+  # bodies are all encoded before the clock starts, JSON and protobuf, 1 and 4 connections.
+  scripts/services start rest >/dev/null
+  py=$(scripts/bench-venv)
+  tag="$(date +%s)"
+  for fmt in json protobuf; do
+    for c in 1 4; do
+      for r in $(seq 1 "$RUNS"); do
+        "$py" benches/hbase_rest.py --rest "http://127.0.0.1:${HBASE_REST_PORT:-8085}" \
+          --table "bench_rest_${tag}_${fmt}_${c}_$r" --rows "${ROWS:-500000}" --batch 1000 --connections "$c" --format "$fmt"
+      done
+    done
+  done
+  scripts/services stop rest >/dev/null
+  exit 0
+fi
 
 if [ $# -eq 0 ]; then
   set -- \
