@@ -125,8 +125,9 @@ const DEFAULT_CONNECTIONS: usize = 4;
 /// (`hbase.client.write.buffer`) before it sends, and so does Flink's HBase sink
 /// (`sink.buffer-flush.max-size`).
 const DEFAULT_BATCH_BYTES: usize = 2 << 20;
-/// The largest `batch_bytes`: HBase refuses a call above `hbase.ipc.max.request.size` (256 MB).
-const MAX_BATCH_BYTES: usize = 128 << 20;
+/// The largest `batch_bytes`, below the limits on one call: libthrift's message size (100 MB by
+/// default in the gateways' Thrift 0.14) and HBase's `hbase.ipc.max.request.size` (256 MB).
+const MAX_BATCH_BYTES: usize = 64 << 20;
 /// A flush of fewer rows than `batch_rows × connections` is cut into one call per connection, but
 /// no call is cut below this many rows (small calls cost more per row than they save in waiting).
 const MIN_CALL_ROWS: usize = 100;
