@@ -20,9 +20,6 @@ RUNS="${RUNS:-1}"
 dir="${BENCH_DIR:-$CARGO_TARGET_DIR/bench-hbase}"
 mkdir -p "$dir"
 scripts/services start hbase >/dev/null
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/freshet"
-
 if [ "${1:-}" = rest ]; then
   # The REST gateway's ceiling: ROWS rows of the same shape (4 cells) from a client whose request
   # bodies are all encoded before the clock starts, JSON and protobuf, 1 and 4 connections.
@@ -40,6 +37,9 @@ if [ "${1:-}" = rest ]; then
   scripts/services stop rest >/dev/null
   exit 0
 fi
+
+cargo build --release --quiet
+bin="$CARGO_TARGET_DIR/release/freshet"
 
 if [ $# -eq 0 ]; then
   set -- \

@@ -5,9 +5,10 @@
 //!
 //! Row keys are order-preserving bytes of the `row_key` columns (see [`encode_key`] and
 //! docs/hbase.md), so an analyst can scan by course and time range. Every other column is a cell
-//! `column_family:column`; a NULL value is no cell. Writes are batched (`batch_rows`); on failure
-//! the sink reconnects and retries with backoff, blocking the query (backpressure) until HBase is
-//! back — nothing is dropped — or until the query is stopped ([`Sink::interrupt_handle`]). Every
+//! `column_family:column`; a NULL value is no cell. Writes are cut into calls (`calls`:
+//! `batch_rows`, `batch_bytes`) that go out over `connections` at once; on failure the sink
+//! reconnects and retries with backoff, blocking the query (backpressure) until HBase is back —
+//! nothing is dropped — or until the query is stopped ([`Sink::interrupt_handle`]). Every
 //! read or write on the Thrift socket gives up after [`IO_TIMEOUT`] (then the call is retried on a
 //! new connection), after [`STOP_GRACE`] once the query is stopping.
 //!

@@ -493,19 +493,8 @@ fn wide_rows_cut_into_calls_by_bytes_all_arrive_once() {
             }
         })
         .collect();
-    let rows = |values: &[String], pick: &dyn Fn(i64) -> bool| -> Vec<(RowKind, i64, Option<i64>, String)> {
-        (1..=300i64)
-            .filter(|k| pick(*k))
-            .map(|k| (Insert, k, Some(k), values[k as usize - 1].clone()))
-            .collect()
-    };
-    for batch in [rows(&first, &|_| true), rows(&second, &|k| k % 2 == 1)] {
-        let batch: Vec<Change> = batch
-            .iter()
-            .map(|(r, k, a, b)| (*r, *k, *a, Some(b.as_str())))
-            .collect();
-        sink.write(&changes(&batch)).expect("write");
-    }
+    sink.write(&changes(&inserts(&first, |_| true))).expect("write");
+    sink.write(&changes(&inserts(&second, |k| k % 2 == 1))).expect("write");
     sink.prepare(1).expect("prepare");
     sink.publish(1).expect("publish");
     for k in 1..=300i64 {
@@ -516,4 +505,12 @@ fn wide_rows_cut_into_calls_by_bytes_all_arrive_once() {
             "row {k}: one version, the latest value"
         );
     }
+}
+
+/// Rows `k` of 1 to 300 that `pick` takes, inserted with `a = k` and `b = values[k - 1]`.
+fn inserts(values: &[String], pick: impl Fn(i64) -> bool) -> Vec<Change<'_>> {
+    (1..=300i64)
+        .filter(|k| pick(*k))
+        .map(|k| (Insert, k, Some(k), Some(values[k as usize - 1].as_str())))
+        .collect()
 }
