@@ -120,13 +120,16 @@ async fn a_query_writes_the_same_table_through_thrift2_as_through_thrift1() {
     if !both_up() {
         return;
     }
-    same_table_through_both(
-        "course_id, window_start",
-        "course_id BIGINT, window_start TIMESTAMP, views BIGINT, odd BIGINT",
-        ODD_SQL,
-        ODD_ORACLE,
-    )
-    .await;
+    for batch_size in [500, 20_000] {
+        same_table_through_both(
+            batch_size,
+            "course_id, window_start",
+            "course_id BIGINT, window_start TIMESTAMP, views BIGINT, odd BIGINT",
+            ODD_SQL,
+            ODD_ORACLE,
+        )
+        .await;
+    }
 }
 
 /// Sessions per user: every row has a cell timestamp of its own (its `window_end`), so Thrift2
@@ -152,22 +155,25 @@ async fn session_rows_each_at_their_own_timestamp_land_the_same_through_thrift2_
     if !both_up() {
         return;
     }
-    same_table_through_both(
-        "user_id, window_start",
-        "user_id BIGINT, window_start TIMESTAMP, views BIGINT, odd BIGINT",
-        SESSION_SQL,
-        SESSION_ORACLE,
-    )
-    .await;
+    for batch_size in [500, 20_000] {
+        same_table_through_both(
+            batch_size,
+            "user_id, window_start",
+            "user_id BIGINT, window_start TIMESTAMP, views BIGINT, odd BIGINT",
+            SESSION_SQL,
+            SESSION_ORACLE,
+        )
+        .await;
+    }
 }
 
-/// `sql` (over generated events `ev`) into one table through each gateway, checkpointing: both
-/// tables hold the batch answer `oracle` (read back as `columns` keyed by `row_key`) and the very
-/// same cells at the same timestamps.
-async fn same_table_through_both(row_key: &str, columns: &str, sql: &str, oracle: &str) {
+/// `sql` (over 20 000 generated events `ev`, in micro-batches of `batch_size`) into one table through
+/// each gateway, checkpointing: both tables hold the batch answer `oracle` (read back as `columns`
+/// keyed by `row_key`) and the very same cells at the same timestamps.
+async fn same_table_through_both(batch_size: usize, row_key: &str, columns: &str, sql: &str, oracle: &str) {
     let (one, two) = (unique("hq_t1"), unique("hq_t2"));
     let opts = gen_opts(20_000, 13);
-    let mut s = session(500);
+    let mut s = session(batch_size);
     exec(
         &mut s,
         &format!(
