@@ -660,7 +660,7 @@ impl QueryRuntime {
                 timeless: false,
             });
         }
-        let mut ops = graph.build()?;
+        let mut ops = graph.build(config.workers)?;
         if let Some(c) = &mut checkpoints
             && c.disabled.is_none()
             && let Some(e) = ops.iter().find_map(|o| o.snapshot().err())

@@ -21,6 +21,7 @@ pub mod groups;
 pub mod interval_join;
 pub mod lookup_join;
 pub mod over_agg;
+pub mod partition;
 pub mod session_agg;
 pub mod state;
 pub mod stream_join;

@@ -236,8 +236,9 @@ impl Graph {
             .to_string()
     }
 
-    /// Build the operators, in node order.
-    pub fn build(&self) -> Result<Vec<Box<dyn Operator>>> {
+    /// Build the operators, in node order; the keyed aggregates as `workers` instances, each owning
+    /// a range of keys ([`operator::partition`]).
+    pub fn build(&self, workers: usize) -> Result<Vec<Box<dyn Operator>>> {
         self.nodes
             .iter()
             .map(|n| -> Result<Box<dyn Operator>> {
@@ -247,6 +248,24 @@ impl Graph {
                     }
                     Op::Calc(c) => Box::new(operator::calc::Calc::new(c.clone())),
                     Op::WindowTvf(c) => Box::new(operator::window_tvf::WindowTvf::new(c.clone())),
+                    Op::WindowAgg(c) if !c.keys.is_empty() => {
+                        let cfg = c.clone();
+                        partitioned(workers, &c.keys, &c.key_types, move || {
+                            Ok(Box::new(operator::window_agg::WindowAgg::new(cfg.clone())?))
+                        })?
+                    }
+                    Op::SessionAgg(c) if !c.keys.is_empty() => {
+                        let cfg = c.clone();
+                        partitioned(workers, &c.keys, &c.key_types, move || {
+                            Ok(Box::new(operator::session_agg::SessionAgg::new(cfg.clone())?))
+                        })?
+                    }
+                    Op::UpdatingAgg(c) if !c.keys.is_empty() => {
+                        let cfg = c.clone();
+                        partitioned(workers, &c.keys, &c.key_types, move || {
+                            Ok(Box::new(operator::updating_agg::UpdatingAgg::new(cfg.clone())?))
+                        })?
+                    }
                     Op::WindowAgg(c) => Box::new(operator::window_agg::WindowAgg::new(c.clone())?),
                     Op::SessionAgg(c) => Box::new(operator::session_agg::SessionAgg::new(c.clone())?),
                     Op::UpdatingAgg(c) => Box::new(operator::updating_agg::UpdatingAgg::new(c.clone())?),
@@ -255,6 +274,31 @@ impl Graph {
                 })
             })
             .collect()
+    }
+}
+
+/// A keyed operator as `workers` instances (at most one per key group).
+fn partitioned(
+    workers: usize,
+    keys: &[std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>],
+    key_types: &[datafusion::arrow::datatypes::DataType],
+    build: impl Fn() -> Result<Box<dyn Operator>> + Send + Sync + 'static,
+) -> Result<Box<dyn Operator>> {
+    let parts = workers.clamp(1, operator::groups::KEY_GROUPS as usize);
+    Ok(Box::new(operator::partition::Partitioned::new(
+        parts,
+        keys.to_vec(),
+        key_types,
+        std::sync::Arc::new(build),
+    )?))
+}
+
+/// How a keyed operator's state is split, for EXPLAIN.
+fn split(keys: &[std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>]) -> &'static str {
+    if keys.is_empty() {
+        ""
+    } else {
+        "; split by key over --workers instances"
     }
 }
 
@@ -268,7 +312,11 @@ fn describe(op: &Op) -> (String, String) {
                 "WindowAssign {} on {}{}",
                 c.window.describe(),
                 c.time_name,
-                if c.panes { " (panes, for the aggregate above)" } else { "" }
+                if c.panes {
+                    " (panes, for the aggregate above)"
+                } else {
+                    ""
+                }
             ),
             String::new(),
         ),
@@ -278,11 +326,16 @@ fn describe(op: &Op) -> (String, String) {
                 c.window.describe(),
                 c.key_names.join(", "),
                 c.calls.iter().map(|a| a.display.clone()).collect::<Vec<_>>().join(", "),
-                if c.early_fire { ", early results after every micro-batch" } else { ", emits when the watermark passes window_end" }
+                if c.early_fire {
+                    ", early results after every micro-batch"
+                } else {
+                    ", emits when the watermark passes window_end"
+                }
             ),
             format!(
-                "per pane ({}): group key → partial aggregates; a pane is dropped when the watermark passes its last window",
-                crate::operator::window::dur(c.window.pane())
+                "per pane ({}): group key → partial aggregates; a pane is dropped when the watermark passes its last window{}",
+                crate::operator::window::dur(c.window.pane()),
+                split(&c.keys)
             ),
         ),
         Op::SessionAgg(c) => (
@@ -292,7 +345,10 @@ fn describe(op: &Op) -> (String, String) {
                 c.key_names.join(", "),
                 c.calls.iter().map(|a| a.display.clone()).collect::<Vec<_>>().join(", ")
             ),
-            "per key: open sessions (start, end, partial aggregates), bounded by the watermark".into(),
+            format!(
+                "per key: open sessions (start, end, partial aggregates), bounded by the watermark{}",
+                split(&c.keys)
+            ),
         ),
         Op::UpdatingAgg(c) => (
             format!(
@@ -300,8 +356,10 @@ fn describe(op: &Op) -> (String, String) {
                 c.key_names.join(", "),
                 c.calls.iter().map(|a| a.display.clone()).collect::<Vec<_>>().join(", ")
             ),
-            "per group key: aggregates and a row count; kept until the group's rows are retracted (not bounded by time)"
-                .into(),
+            format!(
+                "per group key: aggregates and a row count; kept until the group's rows are retracted (not bounded by time){}",
+                split(&c.keys)
+            ),
         ),
         Op::Union => ("Union".into(), String::new()),
         Op::Custom(f) => (f.describe(), f.state()),

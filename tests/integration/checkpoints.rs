@@ -48,11 +48,13 @@ fn job(events: u64) -> String {
 }
 
 fn start(dir: &Path) -> Child {
-    start_with(dir, None)
+    start_with(dir, None, 2)
 }
 
-/// Start the job, with a crash point armed (`FAILPOINTS`, see `freshet::state::crash`).
-fn start_with(dir: &Path, failpoints: Option<&str>) -> Child {
+/// Start the job on `workers` (the keyed aggregates split into that many instances when the run
+/// starts without a checkpoint), with a crash point armed (`FAILPOINTS`, see
+/// `freshet::state::crash`).
+fn start_with(dir: &Path, failpoints: Option<&str>, workers: usize) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_freshet"));
     if let Some(f) = failpoints {
         cmd.env("FAILPOINTS", f);
@@ -67,6 +69,8 @@ fn start_with(dir: &Path, failpoints: Option<&str>) -> Child {
             "0.1",
             "--batch-size",
             "500",
+            "--workers",
+            &workers.to_string(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -137,7 +141,14 @@ async fn ten_sigkills_leave_every_sink_exact() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("job.sql"), job(EVENTS)).expect("write");
     let chk = dir.path().join("chk");
-    let (kills, out) = kill_after_checkpoints(|| start(dir.path()), &chk, &kill_delays(0x9E37_79B9_7F4A_7C15, 12, 120));
+    // Each run on another number of workers: a restored aggregate keeps the instances its
+    // checkpoint was taken with, whatever `--workers` says now.
+    let runs = std::cell::Cell::new(0usize);
+    let started = || {
+        runs.set(runs.get() + 1);
+        start_with(dir.path(), None, [3, 1, 2, 4][runs.get() % 4])
+    };
+    let (kills, out) = kill_after_checkpoints(started, &chk, &kill_delays(0x9E37_79B9_7F4A_7C15, 12, 120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -236,7 +247,7 @@ async fn a_crash_at_each_named_point_of_a_checkpoint_loses_and_repeats_nothing()
     ] {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("job.sql"), job(N)).expect("write");
-        let crashed = start_with(dir.path(), Some(point)).wait_with_output().expect("run");
+        let crashed = start_with(dir.path(), Some(point), 3).wait_with_output().expect("run");
         let stderr = String::from_utf8_lossy(&crashed.stderr);
         let name = point.split('=').next().unwrap_or_default();
         assert!(

@@ -6,9 +6,71 @@ use crate::support::*;
 /// 60 s of event time (the generator advances 1 ms per event), so 10 s windows give several windows.
 const EVENTS: u64 = 60_000;
 
+/// A streaming query and its batch answer: TUMBLE with an exact distinct count.
+const TUMBLE: (&str, &str) = (
+    "SELECT course_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT user_id) AS viewers,
+            SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases, MIN(user_id) AS lo, MAX(user_id) AS hi,
+            ROUND(AVG(user_id), 6) AS mean_user
+     FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND)
+     GROUP BY course_id, window_start, window_end",
+    "SELECT course_id, date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01') AS ws,
+            date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01') + INTERVAL '10 seconds' AS we,
+            COUNT(*), COUNT(DISTINCT user_id), SUM(CASE WHEN purchased THEN 1 ELSE 0 END), MIN(user_id), MAX(user_id),
+            ROUND(AVG(user_id), 6)
+     FROM ev GROUP BY 1, 2, 3",
+);
+
+/// HOP by panes: each event belongs to the 5 windows starting at its 2 s bin and the 4 bins before it.
+const HOP: (&str, &str) = (
+    "SELECT region, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT course_id) AS courses
+     FROM HOP(ev, event_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+     GROUP BY region, window_start, window_end",
+    "SELECT region, ws, ws + INTERVAL '10 seconds', COUNT(*), COUNT(DISTINCT course_id) FROM (
+        SELECT region, course_id,
+               to_timestamp_millis((CAST(arrow_cast(event_time, 'Timestamp(Millisecond, None)') AS BIGINT) / 2000) * 2000 - k.i * 2000) AS ws
+        FROM ev CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS k(i)) w
+     GROUP BY region, ws",
+);
+
+/// SESSION per user, against gaps and islands.
+const SESSION: (&str, &str) = (
+    "SELECT user_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT course_id) AS courses
+     FROM SESSION(ev, event_time, INTERVAL '20' SECOND) WHERE user_id % 7 = 0
+     GROUP BY user_id, window_start, window_end",
+    "WITH marked AS (
+        SELECT user_id, course_id, event_time,
+               CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY user_id ORDER BY event_time) < INTERVAL '20 seconds'
+                    THEN 0 ELSE 1 END AS new_session
+        FROM ev WHERE user_id % 7 = 0),
+     numbered AS (
+        SELECT *, SUM(new_session) OVER (PARTITION BY user_id ORDER BY event_time ROWS UNBOUNDED PRECEDING) AS sid FROM marked)
+     SELECT user_id, MIN(event_time), MAX(event_time) + INTERVAL '20 seconds', COUNT(*), COUNT(DISTINCT course_id)
+     FROM numbered GROUP BY user_id, sid",
+);
+
+/// A GROUP BY without a window (an updating aggregate) over an expression key.
+const GROUPED: (&str, &str) = (
+    "SELECT user_id % 50 AS band, COUNT(*) AS views, COUNT(DISTINCT course_id) AS courses, MAX(event_time) AS last
+     FROM ev GROUP BY user_id % 50",
+    "SELECT user_id % 50, COUNT(*), COUNT(DISTINCT course_id), MAX(event_time) FROM ev GROUP BY 1",
+);
+
 async fn setup(
     seed: u64,
     batch_size: usize,
+) -> (
+    tempfile::TempDir,
+    freshet::session::Session,
+    datafusion::prelude::SessionContext,
+) {
+    setup_on(seed, batch_size, freshet::engine::query::default_workers()).await
+}
+
+/// [`setup`], the keyed operators split over `workers` instances.
+async fn setup_on(
+    seed: u64,
+    batch_size: usize,
+    workers: usize,
 ) -> (
     tempfile::TempDir,
     freshet::session::Session,
@@ -18,7 +80,11 @@ async fn setup(
     let opts = gen_opts(EVENTS, seed);
     let path = dir.path().join("events.jsonl");
     write_events(&path, &opts);
-    let mut s = session(batch_size);
+    let mut s = freshet::session::Session::new(freshet::engine::query::EngineConfig {
+        batch_size,
+        workers,
+        ..Default::default()
+    });
     exec(
         &mut s,
         &format!(
@@ -41,25 +107,33 @@ fn assert_same(streamed: &[String], batch: &[String]) {
 #[tokio::test]
 async fn tumble_matches_batch() {
     let (_d, mut s, ctx) = setup(11, 997).await;
-    let got = streamed(
-        &mut s,
-        "SELECT course_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT user_id) AS viewers,
-                SUM(CASE WHEN purchased THEN 1 ELSE 0 END) AS purchases, MIN(user_id) AS lo, MAX(user_id) AS hi,
-                ROUND(AVG(user_id), 6) AS mean_user
-         FROM TUMBLE(ev, event_time, INTERVAL '10' SECOND)
-         GROUP BY course_id, window_start, window_end",
-    )
-    .await;
-    let want = batch_rows(
-        &ctx,
-        "SELECT course_id, date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01') AS ws,
-                date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01') + INTERVAL '10 seconds' AS we,
-                COUNT(*), COUNT(DISTINCT user_id), SUM(CASE WHEN purchased THEN 1 ELSE 0 END), MIN(user_id), MAX(user_id),
-                ROUND(AVG(user_id), 6)
-         FROM ev GROUP BY 1, 2, 3",
-    )
-    .await;
+    let got = streamed(&mut s, TUMBLE.0).await;
+    let want = batch_rows(&ctx, TUMBLE.1).await;
     assert_same(&got, &want);
+}
+
+/// The keyed aggregates split by key over 1, 3 and 4 instances (`--workers`), at a micro-batch size
+/// whose rows are routed on the query thread and at one large enough for the instances to run on
+/// their own threads: every split gives the batch answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_aggregates_split_over_workers_match_batch() {
+    for (workers, batch_size) in [(1, 20_000), (3, 997), (3, 20_000), (4, 8_192)] {
+        let (_d, mut s, ctx) = setup_on(21, batch_size, workers).await;
+        for (what, (query, answer)) in [
+            ("TUMBLE", TUMBLE),
+            ("HOP", HOP),
+            ("SESSION", SESSION),
+            ("GROUP BY", GROUPED),
+        ] {
+            let got = streamed(&mut s, query).await;
+            let want = batch_rows(&ctx, answer).await;
+            assert_rows_eq(
+                &got,
+                &want,
+                &format!("{what}, {workers} workers, micro-batches of {batch_size}"),
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -83,49 +157,16 @@ async fn tumble_with_filter_expression_keys_and_having() {
 #[tokio::test]
 async fn hop_by_panes_matches_batch() {
     let (_d, mut s, ctx) = setup(13, 1500).await;
-    let got = streamed(
-        &mut s,
-        "SELECT region, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT course_id) AS courses
-         FROM HOP(ev, event_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
-         GROUP BY region, window_start, window_end",
-    )
-    .await;
-    // Each event belongs to the 5 windows starting at its 2 s bin and the 4 bins before it.
-    let want = batch_rows(
-        &ctx,
-        "SELECT region, ws, ws + INTERVAL '10 seconds', COUNT(*), COUNT(DISTINCT course_id) FROM (
-            SELECT region, course_id,
-                   to_timestamp_millis((CAST(arrow_cast(event_time, 'Timestamp(Millisecond, None)') AS BIGINT) / 2000) * 2000 - k.i * 2000) AS ws
-            FROM ev CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS k(i)) w
-         GROUP BY region, ws",
-    )
-    .await;
+    let got = streamed(&mut s, HOP.0).await;
+    let want = batch_rows(&ctx, HOP.1).await;
     assert_same(&got, &want);
 }
 
 #[tokio::test]
 async fn session_windows_match_batch_gaps_and_islands() {
     let (_d, mut s, ctx) = setup(14, 2000).await;
-    let got = streamed(
-        &mut s,
-        "SELECT user_id, window_start, window_end, COUNT(*) AS views, COUNT(DISTINCT course_id) AS courses
-         FROM SESSION(ev, event_time, INTERVAL '20' SECOND) WHERE user_id % 7 = 0
-         GROUP BY user_id, window_start, window_end",
-    )
-    .await;
-    let want = batch_rows(
-        &ctx,
-        "WITH marked AS (
-            SELECT user_id, course_id, event_time,
-                   CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY user_id ORDER BY event_time) < INTERVAL '20 seconds'
-                        THEN 0 ELSE 1 END AS new_session
-            FROM ev WHERE user_id % 7 = 0),
-         numbered AS (
-            SELECT *, SUM(new_session) OVER (PARTITION BY user_id ORDER BY event_time ROWS UNBOUNDED PRECEDING) AS sid FROM marked)
-         SELECT user_id, MIN(event_time), MAX(event_time) + INTERVAL '20 seconds', COUNT(*), COUNT(DISTINCT course_id)
-         FROM numbered GROUP BY user_id, sid",
-    )
-    .await;
+    let got = streamed(&mut s, SESSION.0).await;
+    let want = batch_rows(&ctx, SESSION.1).await;
     assert_same(&got, &want);
 }
 

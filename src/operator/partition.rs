@@ -1,0 +1,433 @@
+//! A keyed operator split by key over worker threads (Flink's keyed parallelism, within one process).
+//!
+//! [`Partitioned`] holds `P` instances of one operator. Each row goes to the instance that owns its
+//! key: the key's bytes in Arrow's row format (the bytes the operator's own [`super::groups`] table
+//! keeps) give its key group ([`key_group`], one of [`KEY_GROUPS`]), and instance `i` owns the
+//! contiguous range of key groups `g` with `g · P / KEY_GROUPS = i` (Flink's
+//! `KeyGroupRangeAssignment`). All rows of a key meet in one instance, in their order, so each
+//! instance sees exactly the rows a single operator would see for its keys; an operator whose state
+//! is per key and whose output for a key depends only on that key's rows (the aggregates: window,
+//! session and GROUP BY) therefore emits the same rows, only ordered by instance rather than
+//! interleaved. Every instance gets every `flush` and `advance`, so they fire under the same
+//! watermarks.
+//!
+//! The instances run at once on scoped threads (the calling thread takes instance 0) when there is
+//! enough work to pay for it; small inputs run one after the other on the calling thread.
+//!
+//! **Checkpoints.** With one instance the state is that instance's, unchanged. With `P > 1` it is a
+//! table `partitions` (one row: `P`) and each instance's tables, named `part<i>/<table>`. A restore
+//! takes the instance count from the checkpoint, whatever `--workers` says now, so every key's state
+//! returns to the instance its rows will reach (the routing depends only on `P`). A checkpoint
+//! written before operators were partitioned restores as one instance.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::groups::{KEY_GROUPS, key_group};
+use super::state::{self, OpState, plain_table};
+use super::{ChangeBatch, Context, Operator};
+use crate::error::{Error, Result};
+
+/// Below this many input rows (or state entries, for `flush` and `advance`) the instances run one
+/// after the other: starting a thread costs tens of microseconds.
+const PARALLEL_MIN: usize = 4096;
+
+/// The state table that records the instance count.
+const PARTITIONS: &str = "partitions";
+
+/// Builds a fresh instance of the partitioned operator.
+pub type Build = Arc<dyn Fn() -> Result<Box<dyn Operator>> + Send + Sync>;
+
+/// Which instance of `parts` owns each row's key.
+struct Router {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    converter: RowConverter,
+}
+
+impl Router {
+    /// Row indices of `input` per instance, in row order.
+    fn route(&self, input: &ChangeBatch, parts: usize) -> Result<Vec<Vec<u32>>> {
+        let n = input.num_rows();
+        let b = &input.batch;
+        let cols: Vec<ArrayRef> = self
+            .keys
+            .iter()
+            .map(|e| e.evaluate(b).and_then(|v| v.into_array(n)))
+            .collect::<std::result::Result<_, _>>()?;
+        let rows = self.converter.convert_columns(&cols)?;
+        let mut idx: Vec<Vec<u32>> = (0..parts).map(|_| Vec::with_capacity(n / parts + n / 16)).collect();
+        for (i, r) in rows.iter().enumerate() {
+            idx[owner(key_group(r.as_ref()), parts)].push(i as u32);
+        }
+        Ok(idx)
+    }
+}
+
+/// The instance of `parts` that owns key group `g`.
+pub fn owner(g: u32, parts: usize) -> usize {
+    g as usize * parts / KEY_GROUPS as usize
+}
+
+/// `P` instances of a keyed operator, each owning a range of key groups.
+pub struct Partitioned {
+    build: Build,
+    router: Router,
+    parts: Vec<Box<dyn Operator>>,
+    /// What [`Operator::set_emit_floor`] last set, for instances built by a restore.
+    emit_floor: Option<i64>,
+}
+
+impl Partitioned {
+    /// `parts` instances (at least one, at most [`KEY_GROUPS`]) of what `build` makes, routed by
+    /// `keys` (evaluated over the operator's input, of `key_types`).
+    pub fn new(
+        parts: usize,
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        key_types: &[DataType],
+        build: Build,
+    ) -> Result<Partitioned> {
+        if keys.is_empty() {
+            return Err(Error::Internal("a partitioned operator needs a key".into()));
+        }
+        let converter = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let mut p = Partitioned {
+            build,
+            router: Router { keys, converter },
+            parts: Vec::new(),
+            emit_floor: None,
+        };
+        p.rebuild(parts)?;
+        Ok(p)
+    }
+
+    /// How many instances run.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    fn rebuild(&mut self, parts: usize) -> Result<()> {
+        if parts == 0 || parts > KEY_GROUPS as usize {
+            return Err(Error::Internal(format!(
+                "{parts} partitions of an operator (1 to {KEY_GROUPS})"
+            )));
+        }
+        self.parts = (0..parts).map(|_| (self.build)()).collect::<Result<_>>()?;
+        if let Some(f) = self.emit_floor {
+            self.parts.iter_mut().for_each(|p| p.set_emit_floor(f));
+        }
+        Ok(())
+    }
+
+    /// Run `f` on every instance with its argument, at once when `parallel`; outputs and late rows
+    /// in instance order.
+    fn each<T: Send>(
+        &mut self,
+        args: Vec<T>,
+        parallel: bool,
+        cx: &mut Context,
+        f: impl Fn(&mut dyn Operator, T, &mut Context) -> Result<Vec<ChangeBatch>> + Sync,
+    ) -> Result<Vec<ChangeBatch>> {
+        let results: Vec<(Result<Vec<ChangeBatch>>, Context)> = if parallel && self.parts.len() > 1 {
+            let f = &f;
+            std::thread::scope(|s| {
+                let mut parts = self.parts.iter_mut().zip(args);
+                let first = parts.next();
+                let handles: Vec<_> = parts
+                    .map(|(op, a)| {
+                        s.spawn(move || {
+                            let mut c = Context::default();
+                            (f(op.as_mut(), a, &mut c), c)
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(handles.len() + 1);
+                if let Some((op, a)) = first {
+                    let mut c = Context::default();
+                    out.push((f(op.as_mut(), a, &mut c), c));
+                }
+                for h in handles {
+                    out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+                }
+                out
+            })
+        } else {
+            self.parts
+                .iter_mut()
+                .zip(args)
+                .map(|(op, a)| {
+                    let mut c = Context::default();
+                    (f(op.as_mut(), a, &mut c), c)
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (r, c) in results {
+            cx.late.extend(c.late);
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    fn busy(&self) -> bool {
+        self.parts.len() > 1 && self.state_size() >= PARALLEL_MIN
+    }
+}
+
+impl Operator for Partitioned {
+    fn process(&mut self, port: usize, input: ChangeBatch, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        if self.parts.len() == 1 {
+            return self.parts[0].process(port, input, cx);
+        }
+        if input.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parallel = input.num_rows() >= PARALLEL_MIN;
+        let inputs = self
+            .router
+            .route(&input, self.parts.len())?
+            .into_iter()
+            .map(|ix| {
+                if ix.len() == input.num_rows() {
+                    Ok(input.clone())
+                } else {
+                    input.take(&UInt32Array::from(ix))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.each(inputs, parallel, cx, |op, b, c| {
+            if b.is_empty() {
+                Ok(Vec::new())
+            } else {
+                op.process(port, b, c)
+            }
+        })
+    }
+
+    fn flush(&mut self, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let parallel = self.busy();
+        let n = self.parts.len();
+        self.each(vec![(); n], parallel, cx, |op, (), c| op.flush(c))
+    }
+
+    fn advance(&mut self, wm: i64, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        let parallel = self.busy();
+        let n = self.parts.len();
+        self.each(vec![(); n], parallel, cx, |op, (), c| op.advance(wm, c))
+    }
+
+    fn low_water(&self) -> i64 {
+        self.parts.iter().map(|p| p.low_water()).min().unwrap_or(i64::MAX)
+    }
+
+    fn state_size(&self) -> usize {
+        self.parts.iter().map(|p| p.state_size()).sum()
+    }
+
+    fn set_emit_floor(&mut self, floor: i64) {
+        self.emit_floor = Some(floor);
+        self.parts.iter_mut().for_each(|p| p.set_emit_floor(floor));
+    }
+
+    /// One instance: its state. More: `partitions` (one row: the count), then every instance's
+    /// tables as `part<i>/<table>`.
+    fn snapshot(&self) -> Result<OpState> {
+        if self.parts.len() == 1 {
+            return self.parts[0].snapshot();
+        }
+        let mut st = OpState::new();
+        st.put(
+            PARTITIONS,
+            plain_table(vec![(
+                "parts",
+                Arc::new(UInt32Array::from(vec![self.parts.len() as u32])) as ArrayRef,
+            )])?,
+        );
+        for (i, p) in self.parts.iter().enumerate() {
+            for (name, t) in p.snapshot()?.tables {
+                st.put(&format!("part{i}/{name}"), t);
+            }
+        }
+        if st.tables.len() == 1 {
+            return Ok(OpState::new()); // every instance is stateless
+        }
+        Ok(st)
+    }
+
+    fn restore(&mut self, mut st: OpState) -> Result<()> {
+        if st.is_empty() {
+            return Ok(());
+        }
+        if !st.tables.iter().any(|(n, _)| n == PARTITIONS) {
+            // One instance's state (or a checkpoint from before operators were partitioned).
+            self.rebuild(1)?;
+            return self.parts[0].restore(st);
+        }
+        let meta = st.take_single_row(PARTITIONS)?;
+        let count = state::dense_column::<UInt32Array>(PARTITIONS, &meta, "parts")?.value(0) as usize;
+        self.rebuild(count)?;
+        let mut states: Vec<OpState> = (0..count).map(|_| OpState::new()).collect();
+        for (name, t) in st.tables {
+            let (i, table) = name
+                .strip_prefix("part")
+                .and_then(|r| r.split_once('/'))
+                .and_then(|(i, t)| Some((i.parse::<usize>().ok()?, t)))
+                .filter(|(i, _)| *i < count)
+                .ok_or_else(|| Error::Internal(format!("state table '{name}' belongs to no partition of {count}")))?;
+            states[i].put(table, t);
+        }
+        for (p, s) in self.parts.iter_mut().zip(states) {
+            p.restore(s)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::test_rows::rows;
+    use datafusion::physical_expr::expressions::Column;
+
+    /// Keeps the keys it saw, in order; fires them (and forgets them) on `advance`.
+    struct Echo {
+        seen: Vec<String>,
+    }
+
+    impl Operator for Echo {
+        fn process(&mut self, _port: usize, input: ChangeBatch, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+            let k = input
+                .batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::StringArray>()
+                .expect("keys");
+            self.seen.extend(k.iter().map(|v| v.unwrap_or_default().to_string()));
+            Ok(vec![input])
+        }
+        fn state_size(&self) -> usize {
+            self.seen.len()
+        }
+        fn snapshot(&self) -> Result<OpState> {
+            let mut st = OpState::new();
+            if !self.seen.is_empty() {
+                let keys = datafusion::arrow::array::StringArray::from(self.seen.clone());
+                st.put("seen", plain_table(vec![("k", Arc::new(keys) as ArrayRef)])?);
+            }
+            Ok(st)
+        }
+        fn restore(&mut self, mut st: OpState) -> Result<()> {
+            let t = st.take("seen")?;
+            let k = t
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::StringArray>()
+                .expect("keys");
+            self.seen = k.iter().map(|v| v.unwrap_or_default().to_string()).collect();
+            Ok(())
+        }
+    }
+
+    fn echo(parts: usize) -> Partitioned {
+        let build: Build = Arc::new(|| Ok(Box::new(Echo { seen: Vec::new() }) as Box<dyn Operator>));
+        Partitioned::new(parts, vec![Arc::new(Column::new("k", 0))], &[DataType::Utf8], build).expect("operator")
+    }
+
+    fn keys_of(out: &[ChangeBatch]) -> Vec<String> {
+        out.iter()
+            .flat_map(|b| {
+                let k = b
+                    .batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .expect("k");
+                k.iter().map(|v| v.unwrap_or_default().to_string()).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn input(n: usize) -> ChangeBatch {
+        let keys: Vec<String> = (0..n).map(|i| format!("k{}", i % 97)).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ts: Vec<i64> = (0..n as i64).collect();
+        rows(&refs, &ts, &vec![0; n])
+    }
+
+    #[test]
+    fn every_key_reaches_one_instance_in_order_serially_and_in_parallel() {
+        for (parts, n) in [(1, 10), (2, 100), (3, 10_000), (4, 9_999)] {
+            let mut op = echo(parts);
+            let inp = input(n);
+            let out = op.process(0, inp.clone(), &mut Context::default()).expect("process");
+            let got = keys_of(&out);
+            assert_eq!(got.len(), n, "{parts} parts: every row once");
+            // Each key's rows in their order, all in one instance.
+            let mut owner_of = std::collections::HashMap::new();
+            for (i, p) in op.parts.iter().enumerate() {
+                let e = p.state_size();
+                assert!(parts == 1 || e < n, "{parts} parts: instance {i} took every row");
+                let st = p.snapshot().expect("snapshot");
+                if st.is_empty() {
+                    continue;
+                }
+                let t = &st.tables[0].1;
+                let k = t
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .expect("k");
+                for v in k.iter().flatten() {
+                    assert_eq!(*owner_of.entry(v.to_string()).or_insert(i), i, "{v} in two instances");
+                }
+            }
+            let mut want = keys_of(&[inp]);
+            let mut got_sorted = got.clone();
+            want.sort();
+            got_sorted.sort();
+            assert_eq!(got_sorted, want);
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_its_instance_count_and_each_instance_its_state() {
+        let mut op = echo(3);
+        op.process(0, input(5_000), &mut Context::default()).expect("process");
+        let per_part: Vec<usize> = op.parts.iter().map(|p| p.state_size()).collect();
+        let st = op.snapshot().expect("snapshot");
+        assert_eq!(st.tables[0].0, PARTITIONS);
+        // Restored where --workers now says 1 or 5: three instances, each with its own keys.
+        for now in [1, 5] {
+            let mut fresh = echo(now);
+            fresh.restore(st.clone()).expect("restore");
+            assert_eq!(fresh.parts(), 3);
+            assert_eq!(fresh.parts.iter().map(|p| p.state_size()).collect::<Vec<_>>(), per_part);
+            // New rows of a key go where its state is.
+            let again = fresh.snapshot().expect("snapshot");
+            assert_eq!(again.tables.len(), st.tables.len());
+        }
+        // A one-instance state (what an unpartitioned operator wrote) restores as one instance.
+        let mut one = echo(1);
+        one.process(0, input(10), &mut Context::default()).expect("process");
+        let mut fresh = echo(4);
+        fresh.restore(one.snapshot().expect("snapshot")).expect("restore");
+        assert_eq!((fresh.parts(), fresh.state_size()), (1, 10));
+        // A table of no partition is an error naming it.
+        let mut bad = st.clone();
+        bad.tables.push(("part9/seen".into(), st.tables[1].1.clone()));
+        let e = echo(2).restore(bad).expect_err("refused").to_string();
+        assert!(e.contains("part9/seen"), "{e}");
+    }
+
+    #[test]
+    fn key_groups_are_split_into_contiguous_ranges() {
+        for parts in 1..=8 {
+            let owners: Vec<usize> = (0..KEY_GROUPS).map(|g| owner(g, parts)).collect();
+            assert!(owners.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= 1));
+            assert_eq!((owners[0], *owners.last().expect("last")), (0, parts - 1));
+        }
+    }
+}
