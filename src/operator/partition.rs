@@ -23,6 +23,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::PhysicalExpr;
@@ -42,22 +43,49 @@ const PARTITIONS: &str = "partitions";
 /// Builds a fresh instance of the partitioned operator.
 pub type Build = Arc<dyn Fn() -> Result<Box<dyn Operator>> + Send + Sync>;
 
+/// What a keyed operator is split by: per input port, the key expressions over that input, and the
+/// types all ports' keys are cast to (a join's sides may differ), so that equal keys on either
+/// input have the same bytes and meet in one instance.
+#[derive(Clone)]
+pub struct PartitionKeys {
+    pub ports: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    pub types: Vec<DataType>,
+}
+
+impl PartitionKeys {
+    /// The key of a one-input operator.
+    pub fn one(keys: &[Arc<dyn PhysicalExpr>], types: &[DataType]) -> PartitionKeys {
+        PartitionKeys {
+            ports: vec![keys.to_vec()],
+            types: types.to_vec(),
+        }
+    }
+}
+
 /// Which instance of `parts` owns each row's key.
 struct Router {
-    keys: Vec<Arc<dyn PhysicalExpr>>,
+    keys: PartitionKeys,
     converter: RowConverter,
 }
 
 impl Router {
-    /// Row indices of `input` per instance, in row order.
-    fn route(&self, input: &ChangeBatch, parts: usize) -> Result<Vec<Vec<u32>>> {
+    /// Row indices of `input` (arrived on `port`) per instance, in row order.
+    fn route(&self, port: usize, input: &ChangeBatch, parts: usize) -> Result<Vec<Vec<u32>>> {
         let n = input.num_rows();
         let b = &input.batch;
-        let cols: Vec<ArrayRef> = self
+        let exprs = self
             .keys
+            .ports
+            .get(port)
+            .ok_or_else(|| Error::Internal(format!("a partitioned operator has no key for input {port}")))?;
+        let cols: Vec<ArrayRef> = exprs
             .iter()
-            .map(|e| e.evaluate(b).and_then(|v| v.into_array(n)))
-            .collect::<std::result::Result<_, _>>()?;
+            .zip(&self.keys.types)
+            .map(|(e, t)| {
+                let a = e.evaluate(b)?.into_array(n)?;
+                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
+            })
+            .collect::<Result<_>>()?;
         let rows = self.converter.convert_columns(&cols)?;
         let mut idx: Vec<Vec<u32>> = (0..parts).map(|_| Vec::with_capacity(n / parts + n / 16)).collect();
         for (i, r) in rows.iter().enumerate() {
@@ -83,17 +111,14 @@ pub struct Partitioned {
 
 impl Partitioned {
     /// `parts` instances (at least one, at most [`KEY_GROUPS`]) of what `build` makes, routed by
-    /// `keys` (evaluated over the operator's input, of `key_types`).
-    pub fn new(
-        parts: usize,
-        keys: Vec<Arc<dyn PhysicalExpr>>,
-        key_types: &[DataType],
-        build: Build,
-    ) -> Result<Partitioned> {
-        if keys.is_empty() {
-            return Err(Error::Internal("a partitioned operator needs a key".into()));
+    /// `keys`.
+    pub fn new(parts: usize, keys: PartitionKeys, build: Build) -> Result<Partitioned> {
+        if keys.types.is_empty() || keys.ports.iter().any(|k| k.len() != keys.types.len()) {
+            return Err(Error::Internal(
+                "a partitioned operator needs a key, of the same arity on every input".into(),
+            ));
         }
-        let converter = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let converter = RowConverter::new(keys.types.iter().map(|t| SortField::new(t.clone())).collect())?;
         let mut p = Partitioned {
             build,
             router: Router { keys, converter },
@@ -188,7 +213,7 @@ impl Operator for Partitioned {
         let parallel = input.num_rows() >= PARALLEL_MIN;
         let inputs = self
             .router
-            .route(&input, self.parts.len())?
+            .route(port, &input, self.parts.len())?
             .into_iter()
             .map(|ix| {
                 if ix.len() == input.num_rows() {
@@ -333,7 +358,8 @@ mod tests {
 
     fn echo(parts: usize) -> Partitioned {
         let build: Build = Arc::new(|| Ok(Box::new(Echo { seen: Vec::new() }) as Box<dyn Operator>));
-        Partitioned::new(parts, vec![Arc::new(Column::new("k", 0))], &[DataType::Utf8], build).expect("operator")
+        let keys = PartitionKeys::one(&[Arc::new(Column::new("k", 0))], &[DataType::Utf8]);
+        Partitioned::new(parts, keys, build).expect("operator")
     }
 
     fn keys_of(out: &[ChangeBatch]) -> Vec<String> {

@@ -306,6 +306,12 @@ impl OpFactory for Config {
     fn clone_box(&self) -> Box<dyn OpFactory> {
         Box::new(self.clone())
     }
+    fn partition_keys(&self) -> Option<super::partition::PartitionKeys> {
+        (!self.rows.key_types.is_empty()).then(|| super::partition::PartitionKeys {
+            ports: self.rows.keys.to_vec(),
+            types: self.rows.key_types.clone(),
+        })
+    }
 }
 
 /// The window `(start, end)` of a row from whichever bound its input carries.

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
+use crate::operator::partition::PartitionKeys;
 use crate::operator::window::WindowSpec;
 use crate::operator::{self, Operator};
 
@@ -97,6 +98,12 @@ pub trait OpFactory: Send + Sync {
     /// What the operator keeps, for EXPLAIN.
     fn state(&self) -> String;
     fn clone_box(&self) -> Box<dyn OpFactory>;
+    /// The key each input is split by when the operator runs as several instances
+    /// ([`operator::partition`]): an operator whose state and output are per key of it. `None`
+    /// (the default): one instance.
+    fn partition_keys(&self) -> Option<PartitionKeys> {
+        None
+    }
 }
 
 impl Clone for Op {
@@ -250,19 +257,22 @@ impl Graph {
                     Op::WindowTvf(c) => Box::new(operator::window_tvf::WindowTvf::new(c.clone())),
                     Op::WindowAgg(c) if !c.keys.is_empty() => {
                         let cfg = c.clone();
-                        partitioned(workers, &c.keys, &c.key_types, move || {
+                        let keys = PartitionKeys::one(&c.keys, &c.key_types);
+                        partitioned(workers, keys, move || {
                             Ok(Box::new(operator::window_agg::WindowAgg::new(cfg.clone())?))
                         })?
                     }
                     Op::SessionAgg(c) if !c.keys.is_empty() => {
                         let cfg = c.clone();
-                        partitioned(workers, &c.keys, &c.key_types, move || {
+                        let keys = PartitionKeys::one(&c.keys, &c.key_types);
+                        partitioned(workers, keys, move || {
                             Ok(Box::new(operator::session_agg::SessionAgg::new(cfg.clone())?))
                         })?
                     }
                     Op::UpdatingAgg(c) if !c.keys.is_empty() => {
                         let cfg = c.clone();
-                        partitioned(workers, &c.keys, &c.key_types, move || {
+                        let keys = PartitionKeys::one(&c.keys, &c.key_types);
+                        partitioned(workers, keys, move || {
                             Ok(Box::new(operator::updating_agg::UpdatingAgg::new(cfg.clone())?))
                         })?
                     }
@@ -270,7 +280,13 @@ impl Graph {
                     Op::SessionAgg(c) => Box::new(operator::session_agg::SessionAgg::new(c.clone())?),
                     Op::UpdatingAgg(c) => Box::new(operator::updating_agg::UpdatingAgg::new(c.clone())?),
                     Op::Union => Box::new(operator::union::Union::new(n.schema.clone())),
-                    Op::Custom(f) => f.build()?,
+                    Op::Custom(f) => match f.partition_keys() {
+                        Some(keys) => {
+                            let f = f.clone_box();
+                            partitioned(workers, keys, move || f.build())?
+                        }
+                        None => f.build()?,
+                    },
                 })
             })
             .collect()
@@ -280,26 +296,23 @@ impl Graph {
 /// A keyed operator as `workers` instances (at most one per key group).
 fn partitioned(
     workers: usize,
-    keys: &[std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>],
-    key_types: &[datafusion::arrow::datatypes::DataType],
+    keys: PartitionKeys,
     build: impl Fn() -> Result<Box<dyn Operator>> + Send + Sync + 'static,
 ) -> Result<Box<dyn Operator>> {
     let parts = workers.clamp(1, operator::groups::KEY_GROUPS as usize);
     Ok(Box::new(operator::partition::Partitioned::new(
         parts,
-        keys.to_vec(),
-        key_types,
+        keys,
         std::sync::Arc::new(build),
     )?))
 }
 
-/// How a keyed operator's state is split, for EXPLAIN.
+/// What EXPLAIN adds to the state of an operator split by key ([`operator::partition`]).
+const SPLIT: &str = "; split by key over --workers instances";
+
+/// [`SPLIT`] for an operator keyed by `keys` (none: it runs as one instance).
 fn split(keys: &[std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>]) -> &'static str {
-    if keys.is_empty() {
-        ""
-    } else {
-        "; split by key over --workers instances"
-    }
+    if keys.is_empty() { "" } else { SPLIT }
 }
 
 /// One line for the operator and one for its state.
@@ -362,6 +375,12 @@ fn describe(op: &Op) -> (String, String) {
             ),
         ),
         Op::Union => ("Union".into(), String::new()),
-        Op::Custom(f) => (f.describe(), f.state()),
+        Op::Custom(f) => (
+            f.describe(),
+            match f.partition_keys() {
+                Some(_) => format!("{}{SPLIT}", f.state()),
+                None => f.state(),
+            },
+        ),
     }
 }

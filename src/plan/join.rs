@@ -32,6 +32,7 @@ use crate::engine::lookup::LookupTable;
 use crate::error::Result;
 use crate::operator::Operator;
 use crate::operator::lookup_join::{self, LookupJoin};
+use crate::operator::partition::PartitionKeys;
 use crate::operator::stream_join::{self, Emit, StreamJoin};
 
 pub fn plan_join(conv: &mut Converter<'_>, join: &Join) -> Result<usize> {
@@ -432,6 +433,13 @@ impl OpFactory for RegularFactory {
     }
     fn clone_box(&self) -> Box<dyn OpFactory> {
         Box::new(self.clone())
+    }
+    fn partition_keys(&self) -> Option<PartitionKeys> {
+        let keys = &self.cfg.keys;
+        (!self.cfg.key_types.is_empty()).then(|| PartitionKeys {
+            ports: keys.to_vec(),
+            types: self.cfg.key_types.clone(),
+        })
     }
 }
 

@@ -41,6 +41,7 @@ use crate::operator::Operator;
 use crate::operator::acc::AggKind;
 use crate::operator::calc::{self, Step};
 use crate::operator::over_agg::{self, Frame, OverAgg};
+use crate::operator::partition::PartitionKeys;
 use crate::operator::top_n::{self, Emit, RankFn, TopN};
 
 fn arrow(schema: &DFSchema) -> SchemaRef {
@@ -337,6 +338,9 @@ impl OpFactory for TopNFactory {
     fn clone_box(&self) -> Box<dyn OpFactory> {
         Box::new(self.clone())
     }
+    fn partition_keys(&self) -> Option<PartitionKeys> {
+        (!self.cfg.partition.is_empty()).then(|| PartitionKeys::one(&self.cfg.partition, &self.cfg.partition_types))
+    }
 }
 
 /// Builds a fresh OVER aggregate for each run.
@@ -358,6 +362,9 @@ impl OpFactory for OverAggFactory {
     }
     fn clone_box(&self) -> Box<dyn OpFactory> {
         Box::new(self.clone())
+    }
+    fn partition_keys(&self) -> Option<PartitionKeys> {
+        (!self.cfg.partition.is_empty()).then(|| PartitionKeys::one(&self.cfg.partition, &self.cfg.partition_types))
     }
 }
 

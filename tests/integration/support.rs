@@ -84,11 +84,26 @@ pub const COURSE_COLUMNS: &str =
     "user_id BIGINT NOT NULL, course_id BIGINT NOT NULL, region VARCHAR, purchased BOOLEAN,
     event_time TIMESTAMP NOT NULL, WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND";
 
+/// A session whose queries run at micro-batches of `batch_size`, on [`workers_for`] it.
 pub fn session(batch_size: usize) -> Session {
     Session::new(EngineConfig {
         batch_size,
+        workers: workers_for(batch_size),
         ..EngineConfig::default()
     })
+}
+
+/// Workers (decode threads, and instances of each keyed operator) for a micro-batch size. The oracle
+/// families run each query at several sizes, so each query also runs split several ways: row by row
+/// on one instance, small batches over 3 (routed on the query thread), batches of thousands over 2
+/// and large ones over 4 (the instances on threads of their own).
+pub fn workers_for(batch_size: usize) -> usize {
+    match batch_size {
+        0..=1 => 1,
+        2..=999 => 3,
+        1_000..=9_999 => 2,
+        _ => 4,
+    }
 }
 
 /// Execute a script, expecting every statement to succeed; returns the last outcome's rows, if any.
