@@ -9,7 +9,7 @@
 #   scripts/bench.sh                    # 10 M course events (1.1 GB JSON) and 1 M Nexmark events
 #   EVENTS=3000000 scripts/bench.sh     # quicker
 #   BENCH_PEERS=1 scripts/bench.sh      # also Spark SS and PyFlink (downloads ~1 GB from PyPI once)
-#   WORKERS=1 scripts/bench.sh          # Freshet on one decode thread per source
+#   WORKERS=1 scripts/bench.sh          # Freshet on one decode thread per source and one instance per keyed operator
 #
 # Environment: EVENTS (course events, 10 M), NEXMARK_EVENTS (1 M), NEXMARK_QUERIES ("q0 q1 q2 q3 q4
 # q5 q7 q8 q9 q11"), WORKERS (default: every core), BENCH_DIR (data and results; default
@@ -67,6 +67,9 @@ freshet tumble_generator "$file" "$EVENTS"
 freshet hop_file "$file" "$EVENTS"
 freshet session_file "$file" "$EVENTS"
 freshet tumble_dirty "$dirty" "$EVENTS" tumble_file
+# Operator-bound: the keyed window aggregate split over --workers instances, then on one.
+freshet hop_wide_generator "$file" "$EVENTS"
+WORKERS=1 freshet hop_wide_generator_1w "$file" "$EVENTS" hop_wide_generator
 grep -oE '[0-9]+ errors, [0-9]+ late' "$dir/tumble_dirty.log" | head -1 | sed 's/^/tumble_dirty: /'
 echo "== peak memory against input length (generator, fixed key count)"
 freshet tumble_generator_1m "$file" 1000000 tumble_generator

@@ -38,8 +38,8 @@ struct EngineArgs {
     /// Take no checkpoints: a restarted query starts over (or from its Kafka group's offsets).
     #[arg(long, conflicts_with = "checkpoint_dir")]
     no_checkpoints: bool,
-    /// Threads each source decodes on (a file's chunks of lines in parallel) [default: the number
-    /// of cores].
+    /// Threads each source decodes on (a file's chunks of lines in parallel), and instances each
+    /// keyed operator is split into by key [default: the number of cores].
     #[arg(long, env = "FRESHET_WORKERS")]
     workers: Option<usize>,
     #[command(flatten)]

@@ -49,7 +49,8 @@ pub struct EngineConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// How many checkpoints of a query are kept.
     pub checkpoints_kept: usize,
-    /// Threads a source may decode on (`--workers`; Flink's `parallelism.default`).
+    /// Threads a source may decode on, and instances each keyed operator is split into
+    /// ([`crate::operator::partition`]) (`--workers`; Flink's `parallelism.default`).
     pub workers: usize,
     /// What statements may touch outside the process (paths, librdkafka keys, hosts); checked by
     /// the session before a connector is opened. Not settable by SQL.

@@ -107,6 +107,8 @@ pub struct Partitioned {
     parts: Vec<Box<dyn Operator>>,
     /// What [`Operator::set_emit_floor`] last set, for instances built by a restore.
     emit_floor: Option<i64>,
+    /// What `busy` was at the last `flush`, for the `advance` after it.
+    busy: Option<bool>,
 }
 
 impl Partitioned {
@@ -124,6 +126,7 @@ impl Partitioned {
             router: Router { keys, converter },
             parts: Vec::new(),
             emit_floor: None,
+            busy: None,
         };
         p.rebuild(parts)?;
         Ok(p)
@@ -197,6 +200,7 @@ impl Partitioned {
         Ok(out)
     }
 
+    /// Whether `flush` and `advance` run the instances at once: the state is large enough.
     fn busy(&self) -> bool {
         self.parts.len() > 1 && self.state_size() >= PARALLEL_MIN
     }
@@ -233,13 +237,16 @@ impl Operator for Partitioned {
     }
 
     fn flush(&mut self, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        // Counted once per micro-batch (the engine calls `flush`, then `advance`): counting can walk
+        // every partition of some operators.
         let parallel = self.busy();
+        self.busy = Some(parallel);
         let n = self.parts.len();
         self.each(vec![(); n], parallel, cx, |op, (), c| op.flush(c))
     }
 
     fn advance(&mut self, wm: i64, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
-        let parallel = self.busy();
+        let parallel = self.busy.take().unwrap_or_else(|| self.busy());
         let n = self.parts.len();
         self.each(vec![(); n], parallel, cx, |op, (), c| op.advance(wm, c))
     }
