@@ -322,6 +322,7 @@ impl Operator for Partitioned {
 mod tests {
     use super::*;
     use crate::operator::test_rows::rows;
+    use datafusion::arrow::array::TimestampMillisecondArray;
     use datafusion::physical_expr::expressions::Column;
 
     /// Keeps the keys it saw, in order; fires them (and forgets them) on `advance`.
@@ -331,13 +332,15 @@ mod tests {
 
     impl Operator for Echo {
         fn process(&mut self, _port: usize, input: ChangeBatch, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
-            let k = input
+            let times = input
                 .batch
-                .column(0)
+                .column(1)
                 .as_any()
-                .downcast_ref::<datafusion::arrow::array::StringArray>()
-                .expect("keys");
-            self.seen.extend(k.iter().map(|v| v.unwrap_or_default().to_string()));
+                .downcast_ref::<TimestampMillisecondArray>()
+                .expect("t");
+            let keys = strings(input.batch.column(0));
+            self.seen
+                .extend(keys.iter().zip(times.values()).map(|(k, t)| format!("{k}@{t}")));
             Ok(vec![input])
         }
         fn state_size(&self) -> usize {
@@ -352,13 +355,7 @@ mod tests {
             Ok(st)
         }
         fn restore(&mut self, mut st: OpState) -> Result<()> {
-            let t = st.take("seen")?;
-            let k = t
-                .column(0)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::StringArray>()
-                .expect("keys");
-            self.seen = k.iter().map(|v| v.unwrap_or_default().to_string()).collect();
+            self.seen = strings(st.take("seen")?.column(0));
             Ok(())
         }
     }
@@ -369,18 +366,17 @@ mod tests {
         Partitioned::new(parts, keys, build).expect("operator")
     }
 
+    /// The values of a VARCHAR column.
+    fn strings(a: &ArrayRef) -> Vec<String> {
+        let k = a
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .expect("VARCHAR");
+        k.iter().map(|v| v.unwrap_or_default().to_string()).collect()
+    }
+
     fn keys_of(out: &[ChangeBatch]) -> Vec<String> {
-        out.iter()
-            .flat_map(|b| {
-                let k = b
-                    .batch
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::StringArray>()
-                    .expect("k");
-                k.iter().map(|v| v.unwrap_or_default().to_string()).collect::<Vec<_>>()
-            })
-            .collect()
+        out.iter().flat_map(|b| strings(b.batch.column(0))).collect()
     }
 
     fn input(n: usize) -> ChangeBatch {
@@ -407,14 +403,16 @@ mod tests {
                 if st.is_empty() {
                     continue;
                 }
-                let t = &st.tables[0].1;
-                let k = t
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::StringArray>()
-                    .expect("k");
-                for v in k.iter().flatten() {
-                    assert_eq!(*owner_of.entry(v.to_string()).or_insert(i), i, "{v} in two instances");
+                // Rows are `k<key>@<time>`, times ascending in the input.
+                let mut last: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+                for v in strings(st.tables[0].1.column(0)) {
+                    let (k, t) = v.split_once('@').expect("key@time");
+                    let t: i64 = t.parse().expect("time");
+                    assert_eq!(*owner_of.entry(k.to_string()).or_insert(i), i, "{k} in two instances");
+                    assert!(
+                        last.insert(k.to_string(), t).is_none_or(|before| before < t),
+                        "{v} out of order"
+                    );
                 }
             }
             let mut want = keys_of(&[inp]);

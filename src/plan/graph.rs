@@ -243,54 +243,51 @@ impl Graph {
             .to_string()
     }
 
-    /// Build the operators, in node order; the keyed aggregates as `workers` instances, each owning
-    /// a range of keys ([`operator::partition`]).
+    /// Build the operators, in node order; each keyed one as `workers` instances, each owning a
+    /// range of keys ([`operator::partition`]).
     pub fn build(&self, workers: usize) -> Result<Vec<Box<dyn Operator>>> {
         self.nodes
             .iter()
-            .map(|n| -> Result<Box<dyn Operator>> {
-                Ok(match &n.op {
-                    Op::Source { projection, .. } => {
-                        Box::new(operator::calc::Project::columns(projection.clone(), n.schema.clone()))
-                    }
-                    Op::Calc(c) => Box::new(operator::calc::Calc::new(c.clone())),
-                    Op::WindowTvf(c) => Box::new(operator::window_tvf::WindowTvf::new(c.clone())),
-                    Op::WindowAgg(c) if !c.keys.is_empty() => {
-                        let cfg = c.clone();
-                        let keys = PartitionKeys::one(&c.keys, &c.key_types);
-                        partitioned(workers, keys, move || {
-                            Ok(Box::new(operator::window_agg::WindowAgg::new(cfg.clone())?))
-                        })?
-                    }
-                    Op::SessionAgg(c) if !c.keys.is_empty() => {
-                        let cfg = c.clone();
-                        let keys = PartitionKeys::one(&c.keys, &c.key_types);
-                        partitioned(workers, keys, move || {
-                            Ok(Box::new(operator::session_agg::SessionAgg::new(cfg.clone())?))
-                        })?
-                    }
-                    Op::UpdatingAgg(c) if !c.keys.is_empty() => {
-                        let cfg = c.clone();
-                        let keys = PartitionKeys::one(&c.keys, &c.key_types);
-                        partitioned(workers, keys, move || {
-                            Ok(Box::new(operator::updating_agg::UpdatingAgg::new(cfg.clone())?))
-                        })?
-                    }
-                    Op::WindowAgg(c) => Box::new(operator::window_agg::WindowAgg::new(c.clone())?),
-                    Op::SessionAgg(c) => Box::new(operator::session_agg::SessionAgg::new(c.clone())?),
-                    Op::UpdatingAgg(c) => Box::new(operator::updating_agg::UpdatingAgg::new(c.clone())?),
-                    Op::Union => Box::new(operator::union::Union::new(n.schema.clone())),
-                    Op::Custom(f) => match f.partition_keys() {
-                        Some(keys) => {
-                            let f = f.clone_box();
-                            partitioned(workers, keys, move || f.build())?
-                        }
-                        None => f.build()?,
-                    },
-                })
+            .map(|n| match n.op.partition_keys() {
+                Some(keys) => {
+                    let (op, schema) = (n.op.clone(), n.schema.clone());
+                    partitioned(workers, keys, move || build_one(&op, &schema))
+                }
+                None => build_one(&n.op, &n.schema),
             })
             .collect()
     }
+}
+
+impl Op {
+    /// The key the operator is split by over several instances ([`operator::partition`]): the
+    /// aggregates' group keys, and what a [`OpFactory`] names. `None`: it runs as one instance.
+    pub fn partition_keys(&self) -> Option<PartitionKeys> {
+        let one = |keys: &[std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>], types| {
+            (!keys.is_empty()).then(|| PartitionKeys::one(keys, types))
+        };
+        match self {
+            Op::WindowAgg(c) => one(&c.keys, &c.key_types),
+            Op::SessionAgg(c) => one(&c.keys, &c.key_types),
+            Op::UpdatingAgg(c) => one(&c.keys, &c.key_types),
+            Op::Custom(f) => f.partition_keys(),
+            Op::Source { .. } | Op::Calc(_) | Op::WindowTvf(_) | Op::Union => None,
+        }
+    }
+}
+
+/// A fresh operator (one instance) for a node running `op` with output `schema`.
+fn build_one(op: &Op, schema: &SchemaRef) -> Result<Box<dyn Operator>> {
+    Ok(match op {
+        Op::Source { projection, .. } => Box::new(operator::calc::Project::columns(projection.clone(), schema.clone())),
+        Op::Calc(c) => Box::new(operator::calc::Calc::new(c.clone())),
+        Op::WindowTvf(c) => Box::new(operator::window_tvf::WindowTvf::new(c.clone())),
+        Op::WindowAgg(c) => Box::new(operator::window_agg::WindowAgg::new(c.clone())?),
+        Op::SessionAgg(c) => Box::new(operator::session_agg::SessionAgg::new(c.clone())?),
+        Op::UpdatingAgg(c) => Box::new(operator::updating_agg::UpdatingAgg::new(c.clone())?),
+        Op::Union => Box::new(operator::union::Union::new(schema.clone())),
+        Op::Custom(f) => f.build()?,
+    })
 }
 
 /// A keyed operator as `workers` instances (at most one per key group).
@@ -307,16 +304,17 @@ fn partitioned(
     )?))
 }
 
-/// What EXPLAIN adds to the state of an operator split by key ([`operator::partition`]).
-const SPLIT: &str = "; split by key over --workers instances";
-
-/// [`SPLIT`] for an operator keyed by `keys` (none: it runs as one instance).
-fn split(keys: &[std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>]) -> &'static str {
-    if keys.is_empty() { "" } else { SPLIT }
+/// One line for the operator and one for its state (saying whether it is split by key,
+/// [`operator::partition`]).
+fn describe(op: &Op) -> (String, String) {
+    let (what, mut state) = describe_op(op);
+    if op.partition_keys().is_some() {
+        state.push_str("; split by key over --workers instances");
+    }
+    (what, state)
 }
 
-/// One line for the operator and one for its state.
-fn describe(op: &Op) -> (String, String) {
+fn describe_op(op: &Op) -> (String, String) {
     match op {
         Op::Source { name, .. } => (format!("Source {name}"), String::new()),
         Op::Calc(c) => (format!("Calc {}", c.describe()), String::new()),
@@ -346,9 +344,8 @@ fn describe(op: &Op) -> (String, String) {
                 }
             ),
             format!(
-                "per pane ({}): group key → partial aggregates; a pane is dropped when the watermark passes its last window{}",
+                "per pane ({}): group key → partial aggregates; a pane is dropped when the watermark passes its last window",
                 crate::operator::window::dur(c.window.pane()),
-                split(&c.keys)
             ),
         ),
         Op::SessionAgg(c) => (
@@ -358,10 +355,7 @@ fn describe(op: &Op) -> (String, String) {
                 c.key_names.join(", "),
                 c.calls.iter().map(|a| a.display.clone()).collect::<Vec<_>>().join(", ")
             ),
-            format!(
-                "per key: open sessions (start, end, partial aggregates), bounded by the watermark{}",
-                split(&c.keys)
-            ),
+            "per key: open sessions (start, end, partial aggregates), bounded by the watermark".into(),
         ),
         Op::UpdatingAgg(c) => (
             format!(
@@ -369,18 +363,10 @@ fn describe(op: &Op) -> (String, String) {
                 c.key_names.join(", "),
                 c.calls.iter().map(|a| a.display.clone()).collect::<Vec<_>>().join(", ")
             ),
-            format!(
-                "per group key: aggregates and a row count; kept until the group's rows are retracted (not bounded by time){}",
-                split(&c.keys)
-            ),
+            "per group key: aggregates and a row count; kept until the group's rows are retracted (not bounded by time)"
+                .into(),
         ),
         Op::Union => ("Union".into(), String::new()),
-        Op::Custom(f) => (
-            f.describe(),
-            match f.partition_keys() {
-                Some(_) => format!("{}{SPLIT}", f.state()),
-                None => f.state(),
-            },
-        ),
+        Op::Custom(f) => (f.describe(), f.state()),
     }
 }
