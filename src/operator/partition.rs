@@ -44,8 +44,10 @@ const PARTITIONS: &str = "partitions";
 pub type Build = Arc<dyn Fn() -> Result<Box<dyn Operator>> + Send + Sync>;
 
 /// What a keyed operator is split by: per input port, the key expressions over that input, and the
-/// types all ports' keys are cast to (a join's sides may differ), so that equal keys on either
-/// input have the same bytes and meet in one instance.
+/// types all ports' keys are cast to, so that equal keys on either input have the same bytes and
+/// meet in one instance. (DataFusion's type coercion already gives a join's two sides one key type;
+/// the cast is the one the join operators apply themselves, so routing agrees with matching
+/// whatever the plan holds.)
 #[derive(Clone)]
 pub struct PartitionKeys {
     pub ports: Vec<Vec<Arc<dyn PhysicalExpr>>>,

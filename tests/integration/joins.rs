@@ -168,6 +168,9 @@ async fn stream_stream_inner_left_and_full_joins_match_batch() {
         // Left: views padded while the user has bought nothing in ev2.
         "SELECT v.user_id, v.event_time, b.course_id AS bought
          FROM ev v LEFT JOIN (SELECT user_id, course_id FROM ev2 WHERE purchased) b ON v.user_id = b.user_id",
+        // Keys of two types (INT against BIGINT): split by key, equal keys must meet all the same.
+        "SELECT v.user_id, v.event_time, b.course_id AS bought
+         FROM ev v JOIN (SELECT CAST(user_id AS INT) AS uid, course_id FROM ev2 WHERE purchased) b ON v.user_id = b.uid",
         // Full, aggregated above (the join's changelog feeds a GROUP BY).
         "SELECT COALESCE(v.region, b.region) AS region, COUNT(*) AS n, COUNT(v.user_id) AS viewed, COUNT(b.user_id) AS bought
          FROM (SELECT user_id, region FROM ev WHERE course_id % 10 = 0) v
