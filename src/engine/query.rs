@@ -694,6 +694,14 @@ impl QueryRuntime {
                         c.epoch
                     ))
                 })?;
+                let (now, split) = (ops[node].instances(), graph.nodes[node].op.partition_keys().is_some());
+                if split && now != crate::plan::graph::instances_for(config.workers) {
+                    eprintln!(
+                        "query '{name}': {opname} (node {node}) runs as the {now} instance(s) its checkpoint was taken with; \
+                         --workers {} applies to a query started without a checkpoint",
+                        config.workers
+                    );
+                }
             }
         }
         if let Some(c) = &checkpoints

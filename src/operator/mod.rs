@@ -332,6 +332,11 @@ pub trait Operator: Send {
         0
     }
 
+    /// How many instances run this operator, each owning a range of keys ([`partition`]).
+    fn instances(&self) -> usize {
+        1
+    }
+
     /// Windows ending at or before `floor` were emitted completely before a restart (without
     /// checkpoints, sources re-read rows of them): an operator that emits windows skips them.
     fn set_emit_floor(&mut self, _floor: i64) {}

@@ -134,11 +134,6 @@ impl Partitioned {
         Ok(p)
     }
 
-    /// How many instances run.
-    pub fn parts(&self) -> usize {
-        self.parts.len()
-    }
-
     fn rebuild(&mut self, parts: usize) -> Result<()> {
         if parts == 0 || parts > KEY_GROUPS as usize {
             return Err(Error::Internal(format!(
@@ -259,6 +254,10 @@ impl Operator for Partitioned {
 
     fn state_size(&self) -> usize {
         self.parts.iter().map(|p| p.state_size()).sum()
+    }
+
+    fn instances(&self) -> usize {
+        self.parts.len()
     }
 
     fn set_emit_floor(&mut self, floor: i64) {
@@ -436,7 +435,7 @@ mod tests {
         for now in [1, 5] {
             let mut fresh = echo(now);
             fresh.restore(st.clone()).expect("restore");
-            assert_eq!(fresh.parts(), 3);
+            assert_eq!(fresh.instances(), 3);
             assert_eq!(fresh.parts.iter().map(|p| p.state_size()).collect::<Vec<_>>(), per_part);
             // New rows of a key go where its state is.
             let again = fresh.snapshot().expect("snapshot");
@@ -447,7 +446,7 @@ mod tests {
         one.process(0, input(10), &mut Context::default()).expect("process");
         let mut fresh = echo(4);
         fresh.restore(one.snapshot().expect("snapshot")).expect("restore");
-        assert_eq!((fresh.parts(), fresh.state_size()), (1, 10));
+        assert_eq!((fresh.instances(), fresh.state_size()), (1, 10));
         // A table of no partition is an error naming it.
         let mut bad = st.clone();
         bad.tables.push(("part9/seen".into(), st.tables[1].1.clone()));

@@ -290,15 +290,19 @@ fn build_one(op: &Op, schema: &SchemaRef) -> Result<Box<dyn Operator>> {
     })
 }
 
-/// A keyed operator as `workers` instances (at most one per key group).
+/// How many instances a keyed operator runs as on `workers` (at most one per key group).
+pub fn instances_for(workers: usize) -> usize {
+    workers.clamp(1, operator::groups::KEY_GROUPS as usize)
+}
+
+/// A keyed operator as [`instances_for`] `workers` instances.
 fn partitioned(
     workers: usize,
     keys: PartitionKeys,
     build: impl Fn() -> Result<Box<dyn Operator>> + Send + Sync + 'static,
 ) -> Result<Box<dyn Operator>> {
-    let parts = workers.clamp(1, operator::groups::KEY_GROUPS as usize);
     Ok(Box::new(operator::partition::Partitioned::new(
-        parts,
+        instances_for(workers),
         keys,
         std::sync::Arc::new(build),
     )?))

@@ -141,16 +141,23 @@ async fn ten_sigkills_leave_every_sink_exact() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("job.sql"), job(EVENTS)).expect("write");
     let chk = dir.path().join("chk");
-    // Each run on another number of workers: a restored aggregate keeps the instances its
-    // checkpoint was taken with, whatever `--workers` says now.
+    // Each run on another number of workers: the first run's keyed operators run as 3 instances,
+    // and every restored one keeps the 3 of its checkpoint, whatever `--workers` says now.
+    const WORKERS: [usize; 5] = [3, 1, 4, 2, 1];
     let runs = std::cell::Cell::new(0usize);
     let started = || {
         runs.set(runs.get() + 1);
-        start_with(dir.path(), None, [3, 1, 2, 4][runs.get() % 4])
+        start_with(dir.path(), None, WORKERS[(runs.get() - 1) % WORKERS.len()])
     };
     let (kills, out) = kill_after_checkpoints(started, &chk, &kill_delays(0x9E37_79B9_7F4A_7C15, 12, 120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    let last = WORKERS[(runs.get() - 1) % WORKERS.len()];
+    assert_eq!(
+        stderr.contains("runs as the 3 instance(s) its checkpoint was taken with"),
+        last != 3,
+        "the last run, on --workers {last}: {stderr}"
+    );
     assert!(
         kills >= 10,
         "only {kills} runs were killed mid-run before the job finished: make the job longer"
