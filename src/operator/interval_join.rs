@@ -78,10 +78,7 @@ impl OpFactory for Config {
         Box::new(self.clone())
     }
     fn partition_keys(&self) -> Option<super::partition::PartitionKeys> {
-        (!self.rows.key_types.is_empty()).then(|| super::partition::PartitionKeys {
-            ports: self.rows.keys.to_vec(),
-            types: self.rows.key_types.clone(),
-        })
+        self.rows.partition_keys()
     }
 }
 

@@ -60,6 +60,15 @@ pub struct JoinRows {
 }
 
 impl JoinRows {
+    /// The equi-join keys per side, which the join is split by ([`super::partition`]); `None` for a
+    /// join on a condition only.
+    pub fn partition_keys(&self) -> Option<super::partition::PartitionKeys> {
+        (!self.key_types.is_empty()).then(|| super::partition::PartitionKeys {
+            ports: self.keys.to_vec(),
+            types: self.key_types.clone(),
+        })
+    }
+
     /// Key columns of rows of `side`, and per row whether it can match at all (no NULL key unless
     /// NULLs are equal).
     pub fn keys(&self, side: usize, batch: &RecordBatch) -> Result<(Vec<ArrayRef>, Vec<bool>)> {
@@ -307,10 +316,7 @@ impl OpFactory for Config {
         Box::new(self.clone())
     }
     fn partition_keys(&self) -> Option<super::partition::PartitionKeys> {
-        (!self.rows.key_types.is_empty()).then(|| super::partition::PartitionKeys {
-            ports: self.rows.keys.to_vec(),
-            types: self.rows.key_types.clone(),
-        })
+        self.rows.partition_keys()
     }
 }
 

@@ -318,6 +318,7 @@ fn describe(op: &Op) -> (String, String) {
     (what, state)
 }
 
+/// [`describe`] without the split.
 fn describe_op(op: &Op) -> (String, String) {
     match op {
         Op::Source { name, .. } => (format!("Source {name}"), String::new()),
