@@ -102,6 +102,14 @@ pub fn owner(g: u32, parts: usize) -> usize {
     g as usize * parts / KEY_GROUPS as usize
 }
 
+/// An instance and its argument, waiting for the thread that runs them.
+type Slot<'a, T> = std::sync::Mutex<Option<(&'a mut Box<dyn Operator>, T)>>;
+
+/// What a slot holds, taken out once.
+fn take_slot<W>(slot: &std::sync::Mutex<Option<W>>) -> Option<W> {
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+}
+
 /// `P` instances of a keyed operator, each owning a range of key groups.
 pub struct Partitioned {
     build: Build,
@@ -156,38 +164,43 @@ impl Partitioned {
         cx: &mut Context,
         f: impl Fn(&mut dyn Operator, T, &mut Context) -> Result<Vec<ChangeBatch>> + Sync,
     ) -> Result<Vec<ChangeBatch>> {
+        let run = |op: &mut Box<dyn Operator>, a: T| {
+            let mut c = Context::default();
+            (f(op.as_mut(), a, &mut c), c)
+        };
         let results: Vec<(Result<Vec<ChangeBatch>>, Context)> = if parallel && self.parts.len() > 1 {
-            let f = &f;
+            // Each instance after the first waits in a slot its thread takes it from; one whose
+            // thread cannot be started (the process is out of threads) is still in its slot and
+            // runs here instead.
+            let slots: Vec<Slot<'_, T>> = self
+                .parts
+                .iter_mut()
+                .zip(args)
+                .map(|w| std::sync::Mutex::new(Some(w)))
+                .collect();
             std::thread::scope(|s| {
-                let mut parts = self.parts.iter_mut().zip(args);
-                let first = parts.next();
-                let handles: Vec<_> = parts
-                    .map(|(op, a)| {
-                        s.spawn(move || {
-                            let mut c = Context::default();
-                            (f(op.as_mut(), a, &mut c), c)
-                        })
+                let run = &run;
+                let started: Vec<_> = slots[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, slot)| {
+                        fail::fail_point!("partition-spawn", |_| None); // as if out of threads
+                        std::thread::Builder::new()
+                            .name(format!("freshet-part-{}", i + 1))
+                            .spawn_scoped(s, move || take_slot(slot).map(|(op, a)| run(op, a)))
+                            .ok()
                     })
                     .collect();
-                let mut out = Vec::with_capacity(handles.len() + 1);
-                if let Some((op, a)) = first {
-                    let mut c = Context::default();
-                    out.push((f(op.as_mut(), a, &mut c), c));
-                }
-                for h in handles {
-                    out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+                let mut out = Vec::with_capacity(slots.len());
+                out.extend(take_slot(&slots[0]).map(|(op, a)| run(op, a)));
+                for (slot, h) in slots[1..].iter().zip(started) {
+                    let done = h.and_then(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+                    out.extend(done.or_else(|| take_slot(slot).map(|(op, a)| run(op, a))));
                 }
                 out
             })
         } else {
-            self.parts
-                .iter_mut()
-                .zip(args)
-                .map(|(op, a)| {
-                    let mut c = Context::default();
-                    (f(op.as_mut(), a, &mut c), c)
-                })
-                .collect()
+            self.parts.iter_mut().zip(args).map(|(op, a)| run(op, a)).collect()
         };
         let mut out = Vec::new();
         for (r, c) in results {
@@ -326,9 +339,11 @@ mod tests {
     use datafusion::arrow::array::TimestampMillisecondArray;
     use datafusion::physical_expr::expressions::Column;
 
-    /// Keeps the keys it saw, in order; fires them (and forgets them) on `advance`.
+    /// Keeps `key@time` of each row it saw, in order, and passes the rows on.
     struct Echo {
         seen: Vec<String>,
+        /// The threads `process` ran on, if logged.
+        threads: Option<Arc<std::sync::Mutex<Vec<String>>>>,
     }
 
     impl Operator for Echo {
@@ -342,6 +357,10 @@ mod tests {
             let keys = strings(input.batch.column(0));
             self.seen
                 .extend(keys.iter().zip(times.values()).map(|(k, t)| format!("{k}@{t}")));
+            if let Some(log) = &self.threads {
+                let me = std::thread::current().name().unwrap_or_default().to_string();
+                log.lock().expect("log").push(me);
+            }
             Ok(vec![input])
         }
         fn state_size(&self) -> usize {
@@ -362,7 +381,16 @@ mod tests {
     }
 
     fn echo(parts: usize) -> Partitioned {
-        let build: Build = Arc::new(|| Ok(Box::new(Echo { seen: Vec::new() }) as Box<dyn Operator>));
+        echo_logged(parts, None)
+    }
+
+    fn echo_logged(parts: usize, threads: Option<Arc<std::sync::Mutex<Vec<String>>>>) -> Partitioned {
+        let build: Build = Arc::new(move || {
+            Ok(Box::new(Echo {
+                seen: Vec::new(),
+                threads: threads.clone(),
+            }) as Box<dyn Operator>)
+        });
         let keys = PartitionKeys::one(&[Arc::new(Column::new("k", 0))], &[DataType::Utf8]);
         Partitioned::new(parts, keys, build).expect("operator")
     }
@@ -452,6 +480,35 @@ mod tests {
         bad.tables.push(("part9/seen".into(), st.tables[1].1.clone()));
         let e = echo(2).restore(bad).expect_err("refused").to_string();
         assert!(e.contains("part9/seen"), "{e}");
+    }
+
+    #[test]
+    fn instances_run_on_threads_of_their_own_and_here_when_none_can_start() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let me = std::thread::current().name().unwrap_or_default().to_string();
+        let ran_on = |failing: bool| {
+            log.lock().expect("log").clear();
+            if failing {
+                fail::cfg("partition-spawn", "return").expect("fail point");
+            }
+            let mut op = echo_logged(3, Some(log.clone()));
+            let out = op.process(0, input(3 * PARALLEL_MIN), &mut Context::default());
+            fail::remove("partition-spawn");
+            assert_eq!(
+                keys_of(&out.expect("process")).len(),
+                3 * PARALLEL_MIN,
+                "every row once"
+            );
+            let mut threads = log.lock().expect("log").clone();
+            threads.sort();
+            threads
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut spawned = names(&["freshet-part-1", "freshet-part-2", &me]);
+        spawned.sort();
+        assert_eq!(ran_on(false), spawned);
+        // No thread could be started: every instance runs on the calling thread, nothing is lost.
+        assert_eq!(ran_on(true), vec![me.clone(); 3]);
     }
 
     #[test]
