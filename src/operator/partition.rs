@@ -6,9 +6,9 @@
 //! contiguous range of key groups `g` with `g · P / KEY_GROUPS = i` (Flink's
 //! `KeyGroupRangeAssignment`). All rows of a key meet in one instance, in their order, so each
 //! instance sees exactly the rows a single operator would see for its keys; an operator whose state
-//! is per key and whose output for a key depends only on that key's rows (the aggregates: window,
-//! session and GROUP BY) therefore emits the same rows, only ordered by instance rather than
-//! interleaved. Every instance gets every `flush` and `advance`, so they fire under the same
+//! is per key and whose output for a key depends only on that key's rows (the aggregates, the joins
+//! on equality keys, Top-N and OVER per partition: see `OpFactory::partition_keys`) therefore emits
+//! the same rows, only ordered by instance rather than interleaved. Every instance gets every `flush` and `advance`, so they fire under the same
 //! watermarks.
 //!
 //! The instances run at once on scoped threads (the calling thread takes instance 0) when there is
@@ -23,13 +23,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::PhysicalExpr;
 
 use super::groups::{KEY_GROUPS, key_group};
 use super::state::{self, OpState, plain_table};
+use super::stream_join::eval_keys;
 use super::{ChangeBatch, Context, Operator};
 use crate::error::{Error, Result};
 
@@ -46,8 +46,8 @@ pub type Build = Arc<dyn Fn() -> Result<Box<dyn Operator>> + Send + Sync>;
 /// What a keyed operator is split by: per input port, the key expressions over that input, and the
 /// types all ports' keys are cast to, so that equal keys on either input have the same bytes and
 /// meet in one instance. (DataFusion's type coercion already gives a join's two sides one key type;
-/// the cast is the one the join operators apply themselves, so routing agrees with matching
-/// whatever the plan holds.)
+/// the keys are evaluated as the joins evaluate theirs, [`eval_keys`], so routing agrees with
+/// matching whatever the plan holds.)
 #[derive(Clone)]
 pub struct PartitionKeys {
     pub ports: Vec<Vec<Arc<dyn PhysicalExpr>>>,
@@ -74,20 +74,13 @@ impl Router {
     /// Row indices of `input` (arrived on `port`) per instance, in row order.
     fn route(&self, port: usize, input: &ChangeBatch, parts: usize) -> Result<Vec<Vec<u32>>> {
         let n = input.num_rows();
-        let b = &input.batch;
         let exprs = self
             .keys
             .ports
             .get(port)
             .ok_or_else(|| Error::Internal(format!("a partitioned operator has no key for input {port}")))?;
-        let cols: Vec<ArrayRef> = exprs
-            .iter()
-            .zip(&self.keys.types)
-            .map(|(e, t)| {
-                let a = e.evaluate(b)?.into_array(n)?;
-                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
-            })
-            .collect::<Result<_>>()?;
+        // NULL keys route like any other (a row and its retraction have the same bytes).
+        let (cols, _) = eval_keys(exprs, &self.keys.types, true, &input.batch)?;
         let rows = self.converter.convert_columns(&cols)?;
         let mut idx: Vec<Vec<u32>> = (0..parts).map(|_| Vec::with_capacity(n / parts + n / 16)).collect();
         for (i, r) in rows.iter().enumerate() {
@@ -115,8 +108,6 @@ pub struct Partitioned {
     build: Build,
     router: Router,
     parts: Vec<Box<dyn Operator>>,
-    /// What [`Operator::set_emit_floor`] last set, for instances built by a restore.
-    emit_floor: Option<i64>,
     /// What `busy` was at the last `flush`, for the `advance` after it.
     busy: Option<bool>,
 }
@@ -135,7 +126,6 @@ impl Partitioned {
             build,
             router: Router { keys, converter },
             parts: Vec::new(),
-            emit_floor: None,
             busy: None,
         };
         p.rebuild(parts)?;
@@ -149,9 +139,6 @@ impl Partitioned {
             )));
         }
         self.parts = (0..parts).map(|_| (self.build)()).collect::<Result<_>>()?;
-        if let Some(f) = self.emit_floor {
-            self.parts.iter_mut().for_each(|p| p.set_emit_floor(f));
-        }
         Ok(())
     }
 
@@ -274,7 +261,6 @@ impl Operator for Partitioned {
     }
 
     fn set_emit_floor(&mut self, floor: i64) {
-        self.emit_floor = Some(floor);
         self.parts.iter_mut().for_each(|p| p.set_emit_floor(floor));
     }
 

@@ -251,7 +251,9 @@ impl Graph {
             .map(|n| match n.op.partition_keys() {
                 Some(keys) => {
                     let (op, schema) = (n.op.clone(), n.schema.clone());
-                    partitioned(workers, keys, move || build_one(&op, &schema))
+                    let build = std::sync::Arc::new(move || build_one(&op, &schema));
+                    let split = operator::partition::Partitioned::new(instances_for(workers), keys, build)?;
+                    Ok(Box::new(split) as Box<dyn Operator>)
                 }
                 None => build_one(&n.op, &n.schema),
             })
@@ -293,19 +295,6 @@ fn build_one(op: &Op, schema: &SchemaRef) -> Result<Box<dyn Operator>> {
 /// How many instances a keyed operator runs as on `workers` (at most one per key group).
 pub fn instances_for(workers: usize) -> usize {
     workers.clamp(1, operator::groups::KEY_GROUPS as usize)
-}
-
-/// A keyed operator as [`instances_for`] `workers` instances.
-fn partitioned(
-    workers: usize,
-    keys: PartitionKeys,
-    build: impl Fn() -> Result<Box<dyn Operator>> + Send + Sync + 'static,
-) -> Result<Box<dyn Operator>> {
-    Ok(Box::new(operator::partition::Partitioned::new(
-        instances_for(workers),
-        keys,
-        std::sync::Arc::new(build),
-    )?))
 }
 
 /// One line for the operator and one for its state (saying whether it is split by key,

@@ -507,9 +507,9 @@ fn wide_rows_cut_into_calls_by_bytes_all_arrive_once() {
     }
 }
 
-/// Rows `k` of 1 to 300 that `pick` takes, inserted with `a = k` and `b = values[k - 1]`.
+/// Rows `k` of 1 to `values.len()` that `pick` takes, inserted with `a = k` and `b = values[k - 1]`.
 fn inserts(values: &[String], pick: impl Fn(i64) -> bool) -> Vec<Change<'_>> {
-    (1..=300i64)
+    (1..=values.len() as i64)
         .filter(|k| pick(*k))
         .map(|k| (Insert, k, Some(k), Some(values[k as usize - 1].as_str())))
         .collect()

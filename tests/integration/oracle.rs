@@ -55,36 +55,27 @@ const GROUPED: (&str, &str) = (
     "SELECT user_id % 50, COUNT(*), COUNT(DISTINCT course_id), MAX(event_time) FROM ev GROUP BY 1",
 );
 
-async fn setup(
-    seed: u64,
-    batch_size: usize,
-) -> (
+/// The events' directory, a session with the file source `ev` declared, and a batch context over
+/// the same events.
+type Setup = (
     tempfile::TempDir,
     freshet::session::Session,
     datafusion::prelude::SessionContext,
-) {
-    setup_on(seed, batch_size, freshet::engine::query::default_workers()).await
+);
+
+/// [`setup_on`] the workers [`workers_for`] the batch size (as every oracle family).
+async fn setup(seed: u64, batch_size: usize) -> Setup {
+    setup_on(seed, batch_size, workers_for(batch_size)).await
 }
 
-/// [`setup`], the keyed operators split over `workers` instances.
-async fn setup_on(
-    seed: u64,
-    batch_size: usize,
-    workers: usize,
-) -> (
-    tempfile::TempDir,
-    freshet::session::Session,
-    datafusion::prelude::SessionContext,
-) {
+/// `EVENTS` generated events with `seed` in micro-batches of `batch_size`, the keyed operators
+/// split over `workers` instances.
+async fn setup_on(seed: u64, batch_size: usize, workers: usize) -> Setup {
     let dir = tempfile::tempdir().expect("tmp");
     let opts = gen_opts(EVENTS, seed);
     let path = dir.path().join("events.jsonl");
     write_events(&path, &opts);
-    let mut s = freshet::session::Session::new(freshet::engine::query::EngineConfig {
-        batch_size,
-        workers,
-        ..Default::default()
-    });
+    let mut s = session_on(batch_size, workers);
     exec(
         &mut s,
         &format!(

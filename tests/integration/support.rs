@@ -86,9 +86,14 @@ pub const COURSE_COLUMNS: &str =
 
 /// A session whose queries run at micro-batches of `batch_size`, on [`workers_for`] it.
 pub fn session(batch_size: usize) -> Session {
+    session_on(batch_size, workers_for(batch_size))
+}
+
+/// A session whose queries run at micro-batches of `batch_size` on `workers`.
+pub fn session_on(batch_size: usize, workers: usize) -> Session {
     Session::new(EngineConfig {
         batch_size,
-        workers: workers_for(batch_size),
+        workers,
         ..EngineConfig::default()
     })
 }
