@@ -85,6 +85,9 @@ impl FileOptions {
 pub struct FileSource {
     file: File,
     decoder: Arc<LineDecoder>,
+    /// The file's columns, and those decoded if not all (see [`Source::project`]).
+    schema: SchemaRef,
+    columns: Option<Vec<usize>>,
     path: String,
     /// Bytes read but not yet decoded (an incomplete last line).
     pending: Vec<u8>,
@@ -116,7 +119,9 @@ impl FileSource {
         let skip_header = matches!(opts.format, Format::Csv { header: true, .. });
         Ok(FileSource {
             file,
-            decoder: Arc::new(LineDecoder::new(schema, opts.format)),
+            decoder: Arc::new(LineDecoder::new(schema.clone(), opts.format)),
+            schema,
+            columns: None,
             path: opts.path.display().to_string(),
             pending: Vec::new(),
             line_no: 1,
@@ -263,6 +268,17 @@ impl Source for FileSource {
             None if ended => Ok(Poll::Exhausted),
             None => Ok(Poll::Pending),
         }
+    }
+
+    fn project(&mut self, columns: &[usize]) -> Result<()> {
+        let format = self.decoder.format();
+        self.decoder = Arc::new(LineDecoder::with_columns(self.schema.clone(), format, columns)?);
+        self.columns = Some(columns.to_vec());
+        Ok(())
+    }
+
+    fn columns(&self) -> Option<Vec<usize>> {
+        self.columns.clone()
     }
 
     fn decode_on(&mut self, workers: usize) -> Result<()> {

@@ -256,7 +256,9 @@ pub(crate) struct Reader {
     queues: Vec<(i32, PartitionQueue<DefaultConsumerContext>)>,
     topic: String,
     decoder: LineDecoder,
-    time_idx: Option<usize>,
+    /// Every column of the source (the decoder may make only some).
+    schema: SchemaRef,
+    time_col: Option<String>,
     /// The partitions assigned, each with the offset to stop at (bounded).
     limits: BTreeMap<i32, Option<i64>>,
     /// When a transient error was last reported (they are reported at most every 10 s).
@@ -288,7 +290,8 @@ impl Reader {
             queues: Vec::new(),
             topic: opts.topic.clone(),
             decoder: LineDecoder::new(def.schema.clone(), opts.format),
-            time_idx: time_index(def),
+            schema: def.schema.clone(),
+            time_col: time_column(def),
             limits: BTreeMap::new(),
             last_warning: None,
             workers: 1,
@@ -317,6 +320,12 @@ impl Reader {
 
     pub(crate) fn decode_on(&mut self, workers: usize) {
         self.workers = workers.max(1);
+    }
+
+    /// Decode only `columns` of the source's schema (see [`Source::project`]).
+    pub(crate) fn project(&mut self, columns: &[usize]) -> Result<()> {
+        self.decoder = LineDecoder::with_columns(self.schema.clone(), self.decoder.format(), columns)?;
+        Ok(())
     }
 
     /// Up to `max` records (waiting up to 50 ms for the first, reading for at most 100 ms), decoded,
@@ -354,12 +363,12 @@ impl Reader {
             shares[i % threads].push(q);
         }
         let limits = &self.limits;
-        let (decoder, topic, time_idx) = (&self.decoder, &self.topic, self.time_idx);
+        let (decoder, topic, time_col) = (&self.decoder, &self.topic, self.time_col.as_deref());
         let read_share = |share: &[&(i32, PartitionQueue<DefaultConsumerContext>)]| {
             let (records, error) = poll_share(share, budget, limits);
             let pieces: Result<Vec<Piece>> = records
                 .into_iter()
-                .map(|(p, recs)| decode_piece(decoder, topic, time_idx, p, recs))
+                .map(|(p, recs)| decode_piece(decoder, topic, time_col, p, recs))
                 .collect();
             (pieces, error)
         };
@@ -412,7 +421,7 @@ impl Reader {
     fn decode_all(&self, records: Vec<(i32, Records)>) -> Result<Vec<Piece>> {
         records
             .into_iter()
-            .map(|(p, recs)| decode_piece(&self.decoder, &self.topic, self.time_idx, p, recs))
+            .map(|(p, recs)| decode_piece(&self.decoder, &self.topic, self.time_col.as_deref(), p, recs))
             .collect()
     }
 
@@ -482,11 +491,12 @@ fn poll_share(
 fn decode_piece(
     decoder: &LineDecoder,
     topic: &str,
-    time_idx: Option<usize>,
+    time_col: Option<&str>,
     partition: i32,
     records: Records,
 ) -> Result<Piece> {
     let decoded = decoder.decode_joined(&records.bytes, &records.view(), &format!("{topic}/{partition}"))?;
+    let time_idx = time_col.and_then(|c| decoder.schema().index_of(c).ok());
     let newest = decoded
         .batch
         .as_ref()
@@ -501,15 +511,34 @@ fn decode_piece(
     })
 }
 
-fn time_index(def: &SourceDef) -> Option<usize> {
-    def.watermark.as_ref().and_then(|w| def.schema.index_of(&w.column).ok())
+/// `batch` with the columns of `schema` only: a shared reader decodes the columns any of its
+/// queries reads; each query takes its own (see [`Source::project`]).
+fn columns_of(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.num_columns() == schema.fields().len() {
+        return Ok(batch.clone());
+    }
+    let keep = schema
+        .fields()
+        .iter()
+        .map(|f| batch.schema().index_of(f.name()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(batch.project(&keep)?)
+}
+
+/// The watermarked event-time column, found by name in each decoder's schema (a decoder may make
+/// only some of the source's columns, see [`Source::project`]).
+fn time_column(def: &SourceDef) -> Option<String> {
+    def.watermark
+        .as_ref()
+        .filter(|w| def.schema.index_of(&w.column).is_ok())
+        .map(|w| w.column.clone())
 }
 
 /// What one query has read of a topic: per partition the next offset, the newest event time (its
 /// watermark), the chunks not yet committed; the consumer group its offsets are committed under.
 pub(crate) struct Tracker {
     opts: KafkaSourceOptions,
-    time_idx: Option<usize>,
+    time_col: Option<String>,
     delay: i64,
     partitions: BTreeMap<i32, Partition>,
     /// `Ready` results returned so far (the engine's commits count them).
@@ -587,7 +616,7 @@ impl Tracker {
         }
         let delay = def.watermark.as_ref().map_or(0, |w| w.delay_ms);
         Ok(Tracker {
-            time_idx: time_index(def),
+            time_col: time_column(def),
             opts,
             delay,
             partitions,
@@ -673,7 +702,13 @@ impl Tracker {
                 continue;
             }
             let (newest, last) = if first >= lo && last < hi {
-                batches.extend(piece.batch.clone());
+                batches.extend(
+                    piece
+                        .batch
+                        .as_ref()
+                        .map(|b| columns_of(b, decoder.schema()))
+                        .transpose()?,
+                );
                 bad.extend(piece.bad.iter().cloned());
                 (piece.newest, last)
             } else {
@@ -687,7 +722,13 @@ impl Tracker {
                 let Some(last) = mine.last_offset() else {
                     continue;
                 };
-                let again = decode_piece(decoder, &self.opts.topic, self.time_idx, piece.partition, mine)?;
+                let again = decode_piece(
+                    decoder,
+                    &self.opts.topic,
+                    self.time_col.as_deref(),
+                    piece.partition,
+                    mine,
+                )?;
                 batches.extend(again.batch);
                 bad.extend(again.bad);
                 (again.newest, last)
@@ -837,6 +878,8 @@ impl Tracker {
 pub struct KafkaSource {
     reader: Reader,
     tracker: Tracker,
+    /// The columns decoded, if not all (see [`Source::project`]).
+    columns: Option<Vec<usize>>,
 }
 
 impl KafkaSource {
@@ -845,7 +888,11 @@ impl KafkaSource {
         let mut reader = Reader::open(&opts, &opts.group_id, def)?;
         let tracker = Tracker::open(opts, &reader.consumer, def)?;
         reader.assign(&tracker.starts())?;
-        Ok(KafkaSource { reader, tracker })
+        Ok(KafkaSource {
+            reader,
+            tracker,
+            columns: None,
+        })
     }
 }
 
@@ -878,6 +925,16 @@ impl Source for KafkaSource {
     fn decode_on(&mut self, workers: usize) -> Result<()> {
         self.reader.decode_on(workers);
         Ok(())
+    }
+
+    fn project(&mut self, columns: &[usize]) -> Result<()> {
+        self.reader.project(columns)?;
+        self.columns = Some(columns.to_vec());
+        Ok(())
+    }
+
+    fn columns(&self) -> Option<Vec<usize>> {
+        self.columns.clone()
     }
 
     fn watermark(&self) -> Option<i64> {
@@ -2023,7 +2080,7 @@ mod tests {
         };
         Tracker {
             opts,
-            time_idx: Some(4),
+            time_col: Some("event_time".into()),
             delay: 0,
             partitions: parts
                 .iter()

@@ -30,6 +30,7 @@ use super::{Poll, Source};
 use crate::error::{Error, Result};
 use crate::format::LineDecoder;
 use crate::sql::parser::SourceDef;
+use datafusion::arrow::datatypes::SchemaRef;
 
 /// What the reader hands each query.
 #[derive(Clone)]
@@ -46,6 +47,8 @@ type Starts = BTreeMap<i32, (i64, Option<i64>)>;
 struct Joined {
     tx: SyncSender<Msg>,
     starts: Arc<Mutex<Starts>>,
+    /// The columns the query reads (`None`: all, or not said; see [`Source::project`]).
+    columns: Arc<Mutex<Option<Vec<usize>>>>,
 }
 
 /// A reader waiting for its queries to join.
@@ -113,9 +116,11 @@ impl SharedKafka {
             batch_size: batch_size.max(1),
             workers: workers.max(1),
         });
+        let columns = Arc::new(Mutex::new(None));
         p.joined.push(Joined {
             tx,
             starts: starts.clone(),
+            columns: columns.clone(),
         });
         p.live.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(Subscriber {
@@ -123,6 +128,8 @@ impl SharedKafka {
             committer,
             rx,
             decoder: LineDecoder::new(def.schema.clone(), p.opts.format),
+            schema: def.schema.clone(),
+            columns,
             starts,
             live: p.live.clone(),
             started: p.started.clone(),
@@ -185,6 +192,24 @@ fn run_reader(p: Pending) {
         Err(e) => return fail(&joined, e),
     };
     reader.decode_on(workers);
+    // The columns any of its queries reads.
+    let mut union = std::collections::BTreeSet::new();
+    for j in &joined {
+        match j.columns.lock().map(|c| c.clone()) {
+            Ok(Some(c)) => union.extend(c),
+            Ok(None) => {
+                union.clear();
+                break;
+            }
+            Err(_) => return fail(&joined, Error::Internal("shared kafka lock".into())),
+        }
+    }
+    if !union.is_empty()
+        && union.len() < def.schema.fields().len()
+        && let Err(e) = reader.project(&union.into_iter().collect::<Vec<_>>())
+    {
+        return fail(&joined, e);
+    }
     if let Err(e) = reader.assign(&range) {
         return fail(&joined, e);
     }
@@ -230,8 +255,13 @@ pub struct Subscriber {
     tracker: Tracker,
     committer: BaseConsumer,
     rx: Receiver<Msg>,
-    /// For records of a poll that straddle this query's start or end.
+    /// For records of a poll that straddle this query's start or end; its schema is the columns
+    /// this query reads.
     decoder: LineDecoder,
+    /// Every column of the source.
+    schema: SchemaRef,
+    /// The columns this query reads, for the reader (see [`Source::project`]).
+    columns: Arc<Mutex<Option<Vec<usize>>>>,
     /// Where this query starts, for the reader to start from.
     starts: Arc<Mutex<Starts>>,
     /// Queries still reading through the reader.
@@ -313,6 +343,24 @@ impl Source for Subscriber {
 
     fn partitioned(&self) -> bool {
         true
+    }
+
+    fn project(&mut self, columns: &[usize]) -> Result<()> {
+        if self.started.load(Ordering::SeqCst) {
+            return Err(Error::Internal(
+                "a shared Kafka reader cannot change its columns once it has started".into(),
+            ));
+        }
+        self.decoder = LineDecoder::with_columns(self.schema.clone(), self.decoder.format(), columns)?;
+        *self
+            .columns
+            .lock()
+            .map_err(|_| Error::Internal("shared kafka lock".into()))? = Some(columns.to_vec());
+        Ok(())
+    }
+
+    fn columns(&self) -> Option<Vec<usize>> {
+        self.columns.lock().ok().and_then(|c| c.clone())
     }
 
     fn commit(&mut self, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {

@@ -82,6 +82,16 @@ pub trait Source: Send {
     fn seek(&mut self, _position: &serde_json::Value) -> Result<()> {
         Err(Error::plan("this source cannot resume from a checkpoint"))
     }
+    /// Make only `columns` of the source's schema (indices, ascending): the ones its query reads.
+    /// Called once, before `decode_on` and the first poll. A source that cannot ignores it and
+    /// goes on making every column; [`Source::columns`] says which it makes.
+    fn project(&mut self, _columns: &[usize]) -> Result<()> {
+        Ok(())
+    }
+    /// The columns of the source's schema its batches hold, if not all (see [`Source::project`]).
+    fn columns(&self) -> Option<Vec<usize>> {
+        None
+    }
     /// Decode on `workers` threads where the source can (a file: chunks of lines decoded in
     /// parallel, returned in order). Called once, before the first poll.
     fn decode_on(&mut self, _workers: usize) -> Result<()> {

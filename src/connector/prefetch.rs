@@ -43,6 +43,8 @@ pub struct Prefetch {
     position: Option<serde_json::Value>,
     /// The thread delivered the end of the input (or an error).
     ended: bool,
+    /// The inner source's columns (see [`Source::columns`]).
+    columns: Option<Vec<usize>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -53,6 +55,7 @@ impl Prefetch {
         let resumed = inner.resumed_watermark();
         let partitioned = inner.partitioned();
         let position = inner.position();
+        let columns = inner.columns();
         // Its watermark before any delivery (a source resumed from a checkpoint already has one).
         let watermark = inner.watermark();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Delivery>(2);
@@ -97,6 +100,7 @@ impl Prefetch {
             polls: 0,
             position,
             ended: false,
+            columns,
             stop,
             thread: Some(thread),
         }
@@ -262,6 +266,10 @@ impl Source for Prefetch {
 
     fn position(&self) -> Option<serde_json::Value> {
         self.position.clone()
+    }
+
+    fn columns(&self) -> Option<Vec<usize>> {
+        self.columns.clone()
     }
 }
 

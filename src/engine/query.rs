@@ -455,6 +455,28 @@ fn dir_name(name: &str) -> String {
         .collect()
 }
 
+/// The columns of a source (`width` of them) that `graph` reads through its source nodes `nodes`,
+/// with the event time `time_idx`, ascending; `None` when that is every column.
+fn read_columns(
+    graph: &crate::plan::graph::Graph,
+    nodes: &[usize],
+    time_idx: Option<usize>,
+    width: usize,
+) -> Option<Vec<usize>> {
+    let mut read = std::collections::BTreeSet::new();
+    read.extend(time_idx);
+    for &n in nodes {
+        match &graph.nodes[n].op {
+            Op::Source {
+                projection: Some(p), ..
+            } => read.extend(p.iter().copied()),
+            _ => return None,
+        }
+    }
+    // Nothing read (`SELECT COUNT(*)`): every column still says what a record is.
+    (!read.is_empty() && read.len() < width).then(|| read.into_iter().collect())
+}
+
 /// The output schema of a compiled query (planning only, nothing runs).
 pub fn output_schema(compiled: &Compiled) -> SchemaRef {
     compiled.schema.clone()
@@ -474,7 +496,10 @@ impl QueryRuntime {
         let (batch_size, interval, workers) = (config.batch_size, config.batch_interval, config.workers);
         let shared = config.shared_kafka.clone();
         let query = name.to_string();
-        let open = |def: &SourceDef, position: Option<&serde_json::Value>| -> Result<Box<dyn Source>> {
+        let open = |def: &SourceDef,
+                    position: Option<&serde_json::Value>,
+                    columns: Option<&[usize]>|
+         -> Result<Box<dyn Source>> {
             // Each query reads through its own consumer group: two queries never share progress.
             let mut def = def.clone();
             if def.options.get("connector") == Some("kafka") && def.options.get("group_id").is_none() {
@@ -492,23 +517,27 @@ impl QueryRuntime {
             if let Some(p) = position {
                 source.seek(p)?;
             }
+            if let Some(c) = columns {
+                source.project(c)?;
+            }
             source.decode_on(workers)?;
             Ok(Box::new(connector::Prefetch::spawn(source, batch_size, interval)))
         };
         Self::with_sources(name, compiled, catalog, system, config, open, make_sink).await
     }
 
-    /// [`Self::new`] with the sources made by `open` (once per stream source the query reads).
+    /// [`Self::new`] with the sources made by `open` (once per stream source the query reads, with
+    /// its position to resume from and the columns the query reads of it, if not all).
     pub async fn with_sources(
         name: &str,
         compiled: &Compiled,
         catalog: &Catalog,
         system: Arc<SystemTables>,
         config: EngineConfig,
-        mut open: impl FnMut(&SourceDef, Option<&serde_json::Value>) -> Result<Box<dyn Source>>,
+        mut open: impl FnMut(&SourceDef, Option<&serde_json::Value>, Option<&[usize]>) -> Result<Box<dyn Source>>,
         make_sink: impl FnOnce(SchemaRef) -> Result<Box<dyn Sink>>,
     ) -> Result<Self> {
-        let graph = compiled.graph.clone();
+        let mut graph = compiled.graph.clone();
         let root = graph.root()?;
         let needs_watermark = graph.needs_watermark();
         let mut checkpoints = match &config.checkpoint_dir {
@@ -637,7 +666,29 @@ impl QueryRuntime {
             };
             let at = source_meta(&sname);
             let position = at.as_ref().and_then(|m| m.get("position")).filter(|p| !p.is_null());
-            let source = open(def, position)?;
+            let wanted = read_columns(&graph, &nodes, time_idx, def.schema.fields().len());
+            let source = open(def, position, wanted.as_deref())?;
+            // A source that makes only the columns read: its nodes (and the event time) pick them
+            // from its batches by their place there.
+            let time_idx = match source.columns() {
+                None => time_idx,
+                Some(made) => {
+                    let place = |i: usize| {
+                        made.binary_search(&i).map_err(|_| {
+                            Error::Internal(format!("source '{sname}' does not make column {i} the query reads"))
+                        })
+                    };
+                    for &n in &nodes {
+                        if let Op::Source { projection, .. } = &mut graph.nodes[n].op {
+                            let p = projection.as_ref().ok_or_else(|| {
+                                Error::Internal(format!("source '{sname}' makes some columns, the query reads all"))
+                            })?;
+                            *projection = Some(p.iter().map(|&i| place(i)).collect::<Result<_>>()?);
+                        }
+                    }
+                    time_idx.map(place).transpose()?
+                }
+            };
             if let Some(c) = &mut checkpoints
                 && c.disabled.is_none()
                 && source.position().is_none()

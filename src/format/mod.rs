@@ -4,6 +4,8 @@
 //! that fails is the chunk decoded line by line, so that each bad record is isolated with its reason
 //! and every good record still gets through.
 
+use std::sync::Arc;
+
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::json::ReaderBuilder as JsonReaderBuilder;
@@ -56,8 +58,12 @@ pub struct Decoded {
 const DECODE_PIECE_ROWS: usize = 16_384;
 
 pub struct LineDecoder {
+    /// The batches' schema: the source's columns that are read (see [`LineDecoder::with_columns`]).
     schema: SchemaRef,
     format: Format,
+    /// CSV read for some columns only: every column of a line (fields are positional) and the
+    /// indices of those kept.
+    csv_projection: Option<(SchemaRef, Vec<usize>)>,
     /// The last JSON chunk had malformed lines: the next one goes straight to the scan that sets
     /// them aside, instead of a whole-chunk decode that would fail first (input that has bad lines
     /// tends to keep having them).
@@ -76,6 +82,26 @@ pub struct LineDecoder {
 
 impl LineDecoder {
     pub fn new(schema: SchemaRef, format: Format) -> Self {
+        Self::build(schema, format, None)
+    }
+
+    /// A decoder whose batches hold only `columns` of `schema` (indices, ascending) — what a
+    /// source's queries read (projection pushdown, as Flink's JSON and CSV formats do). The other
+    /// columns are not converted: a value of the wrong type there, or a NOT NULL one missing, is
+    /// not an error. A record must still be one well-formed JSON object (or a CSV line of the
+    /// right number of fields).
+    pub fn with_columns(schema: SchemaRef, format: Format, columns: &[usize]) -> Result<Self> {
+        if !columns.windows(2).all(|w| w[0] < w[1]) {
+            return Err(Error::Internal(format!("decoder columns not ascending: {columns:?}")));
+        }
+        let projected = Arc::new(schema.project(columns)?);
+        Ok(match format {
+            Format::Json => Self::build(projected, format, None),
+            Format::Csv { .. } => Self::build(projected, format, Some((schema, columns.to_vec()))),
+        })
+    }
+
+    fn build(schema: SchemaRef, format: Format, csv_projection: Option<(SchemaRef, Vec<usize>)>) -> Self {
         let text_timestamps = match format {
             Format::Json => TextTimestamps::of(&schema),
             Format::Csv { .. } => None,
@@ -83,11 +109,21 @@ impl LineDecoder {
         LineDecoder {
             schema,
             format,
+            csv_projection,
             dirty: std::sync::atomic::AtomicBool::new(false),
             idle: std::sync::Mutex::new(Vec::new()),
             timestamps_as_text: std::sync::atomic::AtomicBool::new(text_timestamps.is_some()),
             text_timestamps,
         }
+    }
+
+    /// The schema of the batches this decoder makes.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// A JSON decoder reading timestamps as text or not: an idle one if there is one, else a new one.
@@ -113,7 +149,13 @@ impl LineDecoder {
         match self.format {
             Format::Json => self.decode_runs(&[bytes], rows),
             Format::Csv { delimiter, .. } => {
-                let mut d = datafusion::arrow::csv::ReaderBuilder::new(self.schema.clone())
+                let builder = match &self.csv_projection {
+                    None => datafusion::arrow::csv::ReaderBuilder::new(self.schema.clone()),
+                    Some((all, keep)) => {
+                        datafusion::arrow::csv::ReaderBuilder::new(all.clone()).with_projection(keep.clone())
+                    }
+                };
+                let mut d = builder
                     .with_header(false)
                     .with_delimiter(delimiter)
                     .with_batch_size(rows)
@@ -967,5 +1009,69 @@ not json at all
             // A message is a record even when blank (it is reported as empty).
             assert_eq!(records.errors.len(), 1, "{odd:?}: {:?}", records.errors);
         }
+    }
+
+    #[test]
+    fn a_decoder_of_some_columns_makes_those_and_checks_only_those() {
+        let schema = course_schema();
+        let keep = [1, 4]; // course_id, event_time
+        let good = |u: i64, c: i64| {
+            format!(
+                r#"{{"user_id":{u},"course_id":{c},"region":"eu","purchased":true,"event_time":"2026-01-01T00:00:0{u}Z"}}"#
+            )
+        };
+        // A wrong type in a column not read (user_id, purchased), a NOT NULL one not read missing.
+        let unread_bad = [
+            r#"{"user_id":"three","course_id":3,"purchased":"no","event_time":"2026-01-01T00:00:03Z"}"#.to_string(),
+            r#"{"course_id":4,"event_time":"2026-01-01T00:00:04Z"}"#.to_string(),
+        ];
+        let read_bad = r#"{"user_id":5,"course_id":"five","event_time":"2026-01-01T00:00:05Z"}"#;
+        let text = [
+            good(1, 1),
+            good(2, 2),
+            unread_bad[0].clone(),
+            unread_bad[1].clone(),
+            read_bad.to_string(),
+            "{oops".into(),
+        ]
+        .join("\n");
+        let d = LineDecoder::with_columns(schema.clone(), Format::Json, &keep).expect("decoder");
+        assert_eq!(d.schema().as_ref(), &schema.project(&keep).expect("project"));
+        let out = d.decode_chunk(text.as_bytes(), 1, "f").expect("decode");
+        let b = out.batch.expect("rows");
+        assert_eq!(b.schema(), *d.schema());
+        let courses = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        assert_eq!(courses.values().to_vec(), vec![1, 2, 3, 4]);
+        let times = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("ts");
+        assert_eq!(times.value(3) - times.value(0), 3_000);
+        let positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
+        assert_eq!(positions, ["f:5", "f:6"], "{:?}", out.errors);
+        // Every column: the same text has two more bad records.
+        let all = LineDecoder::new(schema.clone(), Format::Json)
+            .decode_chunk(text.as_bytes(), 1, "f")
+            .expect("decode");
+        assert_eq!(all.errors.len(), 4, "{:?}", all.errors);
+        // CSV: fields stay positional; a line must still have every field.
+        let csv = Format::Csv {
+            header: false,
+            delimiter: b',',
+        };
+        let d = LineDecoder::with_columns(schema.clone(), csv, &keep).expect("decoder");
+        let text = "1,7,eu,true,2026-01-01T00:00:01Z\nx,8,eu,maybe,2026-01-01T00:00:02Z\n3,nine,eu,true,2026-01-01T00:00:03Z\n4,10,eu\n";
+        let out = d.decode_chunk(text.as_bytes(), 1, "f").expect("decode");
+        let b = out.batch.expect("rows");
+        assert_eq!(b.schema(), *d.schema());
+        let courses = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        assert_eq!(courses.values().to_vec(), vec![7, 8]);
+        let positions: Vec<_> = out.errors.iter().map(|e| e.position.as_str()).collect();
+        assert_eq!(positions, ["f:3", "f:4"], "{:?}", out.errors);
+        assert!(
+            LineDecoder::with_columns(schema, Format::Json, &[4, 1]).is_err(),
+            "columns out of order"
+        );
     }
 }

@@ -482,6 +482,22 @@ impl UserDefinedLogicalNodeCore for WindowTvfNode {
         Vec::new()
     }
 
+    /// Projection push-down: the input columns the query reads through the window (its columns
+    /// keep their places; the window columns come after them), plus the time column and SESSION's
+    /// `PARTITION BY` columns, which the window itself reads. `None` (read everything) when one of
+    /// those is not found by name (planning then names it).
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        let fields = self.input.schema().fields();
+        let by_name = |c: &String| fields.iter().position(|f| f.name() == c);
+        let mut need: std::collections::BTreeSet<usize> =
+            output_columns.iter().copied().filter(|i| *i < fields.len()).collect();
+        need.insert(by_name(&self.call.time_col)?);
+        for c in &self.call.partition {
+            need.insert(by_name(c)?);
+        }
+        Some(vec![need.into_iter().collect()])
+    }
+
     /// Filters on the input's columns may run before windowing; those on the window columns not.
     fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
         WINDOW_COLUMNS.iter().map(|s| s.to_string()).collect()

@@ -587,7 +587,7 @@ impl Runner {
                 checkpoint_dir: None,
                 ..self.session.config.clone()
             },
-            |def, _position| {
+            |def, _position, _columns| {
                 if subscribe {
                     feeds.insert(def.name.clone(), self.feeds.subscribe(def));
                 }
