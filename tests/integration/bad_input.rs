@@ -22,15 +22,13 @@ async fn malformed_records_go_to_errors_and_the_query_goes_on() {
         r#"{"user_id":5,"course_id":1,"event_time":"not a time"}"#.to_string(),
     ];
     std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+    // A fresh session with the file as source `ev` (each has its own `_errors`).
+    let source = format!(
+        "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}');",
+        path.display()
+    );
     let mut s = session(2);
-    exec(
-        &mut s,
-        &format!(
-            "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}');",
-            path.display()
-        ),
-    )
-    .await;
+    exec(&mut s, &source).await;
     let rows = streamed(
         &mut s,
         "SELECT window_start, COUNT(*) AS n, COUNT(DISTINCT user_id) AS users
@@ -54,14 +52,7 @@ async fn malformed_records_go_to_errors_and_the_query_goes_on() {
     // A query that does not read `user_id` decodes only what it reads (as Flink's JSON format
     // does): line 4's bad `user_id` is then no error, and its row counts; lines 2 and 6 still are.
     let mut s = session(2);
-    exec(
-        &mut s,
-        &format!(
-            "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'file', path = '{}');",
-            path.display()
-        ),
-    )
-    .await;
+    exec(&mut s, &source).await;
     let rows = streamed(
         &mut s,
         "SELECT window_start, COUNT(*) AS n FROM TUMBLE(ev, event_time, INTERVAL '1' MINUTE) GROUP BY window_start, window_end",
