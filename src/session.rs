@@ -755,6 +755,22 @@ impl Session {
                     None => "state ttl off: groups are kept while they have rows".into(),
                 }))
             }
+            "table.exec.emit.early-fire.delay" | "early_fire_delay" => {
+                let ms = crate::sql::parser::duration_ms(value).ok_or_else(|| {
+                    Error::option(
+                        key,
+                        format!("'{value}' is not a duration (e.g. '1 s', '500 ms', '0' for every micro-batch)"),
+                    )
+                })?;
+                self.config.early_fire_delay = std::time::Duration::from_millis(ms.max(0) as u64);
+                Ok(Outcome::Done(if ms > 0 {
+                    format!(
+                        "early fire delay {value}: window aggregates into upsert sinks of queries started from now on send early results at most that often (each window's final result when it closes)"
+                    )
+                } else {
+                    "early fire delay off: early window results after every micro-batch".into()
+                }))
+            }
             "parallelism.default" | "workers" => {
                 let n = value
                     .trim()
@@ -769,7 +785,7 @@ impl Session {
             }
             other => Err(Error::option(
                 other,
-                "unknown setting; valid: 'table.exec.state.ttl' (or state_ttl), 'execution.checkpointing.interval' (or checkpoint_interval), 'parallelism.default' (or workers)",
+                "unknown setting; valid: 'table.exec.state.ttl' (or state_ttl), 'table.exec.emit.early-fire.delay' (or early_fire_delay), 'execution.checkpointing.interval' (or checkpoint_interval), 'parallelism.default' (or workers)",
             )),
         }
     }

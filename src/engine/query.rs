@@ -44,6 +44,10 @@ pub struct EngineConfig {
     /// Forget a group of a GROUP BY without a window when it has not changed for this long
     /// (processing time; Flink's `table.exec.state.ttl`). `None`: keep it while it has rows.
     pub state_ttl: Option<Duration>,
+    /// Early results of a window aggregate into an upsert sink go out at most this often
+    /// (processing time; Flink's `table.exec.emit.early-fire.delay`); a window's final result
+    /// still goes out as soon as it closes. Zero: after every micro-batch.
+    pub early_fire_delay: Duration,
     /// Where queries keep their checkpoints (`<dir>/<query>-<fingerprint>/`, see [`crate::state`]);
     /// `None`: no checkpoints (a restart resumes from what sources committed, if anything).
     pub checkpoint_dir: Option<std::path::PathBuf>,
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             batch_interval: Duration::from_millis(200),
             commit_interval: Duration::from_secs(10),
             state_ttl: None,
+            early_fire_delay: Duration::ZERO,
             checkpoint_dir: None,
             checkpoints_kept: 3,
             workers: default_workers(),
@@ -371,9 +376,14 @@ pub struct QueryRuntime {
     /// their rows, so they are not emitted again.
     emit_floor: i64,
     output_schema: SchemaRef,
-    /// Event times of the rows of the current micro-batch (for the latency histogram).
+    /// Event times of the rows of the current micro-batch (for the latency histogram) — and of the
+    /// micro-batches before it whose early results were held back (`EngineConfig::early_fire_delay`).
     batch_times: Vec<i64>,
     track_latency: bool,
+    /// When early results last went out (see `EngineConfig::early_fire_delay`), and whether the
+    /// last micro-batch held them back.
+    early_out: Instant,
+    held_early: bool,
     /// This micro-batch's rows by source (late rows are reported as the records that arrived).
     arrived: Vec<Option<RecordBatch>>,
     checkpoints: Option<Checkpointing>,
@@ -833,6 +843,9 @@ impl QueryRuntime {
             output_schema,
             batch_times: Vec::new(),
             track_latency,
+            // The first early results wait a delay too (counted from the start, as Flink's timer).
+            early_out: Instant::now(),
+            held_early: false,
             arrived: Vec::new(),
             checkpoints,
             epoch,
@@ -1129,7 +1142,17 @@ impl QueryRuntime {
             }
         }
         let wm = self.current_watermark().max(self.watermark);
-        let mut cx = Context::default();
+        // Early results go out at most every `early_fire_delay`: hold them back until it passed.
+        let now = Instant::now();
+        let delay = self.config.early_fire_delay;
+        self.held_early = now.duration_since(self.early_out) < delay;
+        if !self.held_early {
+            self.early_out = now;
+        }
+        let mut cx = Context {
+            hold_early: self.held_early,
+            ..Context::default()
+        };
         let mut out: Vec<ChangeBatch> = Vec::new();
         for id in 0..n {
             let mut produced = Vec::new();
@@ -1238,7 +1261,9 @@ impl QueryRuntime {
         }
         if got {
             self.run_graph(polled)?;
-            if !self.batch_times.is_empty() {
+            // Rows whose early results were held back count when they go out (or the input ends).
+            let out = !self.held_early || self.sources.iter().all(|s| s.exhausted);
+            if out && !self.batch_times.is_empty() {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)

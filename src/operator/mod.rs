@@ -287,6 +287,9 @@ pub struct LateRows {
 pub struct Context {
     /// Rows dropped as late (they go to `_late`).
     pub late: Vec<LateRows>,
+    /// Early results are held back this micro-batch (`EngineConfig::early_fire_delay` has not
+    /// passed since they last went out): `flush` emits none; windows that close still fire.
+    pub hold_early: bool,
 }
 
 impl Context {

@@ -151,8 +151,12 @@ impl Partitioned {
         cx: &mut Context,
         f: impl Fn(&mut dyn Operator, T, &mut Context) -> Result<Vec<ChangeBatch>> + Sync,
     ) -> Result<Vec<ChangeBatch>> {
+        let hold_early = cx.hold_early;
         let run = |op: &mut Box<dyn Operator>, a: T| {
-            let mut c = Context::default();
+            let mut c = Context {
+                hold_early,
+                ..Context::default()
+            };
             (f(op.as_mut(), a, &mut c), c)
         };
         let results: Vec<(Result<Vec<ChangeBatch>>, Context)> = if parallel && self.parts.len() > 1 {

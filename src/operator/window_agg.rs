@@ -6,7 +6,9 @@
 //!
 //! Emission: each window row once, when the watermark reaches the window's end (append-only) — or,
 //! with `early_fire` (chosen by the planner when the result goes straight to an upsert sink), the
-//! changed window rows after every micro-batch as `+U` rows keyed by group key and window.
+//! changed window rows after every micro-batch as `+U` rows keyed by group key and window (at most
+//! every `table.exec.emit.early-fire.delay` when set: the engine holds them back in between, see
+//! [`Context::hold_early`]; a window that closes goes out then whatever the delay).
 //!
 //! Late rows: a row is dropped to `_late` when every window containing it had ended at the
 //! watermark it arrived under. A HOP/CUMULATE row late for only some of its windows splits the
@@ -236,15 +238,18 @@ impl WindowAgg {
         Ok(Some(conformed_batch(&self.cfg.schema, cols, n)?))
     }
 
-    /// Early firing: the current value of every window changed since the last call.
-    fn emit_touched(&mut self) -> Result<Vec<ChangeBatch>> {
+    /// Early firing: the current value of every open window changed since it last went out — or,
+    /// with `closing`, of those ending by then only (they fire now; the marks stay for the open
+    /// windows that share their panes, which go out at a later flush).
+    fn emit_touched(&mut self, closing: Option<i64>) -> Result<Vec<ChangeBatch>> {
+        let upto = closing.unwrap_or(i64::MAX);
         let mut windows: BTreeSet<(i64, i64)> = BTreeSet::new();
         for (p, pane) in &self.panes {
             if pane.touched.is_empty() {
                 continue;
             }
             for (s, e) in self.cfg.window.windows_of_pane(*p) {
-                if e > self.fired {
+                if e > self.fired && e <= upto {
                     windows.insert((e, s));
                 }
             }
@@ -264,8 +269,10 @@ impl WindowAgg {
                 out.push(ChangeBatch::changes(b, vec![RowKind::UpdateAfter; n], self.wm));
             }
         }
-        for pane in self.panes.values_mut() {
-            pane.touched.clear();
+        if closing.is_none() {
+            for pane in self.panes.values_mut() {
+                pane.touched.clear();
+            }
         }
         Ok(out)
     }
@@ -277,7 +284,7 @@ impl WindowAgg {
         }
         let mut out = Vec::new();
         if self.cfg.early_fire {
-            out = self.emit_touched()?;
+            out = self.emit_touched(Some(upto))?;
         } else {
             let mut windows: BTreeSet<(i64, i64)> = BTreeSet::new();
             for p in self.panes.keys() {
@@ -340,9 +347,9 @@ impl Operator for WindowAgg {
         Ok(out)
     }
 
-    fn flush(&mut self, _cx: &mut Context) -> Result<Vec<ChangeBatch>> {
-        if self.cfg.early_fire {
-            self.emit_touched()
+    fn flush(&mut self, cx: &mut Context) -> Result<Vec<ChangeBatch>> {
+        if self.cfg.early_fire && !cx.hold_early {
+            self.emit_touched(None)
         } else {
             Ok(Vec::new())
         }
@@ -617,6 +624,47 @@ mod tests {
             .expect("on time");
         let early = w.flush(&mut cx).expect("flush");
         assert_eq!(collect(&early), vec![("a".into(), 1_000, 2)]);
+    }
+
+    #[test]
+    fn held_early_results_go_out_later_and_closing_windows_go_out_at_once() {
+        let hold = || Context {
+            hold_early: true,
+            ..Context::default()
+        };
+        // TUMBLE: nothing goes out while held, then the window [0, 1000) closes and goes out
+        // final; [1000, 2000), still open, goes out with the next flush not held.
+        let mut w = op(WindowSpec::Tumble { size: 1_000 }, true);
+        let mut cx = hold();
+        w.process(0, rows(&["a", "b", "a"], &[100, 200, 1_500], &[0, 0, 0]), &mut cx)
+            .expect("process");
+        assert!(collect(&w.flush(&mut cx).expect("flush")).is_empty());
+        w.process(0, rows(&["a"], &[300], &[0]), &mut cx).expect("process");
+        assert!(collect(&w.flush(&mut cx).expect("flush")).is_empty());
+        let closed = w.advance(1_000, &mut cx).expect("advance");
+        assert_eq!(collect(&closed), vec![("a".into(), 0, 2), ("b".into(), 0, 1)]);
+        let later = w.flush(&mut Context::default()).expect("flush");
+        assert_eq!(collect(&later), vec![("a".into(), 1_000, 1)]);
+        assert!(
+            collect(&w.flush(&mut Context::default()).expect("flush")).is_empty(),
+            "sent once"
+        );
+        // HOP 2 s / 1 s: the pane [1000, 2000) is in [0, 2000) and [1000, 3000). When the first
+        // closes, the second (open, sharing the touched pane) still goes out at the next flush.
+        let mut h = op(
+            WindowSpec::Hop {
+                slide: 1_000,
+                size: 2_000,
+            },
+            true,
+        );
+        let mut cx = hold();
+        h.process(0, rows(&["a"], &[1_500], &[0]), &mut cx).expect("process");
+        assert!(collect(&h.flush(&mut cx).expect("flush")).is_empty());
+        let closed = h.advance(2_000, &mut cx).expect("advance");
+        assert_eq!(collect(&closed), vec![("a".into(), 0, 1)]);
+        let later = h.flush(&mut Context::default()).expect("flush");
+        assert_eq!(collect(&later), vec![("a".into(), 1_000, 1)]);
     }
 
     use crate::operator::acc::testing::{all_calls, fields, native_calls, rows as xrows};

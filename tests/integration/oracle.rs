@@ -127,6 +127,38 @@ async fn keyed_aggregates_split_over_workers_match_batch() {
     }
 }
 
+/// `SET 'table.exec.emit.early-fire.delay'` (Flink's key): a window aggregate into an upsert sink
+/// (here a materialized view) holds its early results back for that long; each window still goes out
+/// when it closes. The view ends at the batch answer either way; with a delay longer than the run,
+/// each window row goes out once, at its close, where every micro-batch sent the changed ones.
+#[tokio::test]
+async fn held_early_results_still_end_at_the_batch_answer_with_each_window_sent_once() {
+    let mut sent = Vec::new();
+    for delay in ["0", "1 h"] {
+        let (_d, mut s, ctx) = setup(13, 997).await;
+        exec(&mut s, &format!("SET 'table.exec.emit.early-fire.delay' = '{delay}';")).await;
+        exec(&mut s, &format!("CREATE MATERIALIZED VIEW mv AS {};", TUMBLE.0)).await;
+        let metrics = s.queries[0].metrics.clone();
+        finish_within(&mut s, std::time::Duration::from_secs(300)).await;
+        let got = sorted_rows(&exec(&mut s, "SELECT * FROM mv;").await);
+        let want = batch_rows(&ctx, TUMBLE.1).await;
+        assert_rows_eq(&got, &want, &format!("early fire delay {delay}"));
+        sent.push((
+            freshet::engine::query::Metrics::get(&metrics.rows_out),
+            want.len() as u64,
+        ));
+    }
+    let [(every_batch, windows), (held, same)] = sent[..] else {
+        unreachable!()
+    };
+    assert_eq!(windows, same);
+    assert_eq!(held, windows, "held back: each window row once, when it closed");
+    assert!(
+        every_batch > 2 * windows,
+        "every micro-batch: {every_batch} rows for {windows} windows"
+    );
+}
+
 #[tokio::test]
 async fn tumble_with_filter_expression_keys_and_having() {
     let (_d, mut s, ctx) = setup(12, 4096).await;
