@@ -10,6 +10,7 @@
 #
 #   scripts/bench-kafka.sh            # EVENTS=5000000 RATE=100000 SECONDS=30 DRAIN_BATCH=65536
 #   RUN_ARGS="--workers 1 --no-checkpoints" scripts/bench-kafka.sh   # extra `freshet run` flags
+#   EARLY_FIRE_DELAY='1 s' scripts/bench-kafka.sh   # SET 'table.exec.emit.early-fire.delay' first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
@@ -25,6 +26,7 @@ bin="$CARGO_TARGET_DIR/release/freshet"
 tag="$(date +%s)"
 
 sql() { # TOPIC TABLE STARTUP BOUNDED
+  if [ -n "${EARLY_FIRE_DELAY:-}" ]; then echo "SET 'table.exec.emit.early-fire.delay' = '$EARLY_FIRE_DELAY';"; fi
   sed -e "s#TOPIC#$1#g; s#'TABLE'#'$2'#; s#STARTUP#$3#; s#BOUNDED#$4#; s#OUT_DIR#$dir/out#" benches/kafka_hbase.sql
 }
 

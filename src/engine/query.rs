@@ -1259,6 +1259,11 @@ impl QueryRuntime {
                 }
             }
         }
+        // Early results held back go out once the delay has passed, rows or not (a source that
+        // has nothing says `Pending`, and a paused input must not keep them back).
+        if !got && self.held_early && self.early_out.elapsed() >= self.config.early_fire_delay {
+            got = true;
+        }
         if got {
             self.run_graph(polled)?;
             // Rows whose early results were held back count when they go out (or the input ends).

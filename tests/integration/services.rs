@@ -588,3 +588,45 @@ async fn collector_moves_a_spooled_file_into_kafka() {
         "the agent stops cleanly on SIGTERM"
     );
 }
+
+/// With `SET 'table.exec.emit.early-fire.delay'`, early window results held back go out once the
+/// delay has passed even when no more rows arrive: a view over a topic whose producer has stopped
+/// shows every event's count, though its window never closes (the watermark waits for rows).
+#[tokio::test]
+async fn held_early_results_go_out_when_the_input_pauses() {
+    if !up("Kafka", KAFKA) {
+        return;
+    }
+    let topic = unique("early_pause");
+    // 3 000 events 1 ms apart, in windows of an hour that stay open.
+    produce(&topic, &gen_opts(3_000, 51), &[]).await;
+    let mut s = session(1_000);
+    exec(&mut s, "SET 'table.exec.emit.early-fire.delay' = '500 ms';").await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SOURCE ev ({COURSE_COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{KAFKA}',
+             topic = '{topic}', startup = 'earliest');"
+        ),
+    )
+    .await;
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW mv AS SELECT window_start, COUNT(*) AS n
+         FROM TUMBLE(ev, event_time, INTERVAL '1' HOUR) GROUP BY window_start, window_end;",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = sorted_rows(&exec(&mut s, "SELECT SUM(n) FROM mv;").await);
+        if rows == ["3000"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 60 s the view shows {rows:?}, not the 3000 events read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    exec(&mut s, "DROP MATERIALIZED VIEW mv;").await;
+}
