@@ -85,8 +85,7 @@ impl FileOptions {
 pub struct FileSource {
     file: File,
     decoder: Arc<LineDecoder>,
-    /// The file's columns, and those decoded if not all (see [`Source::project`]).
-    schema: SchemaRef,
+    /// The columns decoded, if not all (see [`Source::project`]).
     columns: Option<Vec<usize>>,
     path: String,
     /// Bytes read but not yet decoded (an incomplete last line).
@@ -119,8 +118,7 @@ impl FileSource {
         let skip_header = matches!(opts.format, Format::Csv { header: true, .. });
         Ok(FileSource {
             file,
-            decoder: Arc::new(LineDecoder::new(schema.clone(), opts.format)),
-            schema,
+            decoder: Arc::new(LineDecoder::new(schema, opts.format)),
             columns: None,
             path: opts.path.display().to_string(),
             pending: Vec::new(),
@@ -271,8 +269,7 @@ impl Source for FileSource {
     }
 
     fn project(&mut self, columns: &[usize]) -> Result<()> {
-        let format = self.decoder.format();
-        self.decoder = Arc::new(LineDecoder::with_columns(self.schema.clone(), format, columns)?);
+        self.decoder = Arc::new(self.decoder.for_columns(columns)?);
         self.columns = Some(columns.to_vec());
         Ok(())
     }

@@ -256,8 +256,6 @@ pub(crate) struct Reader {
     queues: Vec<(i32, PartitionQueue<DefaultConsumerContext>)>,
     topic: String,
     decoder: LineDecoder,
-    /// Every column of the source (the decoder may make only some).
-    schema: SchemaRef,
     time_col: Option<String>,
     /// The partitions assigned, each with the offset to stop at (bounded).
     limits: BTreeMap<i32, Option<i64>>,
@@ -290,7 +288,6 @@ impl Reader {
             queues: Vec::new(),
             topic: opts.topic.clone(),
             decoder: LineDecoder::new(def.schema.clone(), opts.format),
-            schema: def.schema.clone(),
             time_col: time_column(def),
             limits: BTreeMap::new(),
             last_warning: None,
@@ -324,7 +321,7 @@ impl Reader {
 
     /// Decode only `columns` of the source's schema (see [`Source::project`]).
     pub(crate) fn project(&mut self, columns: &[usize]) -> Result<()> {
-        self.decoder = LineDecoder::with_columns(self.schema.clone(), self.decoder.format(), columns)?;
+        self.decoder = self.decoder.for_columns(columns)?;
         Ok(())
     }
 

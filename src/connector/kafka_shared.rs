@@ -30,7 +30,6 @@ use super::{Poll, Source};
 use crate::error::{Error, Result};
 use crate::format::LineDecoder;
 use crate::sql::parser::SourceDef;
-use datafusion::arrow::datatypes::SchemaRef;
 
 /// What the reader hands each query.
 #[derive(Clone)]
@@ -128,7 +127,6 @@ impl SharedKafka {
             committer,
             rx,
             decoder: LineDecoder::new(def.schema.clone(), p.opts.format),
-            schema: def.schema.clone(),
             columns,
             starts,
             live: p.live.clone(),
@@ -258,8 +256,6 @@ pub struct Subscriber {
     /// For records of a poll that straddle this query's start or end; its schema is the columns
     /// this query reads.
     decoder: LineDecoder,
-    /// Every column of the source.
-    schema: SchemaRef,
     /// The columns this query reads, for the reader (see [`Source::project`]).
     columns: Arc<Mutex<Option<Vec<usize>>>>,
     /// Where this query starts, for the reader to start from.
@@ -351,7 +347,7 @@ impl Source for Subscriber {
                 "a shared Kafka reader cannot change its columns once it has started".into(),
             ));
         }
-        self.decoder = LineDecoder::with_columns(self.schema.clone(), self.decoder.format(), columns)?;
+        self.decoder = self.decoder.for_columns(columns)?;
         *self
             .columns
             .lock()

@@ -61,9 +61,10 @@ pub struct LineDecoder {
     /// The batches' schema: the source's columns that are read (see [`LineDecoder::with_columns`]).
     schema: SchemaRef,
     format: Format,
-    /// CSV read for some columns only: every column of a line (fields are positional) and the
-    /// indices of those kept.
-    csv_projection: Option<(SchemaRef, Vec<usize>)>,
+    /// Every column of the records (see [`LineDecoder::for_columns`]).
+    all: SchemaRef,
+    /// CSV read for some columns only: the indices of those kept (fields are positional).
+    csv_projection: Option<Vec<usize>>,
     /// The last JSON chunk had malformed lines: the next one goes straight to the scan that sets
     /// them aside, instead of a whole-chunk decode that would fail first (input that has bad lines
     /// tends to keep having them).
@@ -82,7 +83,7 @@ pub struct LineDecoder {
 
 impl LineDecoder {
     pub fn new(schema: SchemaRef, format: Format) -> Self {
-        Self::build(schema, format, None)
+        Self::build(schema.clone(), schema, format, None)
     }
 
     /// A decoder whose batches hold only `columns` of `schema` (indices, ascending) — what a
@@ -95,19 +96,23 @@ impl LineDecoder {
             return Err(Error::Internal(format!("decoder columns not ascending: {columns:?}")));
         }
         let projected = Arc::new(schema.project(columns)?);
-        Ok(match format {
-            Format::Json => Self::build(projected, format, None),
-            Format::Csv { .. } => Self::build(projected, format, Some((schema, columns.to_vec()))),
-        })
+        let csv_projection = matches!(format, Format::Csv { .. }).then(|| columns.to_vec());
+        Ok(Self::build(projected, schema, format, csv_projection))
     }
 
-    fn build(schema: SchemaRef, format: Format, csv_projection: Option<(SchemaRef, Vec<usize>)>) -> Self {
+    /// A decoder of the same records making only `columns` of them (see [`Self::with_columns`]).
+    pub fn for_columns(&self, columns: &[usize]) -> Result<Self> {
+        Self::with_columns(self.all.clone(), self.format, columns)
+    }
+
+    fn build(schema: SchemaRef, all: SchemaRef, format: Format, csv_projection: Option<Vec<usize>>) -> Self {
         let text_timestamps = match format {
             Format::Json => TextTimestamps::of(&schema),
             Format::Csv { .. } => None,
         };
         LineDecoder {
             schema,
+            all,
             format,
             csv_projection,
             dirty: std::sync::atomic::AtomicBool::new(false),
@@ -120,10 +125,6 @@ impl LineDecoder {
     /// The schema of the batches this decoder makes.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
-    }
-
-    pub fn format(&self) -> Format {
-        self.format
     }
 
     /// A JSON decoder reading timestamps as text or not: an idle one if there is one, else a new one.
@@ -151,8 +152,8 @@ impl LineDecoder {
             Format::Csv { delimiter, .. } => {
                 let builder = match &self.csv_projection {
                     None => datafusion::arrow::csv::ReaderBuilder::new(self.schema.clone()),
-                    Some((all, keep)) => {
-                        datafusion::arrow::csv::ReaderBuilder::new(all.clone()).with_projection(keep.clone())
+                    Some(keep) => {
+                        datafusion::arrow::csv::ReaderBuilder::new(self.all.clone()).with_projection(keep.clone())
                     }
                 };
                 let mut d = builder
