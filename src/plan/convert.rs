@@ -633,7 +633,8 @@ impl<'a> Converter<'a> {
                     let mut a: Vec<String> = part.clone();
                     let mut b: Vec<String> = key_names
                         .iter()
-                        .map(|k| k.rsplit('.').next().unwrap_or(k).to_string())
+                        // `ev."region"`: the unparser quotes names that are keywords.
+                        .map(|k| k.rsplit('.').next().unwrap_or(k).trim_matches('"').to_string())
                         .collect();
                     a.sort();
                     b.sort();

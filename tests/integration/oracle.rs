@@ -159,6 +159,35 @@ async fn held_early_results_still_end_at_the_batch_answer_with_each_window_sent_
     );
 }
 
+/// SESSION partitioned by a column the SQL unparser quotes (`region`, a keyword: the GROUP BY key
+/// reads `ev."region"`), over three of the source's five columns: the batch answer (sessions merge
+/// when they touch, as in Flink).
+#[tokio::test]
+async fn session_partitioned_by_a_keyword_named_column_matches_batch() {
+    let (_d, mut s, ctx) = setup(14, 7).await;
+    let got = streamed(
+        &mut s,
+        "SELECT region, window_start, window_end, COUNT(*) AS n
+         FROM TABLE(SESSION(TABLE ev PARTITION BY region, DESCRIPTOR(event_time), INTERVAL '1' SECOND))
+         WHERE user_id % 500 = 0 GROUP BY region, window_start, window_end",
+    )
+    .await;
+    let want = batch_rows(
+        &ctx,
+        "WITH m AS (
+            SELECT region, event_time,
+                   CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY region ORDER BY event_time) <= INTERVAL '1 second'
+                        THEN 0 ELSE 1 END AS new_session
+            FROM ev WHERE user_id % 500 = 0),
+         numbered AS (
+            SELECT *, SUM(new_session) OVER (PARTITION BY region ORDER BY event_time ROWS UNBOUNDED PRECEDING) AS sid FROM m)
+         SELECT region, MIN(event_time), MAX(event_time) + INTERVAL '1 second', COUNT(*) FROM numbered GROUP BY region, sid",
+    )
+    .await;
+    assert!(want.len() > 12, "several sessions per region: {want:?}");
+    assert_rows_eq(&got, &want, "SESSION PARTITION BY region");
+}
+
 #[tokio::test]
 async fn tumble_with_filter_expression_keys_and_having() {
     let (_d, mut s, ctx) = setup(12, 4096).await;
