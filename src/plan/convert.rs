@@ -631,10 +631,14 @@ impl<'a> Converter<'a> {
                 let part = self.session_partition(tvf);
                 if !part.is_empty() {
                     let mut a: Vec<String> = part.clone();
-                    let mut b: Vec<String> = key_names
+                    // By column name: the keys' SQL would quote names that are keywords
+                    // (`ev."region"`).
+                    let mut b: Vec<String> = keys
                         .iter()
-                        // `ev."region"`: the unparser quotes names that are keywords.
-                        .map(|k| k.rsplit('.').next().unwrap_or(k).trim_matches('"').to_string())
+                        .map(|e| match unalias(e) {
+                            Expr::Column(c) => c.name.clone(),
+                            other => sql(other),
+                        })
                         .collect();
                     a.sort();
                     b.sort();

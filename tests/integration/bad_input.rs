@@ -133,6 +133,18 @@ async fn bad_sql_and_options_are_reported_precisely() {
     )
     .await;
     assert!(e.contains("has no WATERMARK"), "{e}");
+    // SESSION's PARTITION BY must be the GROUP BY keys (Flink); the refusal names both and where.
+    let e = error_of(&format!(
+        "CREATE SOURCE s ({COURSE_COLUMNS}) WITH (connector = 'generator', events = '10');
+         SELECT user_id, window_start, COUNT(*) FROM TABLE(SESSION(TABLE s PARTITION BY region, DESCRIPTOR(event_time), INTERVAL '5' SECOND))
+         GROUP BY user_id, window_start, window_end;"
+    ))
+    .await;
+    assert!(
+        e.starts_with("4:19:")
+            && e.contains("SESSION … PARTITION BY (region) must list the same keys as the GROUP BY (s.user_id)"),
+        "{e}"
+    );
     let e = error_of(&format!(
         "CREATE SOURCE s ({COURSE_COLUMNS}) WITH (connector = 'generator', events = '10');
          SELECT nope FROM s;"
