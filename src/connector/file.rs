@@ -85,8 +85,6 @@ impl FileOptions {
 pub struct FileSource {
     file: File,
     decoder: Arc<LineDecoder>,
-    /// The columns decoded, if not all (see [`Source::project`]).
-    columns: Option<Vec<usize>>,
     path: String,
     /// Bytes read but not yet decoded (an incomplete last line).
     pending: Vec<u8>,
@@ -119,7 +117,6 @@ impl FileSource {
         Ok(FileSource {
             file,
             decoder: Arc::new(LineDecoder::new(schema, opts.format)),
-            columns: None,
             path: opts.path.display().to_string(),
             pending: Vec::new(),
             line_no: 1,
@@ -270,12 +267,11 @@ impl Source for FileSource {
 
     fn project(&mut self, columns: &[usize]) -> Result<()> {
         self.decoder = Arc::new(self.decoder.for_columns(columns)?);
-        self.columns = Some(columns.to_vec());
         Ok(())
     }
 
     fn columns(&self) -> Option<Vec<usize>> {
-        self.columns.clone()
+        self.decoder.columns()
     }
 
     fn decode_on(&mut self, workers: usize) -> Result<()> {

@@ -875,8 +875,6 @@ impl Tracker {
 pub struct KafkaSource {
     reader: Reader,
     tracker: Tracker,
-    /// The columns decoded, if not all (see [`Source::project`]).
-    columns: Option<Vec<usize>>,
 }
 
 impl KafkaSource {
@@ -885,11 +883,7 @@ impl KafkaSource {
         let mut reader = Reader::open(&opts, &opts.group_id, def)?;
         let tracker = Tracker::open(opts, &reader.consumer, def)?;
         reader.assign(&tracker.starts())?;
-        Ok(KafkaSource {
-            reader,
-            tracker,
-            columns: None,
-        })
+        Ok(KafkaSource { reader, tracker })
     }
 }
 
@@ -925,13 +919,11 @@ impl Source for KafkaSource {
     }
 
     fn project(&mut self, columns: &[usize]) -> Result<()> {
-        self.reader.project(columns)?;
-        self.columns = Some(columns.to_vec());
-        Ok(())
+        self.reader.project(columns)
     }
 
     fn columns(&self) -> Option<Vec<usize>> {
-        self.columns.clone()
+        self.reader.decoder.columns()
     }
 
     fn watermark(&self) -> Option<i64> {

@@ -351,12 +351,12 @@ impl Source for Subscriber {
         *self
             .columns
             .lock()
-            .map_err(|_| Error::Internal("shared kafka lock".into()))? = Some(columns.to_vec());
+            .map_err(|_| Error::Internal("shared kafka lock".into()))? = self.decoder.columns();
         Ok(())
     }
 
     fn columns(&self) -> Option<Vec<usize>> {
-        self.columns.lock().ok().and_then(|c| c.clone())
+        self.decoder.columns()
     }
 
     fn commit(&mut self, safe_ts: i64, polls: u64, watermark: i64) -> Result<()> {

@@ -1144,8 +1144,7 @@ impl QueryRuntime {
         let wm = self.current_watermark().max(self.watermark);
         // Early results go out at most every `early_fire_delay`: hold them back until it passed.
         let now = Instant::now();
-        let delay = self.config.early_fire_delay;
-        self.held_early = now.duration_since(self.early_out) < delay;
+        self.held_early = self.holds_early(now);
         if !self.held_early {
             self.early_out = now;
         }
@@ -1182,6 +1181,12 @@ impl QueryRuntime {
             self.emit(b)?;
         }
         Ok(())
+    }
+
+    /// Whether early results are held back at `now`: `early_fire_delay` has not passed since they
+    /// last went out.
+    fn holds_early(&self, now: Instant) -> bool {
+        now.duration_since(self.early_out) < self.config.early_fire_delay
     }
 
     fn emit(&mut self, b: ChangeBatch) -> Result<()> {
@@ -1261,7 +1266,7 @@ impl QueryRuntime {
         }
         // Early results held back go out once the delay has passed, rows or not (a source that
         // has nothing says `Pending`, and a paused input must not keep them back).
-        if !got && self.held_early && self.early_out.elapsed() >= self.config.early_fire_delay {
+        if !got && self.held_early && !self.holds_early(Instant::now()) {
             got = true;
         }
         if got {

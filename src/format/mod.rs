@@ -61,10 +61,10 @@ pub struct LineDecoder {
     /// The batches' schema: the source's columns that are read (see [`LineDecoder::with_columns`]).
     schema: SchemaRef,
     format: Format,
-    /// Every column of the records (see [`LineDecoder::for_columns`]).
+    /// Every column of the records, and the indices of those made if not all (see
+    /// [`LineDecoder::with_columns`]; CSV fields are positional, so a CSV decoder reads `all`).
     all: SchemaRef,
-    /// CSV read for some columns only: the indices of those kept (fields are positional).
-    csv_projection: Option<Vec<usize>>,
+    columns: Option<Vec<usize>>,
     /// The last JSON chunk had malformed lines: the next one goes straight to the scan that sets
     /// them aside, instead of a whole-chunk decode that would fail first (input that has bad lines
     /// tends to keep having them).
@@ -96,8 +96,7 @@ impl LineDecoder {
             return Err(Error::Internal(format!("decoder columns not ascending: {columns:?}")));
         }
         let projected = Arc::new(schema.project(columns)?);
-        let csv_projection = matches!(format, Format::Csv { .. }).then(|| columns.to_vec());
-        Ok(Self::build(projected, schema, format, csv_projection))
+        Ok(Self::build(projected, schema, format, Some(columns.to_vec())))
     }
 
     /// A decoder of the same records making only `columns` of them (see [`Self::with_columns`]).
@@ -105,7 +104,7 @@ impl LineDecoder {
         Self::with_columns(self.all.clone(), self.format, columns)
     }
 
-    fn build(schema: SchemaRef, all: SchemaRef, format: Format, csv_projection: Option<Vec<usize>>) -> Self {
+    fn build(schema: SchemaRef, all: SchemaRef, format: Format, columns: Option<Vec<usize>>) -> Self {
         let text_timestamps = match format {
             Format::Json => TextTimestamps::of(&schema),
             Format::Csv { .. } => None,
@@ -114,7 +113,7 @@ impl LineDecoder {
             schema,
             all,
             format,
-            csv_projection,
+            columns,
             dirty: std::sync::atomic::AtomicBool::new(false),
             idle: std::sync::Mutex::new(Vec::new()),
             timestamps_as_text: std::sync::atomic::AtomicBool::new(text_timestamps.is_some()),
@@ -125,6 +124,11 @@ impl LineDecoder {
     /// The schema of the batches this decoder makes.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The columns of the records it makes, if not all (see [`Self::with_columns`]).
+    pub fn columns(&self) -> Option<Vec<usize>> {
+        self.columns.clone()
     }
 
     /// A JSON decoder reading timestamps as text or not: an idle one if there is one, else a new one.
@@ -150,7 +154,7 @@ impl LineDecoder {
         match self.format {
             Format::Json => self.decode_runs(&[bytes], rows),
             Format::Csv { delimiter, .. } => {
-                let builder = match &self.csv_projection {
+                let builder = match &self.columns {
                     None => datafusion::arrow::csv::ReaderBuilder::new(self.schema.clone()),
                     Some(keep) => {
                         datafusion::arrow::csv::ReaderBuilder::new(self.all.clone()).with_projection(keep.clone())
