@@ -134,25 +134,33 @@ async fn keyed_aggregates_split_over_workers_match_batch() {
 #[tokio::test]
 async fn held_early_results_still_end_at_the_batch_answer_with_each_window_sent_once() {
     let mut sent = Vec::new();
-    for delay in ["0", "1 h"] {
-        let (_d, mut s, ctx) = setup(13, 997).await;
+    for (delay, batch_size) in [("0", 997), ("1 h", 997), ("1 h", 8_192)] {
+        let (_d, mut s, ctx) = setup(13, batch_size).await;
         exec(&mut s, &format!("SET 'table.exec.emit.early-fire.delay' = '{delay}';")).await;
         exec(&mut s, &format!("CREATE MATERIALIZED VIEW mv AS {};", TUMBLE.0)).await;
         let metrics = s.queries[0].metrics.clone();
         finish_within(&mut s, std::time::Duration::from_secs(300)).await;
         let got = sorted_rows(&exec(&mut s, "SELECT * FROM mv;").await);
         let want = batch_rows(&ctx, TUMBLE.1).await;
-        assert_rows_eq(&got, &want, &format!("early fire delay {delay}"));
+        assert_rows_eq(
+            &got,
+            &want,
+            &format!("early fire delay {delay}, micro-batches of {batch_size}"),
+        );
         sent.push((
             freshet::engine::query::Metrics::get(&metrics.rows_out),
             want.len() as u64,
         ));
     }
-    let [(every_batch, windows), (held, same)] = sent[..] else {
+    let [(every_batch, windows), (held, same), (held_big, same_big)] = sent[..] else {
         unreachable!()
     };
-    assert_eq!(windows, same);
-    assert_eq!(held, windows, "held back: each window row once, when it closed");
+    assert_eq!((same, same_big), (windows, windows));
+    assert_eq!(
+        (held, held_big),
+        (windows, windows),
+        "held back: each window row once, when it closed"
+    );
     assert!(
         every_batch > 2 * windows,
         "every micro-batch: {every_batch} rows for {windows} windows"
@@ -164,15 +172,16 @@ async fn held_early_results_still_end_at_the_batch_answer_with_each_window_sent_
 /// when they touch, as in Flink).
 #[tokio::test]
 async fn session_partitioned_by_a_keyword_named_column_matches_batch() {
-    let (_d, mut s, ctx) = setup(14, 7).await;
-    let got = streamed(
-        &mut s,
-        "SELECT region, window_start, window_end, COUNT(*) AS n
+    for batch_size in [7, 20_000] {
+        let (_d, mut s, ctx) = setup(14, batch_size).await;
+        let got = streamed(
+            &mut s,
+            "SELECT region, window_start, window_end, COUNT(*) AS n
          FROM TABLE(SESSION(TABLE ev PARTITION BY region, DESCRIPTOR(event_time), INTERVAL '1' SECOND))
          WHERE user_id % 500 = 0 GROUP BY region, window_start, window_end",
-    )
-    .await;
-    let want = batch_rows(
+        )
+        .await;
+        let want = batch_rows(
         &ctx,
         "WITH m AS (
             SELECT region, event_time,
@@ -184,8 +193,13 @@ async fn session_partitioned_by_a_keyword_named_column_matches_batch() {
          SELECT region, MIN(event_time), MAX(event_time) + INTERVAL '1 second', COUNT(*) FROM numbered GROUP BY region, sid",
     )
     .await;
-    assert!(want.len() > 12, "several sessions per region: {want:?}");
-    assert_rows_eq(&got, &want, "SESSION PARTITION BY region");
+        assert!(want.len() > 12, "several sessions per region: {want:?}");
+        assert_rows_eq(
+            &got,
+            &want,
+            &format!("SESSION PARTITION BY region, micro-batches of {batch_size}"),
+        );
+    }
 }
 
 #[tokio::test]
